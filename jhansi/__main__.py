@@ -1,0 +1,5 @@
+"""``python -m jhansi``."""
+
+from jhansi.cli import main
+
+main()

@@ -1,0 +1,59 @@
+"""Rendering shared by the commands: errors, JSON documents, consoles."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from jhansi.errors import JhansiError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from jhansi.cli._state import CliState
+
+
+def stderr_console() -> Console:
+    """The console for progress, warnings and errors (never stdout)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def stdout_console() -> Console:
+    """The console for a command's human-readable result."""
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def print_json(document: dict[str, Any]) -> None:
+    """Print exactly one JSON document on stdout."""
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def report_error(exc: JhansiError, state: CliState) -> None:
+    """Two lines on stderr (what went wrong, what to do); JSON on stdout under ``--json``."""
+    if state.debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    from rich.markup import escape
+
+    console = stderr_console()
+    console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+    if exc.hint:
+        console.print(f"[bold]hint:[/] {escape(exc.hint)}", soft_wrap=True)
+    if state.json:
+        print_json(
+            {
+                "status": "error",
+                "error": {
+                    "kind": type(exc).__name__,
+                    "message": exc.message,
+                    "hint": exc.hint,
+                    "exit_code": int(exc.exit_code),
+                },
+            }
+        )

@@ -1,0 +1,65 @@
+"""``jhansi config``: the effective settings and where each came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from jhansi.cli._state import CliState, JsonFlag
+
+app = typer.Typer(help="Inspect jhansi's configuration.", no_args_is_help=True)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    project: Annotated[
+        Path | None,
+        typer.Option(
+            "--project",
+            help="Read the project configuration for this directory (default: the current one).",
+        ),
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Print the effective settings and, for each, where its value came from."""
+    from jhansi.cli._output import print_json, stdout_console
+    from jhansi.config import format_size, load_settings
+
+    ctx.ensure_object(CliState).json = json_output
+    settings = load_settings(start=project)
+    values = settings.as_dict()
+    if json_output:
+        print_json(
+            {
+                "status": "ok",
+                "settings": values,
+                "sources": dict(settings.sources),
+                "files": [str(f) for f in settings.files],
+            }
+        )
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    size_keys = {"memory", "tmp_size", "output_limit"}
+    table = Table(title="effective settings", title_justify="left")
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+    table.add_column("from", overflow="fold")
+    for section, keys in values.items():
+        for key, value in keys.items():
+            if key in size_keys and isinstance(value, int):
+                shown = format_size(value)
+            elif isinstance(value, tuple):
+                shown = ", ".join(value) or "(none)"
+            elif value is None:
+                shown = "(unset)"
+            else:
+                shown = str(value)
+            table.add_row(
+                f"{section}.{key}", escape(shown), escape(settings.sources[f"{section}.{key}"])
+            )
+    stdout_console().print(table)

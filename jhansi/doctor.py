@@ -1,0 +1,201 @@
+"""``jhansi doctor``: what jhansi can use on this machine, and how to fix what it cannot.
+
+Each check is frozen data (:class:`Check`); the CLI renders them. A check never
+raises: a missing tool is a result, with the fix in ``hint``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from jhansi.config import Settings
+from jhansi.errors import JhansiError
+from jhansi.paths import Paths
+
+MIN_PYTHON = (3, 11)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the doctor's report."""
+
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+    backend: str | None = None
+    """Set when this check decides whether a sandbox backend is usable."""
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorReport:
+    """All checks, in the order they were made."""
+
+    checks: tuple[Check, ...]
+
+    @property
+    def usable_backends(self) -> tuple[str, ...]:
+        """The sandbox backends that can run a script here."""
+        return tuple(c.backend for c in self.checks if c.backend and c.ok)
+
+    @property
+    def ok(self) -> bool:
+        """True when at least one sandbox backend is usable."""
+        return bool(self.usable_backends)
+
+
+def check_python() -> Check:
+    """jhansi's own interpreter."""
+    version = ".".join(str(v) for v in sys.version_info[:3])
+    ok = sys.version_info[:2] >= MIN_PYTHON
+    return Check(
+        "python",
+        ok,
+        f"{sys.implementation.name} {version} at {sys.executable}",
+        "" if ok else "jhansi needs Python 3.11 or newer: install it and reinstall jhansi.",
+    )
+
+
+def check_uv() -> Check:
+    """The uv binary from the ``uv`` package, which resolves and installs dependencies."""
+    try:
+        import uv
+
+        path = uv.find_uv_bin()
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, timeout=20, check=True
+        ).stdout.decode()
+    except (ImportError, FileNotFoundError, subprocess.SubprocessError, OSError) as exc:
+        return Check(
+            "uv",
+            False,
+            f"not usable: {exc}",
+            "Reinstall jhansi so that its `uv` dependency is present: `pip install --force-"
+            "reinstall jhansi`.",
+        )
+    return Check("uv", True, f"{out.strip()} at {path}")
+
+
+def check_bwrap(settings: Settings) -> Check:
+    """bubblewrap: present, and able to create user namespaces here."""
+    from jhansi.sandbox.bwrap import find_bwrap, userns_hint, userns_problem
+
+    try:
+        info = find_bwrap(settings.sandbox.bwrap)
+    except JhansiError as exc:
+        return Check("bwrap", False, exc.message, exc.hint, backend="bwrap")
+    detail = f"bubblewrap {info.version} ({info.origin}) at {info.path}"
+    try:
+        problem = userns_problem(info)
+    except (OSError, subprocess.SubprocessError) as exc:
+        problem = str(exc)
+    if problem:
+        return Check(
+            "bwrap",
+            False,
+            f"{detail}: cannot create a sandbox: {problem}",
+            userns_hint(),
+            backend="bwrap",
+        )
+    return Check("bwrap", True, f"{detail}; user namespaces work", backend="bwrap")
+
+
+def _engine_check(url: str, reason: str, runtime: str | None, *, selected: bool) -> Check:
+    from jhansi.sandbox.engine import connect, describe
+
+    name = "docker" if selected else "engine (also found)"
+    backend = "docker" if selected else None
+    try:
+        client = connect(url, timeout=5)
+    except JhansiError as exc:
+        return Check(name, False, f"{exc.message} ({reason})", exc.hint, backend=backend)
+    try:
+        info = describe(client, url)
+    finally:
+        client.close()
+    detail = f"{info.description} at {url} ({reason}); runtimes: {', '.join(info.runtimes)}"
+    if runtime and runtime not in info.runtimes:
+        return Check(
+            name,
+            False,
+            f"{detail}; the runtime {runtime!r} from [sandbox] runtime is not registered",
+            f"Register {runtime} in the engine's configuration (Docker: /etc/docker/daemon.json "
+            '"runtimes") and restart it, or unset [sandbox] runtime.',
+            backend=backend,
+        )
+    return Check(name, True, detail, backend=backend)
+
+
+def check_engines(settings: Settings) -> list[Check]:
+    """Docker Engine API endpoints (Docker or Podman): the one ``run`` would use, then others.
+
+    An endpoint named by the user (``[sandbox] engine_url`` or ``DOCKER_HOST``) is
+    the only one ``run`` uses, so it decides whether the docker backend is usable;
+    other sockets that exist are listed for information.
+    """
+    from jhansi.sandbox.engine import START_HINT, candidate_endpoints
+
+    runtime = settings.sandbox.runtime
+    wanted = candidate_endpoints(settings.sandbox.engine_url)
+    defaults = candidate_endpoints(
+        None, {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    )
+    present = [e for e in defaults if Path(e.url.removeprefix("unix://")).exists()]
+    if wanted[0].explicit:
+        selected = _engine_check(wanted[0].url, wanted[0].reason, runtime, selected=True)
+        return [selected] + [
+            _engine_check(e.url, e.reason, runtime, selected=False)
+            for e in present
+            if e.url != wanted[0].url
+        ]
+    checks = [_engine_check(e.url, e.reason, runtime, selected=False) for e in present]
+    first_ok = next((i for i, c in enumerate(checks) if c.ok), None)
+    if first_ok is None:
+        tried = ", ".join(e.url for e in defaults)
+        none = Check(
+            "docker",
+            False,
+            f"no container engine answers (tried {tried})",
+            START_HINT,
+            backend="docker",
+        )
+        return [none, *checks]
+    chosen = replace(checks.pop(first_ok), name="docker", backend="docker")
+    return [chosen, *checks]
+
+
+def check_data_dir(paths: Paths) -> Check:
+    """The data directory, where the ledger and sandbox homes live, is writable."""
+    target = paths.data
+    try:
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return Check(
+            "data directory",
+            False,
+            f"{target} is not writable: {exc.strerror or exc}",
+            "Make it writable, or set JHANSI_HOME to a directory you own.",
+        )
+    mode = target.stat().st_mode & 0o777
+    note = "" if mode & 0o077 == 0 else f" (mode {mode:o}: readable by others)"
+    return Check("data directory", True, f"{target} is writable{note}")
+
+
+def diagnose(settings: Settings, paths: Paths | None = None) -> DoctorReport:
+    """Run every check and return the report."""
+    paths = paths or Paths.from_environment(dict(os.environ))
+    checks = [
+        check_python(),
+        check_uv(),
+        check_bwrap(settings),
+        *check_engines(settings),
+        check_data_dir(paths),
+    ]
+    return DoctorReport(tuple(checks))
