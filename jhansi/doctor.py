@@ -105,7 +105,10 @@ def check_bwrap(settings: Settings) -> Check:
     return Check("bwrap", True, f"{detail}; user namespaces work", backend="bwrap")
 
 
-def _engine_check(url: str, reason: str, runtime: str | None, *, selected: bool) -> Check:
+def _engine_check(
+    url: str, reason: str, runtime: str | None, *, selected: bool
+) -> tuple[Check, bool]:
+    """The check for one endpoint, and whether an engine answered there at all."""
     from jhansi.sandbox.engine import connect, describe
 
     name = "docker" if selected else "engine (also found)"
@@ -113,7 +116,7 @@ def _engine_check(url: str, reason: str, runtime: str | None, *, selected: bool)
     try:
         client = connect(url, timeout=5)
     except JhansiError as exc:
-        return Check(name, False, f"{exc.message} ({reason})", exc.hint, backend=backend)
+        return Check(name, False, f"{exc.message} ({reason})", exc.hint, backend=backend), False
     try:
         info = describe(client, url)
     finally:
@@ -127,8 +130,8 @@ def _engine_check(url: str, reason: str, runtime: str | None, *, selected: bool)
             f"Register {runtime} in the engine's configuration (Docker: /etc/docker/daemon.json "
             '"runtimes") and restart it, or unset [sandbox] runtime.',
             backend=backend,
-        )
-    return Check(name, True, detail, backend=backend)
+        ), True
+    return Check(name, True, detail, backend=backend), True
 
 
 def check_engines(settings: Settings) -> list[Check]:
@@ -147,14 +150,16 @@ def check_engines(settings: Settings) -> list[Check]:
     )
     present = [e for e in defaults if Path(e.url.removeprefix("unix://")).exists()]
     if wanted[0].explicit:
-        selected = _engine_check(wanted[0].url, wanted[0].reason, runtime, selected=True)
+        selected, _ = _engine_check(wanted[0].url, wanted[0].reason, runtime, selected=True)
         return [selected] + [
-            _engine_check(e.url, e.reason, runtime, selected=False)
+            _engine_check(e.url, e.reason, runtime, selected=False)[0]
             for e in present
             if e.url != wanted[0].url
         ]
-    checks = [_engine_check(e.url, e.reason, runtime, selected=False) for e in present]
-    first_ok = next((i for i, c in enumerate(checks) if c.ok), None)
+    probed = [_engine_check(e.url, e.reason, runtime, selected=False) for e in present]
+    checks = [check for check, _ in probed]
+    # `run` uses the first engine that answers, whatever else is wrong with it.
+    first_ok = next((i for i, (_, answered) in enumerate(probed) if answered), None)
     if first_ok is None:
         tried = ", ".join(e.url for e in defaults)
         none = Check(

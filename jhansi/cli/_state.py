@@ -3,14 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
-
-import typer
-
-JsonFlag = Annotated[
-    bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")
-]
-"""The ``--json`` option, the same on every command."""
 
 
 @dataclass(slots=True)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from jhansi.cli._state import CliState, JsonFlag
+from jhansi.cli._options import JsonFlag
+from jhansi.cli._state import CliState
 
 app = typer.Typer(help="Inspect jhansi's configuration.", no_args_is_help=True)
 

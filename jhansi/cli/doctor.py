@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from jhansi.cli._state import CliState, JsonFlag
+from jhansi.cli._options import JsonFlag
+from jhansi.cli._state import CliState
 from jhansi.errors import ExitCode
 
 

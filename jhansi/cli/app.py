@@ -1,0 +1,56 @@
+"""The Typer application: the root command and the command groups registered on it."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from jhansi._version import __version__
+from jhansi.cli import config as config_cmd
+from jhansi.cli import doctor as doctor_cmd
+from jhansi.cli._state import CliState
+
+app = typer.Typer(
+    name="jhansi",
+    help="Run AI-generated Python the way an auditor would want it run: "
+    "locked, checked, sandboxed and recorded.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"jhansi {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and debug logs (also JHANSI_DEBUG=1).")
+    ] = False,
+) -> None:
+    state = ctx.ensure_object(CliState)
+    if debug:
+        state.debug = True
+        os.environ["JHANSI_DEBUG"] = "1"  # child processes and later imports see it too
+    if state.debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+
+
+app.command(name="doctor")(doctor_cmd.doctor)
+app.add_typer(config_cmd.app, name="config")

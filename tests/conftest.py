@@ -1,0 +1,152 @@
+"""Shared fixtures: an isolated JHANSI_HOME for every test, and the real engines.
+
+Engine fixtures skip with a reason when the engine is absent on a developer's
+machine. Under ``JHANSI_REQUIRE_ENGINES=1`` (set by ``.ci/run``, whose
+provisioning makes them present) an absent engine fails the test instead: a
+skip there would hide a broken CI set-up.
+
+The defaults below are what ``scripts/provision.sh`` creates; ``JHANSI_TEST_*``
+variables override them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+REQUIRE_ENGINES = os.environ.get("JHANSI_REQUIRE_ENGINES") == "1"
+TEST_IMAGE = os.environ.get("JHANSI_TEST_IMAGE", "jhansi-test-python:bookworm")
+DOCKER_HOST = os.environ.get("JHANSI_TEST_DOCKER_HOST", "unix:///var/run/docker.sock")
+PODMAN_HOST = os.environ.get("JHANSI_TEST_PODMAN_HOST", "unix:///run/jhansi-ci/podman.sock")
+RUNSC = os.environ.get("JHANSI_TEST_RUNSC", "runsc")
+
+
+def absent(reason: str) -> NoReturn:
+    """Skip (developer machine) or fail (CI, where provisioning must have made it present)."""
+    if REQUIRE_ENGINES:
+        pytest.fail(f"required by JHANSI_REQUIRE_ENGINES=1 but absent: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def jhansi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own JHANSI_HOME and no settings from the caller's environment."""
+    home = tmp_path / "jhansi-home"
+    monkeypatch.setenv("JHANSI_HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    for name in list(os.environ):
+        if (
+            name.startswith("JHANSI_")
+            and name not in ("JHANSI_HOME", "JHANSI_REQUIRE_ENGINES")
+            and not name.startswith("JHANSI_TEST_")
+        ):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    return home
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A reachable Docker Engine API endpoint with the test image loaded."""
+
+    url: str
+    client: Any
+    image: str
+    name: str
+    rootless: bool
+
+
+def _engine(url: str, what: str) -> Iterator[Engine]:
+    try:
+        import docker
+        from docker.errors import DockerException, ImageNotFound
+    except ImportError:
+        absent("the docker SDK is not installed")
+    if url.startswith("unix://") and not Path(url.removeprefix("unix://")).exists():
+        absent(f"{what} is not running: no socket at {url} (run scripts/provision.sh)")
+    try:
+        client = docker.DockerClient(base_url=url, timeout=60)
+        client.ping()
+        version = client.version()
+        info = client.info()
+    except DockerException as exc:
+        absent(f"{what} does not answer at {url}: {exc}")
+    try:
+        client.images.get(TEST_IMAGE)
+    except ImageNotFound:
+        absent(f"the test image {TEST_IMAGE} is not loaded in {what} (run scripts/provision.sh)")
+    names = " ".join(c.get("Name", "") for c in version.get("Components") or []).lower()
+    rootless = any("rootless" in s for s in info.get("SecurityOptions") or [])
+    yield Engine(url, client, TEST_IMAGE, "podman" if "podman" in names else "docker", rootless)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Engine]:
+    """The rootful Docker Engine, with the test image."""
+    yield from _engine(DOCKER_HOST, "Docker Engine")
+
+
+@pytest.fixture(scope="session")
+def podman_engine() -> Iterator[Engine]:
+    """A rootless Podman engine's Docker-compatible socket, with the test image."""
+    for engine in _engine(PODMAN_HOST, "rootless Podman"):
+        if engine.name != "podman" or not engine.rootless:
+            pytest.fail(
+                f"{PODMAN_HOST} is {engine.name}, rootless={engine.rootless}: "
+                "expected rootless Podman",
+                pytrace=False,
+            )
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def gvisor_engine(docker_engine: Engine) -> Engine:
+    """The Docker Engine, checked to have gVisor's runsc runtime registered."""
+    runtimes = docker_engine.client.info().get("Runtimes") or {}
+    if RUNSC not in runtimes:
+        absent(f"the {RUNSC} runtime is not registered with Docker (run scripts/provision.sh)")
+    return docker_engine
+
+
+@pytest.fixture(scope="session")
+def bwrap_path() -> Path:
+    """The system's bubblewrap."""
+    found = shutil.which("bwrap")
+    if not found:
+        absent("bubblewrap is not installed (apt-get install bubblewrap)")
+    return Path(found)
+
+
+@pytest.fixture(scope="session")
+def host_python() -> Path:
+    """The real interpreter running the tests (not a pyenv shim)."""
+    return Path(sys.executable).resolve()
+
+
+def run_jhansi(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """``jhansi ARGS`` as a real subprocess of this interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "jhansi", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        input=input,
+        timeout=timeout,
+        check=False,
+    )
