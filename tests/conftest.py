@@ -85,6 +85,9 @@ def _engine(url: str, what: str) -> Iterator[Engine]:
         absent(f"the test image {TEST_IMAGE} is not loaded in {what} (run scripts/provision.sh)")
     names = " ".join(c.get("Name", "") for c in version.get("Components") or []).lower()
     rootless = any("rootless" in s for s in info.get("SecurityOptions") or [])
+    if "podman" in str(version.get("Components")).lower():
+        libpod = client.api.get(client.api.base_url + "/libpod/info", timeout=30).json()
+        rootless = bool(libpod["host"]["security"]["rootless"])
     yield Engine(url, client, TEST_IMAGE, "podman" if "podman" in names else "docker", rootless)
     client.close()
 

@@ -124,6 +124,9 @@ def describe(client: docker.DockerClient, url: str) -> EngineInfo:
     )
     security = tuple(str(s) for s in info.get("SecurityOptions") or ())
     rootless = any("rootless" in s for s in security)
+    if is_podman and not rootless:
+        # Podman's Docker-compatible /info omits it (4.x); its own API says it.
+        rootless = _podman_rootless(client)
     runtimes = tuple(sorted((info.get("Runtimes") or {}).keys()))
     if is_podman:
         podman_version = next(
@@ -148,6 +151,14 @@ def describe(client: docker.DockerClient, url: str) -> EngineInfo:
         security_options=security,
         cgroup_version=str(info.get("CgroupVersion") or ""),
     )
+
+
+def _podman_rootless(client: docker.DockerClient) -> bool:
+    response = client.api.get(client.api.base_url + "/libpod/info", timeout=10)
+    if response.status_code != 200:
+        return False
+    host = response.json().get("host") or {}
+    return bool((host.get("security") or {}).get("rootless"))
 
 
 def find_engine(
