@@ -1,0 +1,199 @@
+"""The contract between the runner and the sandbox backends.
+
+The runner decides everything about a run and writes it down in a frozen
+:class:`SandboxSpec`; a :class:`Backend` only carries it out (bubblewrap, or a
+Docker Engine API endpoint) and returns a frozen :class:`ExecResult`. A backend
+never loosens the spec: anything it cannot enforce it either refuses with a
+:class:`~jhansi.errors.SandboxError` or reports in
+:attr:`ExecResult.enforcement`, so that the record tells the truth.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import BinaryIO, Final, Literal, Protocol
+
+#: ``argv[0]`` of a spec that runs the sandbox's Python interpreter: the backend
+#: puts its interpreter there (the image's ``python3``; the host interpreter for bwrap).
+PYTHON: Final = "<python>"
+#: Where the project is mounted, and the working directory of every run.
+WORKDIR: Final = "/work"
+#: The sandbox user's home (a named sandbox's persistent directory is mounted here).
+HOME: Final = "/home/sandbox"
+#: Where the in-sandbox bootstrap (``entry.py``) is mounted.
+ENTRY_DIR: Final = "/opt/jhansi"
+#: The unprivileged identity inside every sandbox.
+SANDBOX_UID: Final = 1000
+SANDBOX_GID: Final = 1000
+SANDBOX_USER: Final = "sandbox"
+
+Stream = Literal["stdout", "stderr"]
+
+
+class ExecStatus(StrEnum):
+    """How a sandboxed process ended."""
+
+    SUCCEEDED = "succeeded"
+    """Exited 0."""
+    FAILED = "failed"
+    """Exited non-zero, or was killed by a signal it caused itself."""
+    TIMED_OUT = "timed_out"
+    """Ran past the wall-clock timeout; the whole sandbox was killed."""
+    KILLED_OOM = "killed_oom"
+    """Killed by the kernel for exceeding the memory limit."""
+    ENGINE_ERROR = "engine_error"
+    """The engine or bwrap failed; the script may not have run at all."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A host path visible in the sandbox.
+
+    ``kind``: ``bind`` makes ``source`` appear at ``target``; ``empty`` hides
+    whatever is at ``target`` behind an empty read-only file (when
+    ``source`` is a file) or directory (masking secret-looking paths);
+    ``socket`` binds a unix socket (egress).
+    """
+
+    source: Path
+    target: str
+    read_only: bool = True
+    kind: Literal["bind", "empty", "socket"] = "bind"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits; every one is enforced by the kernel (how is in the result)."""
+
+    memory: int
+    """Bytes of memory (no swap beyond it)."""
+    cpus: float
+    pids: int
+    tmp_size: int
+    """Bytes of the tmpfs at /tmp."""
+    timeout: float
+    """Wall-clock seconds before the whole sandbox is killed."""
+    output_limit: int
+    """Bytes kept (the tail) of each of stdout and stderr."""
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """Everything about one sandboxed process. Backends carry it out, nothing more."""
+
+    run_id: str
+    argv: tuple[str, ...]
+    """The command; ``argv[0] == PYTHON`` means the sandbox's interpreter."""
+    mounts: tuple[Mount, ...]
+    env: Mapping[str, str]
+    """The complete environment inside: nothing is inherited from the host."""
+    limits: Limits
+    image: str
+    """The container image (docker backend)."""
+    python: Path | None
+    """The host interpreter (bwrap backend); it and its standard library are bound read-only."""
+    network: Literal["none"] = "none"
+    """Only loopback inside; egress (a later issue) goes through a bound unix socket."""
+    workdir: str = WORKDIR
+    uid: int = SANDBOX_UID
+    gid: int = SANDBOX_GID
+    labels: Mapping[str, str] = field(default_factory=dict)
+    runtime: str | None = None
+    """An OCI runtime registered with the engine (``runsc`` = gVisor); docker backend only."""
+    interactive: bool = False
+    """Forward the ``stdin`` given to :meth:`Backend.run` (``jhansi sandbox shell``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTail:
+    """The last bytes of one output stream, and how much there was in all."""
+
+    data: bytes
+    total: int
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """How a sandboxed process ended, and what it printed."""
+
+    status: ExecStatus
+    exit_code: int | None
+    signal: int | None
+    duration_ms: int
+    stdout: OutputTail
+    stderr: OutputTail
+    error: str = ""
+    """For ``ENGINE_ERROR``: what failed, in one line."""
+    enforcement: Mapping[str, str] = field(default_factory=dict)
+    """How each limit was enforced (``memory: cgroup v1``, ``pids: RLIMIT_NPROC`` …)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """What ran the sandbox, for the record: name plus identity details."""
+
+    backend: Literal["docker", "bwrap"]
+    details: Mapping[str, str]
+    """docker: engine, version, rootless, url, runtime, image, image_digest;
+    bwrap: bwrap path, version, origin, python."""
+
+
+class OutputSink(Protocol):
+    """Receives the sandbox's output live, as it is written."""
+
+    def write(self, stream: Stream, data: bytes) -> None:
+        """Called from the backend for every chunk read (possibly from another thread)."""
+
+
+class TailBuffer:
+    """Keeps the last ``limit`` bytes of a stream and counts all of it (thread-safe)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._chunks = bytearray()
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def feed(self, data: bytes) -> None:
+        """Add a chunk."""
+        with self._lock:
+            self._total += len(data)
+            self._chunks += data
+            if len(self._chunks) > 2 * self._limit:
+                del self._chunks[: len(self._chunks) - self._limit]
+
+    def tail(self) -> OutputTail:
+        """The kept bytes."""
+        with self._lock:
+            data = bytes(self._chunks[-self._limit :]) if self._limit else b""
+            return OutputTail(data, self._total, self._total > len(data))
+
+
+class Backend(ABC):
+    """A way to run a :class:`SandboxSpec`."""
+
+    name: str
+
+    @abstractmethod
+    def info(self, spec: SandboxSpec) -> BackendInfo:
+        """Identify what will run ``spec`` (engine and version, image digest, bwrap …)."""
+
+    @abstractmethod
+    def run(
+        self, spec: SandboxSpec, output: OutputSink, *, stdin: BinaryIO | None = None
+    ) -> ExecResult:
+        """Run ``spec`` to the end, streaming output to ``output``.
+
+        Always cleans up (containers removed, processes killed), also on
+        ``KeyboardInterrupt``, which is re-raised afterwards.
+        """
+
+    def prune(self) -> int:
+        """Remove what crashed runs left behind (containers); return how many."""
+        return 0
