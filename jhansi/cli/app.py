@@ -10,6 +10,8 @@ import typer
 from jhansi._version import __version__
 from jhansi.cli import config as config_cmd
 from jhansi.cli import doctor as doctor_cmd
+from jhansi.cli import run as run_cmd
+from jhansi.cli import sandbox as sandbox_cmd
 from jhansi.cli._state import CliState
 
 app = typer.Typer(
@@ -52,5 +54,10 @@ def _root(
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
 
 
+app.command(
+    name="run",
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+)(run_cmd.run)
+app.add_typer(sandbox_cmd.app, name="sandbox")
 app.command(name="doctor")(doctor_cmd.doctor)
 app.add_typer(config_cmd.app, name="config")

@@ -1,11 +1,13 @@
 """The in-sandbox bootstrap: runs the script as ``__main__`` with an exact import path.
 
 This file is mounted read-only into every sandbox and run as
-``python -I -S /opt/jhansi/entry.py [--path DIR]... (--interactive | -- SCRIPT [ARG]...)``.
+``python -I -S /opt/jhansi/entry.py [--path DIR]... [--path0 DIR]
+(--interactive | -- SCRIPT [ARG]...)``.
 ``-I`` ignores ``PYTHON*`` variables and the user site; ``-S`` skips ``site``, so
 neither the host's nor the image's site-packages is importable. What is importable
-is exactly: the standard library, the script's own directory, and each ``--path``
-(a locked environment; its ``.pth`` files are processed).
+is exactly: the standard library, the script's own directory (or ``--path0``, for
+code read from stdin, which imports from the working directory as ``python -``
+does), and each ``--path`` (a locked environment; its ``.pth`` files are processed).
 
 It must run on every interpreter a sandbox may have: the standard library only,
 and nothing newer than Python 3.8.
@@ -23,8 +25,9 @@ def _clean_path() -> None:
     ]
 
 
-def _parse(argv: List[str]) -> Tuple[List[str], bool, List[str]]:
+def _parse(argv: List[str]) -> Tuple[List[str], str, bool, List[str]]:
     paths: List[str] = []
+    path0 = ""
     interactive = False
     i = 0
     while i < len(argv):
@@ -32,18 +35,21 @@ def _parse(argv: List[str]) -> Tuple[List[str], bool, List[str]]:
         if arg == "--path":
             paths.append(argv[i + 1])
             i += 2
+        elif arg == "--path0":
+            path0 = argv[i + 1]
+            i += 2
         elif arg == "--interactive":
             interactive = True
             i += 1
         elif arg == "--":
-            return paths, interactive, argv[i + 1 :]
+            return paths, path0, interactive, argv[i + 1 :]
         else:
             sys.stderr.write("jhansi entry: unknown argument %r\n" % arg)
             sys.exit(2)
-    return paths, interactive, []
+    return paths, path0, interactive, []
 
 
-def _run_script(script: str, args: List[str]) -> None:
+def _run_script(script: str, args: List[str], path0: str) -> None:
     import types
 
     with open(script, "rb") as handle:
@@ -54,7 +60,7 @@ def _run_script(script: str, args: List[str]) -> None:
     main.__dict__["__builtins__"] = __builtins__
     sys.modules["__main__"] = main
     sys.argv[:] = [script] + list(args)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    sys.path.insert(0, path0 or os.path.dirname(os.path.abspath(script)))
     try:
         exec(code, main.__dict__)
     except SystemExit:
@@ -79,7 +85,7 @@ def _interact() -> None:
 
 def main() -> None:
     """Set up the import path and hand over to the script."""
-    paths, interactive, rest = _parse(sys.argv[1:])
+    paths, path0, interactive, rest = _parse(sys.argv[1:])
     _clean_path()
     if paths:
         import site
@@ -87,12 +93,13 @@ def main() -> None:
         for path in paths:
             site.addsitedir(path)
     if interactive:
+        sys.path.insert(0, path0 or os.getcwd())
         _interact()
         return
     if not rest:
         sys.stderr.write("jhansi entry: no script given\n")
         sys.exit(2)
-    _run_script(rest[0], rest[1:])
+    _run_script(rest[0], rest[1:], path0)
 
 
 if __name__ == "__main__":

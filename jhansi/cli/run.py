@@ -1,0 +1,276 @@
+"""``jhansi run``: run a script in its sandbox and exit with the script's exit code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from jhansi.cli._options import JsonFlag
+from jhansi.cli._state import CliState
+from jhansi.errors import ExitCode, JhansiError, UsageError
+
+if TYPE_CHECKING:
+    from jhansi.runner import RunResult
+
+SANDBOX = "Sandbox"
+LIMITS = "Limits"
+
+Backend = Annotated[
+    str | None,
+    typer.Option("--backend", help="auto, docker or bwrap.", rich_help_panel=SANDBOX),
+]
+Image = Annotated[
+    str | None,
+    typer.Option("--image", help="Container image (docker backend).", rich_help_panel=SANDBOX),
+]
+Python = Annotated[
+    str | None,
+    typer.Option("--python", help="Interpreter (bwrap backend).", rich_help_panel=SANDBOX),
+]
+Runtime = Annotated[
+    str | None,
+    typer.Option("--runtime", help="OCI runtime, such as runsc (gVisor).", rich_help_panel=SANDBOX),
+]
+SandboxName = Annotated[
+    str | None,
+    typer.Option(
+        "--sandbox", help="Named sandbox (default: the project's own).", rich_help_panel=SANDBOX
+    ),
+]
+Ephemeral = Annotated[
+    bool,
+    typer.Option("--ephemeral", help="Use a throwaway home.", rich_help_panel=SANDBOX),
+]
+Project = Annotated[
+    Path | None,
+    typer.Option(
+        "--project",
+        help="Directory mounted at /work (default: nearest with pyproject.toml or .git).",
+        rich_help_panel=SANDBOX,
+    ),
+]
+ReadWrite = Annotated[
+    bool,
+    typer.Option(
+        "--rw", help="Let the script write to /work (the project).", rich_help_panel=SANDBOX
+    ),
+]
+Env = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--env", "-e", help="KEY=VALUE for the sandbox (repeatable).", rich_help_panel=SANDBOX
+    ),
+]
+Memory = Annotated[
+    str | None, typer.Option("--memory", help="e.g. 512m, 2g.", rich_help_panel=LIMITS)
+]
+Cpus = Annotated[str | None, typer.Option("--cpus", help="e.g. 1, 0.5.", rich_help_panel=LIMITS)]
+Pids = Annotated[str | None, typer.Option("--pids", help="Max processes.", rich_help_panel=LIMITS)]
+TmpSize = Annotated[
+    str | None, typer.Option("--tmp-size", help="Size of /tmp.", rich_help_panel=LIMITS)
+]
+Timeout = Annotated[
+    str | None, typer.Option("--timeout", help="Seconds, or 30s, 5m.", rich_help_panel=LIMITS)
+]
+OutputLimit = Annotated[
+    str | None,
+    typer.Option("--output-limit", help="Bytes kept of each stream.", rich_help_panel=LIMITS),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only the script's output.")]
+
+
+def sandbox_flags(**values: Any) -> dict[tuple[str, str], object]:
+    """Command-line values as settings overrides (``None`` = not given)."""
+    return {("sandbox", key): value for key, value in values.items()}
+
+
+def parse_env(pairs: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """``KEY=VALUE`` strings from ``--env``."""
+    out = []
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(
+                f"--env {pair!r} is not KEY=VALUE",
+                hint="Write it as --env NAME=value (the host's environment is never passed on).",
+            )
+        out.append((key, value))
+    return tuple(out)
+
+
+def run(
+    ctx: typer.Context,
+    script: Annotated[str, typer.Argument(help="The script, or - to read code from stdin.")],
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments for the script.")] = None,
+    backend: Backend = None,
+    image: Image = None,
+    python: Python = None,
+    runtime: Runtime = None,
+    sandbox: SandboxName = None,
+    ephemeral: Ephemeral = False,
+    project: Project = None,
+    rw: ReadWrite = False,
+    env: Env = None,
+    memory: Memory = None,
+    cpus: Cpus = None,
+    pids: Pids = None,
+    tmp_size: TmpSize = None,
+    timeout: Timeout = None,
+    output_limit: OutputLimit = None,
+    quiet: Quiet = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Run SCRIPT in a hardened sandbox and exit with its exit code.
+
+    Everything after SCRIPT is passed to the script. No network, a read-only
+    project at /work, a persistent home at /home/sandbox, and limits on memory,
+    CPU, processes and time.
+    """
+    from jhansi.cli._reporter import ConsoleReporter
+    from jhansi.config import load_settings
+    from jhansi.runner import Runner, RunRequest
+
+    ctx.ensure_object(CliState).json = json_output
+    script_path = None if script == "-" else Path(script)
+    code = sys.stdin.read() if script_path is None else None
+    start = project or (script_path.absolute().parent if script_path else None)
+    settings = load_settings(
+        start=start,
+        flags=sandbox_flags(
+            backend=backend,
+            image=image,
+            python=python,
+            runtime=runtime,
+            memory=memory,
+            cpus=cpus,
+            pids=pids,
+            tmp_size=tmp_size,
+            timeout=timeout,
+            output_limit=output_limit,
+        ),
+    )
+    reporter = ConsoleReporter(quiet=quiet or json_output, quiet_output=json_output)
+    request = RunRequest(
+        script=script_path,
+        code=code,
+        args=tuple(args or ()),
+        project=project,
+        sandbox=sandbox,
+        ephemeral=ephemeral,
+        rw=rw,
+        env=parse_env(env),
+    )
+    result = Runner.from_settings(settings, reporter=reporter).run(request)
+    finish(
+        result,
+        json_output=json_output,
+        quiet=quiet,
+        timeout=settings.sandbox.timeout,
+        memory=settings.sandbox.memory,
+    )
+
+
+def result_document(result: RunResult) -> dict[str, Any]:
+    """The ``--json`` document of a run."""
+
+    def tail(t: Any) -> dict[str, Any]:
+        return {
+            "text": t.data.decode("utf-8", "replace"),
+            "bytes": t.total,
+            "truncated": t.truncated,
+        }
+
+    return {
+        "status": result.status,
+        "exit_code": result.exit_code,
+        "signal": result.signal,
+        "duration_ms": result.duration_ms,
+        "run_id": result.run_id,
+        "script": result.script,
+        "project": result.project,
+        "sandbox": result.sandbox,
+        "ephemeral": result.ephemeral,
+        "home": result.home,
+        "backend": result.backend.backend,
+        "backend_details": dict(result.backend.details),
+        "enforcement": dict(result.enforcement),
+        "stdout": tail(result.stdout),
+        "stderr": tail(result.stderr),
+        "files_changed": [
+            {
+                "area": c.area,
+                "path": c.path,
+                "change": c.change,
+                "size": c.size,
+                "blake3": c.blake3,
+            }
+            for c in result.files_changed
+        ],
+        "error": result.error,
+    }
+
+
+def exit_code_of(result: RunResult) -> int:
+    """What ``jhansi run`` exits with: the script's code, or jhansi's for its own outcomes."""
+    if result.status == "succeeded":
+        return 0
+    if result.status == "timed_out":
+        return int(ExitCode.TIMED_OUT)
+    if result.status == "killed_oom":
+        return int(ExitCode.KILLED_OOM)
+    if result.status == "engine_error":
+        return int(ExitCode.SANDBOX)
+    if result.exit_code is not None:
+        return result.exit_code
+    return 128 + (result.signal or 9)
+
+
+def finish(
+    result: RunResult, *, json_output: bool, quiet: bool, timeout: float, memory: int
+) -> None:
+    """Print the outcome and exit with the right code."""
+    from jhansi.cli._output import print_json, stderr_console
+    from jhansi.config import format_size
+
+    code = exit_code_of(result)
+    if json_output:
+        print_json(result_document(result))
+    problem: JhansiError | None = None
+    if result.status == "timed_out":
+        problem = JhansiError(
+            f"timed out after {timeout:g} s: the sandbox was killed",
+            hint="Raise it with --timeout (or [sandbox] timeout) if the script needs longer.",
+        )
+    elif result.status == "killed_oom":
+        problem = JhansiError(
+            f"killed: the script exceeded its memory limit ({format_size(memory)})",
+            hint="Raise the limit with --memory (or [sandbox] memory), e.g. --memory 2g.",
+        )
+    elif result.status == "engine_error":
+        problem = JhansiError(
+            f"the sandbox failed: {result.error or 'unknown engine error'}",
+            hint="Run `jhansi doctor` to check the backend; `--debug` shows more.",
+        )
+    elif result.status == "failed" and b"Read-only file system" in result.stderr.data:
+        problem = JhansiError(
+            f"the script exited {code}: it tried to write to a read-only place",
+            hint="The project at /work is read-only: pass --rw to allow writes there, or write "
+            f"under $HOME (/home/sandbox), which persists in sandbox {result.sandbox!r}.",
+        )
+    if problem is not None:
+        from rich.markup import escape
+
+        console = stderr_console()
+        console.print(f"[bold red]error:[/] {escape(problem.message)}", soft_wrap=True)
+        console.print(f"[bold]hint:[/] {escape(problem.hint)}", soft_wrap=True)
+    elif not quiet and not json_output:
+        changed = len(result.files_changed)
+        sys.stderr.write(
+            f"jhansi: {result.status} (exit {result.exit_code}) in "
+            f"{result.duration_ms / 1000:.2f} s · sandbox {result.sandbox} · "
+            f"{result.backend.backend} · {changed} file{'s' if changed != 1 else ''} changed\n"
+        )
+    raise typer.Exit(code)

@@ -1,0 +1,498 @@
+"""The pipeline of one ``jhansi run``, as a readable list of steps.
+
+``Runner.run(request)`` → read and check the script → find the project → hold
+the named sandbox → choose the backend → build the :class:`SandboxSpec` →
+snapshot the writable directories → run → diff → :class:`RunResult`.
+
+Nothing here prints, prompts or exits: progress goes to the :class:`Reporter`,
+refusals are :class:`~jhansi.errors.JhansiError`, and how the script ended is
+data in the result.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import io
+import os
+import re
+import secrets
+import sys
+import tempfile
+import time
+import tokenize
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jhansi.config import DEFAULT_MASK, Settings
+from jhansi.errors import InputError, SandboxError, UsageError
+from jhansi.paths import Paths, ensure_private_dir
+from jhansi.report import NullReporter, Reporter, Stream
+from jhansi.sandbox.changes import FileChange, diff, snapshot
+from jhansi.sandbox.interface import (
+    ENTRY_DIR,
+    HOME,
+    PYTHON,
+    SANDBOX_USER,
+    WORKDIR,
+    Backend,
+    BackendInfo,
+    ExecResult,
+    Limits,
+    Mount,
+    OutputTail,
+    SandboxSpec,
+)
+from jhansi.sandbox.workspace import OpenSandbox, Workspace, default_name, validate_name
+
+ENTRY_SOURCE = Path(__file__).parent / "sandbox" / "entry.py"
+ENTRY_TARGET = f"{ENTRY_DIR}/entry.py"
+#: Where a script from outside the project (or from stdin) is mounted.
+MAIN_DIR = f"{ENTRY_DIR}/main"
+STDIN_NAME = "stdin.py"
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Variables jhansi sets itself; ``--env`` may not replace them.
+_RESERVED_ENV = frozenset({"HOME", "PATH", "PYTHONUNBUFFERED", "USER", "LOGNAME"})
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """What to run and how; everything else comes from :class:`~jhansi.config.Settings`."""
+
+    script: Path | None
+    """The script on the host; ``None`` when ``code`` is given (``jhansi run -``)."""
+    code: str | None = None
+    args: tuple[str, ...] = ()
+    project: Path | None = None
+    """The project directory mounted at /work (default: found from the script)."""
+    sandbox: str | None = None
+    """The named sandbox (default: the project's own)."""
+    ephemeral: bool = False
+    rw: bool = False
+    """Mount the project read-write."""
+    env: tuple[tuple[str, str], ...] = ()
+    interactive: bool = False
+    """Run an interactive interpreter instead of a script (``jhansi sandbox shell``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How the run ended; frozen, so that what is shown is what is recorded."""
+
+    run_id: str
+    status: str
+    exit_code: int | None
+    signal: int | None
+    duration_ms: int
+    script: str
+    project: str | None
+    sandbox: str
+    ephemeral: bool
+    home: str
+    backend: BackendInfo
+    stdout: OutputTail
+    stderr: OutputTail
+    files_changed: tuple[FileChange, ...]
+    enforcement: Mapping[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A script read and checked on the host before any sandbox starts."""
+
+    host_path: Path
+    display: str
+    from_stdin: bool
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: milliseconds since the epoch and 64 random bits."""
+    return f"{int(time.time() * 1000):013x}-{secrets.token_hex(8)}"
+
+
+def _decode(raw: bytes, where: str) -> str:
+    if b"\x00" in raw:
+        raise InputError(
+            f"{where} is a binary file, not a Python script",
+            hint="Pass the .py source file.",
+        )
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+        return raw.decode(encoding)
+    except (SyntaxError, LookupError, UnicodeDecodeError) as exc:
+        position = f" (byte {exc.start})" if isinstance(exc, UnicodeDecodeError) else ""
+        raise InputError(
+            f"{where} is not UTF-8 text{position}",
+            hint="Save it as UTF-8, or declare its encoding in a `# -*- coding: ... -*-` line.",
+        ) from None
+
+
+def check_source(text: str, where: str) -> None:
+    """Refuse code that does not parse, naming the line and column, before anything runs."""
+    try:
+        ast.parse(text, filename=where)
+    except SyntaxError as exc:
+        line = exc.lineno or 0
+        column = exc.offset or 0
+        raise InputError(
+            f"{where}:{line}:{column}: syntax error: {exc.msg}",
+            hint="Fix the script; nothing was run.",
+        ) from None
+    except ValueError as exc:  # e.g. null bytes after decoding
+        raise InputError(f"{where}: {exc}", hint="Fix the script; nothing was run.") from None
+
+
+def read_script(path: Path) -> str:
+    """The text of the script at ``path``, checked to be a readable, decodable file."""
+    if not path.exists():
+        raise InputError(
+            f"no such file: {path}",
+            hint="Check the path, or run `jhansi run -` to read the code from stdin.",
+        )
+    if path.is_dir():
+        candidate = path / "__main__.py"
+        suggestion = candidate if candidate.is_file() else path / "main.py"
+        raise InputError(
+            f"{path} is a directory, not a script",
+            hint=f"Name the Python file to run, for example `jhansi run {suggestion}`.",
+        )
+    if not path.is_file():
+        raise InputError(f"{path} is not a regular file", hint="Pass a .py source file.")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(
+            f"cannot read {path}: {exc.strerror or exc}",
+            hint="Check the file's permissions.",
+        ) from None
+    return _decode(raw, str(path))
+
+
+def find_project(start: Path) -> Path:
+    """The nearest ancestor of ``start`` holding ``pyproject.toml`` or ``.git``, else ``start``."""
+    start = start.absolute()
+    for directory in (start, *start.parents):
+        if (directory / "pyproject.toml").exists() or (directory / ".git").exists():
+            return directory
+    return start
+
+
+def unsafe_project(project: Path) -> str | None:
+    """Why ``project`` must not be mounted as a whole, or ``None``."""
+    resolved = project.resolve()
+    if resolved == Path("/"):
+        return "the root directory"
+    home = Path.home().resolve()
+    if resolved == home:
+        return "your home directory"
+    if resolved in home.parents:
+        return f"a parent of your home directory ({resolved})"
+    return None
+
+
+def find_masked(project: Path, patterns: tuple[str, ...]) -> Iterator[Path]:
+    """Paths under ``project`` whose name (or relative path) matches a mask pattern."""
+    root = str(project)
+    for directory, dirs, files in os.walk(root):
+        rel_dir = os.path.relpath(directory, root)
+        for name in [*dirs, *files]:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p) for p in patterns):
+                yield project / rel
+        dirs[:] = [
+            d
+            for d in dirs
+            if not any(
+                fnmatch.fnmatch(d, p) or fnmatch.fnmatch(f"{rel_dir}/{d}".lstrip("./"), p)
+                for p in patterns
+            )
+        ]
+
+
+def sandbox_env(extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """The complete environment inside the sandbox: nothing comes from the host."""
+    env = {
+        "HOME": HOME,
+        "USER": SANDBOX_USER,
+        "LOGNAME": SANDBOX_USER,
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "MPLBACKEND": "Agg",
+        "TMPDIR": "/tmp",  # noqa: S108 - the sandbox's own private tmpfs
+    }
+    for key, value in extra:
+        if not _ENV_KEY.match(key):
+            raise UsageError(
+                f"--env {key}=...: {key!r} is not a valid variable name",
+                hint="Use letters, digits and '_', not starting with a digit.",
+            )
+        if key in _RESERVED_ENV:
+            raise UsageError(
+                f"--env {key}=... would replace a variable jhansi sets itself",
+                hint=f"Leave {key} to jhansi (it is {env[key]!r} in the sandbox).",
+            )
+        env[key] = value
+    return env
+
+
+def select_backend(settings: Settings, reporter: Reporter) -> Backend:
+    """The backend named by ``[sandbox] backend``; ``auto``: an engine, else bubblewrap."""
+    choice = settings.sandbox.backend
+    if choice == "bwrap":
+        return _bwrap(settings)
+    if choice == "docker":
+        return _docker(settings)
+    try:
+        return _docker(settings)
+    except SandboxError as engine_error:
+        try:
+            backend = _bwrap(settings)
+        except SandboxError as bwrap_error:
+            raise SandboxError(
+                f"no sandbox backend is usable: {engine_error.message}; {bwrap_error.message}",
+                hint=f"{bwrap_error.hint} Or: {engine_error.hint} (`jhansi doctor` checks both.)",
+            ) from None
+        reporter.step("backend", f"no container engine ({engine_error.message}); using bwrap")
+        return backend
+
+
+def _bwrap(settings: Settings) -> Backend:
+    from jhansi.sandbox.bwrap import BwrapBackend
+
+    return BwrapBackend.from_settings(settings.sandbox.bwrap, settings.sandbox.python)
+
+
+def _docker(settings: Settings) -> Backend:
+    from jhansi.sandbox.docker import DockerBackend
+
+    return DockerBackend.from_settings(settings.sandbox.engine_url)
+
+
+class _Sink:
+    """Adapts the reporter to the backends' output sink."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self._reporter = reporter
+
+    def write(self, stream: Stream, data: bytes) -> None:
+        self._reporter.output(stream, data)
+
+
+class Runner:
+    """Runs scripts with one set of settings."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        paths: Paths,
+        reporter: Reporter,
+        backend: Backend | None = None,
+    ) -> None:
+        self.settings = settings
+        self.paths = paths
+        self.reporter = reporter
+        self._backend = backend
+        self.workspace = Workspace.from_paths(paths)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        paths: Paths | None = None,
+        reporter: Reporter | None = None,
+        backend: Backend | None = None,
+    ) -> Runner:
+        """A runner for ``settings``; the backend is chosen on first use unless given."""
+        return cls(
+            settings=settings,
+            paths=paths or Paths.from_environment(),
+            reporter=reporter or NullReporter(),
+            backend=backend,
+        )
+
+    @property
+    def backend(self) -> Backend:
+        """The sandbox backend (chosen once, on first use)."""
+        if self._backend is None:
+            self._backend = select_backend(self.settings, self.reporter)
+        return self._backend
+
+    def limits(self) -> Limits:
+        """The resource limits from the settings."""
+        s = self.settings.sandbox
+        return Limits(
+            memory=s.memory,
+            cpus=s.cpus,
+            pids=s.pids,
+            tmp_size=s.tmp_size,
+            timeout=s.timeout,
+            output_limit=s.output_limit,
+        )
+
+    def run(self, request: RunRequest) -> RunResult:
+        """Run one script (or an interactive interpreter) in its sandbox."""
+        run_id = new_run_id()
+        # 1. the script: read and parsed on the host, so bad input never starts a sandbox
+        script, project = self._prepare_script(request, run_id)
+        # 2. the named sandbox, held for the whole run
+        name = validate_name(request.sandbox) if request.sandbox else None
+        opener = (
+            self.workspace.ephemeral()
+            if request.ephemeral
+            else self.workspace.open(
+                name or default_name(project or (script.host_path.parent)),
+                project=project,
+                on_wait=lambda message: self.reporter.step("waiting", message),
+            )
+        )
+        try:
+            with opener as sandbox:
+                return self._run_in(request, run_id, script, project, sandbox)
+        finally:
+            if script.from_stdin:
+                _remove_quietly(script.host_path)
+
+    def _prepare_script(self, request: RunRequest, run_id: str) -> tuple[Script, Path | None]:
+        if request.interactive:
+            script = Script(Path(os.devnull), "<interactive>", from_stdin=False)
+            start = request.project or Path.cwd()
+        elif request.script is None:
+            code = request.code or ""
+            check_source(code, "<stdin>")
+            script = Script(self._stdin_file(run_id, code), "<stdin>", from_stdin=True)
+            start = request.project or Path.cwd()
+        else:
+            path = request.script.absolute()
+            check_source(read_script(path), str(request.script))
+            script = Script(path, str(request.script), from_stdin=False)
+            start = request.project or path.parent
+        project = (request.project or find_project(start)).absolute()
+        if not project.is_dir():
+            raise UsageError(
+                f"--project {project}: not a directory", hint="Name the project's directory."
+            )
+        why = unsafe_project(project)
+        if why:
+            self.reporter.warning(
+                f"not mounting {why} as the project: only the script is visible at {WORKDIR}; "
+                "pass --project DIR to mount a project directory"
+            )
+            return script, None
+        return script, project
+
+    def _stdin_file(self, run_id: str, code: str) -> Path:
+        # Read by the sandbox user, so world-readable inside a private directory.
+        base = ensure_private_dir(self.paths.runtime)
+        directory = Path(tempfile.mkdtemp(prefix=f"{run_id}-", dir=base))
+        directory.chmod(0o755)
+        path = directory / STDIN_NAME
+        path.write_text(code, encoding="utf-8")
+        path.chmod(0o644)
+        return path
+
+    def _mounts(
+        self, request: RunRequest, script: Script, project: Path | None, home: Path
+    ) -> tuple[list[Mount], str, list[str]]:
+        """The mounts, the script's path inside, and top-level names masked in /work."""
+        mounts = [Mount(ENTRY_SOURCE, ENTRY_TARGET)]
+        masked_top: list[str] = []
+        inside: str
+        if project is not None:
+            mounts.append(Mount(project, WORKDIR, read_only=not request.rw))
+            patterns = DEFAULT_MASK + self.settings.sandbox.mask
+            for path in find_masked(project, patterns):
+                rel = path.relative_to(project).as_posix()
+                mounts.append(Mount(path, f"{WORKDIR}/{rel}", kind="empty"))
+                if "/" not in rel:
+                    masked_top.append(rel)
+            if request.interactive:
+                inside = ""
+            elif not script.from_stdin and script.host_path.is_relative_to(project):
+                inside = f"{WORKDIR}/{script.host_path.relative_to(project).as_posix()}"
+            else:
+                inside = f"{MAIN_DIR}/{script.host_path.name}"
+                mounts.append(Mount(script.host_path, inside))
+        elif request.interactive:
+            inside = ""
+        else:
+            inside = f"{WORKDIR}/{script.host_path.name}"
+            mounts.append(Mount(script.host_path, inside))
+        mounts.append(Mount(home, HOME, read_only=False))
+        return mounts, inside, masked_top
+
+    def _run_in(
+        self,
+        request: RunRequest,
+        run_id: str,
+        script: Script,
+        project: Path | None,
+        sandbox: OpenSandbox,
+    ) -> RunResult:
+        backend = self.backend
+        mounts, inside, masked_top = self._mounts(request, script, project, sandbox.home)
+        argv: list[str] = [PYTHON, "-I", "-S", ENTRY_TARGET]
+        if script.from_stdin:
+            argv += ["--path0", WORKDIR]
+        if request.interactive:
+            argv.append("--interactive")
+        else:
+            argv += ["--", inside, *request.args]
+        spec = SandboxSpec(
+            run_id=run_id,
+            argv=tuple(argv),
+            mounts=tuple(mounts),
+            env=sandbox_env(request.env),
+            limits=self.limits(),
+            image=self.settings.sandbox.image,
+            python=Path(self.settings.sandbox.python) if self.settings.sandbox.python else None,
+            labels={"jhansi.sandbox": sandbox.name},
+            runtime=self.settings.sandbox.runtime,
+            interactive=request.interactive,
+        )
+        info = backend.info(spec)
+        self.reporter.step(
+            "sandbox",
+            f"{sandbox.name}{' (ephemeral)' if sandbox.ephemeral else ''} on {info.backend}",
+        )
+        watched: list[tuple[Path, str, tuple[str, ...]]] = [(sandbox.home, HOME, ())]
+        if project is not None and request.rw:
+            watched.append((project, WORKDIR, tuple(masked_top)))
+        before = [snapshot(root, area, skip=skip) for root, area, skip in watched]
+        stdin = sys.stdin.buffer if request.interactive else None
+        result: ExecResult = backend.run(spec, _Sink(self.reporter), stdin=stdin)
+        changes: list[FileChange] = []
+        for old, (root, area, skip) in zip(before, watched, strict=True):
+            changes += diff(old, snapshot(root, area, skip=skip))
+        return RunResult(
+            run_id=run_id,
+            status=result.status.value,
+            exit_code=result.exit_code,
+            signal=result.signal,
+            duration_ms=result.duration_ms,
+            script=script.display,
+            project=str(project) if project else None,
+            sandbox=sandbox.name,
+            ephemeral=sandbox.ephemeral,
+            home=str(sandbox.home),
+            backend=info,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            files_changed=tuple(changes),
+            enforcement=result.enforcement,
+            error=result.error,
+        )
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+        path.parent.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,258 @@
+"""Named sandboxes: a persistent home directory per name, its metadata, and its lock.
+
+A sandbox named ``NAME`` lives in ``<data>/sandboxes/NAME/``: ``home/`` is
+mounted at ``/home/sandbox`` in every run, ``meta.json`` says when it was made
+and used, and ``lock`` serializes runs (two scripts writing one home at once
+would see each other's half-written files). ``--ephemeral`` runs get a
+throwaway home in the runtime directory instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jhansi.errors import SandboxError, UsageError
+from jhansi.paths import Paths, ensure_private_dir
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def now_rfc3339() -> str:
+    """The current time as an RFC 3339 UTC string with microseconds."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def validate_name(name: str) -> str:
+    """``name`` if it is a valid sandbox name (it becomes a directory name)."""
+    if not NAME_PATTERN.match(name):
+        raise UsageError(
+            f"invalid sandbox name {name!r}",
+            hint="Use 1-63 lower-case letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit.",
+        )
+    return name
+
+
+def default_name(project: Path) -> str:
+    """A name for the project's own sandbox: its directory name and a hash of its path."""
+    import blake3
+
+    slug = re.sub(r"[^a-z0-9._-]+", "-", project.name.lower()).strip("-._") or "project"
+    digest = blake3.blake3(str(project.absolute()).encode()).hexdigest()[:8]
+    return f"{slug[:50]}-{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxInfo:
+    """What ``jhansi sandbox ls`` shows about one sandbox."""
+
+    name: str
+    home: Path
+    created: str
+    last_used: str
+    runs: int
+    size: int
+    project: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSandbox:
+    """A sandbox held (locked) for one run."""
+
+    name: str
+    home: Path
+    ephemeral: bool
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for name in files + dirs:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size  # noqa: PTH118
+    return total
+
+
+def remove_tree(path: Path) -> None:
+    """Delete ``path`` even where the sandbox made directories read-only."""
+
+    def make_writable_and_retry(func: Callable[..., Any], target: str, _exc: object) -> None:
+        parent = os.path.dirname(target)  # noqa: PTH120
+        with contextlib.suppress(OSError):
+            os.chmod(parent, stat.S_IRWXU)  # noqa: PTH101
+        with contextlib.suppress(OSError):
+            if os.path.isdir(target) and not os.path.islink(target):  # noqa: PTH112, PTH114
+                os.chmod(target, stat.S_IRWXU)  # noqa: PTH101
+        func(target)
+
+    if path.exists() or path.is_symlink():
+        # onerror, not onexc: the latter is Python 3.12+.
+        shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+class Workspace:
+    """All named sandboxes of this user."""
+
+    def __init__(self, *, root: Path, runtime: Path) -> None:
+        self.root = root
+        self.runtime = runtime
+
+    @classmethod
+    def from_paths(cls, paths: Paths) -> Workspace:
+        """The workspace under jhansi's data directory."""
+        return cls(root=paths.data / "sandboxes", runtime=paths.runtime)
+
+    def _dir(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def home(self, name: str) -> Path:
+        """The host directory mounted as the sandbox's home."""
+        return self._dir(name) / "home"
+
+    def _read_meta(self, name: str) -> dict[str, Any]:
+        try:
+            data = json.loads((self._dir(name) / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_meta(self, name: str, meta: dict[str, Any]) -> None:
+        target = self._dir(name) / "meta.json"
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".meta-")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, indent=2, sort_keys=True)
+        Path(tmp).replace(target)
+
+    @contextlib.contextmanager
+    def open(
+        self,
+        name: str,
+        *,
+        project: Path | None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> Iterator[OpenSandbox]:
+        """Create ``name`` if needed and hold its lock for the duration of a run."""
+        directory = self._dir(name)
+        ensure_private_dir(self.root)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        home = directory / "home"
+        home.mkdir(mode=0o700, exist_ok=True)
+        with self._locked(name, on_wait=on_wait):
+            meta = self._read_meta(name)
+            stamp = now_rfc3339()
+            meta.setdefault("name", name)
+            meta.setdefault("created", stamp)
+            if project is not None:
+                meta.setdefault("project", str(project))
+            try:
+                yield OpenSandbox(name=name, home=home, ephemeral=False)
+            finally:
+                meta["last_used"] = now_rfc3339()
+                meta["runs"] = int(meta.get("runs", 0)) + 1
+                self._write_meta(name, meta)
+
+    @contextlib.contextmanager
+    def ephemeral(self) -> Iterator[OpenSandbox]:
+        """A throwaway home, deleted after the run."""
+        ensure_private_dir(self.runtime)
+        home = Path(tempfile.mkdtemp(prefix="ephemeral-", dir=self.runtime))
+        try:
+            yield OpenSandbox(name=home.name, home=home, ephemeral=True)
+        finally:
+            remove_tree(home)
+
+    @contextlib.contextmanager
+    def _locked(
+        self, name: str, *, on_wait: Callable[[str], None] | None = None, wait: bool = True
+    ) -> Iterator[None]:
+        lock_path = self._dir(name) / "lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                if not wait:
+                    raise SandboxError(
+                        f"sandbox {name!r} is in use by a running jhansi (pid {holder})",
+                        hint="Wait for that run to finish, or stop it first.",
+                    ) from None
+                if on_wait:
+                    on_wait(f"sandbox {name!r} is in use by pid {holder}; waiting for it to finish")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def entries(self) -> list[SandboxInfo]:
+        """Every named sandbox, most recently used first."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for directory in self.root.iterdir():
+            if not (directory / "home").is_dir() or not NAME_PATTERN.match(directory.name):
+                continue
+            meta = self._read_meta(directory.name)
+            found.append(
+                SandboxInfo(
+                    name=directory.name,
+                    home=directory / "home",
+                    created=str(meta.get("created", "")),
+                    last_used=str(meta.get("last_used", meta.get("created", ""))),
+                    runs=int(meta.get("runs", 0)),
+                    size=_dir_size(directory / "home"),
+                    project=meta.get("project"),
+                )
+            )
+        return sorted(found, key=lambda s: s.last_used, reverse=True)
+
+    def exists(self, name: str) -> bool:
+        """Whether a sandbox of that name exists."""
+        return (self._dir(name) / "home").is_dir()
+
+    def remove(self, name: str) -> None:
+        """Delete a sandbox and its home; refuses while a run holds it."""
+        if not self.exists(name):
+            raise UsageError(
+                f"no sandbox named {name!r}", hint="List them with `jhansi sandbox ls`."
+            )
+        with self._locked(name, wait=False):
+            remove_tree(self._dir(name) / "home")
+            (self._dir(name) / "meta.json").unlink(missing_ok=True)
+        remove_tree(self._dir(name))
+
+    def prune(self, *, older_than: float) -> list[str]:
+        """Delete sandboxes not used for ``older_than`` seconds; return their names."""
+        cutoff = time.time() - older_than
+        removed = []
+        for sandbox in self.entries():
+            last = sandbox.last_used or sandbox.created
+            if last and _parse_time(last) < cutoff:
+                try:
+                    self.remove(sandbox.name)
+                except SandboxError:
+                    continue  # in use right now: certainly not stale
+                removed.append(sandbox.name)
+        return removed
