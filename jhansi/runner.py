@@ -436,6 +436,13 @@ class Runner:
         sandbox: OpenSandbox,
     ) -> RunResult:
         backend = self.backend
+        runtime = self.settings.sandbox.runtime
+        if runtime and backend.name != "docker":
+            raise SandboxError(
+                f"the OCI runtime {runtime!r} needs the docker backend, not {backend.name}",
+                hint="Run with --backend docker (an engine with that runtime registered), "
+                "or unset [sandbox] runtime.",
+            )
         mounts, inside, masked_top = self._mounts(request, script, project, sandbox.home)
         argv: list[str] = [PYTHON, "-I", "-S", ENTRY_TARGET]
         if script.from_stdin:
@@ -453,7 +460,7 @@ class Runner:
             image=self.settings.sandbox.image,
             python=Path(self.settings.sandbox.python) if self.settings.sandbox.python else None,
             labels={"jhansi.sandbox": sandbox.name},
-            runtime=self.settings.sandbox.runtime,
+            runtime=runtime,
             interactive=request.interactive,
         )
         info = backend.info(spec)

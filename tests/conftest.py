@@ -86,7 +86,7 @@ def _engine(url: str, what: str) -> Iterator[Engine]:
     names = " ".join(c.get("Name", "") for c in version.get("Components") or []).lower()
     rootless = any("rootless" in s for s in info.get("SecurityOptions") or [])
     if "podman" in str(version.get("Components")).lower():
-        libpod = client.api.get(client.api.base_url + "/libpod/info", timeout=30).json()
+        libpod = client.api.get(client.api.base_url + "/v1.41/libpod/info", timeout=30).json()
         rootless = bool(libpod["host"]["security"]["rootless"])
     yield Engine(url, client, TEST_IMAGE, "podman" if "podman" in names else "docker", rootless)
     client.close()
@@ -133,6 +133,51 @@ def bwrap_path() -> Path:
 def host_python() -> Path:
     """The real interpreter running the tests (not a pyenv shim)."""
     return Path(sys.executable).resolve()
+
+
+BACKENDS = ("bwrap", "docker", "podman", "gvisor")
+_ENGINE_FIXTURE = {
+    "bwrap": "bwrap_path",
+    "docker": "docker_engine",
+    "podman": "podman_engine",
+    "gvisor": "gvisor_engine",
+}
+
+
+def backend_env(name: str) -> dict[str, str]:
+    """The settings, as a user would set them, that select backend ``name``."""
+    if name == "bwrap":
+        return {"JHANSI_SANDBOX_BACKEND": "bwrap"}
+    env = {
+        "JHANSI_SANDBOX_BACKEND": "docker",
+        "JHANSI_SANDBOX_ENGINE_URL": PODMAN_HOST if name == "podman" else DOCKER_HOST,
+        "JHANSI_SANDBOX_IMAGE": TEST_IMAGE,
+    }
+    if name == "gvisor":
+        env["JHANSI_SANDBOX_RUNTIME"] = RUNSC
+    return env
+
+
+def require_backend(request: pytest.FixtureRequest, name: str) -> None:
+    """Make sure the engine behind ``name`` is present (skip or fail as configured)."""
+    request.getfixturevalue(_ENGINE_FIXTURE[name])
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A temporary directory every engine's user can traverse.
+
+    Rootless Podman runs as another user here (CI drives it as root), and pytest's
+    own temporary directories are private to root.
+    """
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="jhansi-test-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def run_jhansi(

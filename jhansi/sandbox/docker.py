@@ -1,0 +1,878 @@
+"""The docker backend: a :class:`SandboxSpec` carried out by a Docker Engine API endpoint.
+
+The same code serves rootful Docker (runc or gVisor's runsc), rootless Docker
+and rootless Podman's Docker-compatible socket. One run is one container:
+created with every hardening setting of the spec, attached *before* it starts
+(so no output is lost), waited for with the wall-clock timeout, inspected
+for an OOM kill, and always removed — also on Ctrl-C.
+
+Who the sandbox is (:func:`sandbox_identity`) is decided here, from the engine
+and the invoking user, because only the backend knows how the engine maps
+uids: files the sandbox writes into its home must stay readable and deletable
+by the user who ran jhansi, and the sandbox never runs as root.
+
+- Rootful engine, jhansi run by root: the spec's uid (1000) inside and on the
+  host; the home is handed to that uid (``chown``); root can delete anything.
+- Rootful engine, jhansi run by user U: U's uid and gid inside, so files are U's.
+- Rootless Podman run by the same user as jhansi: ``keep-id``, the invoking uid
+  is the uid inside.
+- Rootless Podman driven by another user (root in CI): the spec's uid maps to a
+  subordinate uid of the engine's user (``/libpod/info`` idMappings); the home
+  is handed to that host uid, and every bind source must be reachable by the
+  engine's user — if not, a :class:`SandboxError` names the directory.
+- Rootless Docker: the spec's uid maps to a subordinate uid that an
+  unprivileged user cannot hand the home to; jhansi refuses with the
+  alternatives rather than run a sandbox whose files the user could not delete.
+
+Crashed runs leave containers behind; each carries the owner's pid, the
+pid's start time and the host name as labels, and :meth:`DockerBackend.prune`
+(called at the start of every run, one filtered list call) removes those
+whose owner is gone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Final, Literal
+
+from jhansi.errors import SandboxError
+from jhansi.sandbox.engine import (
+    EngineClient,
+    EngineInfo,
+    PullProgress,
+    find_engine,
+    map_id,
+)
+from jhansi.sandbox.interface import (
+    HOME,
+    PYTHON,
+    Backend,
+    BackendInfo,
+    ExecResult,
+    ExecStatus,
+    Mount,
+    OutputSink,
+    OutputTail,
+    SandboxSpec,
+    TailBuffer,
+)
+
+
+def _log() -> Any:
+    """jhansi's logger for this backend (``logging`` is imported only when something is
+    worth logging: start-up time is a feature)."""
+    import logging
+
+    return logging.getLogger("jhansi.sandbox.docker")
+
+
+LABEL_RUN_ID: Final = "jhansi.run-id"
+LABEL_OWNER_PID: Final = "jhansi.owner-pid"
+LABEL_OWNER_START: Final = "jhansi.owner-start"
+"""The owner's start time (clock ticks since boot), so that a reused pid is not mistaken
+for the owner."""
+LABEL_OWNER_HOST: Final = "jhansi.owner-host"
+#: The image's interpreter, put where the spec says :data:`~jhansi.sandbox.interface.PYTHON`.
+IMAGE_PYTHON: Final = "python3"
+#: How long to wait for the engine to stop a killed container and for its output to end.
+_KILL_GRACE: Final = 20.0
+_OUTPUT_DRAIN: Final = 10.0
+_SIGKILL: Final = 9
+
+PullPolicy = Literal["missing", "never"]
+
+
+# ------------------------------------------------------------------ identity --
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the sandbox runs as, inside and on the host."""
+
+    uid: int
+    gid: int
+    """The ids inside the container (``User``)."""
+    host_uid: int
+    host_gid: int
+    """The ids that own on the host what the sandbox writes."""
+    userns_mode: str | None
+    """``keep-id`` for rootless Podman run by the invoking user."""
+    engine_uid: int | None
+    """The host uid that opens the bind sources, when it is neither root nor the invoker."""
+    how: str
+    """One line for the record."""
+
+
+def _subordinate_start(user: str | int, path: Path = Path("/etc/subuid")) -> int | None:
+    """The first id of ``user``'s subordinate range (name or uid), if it has one."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] == str(user):
+            return int(fields[1])
+    return None
+
+
+def _username(uid: int) -> str | None:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def sandbox_identity(
+    engine: EngineInfo,
+    uid: int,
+    gid: int,
+    *,
+    invoker_uid: int | None = None,
+    invoker_gid: int | None = None,
+) -> Identity:
+    """Who the sandbox is for ``engine`` when ``invoker_uid`` runs jhansi (see the module doc).
+
+    ``uid``/``gid`` are the spec's (what a sandbox is when nothing forces otherwise).
+    """
+    me = os.getuid() if invoker_uid is None else invoker_uid
+    my_gid = os.getgid() if invoker_gid is None else invoker_gid
+    identity: Identity
+    if engine.name == "podman" and engine.rootless and engine.uid_map:
+        owner = engine.engine_uid
+        if owner == me:
+            identity = Identity(
+                me, my_gid, me, my_gid, "keep-id", None, f"uid {me} (yours, Podman keep-id)"
+            )
+        else:
+            host_uid = map_id(engine.uid_map, uid)
+            host_gid = map_id(engine.gid_map or engine.uid_map, gid)
+            if host_uid is None or host_gid is None:
+                raise SandboxError(
+                    f"rootless Podman (user {_username(owner or 0) or owner}) has no host uid "
+                    f"for the sandbox's uid {uid}",
+                    hint="Give the engine's user a subordinate uid range (`usermod "
+                    "--add-subuids 100000-165535 USER`), then `podman system migrate`.",
+                )
+            identity = Identity(
+                uid,
+                gid,
+                host_uid,
+                host_gid,
+                None,
+                owner,
+                f"uid {uid} (host uid {host_uid} of rootless Podman's user "
+                f"{_username(owner or 0) or owner})",
+            )
+    elif engine.rootless:
+        # Rootless Docker: container root is the daemon's user, 1.. its subordinate range.
+        owner_name = _username(me) or str(me)
+        start = _subordinate_start(owner_name) or _subordinate_start(me)
+        if start is None:
+            raise SandboxError(
+                f"rootless Docker: cannot tell which host uid the sandbox's uid {uid} is "
+                f"(no /etc/subuid range for {owner_name})",
+                hint="Use rootless Podman, rootful Docker, or the bwrap backend.",
+            )
+        host = start + uid - 1
+        identity = Identity(
+            uid, gid, host, host, None, None, f"uid {uid} (host uid {host}, rootless Docker)"
+        )
+    elif any("name=userns" in s for s in engine.security_options):
+        start = _subordinate_start("dockremap")
+        if start is None:
+            raise SandboxError(
+                "the engine remaps user namespaces (userns-remap) but /etc/subuid has no "
+                "range for dockremap, so jhansi cannot tell who owns the sandbox's files",
+                hint="Use the default userns-remap user (dockremap), or the bwrap backend.",
+            )
+        gid_start = _subordinate_start("dockremap", Path("/etc/subgid")) or start
+        identity = Identity(
+            uid,
+            gid,
+            start + uid,
+            gid_start + gid,
+            None,
+            None,
+            f"uid {uid} (host uid {start + uid}, userns-remap)",
+        )
+    elif me == 0:
+        identity = Identity(uid, gid, uid, gid, None, None, f"uid {uid}")
+    else:
+        identity = Identity(me, my_gid, me, my_gid, None, None, f"uid {me} (yours)")
+    if identity.uid == 0:
+        raise SandboxError(
+            "the sandbox would run as root, which jhansi never does",
+            hint="Run jhansi as an unprivileged user, or use rootful Docker as root.",
+        )
+    return identity
+
+
+# ------------------------------------------------------------ host-side files --
+
+
+def _groups_of(uid: int, gid: int) -> set[int]:
+    name = _username(uid)
+    if name is None:
+        return {gid}
+    try:
+        return set(os.getgrouplist(name, gid))
+    except OSError:
+        return {gid}
+
+
+def _permits(st: os.stat_result, uid: int, gids: set[int], want: int) -> bool:
+    """Whether ``uid`` (in ``gids``) has ``want`` (``os.R_OK|W_OK|X_OK`` bits) by mode bits.
+
+    ACLs are not read: a directory reachable only through an ACL is reported
+    unreachable, which errs on the side of a clear message.
+    """
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        bits = (st.st_mode >> 6) & 7
+    elif st.st_gid in gids:
+        bits = (st.st_mode >> 3) & 7
+    else:
+        bits = st.st_mode & 7
+    return bits & want == want
+
+
+def _check_traversable(path: Path, uid: int, who: str) -> None:
+    """:class:`SandboxError` unless ``uid`` can reach ``path`` (search every parent).
+
+    What a rootless engine needs to bind ``path``: its processes are root only
+    inside their user namespace, so on files owned by ids outside it (root's,
+    the invoking user's) plain mode bits apply.
+    """
+    gids = _groups_of(uid, uid)
+    for parent in reversed(path.absolute().parents):
+        if not _permits(parent.stat(), uid, gids, os.X_OK):
+            raise SandboxError(
+                f"{who} cannot read {parent}, so it cannot mount {path}",
+                hint=f"Let it through (`chmod o+x {parent}`), or keep the project, the sandbox "
+                "home and jhansi's data in directories that user can reach.",
+            )
+
+
+def _hand_over(path: Path, uid: int, gid: int) -> None:
+    """Make ``uid:gid`` own ``path`` and everything in it (the sandbox's home).
+
+    Runs only when the owner differs (the first run, or another engine than
+    last time), so the steady state costs one ``lstat``. Symlinks are changed
+    themselves, never followed.
+    """
+    st = path.lstat()
+    if st.st_uid == uid and (st.st_gid == gid or os.getuid() != 0):
+        return
+    if os.getuid() != 0:
+        raise SandboxError(
+            f"the sandbox runs as host uid {uid}, and jhansi (uid {os.getuid()}) cannot give "
+            f"it the sandbox home {path}",
+            hint="Use rootless Podman (it maps your own uid into the sandbox), rootful Docker, "
+            "or the bwrap backend.",
+        )
+    os.lchown(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            entry = os.path.join(root, name)  # noqa: PTH118
+            if os.lstat(entry).st_uid != uid:
+                os.lchown(entry, uid, gid)
+
+
+@contextmanager
+def _mask_sources(needed: bool) -> Iterator[tuple[Path, Path] | None]:
+    """An empty read-only file and directory to bind over masked paths, removed afterwards.
+
+    The directory holding them is 0755 so that a rootless engine's user can bind them.
+    """
+    if not needed:
+        yield None
+        return
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="jhansi-masks-"))
+    try:
+        base.chmod(0o755)
+        empty_file = base / "file"
+        empty_file.touch(mode=0o444)
+        empty_file.chmod(0o444)
+        empty_dir = base / "dir"
+        empty_dir.mkdir(mode=0o555)
+        empty_dir.chmod(0o555)
+        yield empty_file, empty_dir
+    finally:
+        with suppress(OSError):
+            (base / "dir").chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -------------------------------------------------------------- the container --
+
+
+def _bind(source: Path, target: str, read_only: bool) -> dict[str, Any]:
+    return {
+        "Type": "bind",
+        "Source": str(source),
+        "Target": target,
+        "ReadOnly": read_only,
+        "BindOptions": {"Propagation": "rprivate"},
+    }
+
+
+def engine_mounts(
+    mounts: tuple[Mount, ...], masks: tuple[Path, Path] | None
+) -> list[dict[str, Any]]:
+    """The API's ``HostConfig.Mounts`` for the spec's mounts.
+
+    ``empty`` masks bind an empty read-only file over a file, or an empty
+    read-only directory over a directory, so the content is hidden but the name
+    stays (a tool that lists ``.git`` sees it empty, not missing).
+    """
+    result = []
+    for mount in mounts:
+        if mount.kind == "empty":
+            if masks is None:
+                raise ValueError("masks needed for an empty mount")
+            empty_file, empty_dir = masks
+            source = empty_dir if mount.source.is_dir() else empty_file
+            result.append(_bind(source, mount.target, True))
+        else:
+            result.append(_bind(mount.source, mount.target, mount.read_only))
+    return result
+
+
+def is_gvisor(runtime: str) -> bool:
+    """Whether the OCI runtime named ``runtime`` is gVisor."""
+    return "runsc" in runtime or "gvisor" in runtime
+
+
+def sandbox_rlimits(spec: SandboxSpec, engine: EngineInfo, runtime: str) -> dict[str, int]:
+    """The rlimits the sandbox gets (soft = hard), beyond the engine's cgroup limits.
+
+    Always no core dumps. gVisor runs the sandbox's processes inside its own
+    kernel, where the host's pids cgroup cannot count them but ``RLIMIT_NPROC``
+    binds. Rootless Podman on cgroup v1 (no controllers delegated) silently
+    ignores memory, pids and CPU limits; rlimits are what the kernel can still
+    enforce: address space for memory, processes of the sandbox's uid for pids,
+    and CPU seconds per process for the CPU share over the timeout.
+    """
+    limits = spec.limits
+    result = {"core": 0}
+    if "memory" not in engine.limits:
+        result["as"] = limits.memory
+    if "pids" not in engine.limits or is_gvisor(runtime):
+        result["nproc"] = limits.pids
+    if "cpu" not in engine.limits:
+        result["cpu"] = max(1, math.ceil(limits.cpus * limits.timeout))
+    return result
+
+
+#: Sets rlimits, then executes the command (Python 3.8+, standard library): for engines
+#: that do not apply the API's ``Ulimits`` (Podman 4's Docker-compatible API ignores them).
+RLIMIT_SHIM: Final = (
+    "import os,resource as r,sys\n"
+    "for item in sys.argv[1].split(','):\n"
+    " name,value=item.split('=')\n"
+    " r.setrlimit(getattr(r,'RLIMIT_'+name.upper()),(int(value),int(value)))\n"
+    "os.execvp(sys.argv[2],sys.argv[2:])\n"
+)
+#: Host threads allowed to gVisor's own kernel and file proxy beyond the sandbox's pids:
+#: their threads count against the container's pids cgroup, and when they cannot start
+#: one the whole sandbox dies without a word (about 50 on an idle 2-CPU machine).
+GVISOR_PIDS_HEADROOM: Final = 512
+
+
+def _owner_start(pid: int) -> str:
+    """The start time of ``pid`` in clock ticks since boot ("" when it is not running)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = raw.rsplit(")", 1)[-1].split()
+    # fields[0] is the state (field 3); starttime is field 22.
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return ""
+    return fields[19]
+
+
+def owner_labels() -> dict[str, str]:
+    """The labels that let :meth:`DockerBackend.prune` tell whether a run's owner is alive."""
+    pid = os.getpid()
+    return {
+        LABEL_OWNER_PID: str(pid),
+        LABEL_OWNER_START: _owner_start(pid),
+        LABEL_OWNER_HOST: socket.gethostname(),
+    }
+
+
+def container_config(
+    spec: SandboxSpec,
+    *,
+    image: str,
+    engine: EngineInfo,
+    identity: Identity,
+    mounts: list[dict[str, Any]],
+    labels: Mapping[str, str],
+) -> dict[str, Any]:
+    """The body of ``POST /containers/create`` for ``spec``: every hardening setting."""
+    argv = list(spec.argv)
+    if argv and argv[0] == PYTHON:
+        argv[0] = IMAGE_PYTHON
+    limits = spec.limits
+    runtime = spec.runtime or engine.default_runtime or "runc"
+    rlimits = sandbox_rlimits(spec, engine, runtime)
+    ulimits = [{"Name": name, "Soft": value, "Hard": value} for name, value in rlimits.items()]
+    # Paths inside the container, not the host's: S108 does not apply.
+    tmpfs = {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_size},mode=1777"}  # noqa: S108
+    if engine.name == "podman":
+        # Podman ignores the API's Ulimits (4.x): set them in the sandbox before the command.
+        ulimits = []
+        settings = ",".join(f"{name}={value}" for name, value in rlimits.items())
+        argv = [IMAGE_PYTHON, "-I", "-S", "-c", RLIMIT_SHIM, settings, *argv]
+        # With a read-only root, Podman mounts a writable, unbounded tmpfs at /var/tmp
+        # (and /run, root's only); Docker leaves it read-only, and so does jhansi.
+        tmpfs["/var/tmp"] = "ro,nosuid,nodev,noexec,size=4k,mode=755"  # noqa: S108
+    pids = limits.pids + (GVISOR_PIDS_HEADROOM if is_gvisor(runtime) else 0)
+    interactive = spec.interactive
+    host_config: dict[str, Any] = {
+        "NetworkMode": "none",
+        "ReadonlyRootfs": True,
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "Privileged": False,
+        "IpcMode": "private",
+        "Memory": limits.memory,
+        "MemorySwap": limits.memory,
+        "NanoCpus": int(limits.cpus * 1e9),
+        "PidsLimit": pids,
+        "Ulimits": ulimits,
+        "Tmpfs": tmpfs,
+        "ShmSize": min(limits.tmp_size, 64 * 1024 * 1024),
+        "Mounts": mounts,
+        # Output reaches jhansi through the attach stream; the engine keeps no copy of it.
+        "LogConfig": {"Type": "none", "Config": {}},
+        "RestartPolicy": {"Name": "no"},
+        "AutoRemove": False,
+    }
+    if engine.init_binary:
+        # A real init as pid 1: zombies reaped, a signalled script's status reported as 128+N.
+        host_config["Init"] = True
+    if spec.runtime:
+        host_config["Runtime"] = spec.runtime
+    if identity.userns_mode:
+        host_config["UsernsMode"] = identity.userns_mode
+    return {
+        "Image": image,
+        "Entrypoint": argv[:1],
+        "Cmd": argv[1:],
+        "User": f"{identity.uid}:{identity.gid}",
+        "Env": [f"{key}={value}" for key, value in spec.env.items()],
+        "WorkingDir": spec.workdir,
+        "Labels": {**spec.labels, **labels},
+        "NetworkDisabled": True,
+        "Tty": False,
+        "AttachStdin": interactive,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "OpenStdin": interactive,
+        "StdinOnce": interactive,
+        "HostConfig": host_config,
+    }
+
+
+def enforcement(spec: SandboxSpec, engine: EngineInfo, identity: Identity) -> dict[str, str]:
+    """How each setting of ``spec`` is enforced on ``engine``, for the record."""
+    limits = spec.limits
+    runtime = spec.runtime or engine.default_runtime or "runc"
+    rlimits = sandbox_rlimits(spec, engine, runtime)
+    cgroup = f"cgroup v{engine.cgroup_version or '?'} ({engine.name}, {runtime})"
+    missing = f"{engine.name} here has no cgroup controller for it"
+    result = {
+        "user": identity.how,
+        "network": "none (loopback only)",
+        "root filesystem": "read-only",
+        "capabilities": "all dropped, no-new-privileges",
+        "tmp": f"tmpfs of {limits.tmp_size} bytes",
+        "timeout": f"{limits.timeout:g} s wall clock, then jhansi kills the container",
+        "output": f"last {limits.output_limit} bytes of each stream kept by jhansi",
+    }
+    if "as" in rlimits:
+        result["memory"] = f"RLIMIT_AS {limits.memory} bytes per process ({missing})"
+    else:
+        swap = "no swap" if "swap" in engine.limits else "swap not limited (no swap accounting)"
+        result["memory"] = f"{cgroup}: {limits.memory} bytes, {swap}"
+    if is_gvisor(runtime):
+        result["pids"] = (
+            f"RLIMIT_NPROC {limits.pids} in gVisor's kernel; {cgroup}: "
+            f"{limits.pids + GVISOR_PIDS_HEADROOM} host threads for gVisor itself"
+        )
+    elif "nproc" in rlimits:
+        result["pids"] = f"RLIMIT_NPROC {limits.pids} for host uid {identity.host_uid} ({missing})"
+    else:
+        result["pids"] = f"{cgroup}: {limits.pids}"
+    if "cpu" in rlimits:
+        result["cpus"] = f"RLIMIT_CPU {rlimits['cpu']} s per process ({missing})"
+    else:
+        result["cpus"] = f"{cgroup}: CFS quota of {limits.cpus:g} CPUs"
+    return result
+
+
+def _safe_name(run_id: str) -> str:
+    slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", run_id).strip("-.") or "run"
+    return f"jhansi-{slug[:40]}-{os.urandom(3).hex()}"
+
+
+# ------------------------------------------------------------------- backend --
+
+
+class _Pump:
+    """Copies the attached output to the sink and the tails (in its own thread)."""
+
+    def __init__(self, attachment: Any, output: OutputSink, limit: int) -> None:
+        self.attachment = attachment
+        self.output: OutputSink | None = output
+        self.tails = {"stdout": TailBuffer(limit), "stderr": TailBuffer(limit)}
+        self.error: BaseException | None = None
+        self.closing = False
+        """Set before the connection is dropped on purpose (Ctrl-C, a stuck stream)."""
+        self.thread = threading.Thread(target=self._run, name="jhansi-output", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for stream, data in self.attachment.frames():
+                self.tails[stream].feed(data)
+                if self.output is not None:
+                    try:
+                        self.output.write(stream, data)
+                    except Exception:
+                        # A sink that fails (a closed pipe) stops getting output;
+                        # the tails still keep it for the record.
+                        _log().debug("output sink failed", exc_info=True)
+                        self.output = None
+        except (OSError, ValueError) as exc:
+            # The record keeps what arrived; say why the rest is missing.
+            self.error = exc
+            if not self.closing:
+                _log().warning("the sandbox's output stream broke: %s", exc)
+
+
+def _feed_stdin(attachment: Any, stdin: BinaryIO) -> None:
+    read = getattr(stdin, "read1", stdin.read)
+    try:
+        while data := read(65536):
+            attachment.send(data)
+    except (OSError, ValueError):
+        pass
+    finally:
+        attachment.close_stdin()
+
+
+def _engine_error(message: str, started: float | None = None) -> ExecResult:
+    empty = OutputTail(b"", 0, False)
+    duration = 0 if started is None else int((time.monotonic() - started) * 1000)
+    return ExecResult(
+        status=ExecStatus.ENGINE_ERROR,
+        exit_code=None,
+        signal=None,
+        duration_ms=duration,
+        stdout=empty,
+        stderr=empty,
+        error=message,
+    )
+
+
+class DockerBackend(Backend):
+    """Runs sandboxes as containers of a Docker Engine API endpoint (Docker or Podman).
+
+    ``pull`` decides what happens when the spec's image is not in the engine:
+    ``missing`` pulls it (reporting through ``on_pull``), ``never`` refuses with
+    the command that would fetch it.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        client: EngineClient,
+        engine: EngineInfo,
+        *,
+        pull: PullPolicy = "missing",
+        on_pull: Callable[[PullProgress], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.engine = engine
+        self.pull = pull
+        self.on_pull = on_pull
+        self._images: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def from_settings(
+        cls,
+        engine_url: str | None,
+        *,
+        pull: PullPolicy = "missing",
+        on_pull: Callable[[PullProgress], None] | None = None,
+    ) -> DockerBackend:
+        """The backend for the first engine that answers (or exactly ``engine_url``)."""
+        client, engine = find_engine(engine_url)
+        return cls(client, engine, pull=pull, on_pull=on_pull)
+
+    # -- images -----------------------------------------------------------------
+
+    def image(self, image: str) -> dict[str, Any]:
+        """The engine's description of ``image``, pulled first if missing and allowed.
+
+        Remembered for the backend's lifetime, so that :meth:`info` and :meth:`run`
+        agree on the exact image (the run uses its id, not the tag, which could move).
+        """
+        found = self._images.get(image)
+        if found is not None:
+            return found
+        found = self.client.image_inspect(image)
+        if found is None:
+            if self.pull == "never":
+                tool = "podman" if self.engine.name == "podman" else "docker"
+                raise SandboxError(
+                    f"image {image} is not in the engine ({self.engine.description} at "
+                    f"{self.engine.url})",
+                    hint=f"Fetch it (`{tool} pull {image}`), or pass another with --image.",
+                )
+            self.client.image_pull(image, self.on_pull)
+            found = self.client.image_inspect(image)
+            if found is None:
+                raise SandboxError(
+                    f"image {image} is still not in the engine after pulling it",
+                    hint=f"Pull it yourself (`docker pull {image}`) and check its name.",
+                )
+        self._images[image] = found
+        return found
+
+    def info(self, spec: SandboxSpec) -> BackendInfo:
+        """Engine, version, rootless, url, runtime, image and its digest."""
+        found = self.image(spec.image)
+        repo_digests = [str(d) for d in found.get("RepoDigests") or ()]
+        details = {
+            "engine": self.engine.name,
+            "engine_version": self.engine.version,
+            "rootless": "true" if self.engine.rootless else "false",
+            "url": self.engine.url,
+            "runtime": spec.runtime or self.engine.default_runtime or "runc",
+            "image": spec.image,
+            "image_digest": str(found.get("Id", "")),
+        }
+        if repo_digests:
+            details["image_repo_digests"] = " ".join(sorted(repo_digests))
+        return BackendInfo("docker", details)
+
+    # -- running ----------------------------------------------------------------
+
+    def _check_runtime(self, spec: SandboxSpec) -> None:
+        if spec.runtime and self.engine.runtimes and spec.runtime not in self.engine.runtimes:
+            raise SandboxError(
+                f"the runtime {spec.runtime!r} is not registered with {self.engine.description}",
+                hint=f"Register {spec.runtime} in the engine's configuration (Docker: "
+                '/etc/docker/daemon.json "runtimes") and restart it, or unset [sandbox] runtime.',
+            )
+
+    @staticmethod
+    def _engine_user(identity: Identity) -> tuple[int, str] | None:
+        """The engine's own user, when it is another unprivileged user than jhansi's."""
+        uid = identity.engine_uid
+        if uid is None or uid in (0, os.getuid()):
+            return None
+        name = _username(uid)
+        return uid, (
+            f"the engine's user ({name}, uid {uid})" if name else f"the engine's user (uid {uid})"
+        )
+
+    def _prepare_mounts(self, spec: SandboxSpec, identity: Identity) -> None:
+        """Check (and for the home, fix) what the sandbox and the engine can reach.
+
+        The sandbox's home is jhansi's own directory: it is handed to the sandbox's
+        host uid. Anything else is the user's: it is checked, never changed, and a
+        :class:`SandboxError` says what is missing (before a container exists, and
+        in words rather than as the runtime's "permission denied").
+        """
+        me = os.getuid()
+        engine_user = self._engine_user(identity)
+        for mount in spec.mounts:
+            if mount.kind == "empty":
+                continue
+            source = mount.source
+            if not source.exists():
+                raise SandboxError(
+                    f"cannot mount {source} at {mount.target}: it does not exist",
+                    hint="Create it, or check the path.",
+                )
+            if engine_user is not None:
+                _check_traversable(source, *engine_user)
+            if mount.target == HOME and not mount.read_only and source.is_dir():
+                _hand_over(source, identity.host_uid, identity.host_gid)
+            elif identity.host_uid != me:
+                write = not mount.read_only or mount.kind == "socket"
+                st = source.stat()
+                want = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
+                want |= os.W_OK if write else 0
+                if not _permits(st, identity.host_uid, {identity.host_gid}, want):
+                    raise SandboxError(
+                        f"the sandbox's user (host uid {identity.host_uid}) cannot "
+                        f"{'write' if write else 'read'} {source} (mounted at {mount.target})",
+                        hint=f"Make it {'writable' if write else 'readable'} for that uid "
+                        f"(`chmod o+{'rwx' if write else 'rX'} {source}`)"
+                        + ("" if mount.read_only else ", or run without --rw")
+                        + ".",
+                    )
+
+    def prune(self) -> int:
+        """Remove containers of this host's jhansi runs whose owner process is gone."""
+        host = socket.gethostname()
+        removed = 0
+        for container in self.client.containers(
+            labels=[LABEL_OWNER_PID, f"{LABEL_OWNER_HOST}={host}"]
+        ):
+            labels = container.get("Labels") or {}
+            if labels.get(LABEL_OWNER_HOST) != host:
+                continue
+            try:
+                pid = int(labels.get(LABEL_OWNER_PID, ""))
+            except ValueError:
+                continue
+            start = _owner_start(pid)
+            recorded = labels.get(LABEL_OWNER_START, "")
+            if start and (not recorded or recorded == start):
+                continue  # the owner is alive
+            self.client.container_remove(str(container["Id"]), force=True)
+            removed += 1
+        return removed
+
+    def run(
+        self, spec: SandboxSpec, output: OutputSink, *, stdin: BinaryIO | None = None
+    ) -> ExecResult:
+        """Run ``spec`` in a new container, streaming its output; always remove it."""
+        try:
+            self.prune()
+        except SandboxError as exc:
+            _log().debug("prune failed: %s", exc)
+        self._check_runtime(spec)
+        image = self.image(spec.image)
+        identity = sandbox_identity(self.engine, spec.uid, spec.gid)
+        self._prepare_mounts(spec, identity)
+        needs_masks = any(m.kind == "empty" for m in spec.mounts)
+        with _mask_sources(needs_masks) as masks:
+            engine_user = self._engine_user(identity)
+            if masks is not None and engine_user is not None:
+                _check_traversable(masks[0], *engine_user)
+            config = container_config(
+                spec,
+                image=str(image["Id"]),
+                engine=self.engine,
+                identity=identity,
+                mounts=engine_mounts(spec.mounts, masks),
+                labels={LABEL_RUN_ID: spec.run_id, **owner_labels()},
+            )
+            container: str | None = None
+            try:
+                try:
+                    container = self.client.container_create(config, name=_safe_name(spec.run_id))
+                except SandboxError as exc:
+                    return _engine_error(exc.message)
+                result = self._run_container(container, spec, output, stdin)
+            finally:
+                if container is not None:
+                    self._remove(container)
+        return ExecResult(
+            status=result.status,
+            exit_code=result.exit_code,
+            signal=result.signal,
+            duration_ms=result.duration_ms,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            error=result.error,
+            enforcement=enforcement(spec, self.engine, identity),
+        )
+
+    def _remove(self, container: str) -> None:
+        try:
+            self.client.container_remove(container, force=True)
+        except SandboxError as exc:
+            # prune() removes it on a later run, once this process is gone.
+            _log().warning("could not remove container %s: %s", container[:12], exc.message)
+
+    def _run_container(
+        self, container: str, spec: SandboxSpec, output: OutputSink, stdin: BinaryIO | None
+    ) -> ExecResult:
+        interactive = spec.interactive and stdin is not None
+        try:
+            attachment = self.client.attach(container, stdin=spec.interactive)
+        except SandboxError as exc:
+            return _engine_error(exc.message)
+        pump = _Pump(attachment, output, spec.limits.output_limit)
+        started = time.monotonic()
+        try:
+            pump.thread.start()
+            try:
+                self.client.container_start(container)
+            except SandboxError as exc:
+                return _engine_error(exc.message, started)
+            started = time.monotonic()
+            if interactive and stdin is not None:
+                threading.Thread(
+                    target=_feed_stdin, args=(attachment, stdin), name="jhansi-stdin", daemon=True
+                ).start()
+            elif spec.interactive:
+                attachment.close_stdin()
+            try:
+                waited = self.client.container_wait(container, timeout=spec.limits.timeout)
+                timed_out = waited is None
+                if timed_out:
+                    self.client.container_kill(container)
+                    waited = self.client.container_wait(container, timeout=_KILL_GRACE)
+            except SandboxError as exc:
+                return _engine_error(exc.message, started)
+            duration_ms = int((time.monotonic() - started) * 1000)
+            pump.thread.join(_OUTPUT_DRAIN)
+        finally:
+            pump.closing = True
+            attachment.close()
+        pump.thread.join(1)
+        stdout, stderr = pump.tails["stdout"].tail(), pump.tails["stderr"].tail()
+
+        def result(
+            status: ExecStatus, code: int | None, signal: int | None, error: str = ""
+        ) -> ExecResult:
+            return ExecResult(status, code, signal, duration_ms, stdout, stderr, error)
+
+        if timed_out:
+            return result(ExecStatus.TIMED_OUT, None, _SIGKILL)
+        if waited is None:
+            return result(ExecStatus.ENGINE_ERROR, None, None, "the killed container did not stop")
+        code = int(waited.get("StatusCode", -1))
+        wait_error = (waited.get("Error") or {}).get("Message") if waited.get("Error") else ""
+        if wait_error or code < 0:
+            return result(
+                ExecStatus.ENGINE_ERROR, None, None, str(wait_error or f"exit status {code}")
+            )
+        signal = code - 128 if 128 < code < 160 else None
+        if code == 0:
+            return result(ExecStatus.SUCCEEDED, 0, None)
+        try:
+            state = self.client.container_inspect(container).get("State") or {}
+        except SandboxError:
+            state = {}
+        if state.get("OOMKilled"):
+            return result(ExecStatus.KILLED_OOM, code, signal or _SIGKILL)
+        return result(ExecStatus.FAILED, code, signal)

@@ -1,0 +1,216 @@
+"""The escape suite: hostile scripts through ``jhansi run`` on every backend.
+
+Each script in ``escapes/`` exits 77 only if its escape worked, and 0 when it
+was contained (so a script that crashed for another reason does not pass as
+"contained"). The limit cases end the way the limit says: timed out (124),
+killed for memory (137) or refused memory (MemoryError, exit 1).
+
+Backends: bubblewrap, rootful Docker, rootless Podman, and Docker with gVisor
+(runsc). Nothing is loosened for the tests: they run with jhansi's defaults plus
+tighter limits, given as the flags a user would type.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BACKENDS, backend_env, require_backend, run_jhansi
+
+ESCAPES = Path(__file__).parent / "escapes"
+CANARY = "jhansi-canary-7f3a"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A backend under test and the environment that selects it."""
+
+    name: str
+    env: dict[str, str]
+    home: Path
+    project: Path
+    work: Path
+    """A directory for host-side canaries, outside every mount."""
+
+
+@pytest.fixture(params=BACKENDS)
+def target(request: pytest.FixtureRequest, shared_dir: Path) -> Target:
+    name = request.param
+    require_backend(request, name)
+    base = shared_dir / f"{name}-{request.node.name.split('[')[0]}"
+    base.mkdir()
+    project = base / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / ".git").mkdir()
+    (project / ".git" / "config").write_text(f"[remote] token = {CANARY}\n")
+    (project / ".env").write_text(f"API_KEY={CANARY}\n")
+    (project / ".netrc").write_text(f"machine x password {CANARY}\n")
+    (project / "sub" / "id_rsa").write_text(f"{CANARY}\n")
+    for script in ESCAPES.glob("*.py"):
+        shutil.copy(script, project / script.name)
+    work = base / "outside"
+    work.mkdir()
+    (work / "canary.txt").write_text(CANARY)
+    env = {
+        **backend_env(name),
+        "JHANSI_HOME": str(base / "jhansi-home"),
+        "JHANSI_ESCAPE_CANARY": CANARY,
+    }
+    return Target(name, env, base / "jhansi-home", project, work)
+
+
+def jhansi_run(
+    target: Target, script: str, *args: str, flags: tuple[str, ...] = (), timeout: float = 120
+) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
+    proc = run_jhansi(
+        "run",
+        "--json",
+        *flags,
+        str(target.project / script),
+        *args,
+        env=target.env,
+        cwd=target.project,
+        timeout=timeout,
+    )
+    assert proc.stdout, f"no JSON on stdout; stderr: {proc.stderr}"
+    doc = json.loads(proc.stdout)
+    return proc, doc
+
+
+def assert_contained(proc: subprocess.CompletedProcess[str], doc: dict[str, object]) -> None:
+    out = doc.get("stdout", {})
+    err = doc.get("stderr", {})
+    detail = f"stdout: {out}\nstderr: {err}\njhansi stderr: {proc.stderr}"
+    assert proc.returncode != 77, "ESCAPED\n" + detail
+    assert proc.returncode == 0, "the probe did not run to the end\n" + detail
+    assert doc["status"] == "succeeded"
+
+
+def test_cannot_read_files_outside_the_mounts(target: Target) -> None:
+    # Another sandbox's home, with a secret in it, is outside this one's mounts too.
+    other = run_jhansi(
+        "run",
+        "--sandbox",
+        "other",
+        str(target.project / "host_env.py"),
+        env=target.env,
+        cwd=target.project,
+    )
+    assert other.returncode == 0, other.stderr
+    other_home = target.home / "data" / "sandboxes" / "other" / "home"
+    (other_home / "secret.txt").write_text(CANARY)
+    proc, doc = jhansi_run(
+        target,
+        "read_canary.py",
+        str(target.work / "canary.txt"),
+        str(other_home / "secret.txt"),
+        "/etc/shadow",
+        "/root/.bash_history",
+    )
+    assert_contained(proc, doc)
+
+
+def test_cannot_write_the_project_or_the_root(target: Target) -> None:
+    proc, doc = jhansi_run(target, "write_work.py")
+    assert_contained(proc, doc)
+    assert not (target.project / "pwned.txt").exists()
+
+
+def test_masked_secrets_are_not_visible(target: Target) -> None:
+    proc, doc = jhansi_run(target, "masked.py")
+    assert_contained(proc, doc)
+
+
+def test_no_network(target: Target) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    accepted: list[object] = []
+
+    def accept() -> None:
+        server.settimeout(60)
+        try:
+            conn, _ = server.accept()
+            accepted.append(conn)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        proc, doc = jhansi_run(target, "network.py", str(port))
+    finally:
+        server.close()
+    assert_contained(proc, doc)
+    assert not accepted
+    assert "interfaces: ['lo']" in str(doc["stdout"])
+
+
+def test_no_engine_socket(target: Target) -> None:
+    proc, doc = jhansi_run(target, "engine_socket.py")
+    assert_contained(proc, doc)
+
+
+def test_no_privileges(target: Target) -> None:
+    proc, doc = jhansi_run(target, "privileges.py")
+    assert_contained(proc, doc)
+
+
+def test_host_environment_not_visible(target: Target) -> None:
+    proc, doc = jhansi_run(target, "host_env.py")
+    assert_contained(proc, doc)
+
+
+def test_host_processes_not_visible(target: Target) -> None:
+    marker = f"jhansi-host-marker-{os.getpid()}"
+    host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", marker])
+    try:
+        proc, doc = jhansi_run(target, "host_processes.py", marker[::-1])
+        assert host.poll() is None, "the host process was killed"
+    finally:
+        host.kill()
+        host.wait()
+    assert_contained(proc, doc)
+
+
+def test_fork_bomb_is_contained(target: Target) -> None:
+    proc, doc = jhansi_run(target, "fork_bomb.py", "64", flags=("--pids", "64"))
+    assert_contained(proc, doc)
+
+
+def test_memory_limit_kills_or_refuses(target: Target) -> None:
+    proc, doc = jhansi_run(target, "memory.py", "128", flags=("--memory", "128m"))
+    detail = f"{doc}\n{proc.stderr}"
+    assert proc.returncode != 77, "ESCAPED\n" + detail
+    if doc["status"] == "killed_oom":
+        assert proc.returncode == 137
+        assert "memory limit" in proc.stderr
+    else:  # an address-space rlimit refuses the allocation instead of killing
+        assert doc["status"] == "failed", detail
+        assert "MemoryError" in str(doc["stdout"]) + str(doc["stderr"]), detail
+
+
+def test_tmp_is_capped(target: Target) -> None:
+    proc, doc = jhansi_run(target, "tmp_cap.py", "16", flags=("--tmp-size", "16m"))
+    assert_contained(proc, doc)
+
+
+def test_timeout_kills(target: Target) -> None:
+    started = time.monotonic()
+    proc, doc = jhansi_run(target, "timeout.py", "60", flags=("--timeout", "3"))
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 124, f"{doc}\n{proc.stderr}"
+    assert doc["status"] == "timed_out"
+    assert "timed out after 3 s" in proc.stderr
+    assert elapsed < 30
