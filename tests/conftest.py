@@ -163,6 +163,19 @@ def require_backend(request: pytest.FixtureRequest, name: str) -> None:
     request.getfixturevalue(_ENGINE_FIXTURE[name])
 
 
+def prepare_jhansi_home(backend: str, home: Path) -> None:
+    """Let the engine's user through JHANSI_HOME, as jhansi's hint tells a user to.
+
+    Only for rootless Podman driven by root (the CI set-up), whose engine runs as
+    another user: the directories are made traversable (0711), not readable.
+    """
+    if backend != "podman":
+        return
+    for directory in (home, home / "data", home / "data" / "sandboxes", home / "run"):
+        directory.mkdir(exist_ok=True)
+        directory.chmod(0o711)
+
+
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
     """A temporary directory every engine's user can traverse.

@@ -152,7 +152,11 @@ class Workspace:
         """Create ``name`` if needed and hold its lock for the duration of a run."""
         directory = self._dir(name)
         ensure_private_dir(self.root)
-        directory.mkdir(mode=0o700, exist_ok=True)
+        # Traversable, not listable: an engine running as another user (rootless
+        # Podman driven by root) must reach the home to mount it. What is inside
+        # stays private: the home is the sandbox user's, mode 0700; files are 0600.
+        directory.mkdir(mode=0o711, exist_ok=True)
+        directory.chmod(0o711)
         home = directory / "home"
         home.mkdir(mode=0o700, exist_ok=True)
         with self._locked(name, on_wait=on_wait):

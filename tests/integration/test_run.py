@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import backend_env, require_backend, run_jhansi
+from tests.conftest import backend_env, prepare_jhansi_home, require_backend, run_jhansi
 
 COUNTER = """\
 import os
@@ -32,6 +32,7 @@ class Env:
         self.project.mkdir()
         (self.project / "pyproject.toml").write_text('[project]\nname = "demo"\n')
         self.home = base / "jhansi-home"
+        prepare_jhansi_home(backend, self.home)
         self.vars = {**backend_env(backend), "JHANSI_HOME": str(self.home)}
 
     def script(self, name: str, text: str) -> Path:
@@ -131,6 +132,10 @@ def test_files_changed_are_reported(env: Env) -> None:
         "import os\nopen(os.path.expanduser('~/a.txt'), 'w').write('a')\n"
         "open('/work/out.txt', 'w').write('b')\n",
     )
+    if env.backend != "bwrap":
+        # The container's user is not the project's owner (root here): do what the
+        # refusal's hint says (tested in test_rw_needs_a_writable_project).
+        env.project.chmod(0o777)
     proc = env.jhansi("run", "--json", "--rw", "--ephemeral", str(script))
     assert proc.returncode == 0, proc.stderr
     changes = {
@@ -138,6 +143,19 @@ def test_files_changed_are_reported(env: Env) -> None:
     }
     assert changes == {("/home/sandbox", "a.txt", "added"), ("/work", "out.txt", "added")}
     assert (env.project / "out.txt").read_text() == "b"
+
+
+@pytest.mark.docker
+def test_rw_needs_a_writable_project(docker_engine: object, shared_dir: Path) -> None:
+    project = shared_dir / "p"
+    project.mkdir()
+    (project / "w.py").write_text("open('/work/x', 'w').write('x')\n")
+    proc = run_jhansi("run", "--rw", str(project / "w.py"), env=backend_env("docker"))
+    assert proc.returncode == 4
+    first, hint = _two_lines(proc.stderr)
+    assert "cannot write" in first
+    assert "chmod" in hint
+    assert not (project / "x").exists()
 
 
 def test_read_only_project_hint(env: Env) -> None:

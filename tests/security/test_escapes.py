@@ -25,7 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BACKENDS, backend_env, require_backend, run_jhansi
+from tests.conftest import (
+    BACKENDS,
+    backend_env,
+    prepare_jhansi_home,
+    require_backend,
+    run_jhansi,
+)
 
 ESCAPES = Path(__file__).parent / "escapes"
 CANARY = "jhansi-canary-7f3a"
@@ -61,6 +67,7 @@ def target(request: pytest.FixtureRequest, shared_dir: Path) -> Target:
     work = base / "outside"
     work.mkdir()
     (work / "canary.txt").write_text(CANARY)
+    prepare_jhansi_home(name, base / "jhansi-home")
     env = {
         **backend_env(name),
         "JHANSI_HOME": str(base / "jhansi-home"),
