@@ -304,15 +304,51 @@ def resolve_python(path: str) -> str:
     return os.path.realpath(executable)
 
 
+def _probe_cache() -> Path:
+    from jhansi.paths import Paths
+
+    return Paths.from_environment().cache / "interpreters.json"
+
+
+def _probe(real: str) -> object:
+    """The probe's answer for the interpreter at ``real``, cached on disk.
+
+    The answer depends only on that binary, so it is kept, keyed by the binary's
+    path, size, modification time and inode: a changed interpreter is probed again.
+    Running it costs ~20 ms of every ``jhansi run``.
+    """
+    st = Path(real).stat()
+    key = f"{real}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    store = _probe_cache()
+    try:
+        known = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if key in known:
+        return known[key]
+    answer = json.loads(_ask(real, _PROBE))
+    known = {k: v for k, v in known.items() if not k.startswith(f"{real}|")}
+    known[key] = answer
+    with contextlib.suppress(OSError):  # a cache that cannot be written is no error
+        store.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = store.with_name(f".{store.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known), encoding="utf-8")
+        tmp.replace(store)
+    return answer
+
+
 @cache
 def _interpreter_at(real: str) -> Interpreter:
     try:
-        data = json.loads(_ask(real, _PROBE))
+        data = _probe(real)
+        assert isinstance(data, dict)  # noqa: S101 - narrowed for the type checker
         version = str(data["version"])
         major_minor = tuple(int(p) for p in version.split(".")[:2])
         prefixes = [Path(os.path.realpath(p)) for p in data["prefixes"]]
         site_dirs = [Path(p) for p in data["site"]]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AssertionError) as exc:
         raise SandboxError(f"{real} answered jhansi's probe with nonsense: {exc}") from None
     if major_minor < (3, 8):
         raise SandboxError(

@@ -603,8 +603,6 @@ def test_missing_image_names_the_fix(target: Target, shared_dir: Path) -> None:
 
 
 def test_failed_pull_names_the_image(target: Target, shared_dir: Path) -> None:
-    if target.kind == "gvisor":
-        pytest.skip("the same engine as docker")
     sandbox = make_sandbox(target, shared_dir, "print(1)\n")
     # A registry on a closed local port: refused at once, no network needed.
     image = "127.0.0.1:9/jhansi-test-absent:1"
