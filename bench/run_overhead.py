@@ -96,7 +96,7 @@ def raw_bwrap(python: str, home: Path) -> list[str]:
     for name in ("bin", "lib", "lib64", "sbin"):
         path = Path("/") / name
         if path.is_symlink():
-            argv += ["--symlink", os.readlink(path), f"/{name}"]
+            argv += ["--symlink", str(path.readlink()), f"/{name}"]
         elif path.is_dir():
             argv += ["--ro-bind", str(path), f"/{name}"]
     argv += [
