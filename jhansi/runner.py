@@ -257,18 +257,18 @@ def sandbox_env(extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
     return env
 
 
-def select_backend(settings: Settings, reporter: Reporter) -> Backend:
+def select_backend(settings: Settings, reporter: Reporter, paths: Paths) -> Backend:
     """The backend named by ``[sandbox] backend``; ``auto``: an engine, else bubblewrap."""
     choice = settings.sandbox.backend
     if choice == "bwrap":
-        return _bwrap(settings)
+        return _bwrap(settings, paths)
     if choice == "docker":
         return _docker(settings)
     try:
         return _docker(settings)
     except SandboxError as engine_error:
         try:
-            backend = _bwrap(settings)
+            backend = _bwrap(settings, paths)
         except SandboxError as bwrap_error:
             raise SandboxError(
                 f"no sandbox backend is usable: {engine_error.message}; {bwrap_error.message}",
@@ -278,10 +278,12 @@ def select_backend(settings: Settings, reporter: Reporter) -> Backend:
         return backend
 
 
-def _bwrap(settings: Settings) -> Backend:
+def _bwrap(settings: Settings, paths: Paths) -> Backend:
     from jhansi.sandbox.bwrap import BwrapBackend
 
-    return BwrapBackend.from_settings(settings.sandbox.bwrap, settings.sandbox.python)
+    return BwrapBackend.from_settings(
+        settings.sandbox.bwrap, settings.sandbox.python, cache_dir=paths.cache
+    )
 
 
 def _docker(settings: Settings) -> Backend:
@@ -338,7 +340,7 @@ class Runner:
     def backend(self) -> Backend:
         """The sandbox backend (chosen once, on first use)."""
         if self._backend is None:
-            self._backend = select_backend(self.settings, self.reporter)
+            self._backend = select_backend(self.settings, self.reporter, self.paths)
         return self._backend
 
     def limits(self) -> Limits:

@@ -304,22 +304,18 @@ def resolve_python(path: str) -> str:
     return os.path.realpath(executable)
 
 
-def _probe_cache() -> Path:
-    from jhansi.paths import Paths
-
-    return Paths.from_environment().cache / "interpreters.json"
-
-
-def _probe(real: str) -> object:
+def _probe(real: str, cache_dir: Path | None) -> object:
     """The probe's answer for the interpreter at ``real``, cached on disk.
 
     The answer depends only on that binary, so it is kept, keyed by the binary's
     path, size, modification time and inode: a changed interpreter is probed again.
     Running it costs ~20 ms of every ``jhansi run``.
     """
+    if cache_dir is None:
+        return json.loads(_ask(real, _PROBE))
     st = Path(real).stat()
     key = f"{real}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
-    store = _probe_cache()
+    store = cache_dir / "interpreters.json"
     try:
         known = json.loads(store.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -340,9 +336,9 @@ def _probe(real: str) -> object:
 
 
 @cache
-def _interpreter_at(real: str) -> Interpreter:
+def _interpreter_at(real: str, cache_dir: Path | None) -> Interpreter:
     try:
-        data = _probe(real)
+        data = _probe(real, cache_dir)
         assert isinstance(data, dict)  # noqa: S101 - narrowed for the type checker
         version = str(data["version"])
         major_minor = tuple(int(p) for p in version.split(".")[:2])
@@ -364,10 +360,10 @@ def _interpreter_at(real: str) -> Interpreter:
     )
 
 
-def probe_interpreter(path: str) -> Interpreter:
+def probe_interpreter(path: str, cache_dir: Path | None = None) -> Interpreter:
     """The interpreter that ``path`` runs: its real path, version, prefixes and site
     directories (asked once per process)."""
-    return _interpreter_at(resolve_python(path))
+    return _interpreter_at(resolve_python(path), cache_dir)
 
 
 @cache
@@ -966,13 +962,19 @@ class BwrapBackend(Backend):
 
     name = "bwrap"
 
-    def __init__(self, bwrap: BwrapInfo, *, python: Path | None = None) -> None:
+    def __init__(
+        self, bwrap: BwrapInfo, *, python: Path | None = None, cache_dir: Path | None = None
+    ) -> None:
         self.bwrap = bwrap
         self.python = python
         """The interpreter when a spec names none (default: ``python3`` on PATH, resolved)."""
+        self.cache_dir = cache_dir
+        """Where interpreter probes are kept between runs (``None``: probe every process)."""
 
     @classmethod
-    def from_settings(cls, choice: str, python: str | None) -> BwrapBackend:
+    def from_settings(
+        cls, choice: str, python: str | None, *, cache_dir: Path | None = None
+    ) -> BwrapBackend:
         """The backend for ``[sandbox] bwrap`` and ``[sandbox] python``.
 
         ``auto`` falls back to the bundled bwrap when the system's is too old to
@@ -985,12 +987,14 @@ class BwrapBackend(Backend):
             if bundled is not None:
                 info = BwrapInfo(path=bundled, origin="bundled", version=_version(bundled))
         _require(info, bwrap_features(info.path))
-        interpreter = probe_interpreter(python or default_python())
-        return cls(info, python=interpreter.path)
+        interpreter = probe_interpreter(python or default_python(), cache_dir)
+        return cls(info, python=interpreter.path, cache_dir=cache_dir)
 
     def _interpreter(self, spec: SandboxSpec) -> Interpreter:
         chosen = spec.python if spec.python is not None else self.python
-        return probe_interpreter(str(chosen) if chosen is not None else default_python())
+        return probe_interpreter(
+            str(chosen) if chosen is not None else default_python(), self.cache_dir
+        )
 
     def info(self, spec: SandboxSpec) -> BackendInfo:
         """bwrap's path, version and origin, and the interpreter that will run."""

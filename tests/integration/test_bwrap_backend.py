@@ -676,3 +676,33 @@ def test_unprivileged_user_gets_rlimits(bwrap_path: Path, world_readable_checkou
     assert "MemoryError" in memory["stderr"]
     assert fork["status"] == "succeeded", fork
     assert int(fork["stdout"]) < 32, fork
+
+
+@pytest.mark.bwrap
+def test_interpreter_probe_is_cached_on_disk(
+    host_python: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second process does not re-run the probe; a changed interpreter is probed again."""
+    import jhansi.sandbox.bwrap as bwrap_module
+
+    copy = tmp_path / "python3"
+    shutil.copy2(host_python, copy)
+    calls: list[str] = []
+    real_ask = bwrap_module._ask
+
+    def counting_ask(path: str, code: str) -> bytes:
+        calls.append(path)
+        return real_ask(path, code)
+
+    monkeypatch.setattr(bwrap_module, "_ask", counting_ask)
+    cache_dir = tmp_path / "cache"
+    first = bwrap_module._probe(str(copy), cache_dir)
+    assert len(calls) == 1
+    assert (cache_dir / "interpreters.json").is_file()
+    assert bwrap_module._probe(str(copy), cache_dir) == first
+    assert len(calls) == 1  # answered from the disk cache
+    os.utime(copy, ns=(0, 0))  # a "new" interpreter at the same path
+    bwrap_module._probe(str(copy), cache_dir)
+    assert len(calls) == 2
+    bwrap_module._probe(str(copy), None)  # no cache: always asks
+    assert len(calls) == 3

@@ -1,0 +1,1 @@
+"""Dependencies: from a script's imports to locked, checked, installed distributions."""
