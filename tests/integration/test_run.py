@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -272,3 +275,24 @@ def test_json_error_document(tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     assert doc["status"] == "error"
     assert doc["error"]["exit_code"] == 6
+
+
+@pytest.mark.bwrap
+def test_runs_in_one_sandbox_wait_for_each_other(bwrap_path: Path, shared_dir: Path) -> None:
+    env = Env(shared_dir, "bwrap")
+    script = env.script(
+        "slow.py",
+        "import os, time\nopen(os.path.expanduser('~/log'), 'a').write('start\\n')\n"
+        "time.sleep(2)\nopen(os.path.expanduser('~/log'), 'a').write('end\\n')\n",
+    )
+    argv = [sys.executable, "-m", "jhansi", "run", "--sandbox", "shared", str(script)]
+    environ = {**os.environ, **env.vars}
+    first = subprocess.Popen(argv, env=environ, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)
+    second = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=60)
+    first_err = first.communicate(timeout=60)[1]
+    assert first.returncode == 0, first_err
+    assert second.returncode == 0, second.stderr
+    assert "is in use by pid" in second.stderr
+    log = (env.home / "data" / "sandboxes" / "shared" / "home" / "log").read_text()
+    assert log == "start\nend\nstart\nend\n"  # serialized, never interleaved
