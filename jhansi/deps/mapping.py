@@ -26,9 +26,12 @@ The data is parsed on the first lookup, not at import: start-up time matters.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any
 
 DATA_FILE = "import_map.json"
 OVERRIDES_FILE = "import_overrides.toml"
@@ -54,14 +57,6 @@ class ImportMapping:
 
 
 @dataclass(frozen=True, slots=True)
-class Provider:
-    """One distribution whose wheel installs a name, with its download rank (1 = most)."""
-
-    distribution: str
-    rank: int
-
-
-@dataclass(frozen=True, slots=True)
 class Override:
     """A reviewed mapping that replaces the data's answer for one dotted name."""
 
@@ -79,13 +74,15 @@ class ImportMap:
     def __init__(
         self,
         *,
-        imports: Mapping[str, Sequence[Provider]],
+        imports: Mapping[str, Sequence[tuple[str, int]]],
         namespaces: Iterable[str] = (),
         overrides: Mapping[str, Override] | None = None,
         never: Mapping[str, str] | None = None,
         source: str = "",
     ) -> None:
-        self._imports = {name: tuple(providers) for name, providers in imports.items() if providers}
+        # ``(distribution, download rank)`` pairs, most downloaded first, kept as
+        # given (the bundled data's JSON lists): no per-entry work at load time.
+        self._imports = imports
         self._namespaces = frozenset(namespaces)
         self._overrides = dict(overrides or {})
         self._never = dict(never or {})
@@ -97,10 +94,7 @@ class ImportMap:
         """Build from the parsed JSON data file and the parsed TOML overrides file."""
         source = data.get("source") or {}
         return cls(
-            imports={
-                name: [Provider(str(dist), int(rank)) for dist, rank in providers]
-                for name, providers in data["imports"].items()
-            },
+            imports=data["imports"],
             namespaces=data.get("namespaces", ()),
             overrides={
                 name: Override(str(entry["distribution"]), str(entry["reason"]))
@@ -136,19 +130,19 @@ class ImportMap:
                     prefix,
                     override.distribution,
                     f"override: {override.reason}",
-                    tuple(p.distribution for p in known if p.distribution != override.distribution),
+                    tuple(dist for dist, _ in known if dist != override.distribution),
                 )
         for prefix in prefixes:
             is_namespace = prefix in self._namespaces
             providers = self._imports.get(prefix, ())
             if providers and (prefix == import_name or not is_namespace):
-                best = providers[0]
+                best, rank = providers[0]
                 return ImportMapping(
                     import_name,
                     prefix,
-                    best.distribution,
-                    f"wheel top-level {prefix!r}, rank {best.rank} in {self.source}",
-                    tuple(p.distribution for p in providers[1:]),
+                    best,
+                    f"wheel top-level {prefix!r}, rank {rank} in {self.source}",
+                    tuple(dist for dist, _ in providers[1:]),
                 )
             if is_namespace:
                 return None
