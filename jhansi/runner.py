@@ -23,8 +23,11 @@ import tokenize
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jhansi.config import DEFAULT_MASK, Settings
+from jhansi.deps.plan import DependencyPlan, plan, unresolved_error
+from jhansi.deps.target import Target
 from jhansi.errors import InputError, SandboxError, UsageError
 from jhansi.paths import Paths, ensure_private_dir
 from jhansi.report import NullReporter, Reporter, Stream
@@ -45,8 +48,14 @@ from jhansi.sandbox.interface import (
 )
 from jhansi.sandbox.workspace import OpenSandbox, Workspace, default_name, validate_name
 
+if TYPE_CHECKING:
+    from jhansi.deps.install import Environment
+    from jhansi.deps.lock import LockResult
+
 ENTRY_SOURCE = Path(__file__).parent / "sandbox" / "entry.py"
 ENTRY_TARGET = f"{ENTRY_DIR}/entry.py"
+#: Where the locked environment is mounted (read-only) and put on the import path.
+ENV_TARGET = f"{ENTRY_DIR}/env"
 #: Where a script from outside the project (or from stdin) is mounted.
 MAIN_DIR = f"{ENTRY_DIR}/main"
 STDIN_NAME = "stdin.py"
@@ -73,6 +82,26 @@ class RunRequest:
     env: tuple[tuple[str, str], ...] = ()
     interactive: bool = False
     """Run an interactive interpreter instead of a script (``jhansi sandbox shell``)."""
+    with_requirements: tuple[str, ...] = ()
+    """``--with``: requirements added to whatever the script declares or imports."""
+    requirements_file: Path | None = None
+    """``--requirements``: replaces import detection."""
+    lock_file: Path | None = None
+    """Where the lock goes (default: ``pylock.<script stem>.toml`` beside the script)."""
+    frozen: bool = False
+    """Refuse to create or change a lock (CI)."""
+    upgrade: bool = False
+    exclude_newer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dependencies:
+    """What a script needs and what was locked and installed for it."""
+
+    plan: DependencyPlan
+    target: Target
+    lock: LockResult | None = None
+    environment: Environment | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +124,7 @@ class RunResult:
     files_changed: tuple[FileChange, ...]
     enforcement: Mapping[str, str] = field(default_factory=dict)
     error: str = ""
+    dependencies: Dependencies | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +134,7 @@ class Script:
     host_path: Path
     display: str
     from_stdin: bool
+    text: str = ""
 
 
 def new_run_id() -> str:
@@ -263,9 +294,9 @@ def select_backend(settings: Settings, reporter: Reporter, paths: Paths) -> Back
     if choice == "bwrap":
         return _bwrap(settings, paths)
     if choice == "docker":
-        return _docker(settings)
+        return _docker(settings, paths)
     try:
-        return _docker(settings)
+        return _docker(settings, paths)
     except SandboxError as engine_error:
         try:
             backend = _bwrap(settings, paths)
@@ -286,10 +317,10 @@ def _bwrap(settings: Settings, paths: Paths) -> Backend:
     )
 
 
-def _docker(settings: Settings) -> Backend:
+def _docker(settings: Settings, paths: Paths) -> Backend:
     from jhansi.sandbox.docker import DockerBackend
 
-    return DockerBackend.from_settings(settings.sandbox.engine_url)
+    return DockerBackend.from_settings(settings.sandbox.engine_url, cache_dir=paths.cache)
 
 
 class _Sink:
@@ -360,7 +391,119 @@ class Runner:
         run_id = new_run_id()
         # 1. the script: read and parsed on the host, so bad input never starts a sandbox
         script, project = self._prepare_script(request, run_id)
-        # 2. the named sandbox, held for the whole run
+        try:
+            # 2. dependencies: planned, locked and installed before any sandbox starts
+            deps = None if request.interactive else self._dependencies(request, script, run_id)
+            # 3. the named sandbox, held for the whole run, and the run itself
+            return self._in_sandbox(request, run_id, script, project, deps)
+        finally:
+            if script.from_stdin:
+                _remove_quietly(script.host_path)
+
+    def dependencies(
+        self, request: RunRequest, *, install: bool = False, refuse_unresolved: bool = True
+    ) -> Dependencies:
+        """Plan and lock (and with ``install``, install) what a script needs; run nothing.
+
+        Without ``refuse_unresolved``, unresolved imports are returned in the plan
+        (nothing is locked then) instead of raised: ``jhansi deps`` shows them.
+        """
+        run_id = new_run_id()
+        script, _ = self._prepare_script(request, run_id)
+        try:
+            return self._dependencies(
+                request, script, run_id, install=install, refuse_unresolved=refuse_unresolved
+            )
+        finally:
+            if script.from_stdin:
+                _remove_quietly(script.host_path)
+
+    def _bare_spec(self, run_id: str) -> SandboxSpec:
+        """A spec naming only the interpreter: enough to ask what the target is."""
+        s = self.settings.sandbox
+        return SandboxSpec(
+            run_id=run_id,
+            argv=(PYTHON,),
+            mounts=(),
+            env=sandbox_env(()),
+            limits=self.limits(),
+            image=s.image,
+            python=Path(s.python) if s.python else None,
+            runtime=s.runtime if self.backend.name == "docker" else None,
+        )
+
+    def _dependencies(
+        self,
+        request: RunRequest,
+        script: Script,
+        run_id: str,
+        *,
+        install: bool = True,
+        refuse_unresolved: bool = True,
+    ) -> Dependencies:
+        target = self.backend.target(self._bare_spec(run_id))
+        roots: tuple[Path, ...] = (
+            (script.host_path.parent,) if not script.from_stdin else (Path.cwd(),)
+        )
+        if request.project is not None:
+            roots = (*roots, request.project)
+        decided = plan(
+            script.text,
+            where=script.display,
+            target=target,
+            local_roots=roots,
+            with_requirements=request.with_requirements,
+            requirements_file=request.requirements_file,
+        )
+        if decided.unresolved:
+            if refuse_unresolved:
+                raise unresolved_error(decided, script.display)
+            return Dependencies(plan=decided, target=target)
+        if not decided.requirements:
+            return Dependencies(plan=decided, target=target)
+        from jhansi.deps.lock import lock
+
+        self.reporter.step(
+            "lock", f"{len(decided.requirements)} requirement(s) for {target.describe()}"
+        )
+        locked = lock(
+            decided.specs,
+            target,
+            lock_file=self._lock_path(request, script),
+            frozen=request.frozen,
+            upgrade=request.upgrade,
+            exclude_newer=request.exclude_newer,
+            reporter=self.reporter,
+            fix_command=f"jhansi lock {script.display}",
+        )
+        if not install:
+            return Dependencies(plan=decided, target=target, lock=locked)
+        from jhansi.deps.install import install as install_environment
+
+        environment = install_environment(
+            locked, target, cache_dir=self.paths.cache, reporter=self.reporter
+        )
+        return Dependencies(plan=decided, target=target, lock=locked, environment=environment)
+
+    def _lock_path(self, request: RunRequest, script: Script) -> Path:
+        if request.lock_file is not None:
+            return request.lock_file.absolute()
+        if script.from_stdin:
+            import blake3
+
+            digest = blake3.blake3(script.text.encode()).hexdigest()[:16]
+            return ensure_private_dir(self.paths.cache / "locks") / f"pylock.stdin-{digest}.toml"
+        return script.host_path.with_name(f"pylock.{script.host_path.stem}.toml")
+
+    def _in_sandbox(
+        self,
+        request: RunRequest,
+        run_id: str,
+        script: Script,
+        project: Path | None,
+        deps: Dependencies | None,
+    ) -> RunResult:
+        """Hold the named (or an ephemeral) sandbox and run in it."""
         name = validate_name(request.sandbox) if request.sandbox else None
         opener = (
             self.workspace.ephemeral()
@@ -371,12 +514,8 @@ class Runner:
                 on_wait=lambda message: self.reporter.step("waiting", message),
             )
         )
-        try:
-            with opener as sandbox:
-                return self._run_in(request, run_id, script, project, sandbox)
-        finally:
-            if script.from_stdin:
-                _remove_quietly(script.host_path)
+        with opener as sandbox:
+            return self._run_in(request, run_id, script, project, sandbox, deps)
 
     def _prepare_script(self, request: RunRequest, run_id: str) -> tuple[Script, Path | None]:
         if request.interactive:
@@ -385,12 +524,13 @@ class Runner:
         elif request.script is None:
             code = request.code or ""
             check_source(code, "<stdin>")
-            script = Script(self._stdin_file(run_id, code), "<stdin>", from_stdin=True)
+            script = Script(self._stdin_file(run_id, code), "<stdin>", from_stdin=True, text=code)
             start = request.project or Path.cwd()
         else:
             path = request.script.absolute()
-            check_source(read_script(path), str(request.script))
-            script = Script(path, str(request.script), from_stdin=False)
+            text = read_script(path)
+            check_source(text, str(request.script))
+            script = Script(path, str(request.script), from_stdin=False, text=text)
             start = request.project or path.parent
         project = (request.project or find_project(start)).absolute()
         if not project.is_dir():
@@ -453,6 +593,7 @@ class Runner:
         script: Script,
         project: Path | None,
         sandbox: OpenSandbox,
+        deps: Dependencies | None,
     ) -> RunResult:
         backend = self.backend
         runtime = self.settings.sandbox.runtime
@@ -464,6 +605,10 @@ class Runner:
             )
         mounts, inside, masked_top = self._mounts(request, script, project, sandbox.home)
         argv: list[str] = [PYTHON, "-I", "-S", ENTRY_TARGET]
+        environment = deps.environment if deps else None
+        if environment is not None:
+            mounts.append(Mount(environment.path, ENV_TARGET))
+            argv += ["--path", ENV_TARGET]
         if script.from_stdin:
             argv += ["--path0", WORKDIR]
         if request.interactive:
@@ -513,6 +658,7 @@ class Runner:
             files_changed=tuple(changes),
             enforcement=result.enforcement,
             error=result.error,
+            dependencies=deps,
         )
 
 

@@ -9,6 +9,7 @@ import typer
 
 from jhansi._version import __version__
 from jhansi.cli import config as config_cmd
+from jhansi.cli import deps as deps_cmd
 from jhansi.cli import doctor as doctor_cmd
 from jhansi.cli import run as run_cmd
 from jhansi.cli import sandbox as sandbox_cmd
@@ -58,6 +59,8 @@ app.command(
     name="run",
     context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
 )(run_cmd.run)
+app.command(name="deps")(deps_cmd.deps)
+app.command(name="lock")(deps_cmd.lock)
 app.add_typer(sandbox_cmd.app, name="sandbox")
 app.command(name="doctor")(doctor_cmd.doctor)
 app.add_typer(config_cmd.app, name="config")

@@ -13,7 +13,7 @@ from jhansi.cli._state import CliState
 from jhansi.errors import ExitCode, JhansiError, UsageError
 
 if TYPE_CHECKING:
-    from jhansi.runner import RunResult
+    from jhansi.runner import Dependencies, RunResult
 
 SANDBOX = "Sandbox"
 LIMITS = "Limits"
@@ -80,6 +80,46 @@ OutputLimit = Annotated[
     typer.Option("--output-limit", help="Bytes kept of each stream.", rich_help_panel=LIMITS),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only the script's output.")]
+DEPS = "Dependencies"
+With = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--with",
+        help="Add a requirement, e.g. 'requests>=2.32' (repeatable).",
+        rich_help_panel=DEPS,
+    ),
+]
+RequirementsFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--requirements",
+        help="requirements.txt or pyproject.toml: replaces import detection.",
+        rich_help_panel=DEPS,
+    ),
+]
+LockFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--lock-file",
+        help="Where the lock goes (default: pylock.<script>.toml).",
+        rich_help_panel=DEPS,
+    ),
+]
+Frozen = Annotated[
+    bool,
+    typer.Option("--frozen", help="Refuse to create or change a lock (CI).", rich_help_panel=DEPS),
+]
+Upgrade = Annotated[
+    bool, typer.Option("--upgrade", help="Re-resolve to the newest versions.", rich_help_panel=DEPS)
+]
+ExcludeNewer = Annotated[
+    str | None,
+    typer.Option(
+        "--exclude-newer",
+        help="Ignore releases after this date (YYYY-MM-DD).",
+        rich_help_panel=DEPS,
+    ),
+]
 
 
 def sandbox_flags(**values: Any) -> dict[tuple[str, str], object]:
@@ -120,6 +160,12 @@ def run(
     tmp_size: TmpSize = None,
     timeout: Timeout = None,
     output_limit: OutputLimit = None,
+    with_: With = None,
+    requirements: RequirementsFile = None,
+    lock_file: LockFile = None,
+    frozen: Frozen = False,
+    upgrade: Upgrade = False,
+    exclude_newer: ExcludeNewer = None,
     quiet: Quiet = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -162,6 +208,12 @@ def run(
         ephemeral=ephemeral,
         rw=rw,
         env=parse_env(env),
+        with_requirements=tuple(with_ or ()),
+        requirements_file=requirements,
+        lock_file=lock_file,
+        frozen=frozen,
+        upgrade=upgrade,
+        exclude_newer=exclude_newer,
     )
     result = Runner.from_settings(settings, reporter=reporter).run(request)
     finish(
@@ -210,6 +262,54 @@ def result_document(result: RunResult) -> dict[str, Any]:
             for c in result.files_changed
         ],
         "error": result.error,
+        "dependencies": dependencies_document(result.dependencies),
+    }
+
+
+def dependencies_document(deps: Dependencies | None) -> dict[str, Any] | None:
+    """The dependency part of ``--json`` documents (``run``, ``deps``, ``lock``)."""
+    if deps is None:
+        return None
+    plan = deps.plan
+    return {
+        "mode": plan.mode,
+        "python": deps.target.python_version,
+        "target": deps.target.describe(),
+        "platform": deps.target.uv_platform,
+        "requires_python": plan.requires_python,
+        "requirements": [
+            {
+                "name": r.name,
+                "spec": r.spec,
+                "source": r.source,
+                "evidence": r.evidence,
+                "imports": list(r.imports),
+            }
+            for r in plan.requirements
+        ],
+        "imports": [
+            {
+                "import": d.name,
+                "kind": d.kind,
+                "lines": list(d.lines),
+                "requirement": d.requirement,
+                "evidence": d.evidence,
+                "alternatives": list(d.alternatives),
+            }
+            for d in plan.imports
+        ],
+        "unresolved": [
+            {"import": d.name, "lines": list(d.lines), "reason": d.evidence}
+            for d in plan.unresolved
+        ],
+        "lock_file": str(deps.lock.path) if deps.lock else None,
+        "lock_reused": deps.lock.reused if deps.lock else None,
+        "locked": [
+            {"name": p.name, "version": p.version}
+            for p in (deps.lock.packages if deps.lock else ())
+        ],
+        "environment": deps.environment.key if deps.environment else None,
+        "environment_reused": deps.environment.reused if deps.environment else None,
     }
 
 

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from jhansi.errors import SandboxError
 from jhansi.sandbox.interface import (
@@ -60,6 +60,10 @@ from jhansi.sandbox.interface import (
     TailBuffer,
 )
 from jhansi.sandbox.limits import RunLimits, plan_limits, prune_cgroups
+from jhansi.sandbox.probe import binary_key, cached
+
+if TYPE_CHECKING:
+    from jhansi.deps.target import Target
 
 Origin = Literal["system", "bundled", "configured"]
 
@@ -307,32 +311,12 @@ def resolve_python(path: str) -> str:
 def _probe(real: str, cache_dir: Path | None) -> object:
     """The probe's answer for the interpreter at ``real``, cached on disk.
 
-    The answer depends only on that binary, so it is kept, keyed by the binary's
-    path, size, modification time and inode: a changed interpreter is probed again.
-    Running it costs ~20 ms of every ``jhansi run``.
+    Running it costs ~20 ms of every ``jhansi run``; the answer depends only on the
+    binary, so :func:`jhansi.sandbox.probe.cached` keeps it under the binary's stat.
     """
-    if cache_dir is None:
-        return json.loads(_ask(real, _PROBE))
-    st = Path(real).stat()
-    key = f"{real}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
-    store = cache_dir / "interpreters.json"
-    try:
-        known = json.loads(store.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known, dict):
-        known = {}
-    if key in known:
-        return known[key]
-    answer = json.loads(_ask(real, _PROBE))
-    known = {k: v for k, v in known.items() if not k.startswith(f"{real}|")}
-    known[key] = answer
-    with contextlib.suppress(OSError):  # a cache that cannot be written is no error
-        store.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = store.with_name(f".{store.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(known), encoding="utf-8")
-        tmp.replace(store)
-    return answer
+    return cached(
+        cache_dir, "interpreters.json", binary_key(real), lambda: json.loads(_ask(real, _PROBE))
+    )
 
 
 @cache
@@ -995,6 +979,22 @@ class BwrapBackend(Backend):
         return probe_interpreter(
             str(chosen) if chosen is not None else default_python(), self.cache_dir
         )
+
+    def target(self, spec: SandboxSpec) -> Target:
+        """The host interpreter the sandbox runs, probed once (cached on disk)."""
+        from jhansi.deps.plan import fallback_stdlib
+        from jhansi.deps.target import PROBE_CODE, target_from_probe
+
+        path = str(self._interpreter(spec).path)
+        data = cached(
+            self.cache_dir,
+            "targets.json",
+            binary_key(path),
+            lambda: json.loads(_ask(path, PROBE_CODE)),
+        )
+        if not isinstance(data, dict):
+            raise SandboxError(f"{path} answered jhansi's target probe with nonsense")
+        return target_from_probe(data, fallback_stdlib())
 
     def info(self, spec: SandboxSpec) -> BackendInfo:
         """bwrap's path, version and origin, and the interpreter that will run."""

@@ -32,6 +32,7 @@ whose owner is gone.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -41,9 +42,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
 from jhansi.errors import SandboxError
 from jhansi.sandbox.engine import (
@@ -64,8 +65,13 @@ from jhansi.sandbox.interface import (
     OutputSink,
     OutputTail,
     SandboxSpec,
+    Stream,
     TailBuffer,
 )
+from jhansi.sandbox.probe import cached
+
+if TYPE_CHECKING:
+    from jhansi.deps.target import Target
 
 
 def _log() -> Any:
@@ -595,6 +601,13 @@ def _engine_error(message: str, started: float | None = None) -> ExecResult:
     )
 
 
+class _Discard:
+    """An output sink that keeps nothing (the result's tails keep what is needed)."""
+
+    def write(self, stream: Stream, data: bytes) -> None:
+        """Dropped."""
+
+
 class DockerBackend(Backend):
     """Runs sandboxes as containers of a Docker Engine API endpoint (Docker or Podman).
 
@@ -612,11 +625,14 @@ class DockerBackend(Backend):
         *,
         pull: PullPolicy = "missing",
         on_pull: Callable[[PullProgress], None] | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.client = client
         self.engine = engine
         self.pull = pull
         self.on_pull = on_pull
+        self.cache_dir = cache_dir
+        """Where target probes of images are kept (``None``: probe every process)."""
         self._images: dict[str, dict[str, Any]] = {}
 
     @classmethod
@@ -626,10 +642,11 @@ class DockerBackend(Backend):
         *,
         pull: PullPolicy = "missing",
         on_pull: Callable[[PullProgress], None] | None = None,
+        cache_dir: Path | None = None,
     ) -> DockerBackend:
         """The backend for the first engine that answers (or exactly ``engine_url``)."""
         client, engine = find_engine(engine_url)
-        return cls(client, engine, pull=pull, on_pull=on_pull)
+        return cls(client, engine, pull=pull, on_pull=on_pull, cache_dir=cache_dir)
 
     # -- images -----------------------------------------------------------------
 
@@ -660,6 +677,36 @@ class DockerBackend(Backend):
                 )
         self._images[image] = found
         return found
+
+    def target(self, spec: SandboxSpec) -> Target:
+        """The image's interpreter, probed in a hardened container once per image id."""
+        from jhansi.deps.plan import fallback_stdlib
+        from jhansi.deps.target import PROBE_CODE, target_from_probe
+
+        image_id = str(self.image(spec.image).get("Id", spec.image))
+
+        def probe() -> object:
+            probe_spec = replace(
+                spec,
+                run_id=f"{spec.run_id}-probe",
+                argv=(PYTHON, "-I", "-S", "-c", PROBE_CODE),
+                mounts=(),
+                interactive=False,
+                limits=replace(spec.limits, timeout=min(spec.limits.timeout, 120.0)),
+            )
+            result = self.run(probe_spec, _Discard())
+            if result.status is not ExecStatus.SUCCEEDED:
+                raise SandboxError(
+                    f"cannot tell which Python the image {spec.image} has: "
+                    f"{result.error or result.stderr.data.decode(errors='replace')[-300:]}",
+                    hint="Use an image with python3 on its PATH (--image).",
+                )
+            return json.loads(result.stdout.data)
+
+        data = cached(self.cache_dir, "targets.json", f"{image_id}|{spec.runtime or ''}", probe)
+        if not isinstance(data, dict):
+            raise SandboxError(f"the image {spec.image} answered jhansi's probe with nonsense")
+        return target_from_probe(data, fallback_stdlib())
 
     def info(self, spec: SandboxSpec) -> BackendInfo:
         """Engine, version, rootless, url, runtime, image and its digest."""

@@ -16,7 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO, Final, Literal, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Final, Literal, Protocol
+
+if TYPE_CHECKING:
+    from jhansi.deps.target import Target
 
 #: ``argv[0]`` of a spec that runs the sandbox's Python interpreter: the backend
 #: puts its interpreter there (the image's ``python3``; the host interpreter for bwrap).
@@ -183,6 +186,10 @@ class Backend(ABC):
     @abstractmethod
     def info(self, spec: SandboxSpec) -> BackendInfo:
         """Identify what will run ``spec`` (engine and version, image digest, bwrap …)."""
+
+    @abstractmethod
+    def target(self, spec: SandboxSpec) -> Target:
+        """What interpreter ``spec`` will run on (dependencies are resolved for it)."""
 
     @abstractmethod
     def run(

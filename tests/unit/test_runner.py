@@ -8,6 +8,7 @@ what tests/integration and tests/security check, on the real engines.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -15,6 +16,7 @@ from typing import BinaryIO
 import pytest
 
 from jhansi.config import load_settings
+from jhansi.deps.target import Target
 from jhansi.errors import ExitCode, InputError, UsageError
 from jhansi.paths import Paths
 from jhansi.report import NullReporter
@@ -43,6 +45,11 @@ class RecordingBackend(Backend):
 
     def info(self, spec: SandboxSpec) -> BackendInfo:
         return BackendInfo("bwrap", {"fake": "yes"})
+
+    def target(self, spec: SandboxSpec) -> Target:
+        return Target(
+            "3.11.7", "cpython", "x86_64", "glibc", "2.36", frozenset(sys.stdlib_module_names)
+        )
 
     def run(
         self, spec: SandboxSpec, output: OutputSink, *, stdin: BinaryIO | None = None
