@@ -53,6 +53,40 @@ def jhansi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+def _index_url() -> str:
+    """The package index the user's uv or pip configuration names (never a literal here)."""
+    for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"):
+        if os.environ.get(name):
+            return os.environ[name]
+    from pypi_simple import PYPI_SIMPLE_ENDPOINT
+
+    return str(PYPI_SIMPLE_ENDPOINT)
+
+
+@pytest.fixture(scope="session")
+def _index_reachable() -> str | None:
+    import urllib.request
+
+    url = _index_url().rstrip("/") + "/pip/"
+    try:
+        request = urllib.request.Request(  # noqa: S310 - the configured index
+            url, headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+        )
+        with urllib.request.urlopen(request, timeout=20):  # noqa: S310 - the configured index
+            return None
+    except OSError as exc:
+        return f"the package index does not answer ({exc})"
+
+
+@pytest.fixture(autouse=True)
+def _network_marker(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``network`` need the package index: skip (or fail in CI) without it."""
+    if request.node.get_closest_marker("network") is not None:
+        problem = request.getfixturevalue("_index_reachable")
+        if problem:
+            absent(problem)
+
+
 @dataclass(frozen=True)
 class Engine:
     """A reachable Docker Engine API endpoint with the test image loaded."""

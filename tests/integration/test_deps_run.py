@@ -1,0 +1,160 @@
+"""Dependencies end to end through the CLI: the real package index, uv, and the real backends."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import backend_env, prepare_jhansi_home, require_backend, run_jhansi
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+MAPPED = """\
+import cv2
+import sklearn
+from PIL import Image
+import yaml
+from bs4 import BeautifulSoup
+from dateutil import parser
+import jwt
+from dotenv import load_dotenv
+"""
+
+
+@pytest.fixture
+def project(shared_dir: Path) -> Path:
+    root = shared_dir / "project"
+    root.mkdir()
+    (root / "pyproject.toml").write_text('[project]\nname = "demo"\n')
+    return root
+
+
+def _uv_calls(stderr: str) -> int:
+    return sum(1 for line in stderr.splitlines() if "uv call:" in line)
+
+
+@pytest.mark.network
+def test_imports_map_to_the_real_packages(project: Path, bwrap_path: Path) -> None:
+    script = project / "ai.py"
+    script.write_text(MAPPED)
+    proc = run_jhansi("deps", "--json", "--backend", "bwrap", str(script), cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    mapped = {d["import"]: d["requirement"] for d in doc["imports"]}
+    assert mapped == {
+        "cv2": "opencv-python",
+        "sklearn": "scikit-learn",
+        "PIL": "pillow",
+        "yaml": "pyyaml",
+        "bs4": "beautifulsoup4",
+        "dateutil": "python-dateutil",
+        "jwt": "pyjwt",
+        "dotenv": "python-dotenv",
+    }
+    assert all(d["evidence"] for d in doc["imports"])
+    assert doc["unresolved"] == []
+    assert {p["name"] for p in doc["locked"]} >= {"opencv-python", "scikit-learn", "pillow"}
+    assert doc["python"].startswith("3.")
+    assert {r["name"] for r in doc["requirements"]} >= {"pyyaml", "pyjwt"}
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "docker"])
+def test_made_up_import_is_refused_before_any_sandbox(
+    request: pytest.FixtureRequest, backend: str, project: Path, shared_dir: Path
+) -> None:
+    require_backend(request, backend)
+    home = shared_dir / "jhansi-home"
+    env = {**backend_env(backend), "JHANSI_HOME": str(home)}
+    script = project / "unresolved.py"
+    shutil.copy(EXAMPLES / "unresolved.py", script)
+    proc = run_jhansi("run", str(script), env=env, cwd=project)
+    assert proc.returncode == 7, proc.stderr
+    assert "quantumflux_helpers" in proc.stderr
+    assert "# dependencies" in proc.stderr
+    assert not (home / "data" / "sandboxes").exists()  # no sandbox was even prepared
+    deps = run_jhansi("deps", "--json", str(script), env=env, cwd=project)
+    assert deps.returncode == 7
+    assert json.loads(deps.stdout)["unresolved"][0]["import"] == "quantumflux_helpers"
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("backend", ["bwrap", "docker"])
+def test_third_party_script_runs_and_the_second_run_makes_no_uv_call(
+    request: pytest.FixtureRequest, backend: str, project: Path, shared_dir: Path
+) -> None:
+    require_backend(request, backend)
+    home = shared_dir / "jhansi-home"
+    prepare_jhansi_home(backend, home)
+    env = {**backend_env(backend), "JHANSI_HOME": str(home)}
+    script = project / "deps_detected.py"
+    shutil.copy(EXAMPLES / "deps_detected.py", script)
+    first = run_jhansi("--debug", "run", "--json", str(script), env=env, cwd=project)
+    assert first.returncode == 0, first.stderr[-3000:]
+    doc = json.loads(first.stdout)
+    assert "mean 3.875" in doc["stdout"]["text"]
+    assert _uv_calls(first.stderr) >= 1
+    lock = project / "pylock.deps_detected.toml"
+    assert lock.is_file()
+    deps = doc["dependencies"]
+    assert deps["lock_file"] == str(lock)
+    assert {p["name"] for p in deps["locked"]} >= {"numpy", "requests", "pyyaml"}
+    second = run_jhansi("--debug", "run", "--json", str(script), env=env, cwd=project)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert _uv_calls(second.stderr) == 0, second.stderr
+    again = json.loads(second.stdout)["dependencies"]
+    assert again["lock_reused"] is True
+    assert again["environment_reused"] is True
+    assert again["environment"] == deps["environment"]
+
+
+@pytest.mark.network
+def test_frozen_with_a_stale_lock_names_the_fix(project: Path, bwrap_path: Path) -> None:
+    script = project / "s.py"
+    script.write_text("import yaml\nprint(yaml.__version__)\n")
+    assert run_jhansi("lock", "--backend", "bwrap", str(script), cwd=project).returncode == 0
+    script.write_text("import yaml\nimport requests\nprint(yaml.__version__)\n")
+    proc = run_jhansi("run", "--backend", "bwrap", "--frozen", str(script), cwd=project)
+    assert proc.returncode == 7, proc.stderr
+    assert f"jhansi lock {script}" in proc.stderr
+    missing = project / "t.py"
+    missing.write_text("import yaml\n")
+    proc = run_jhansi("run", "--backend", "bwrap", "--frozen", str(missing), cwd=project)
+    assert proc.returncode == 7
+    assert f"jhansi lock {missing}" in proc.stderr
+
+
+def test_requires_python_names_both_versions(project: Path, bwrap_path: Path) -> None:
+    script = project / "new.py"
+    script.write_text('# /// script\n# requires-python = ">=3.99"\n# ///\nprint(1)\n')
+    proc = run_jhansi("run", "--backend", "bwrap", str(script), cwd=project)
+    assert proc.returncode == 7, proc.stderr
+    assert ">=3.99" in proc.stderr
+    assert "Python 3." in proc.stderr
+
+
+def test_tool_uv_in_a_script_is_refused(project: Path, bwrap_path: Path) -> None:
+    script = project / "evil.py"
+    script.write_text(
+        "# /// script\n"
+        '# dependencies = ["requests"]\n'
+        "# [tool.uv]\n"
+        '# index-url = "https://evil.example/simple"\n'
+        "# ///\nimport requests\n"
+    )
+    proc = run_jhansi("run", "--backend", "bwrap", str(script), cwd=project)
+    assert proc.returncode == 6, proc.stderr
+    assert "[tool.uv]" in proc.stderr
+    assert "untrusted" in proc.stderr
+
+
+@pytest.mark.network
+def test_pep723_example_runs(project: Path, bwrap_path: Path) -> None:
+    script = project / "pep723.py"
+    shutil.copy(EXAMPLES / "pep723.py", script)
+    proc = run_jhansi("run", "-q", "--backend", "bwrap", str(script), cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "declared: true\nby: PEP 723\n"
