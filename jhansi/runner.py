@@ -493,7 +493,9 @@ class Runner:
 
             digest = blake3.blake3(script.text.encode()).hexdigest()[:16]
             return ensure_private_dir(self.paths.cache / "locks") / f"pylock.stdin-{digest}.toml"
-        return script.host_path.with_name(f"pylock.{script.host_path.stem}.toml")
+        # PEP 751 names are pylock.<name>.toml with no dots in <name>.
+        name = script.host_path.stem.replace(".", "-")
+        return script.host_path.with_name(f"pylock.{name}.toml")
 
     def _in_sandbox(
         self,

@@ -289,10 +289,38 @@ def _ask(path: str, code: str) -> bytes:
     return proc.stdout
 
 
+#: Files through which version managers (pyenv, asdf, mise) choose what a shim runs.
+_VERSION_FILES = (".python-version", ".tool-versions", ".mise.toml", "mise.toml")
+_VERSION_ENV = ("PYENV", "ASDF", "MISE", "RTX")
+
+
+def _shim_key(path: str, real: str) -> str:
+    """Everything a version manager's shim consults to pick an interpreter, as a key.
+
+    The shim's own file, the working directory, PATH, the managers' variables, and
+    the version files from here up to / and in the managers' roots: if any of them
+    changes, the shim is asked again.
+    """
+    parts = [binary_key(real), str(Path.cwd()), os.environ.get("PATH", "")]
+    parts += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith(_VERSION_ENV))
+    roots = [Path.cwd(), *Path.cwd().parents]
+    roots += [Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))]
+    for directory in roots:
+        for name in (*_VERSION_FILES, "version"):
+            candidate = directory / name
+            try:
+                st = candidate.stat()
+            except OSError:
+                continue
+            parts.append(f"{candidate}:{st.st_size}:{st.st_mtime_ns}")
+    return path + "|" + "|".join(parts)
+
+
 @cache
-def resolve_python(path: str) -> str:
+def resolve_python(path: str, cache_dir: Path | None = None) -> str:
     """The real path of the interpreter that ``path`` runs, through symlinks and shims
-    (pyenv's are shell scripts), resolved once per process."""
+    (pyenv's are shell scripts: asking one costs ~80 ms, so the answer is cached under
+    everything the shim consults)."""
     real = os.path.realpath(path)
     try:
         with Path(real).open("rb") as handle:
@@ -302,8 +330,12 @@ def resolve_python(path: str) -> str:
         raise SandboxError(
             f"cannot read the interpreter {path}: {exc.strerror or exc}", hint=PYTHON_HINT
         ) from None
-    executable = _ask(path, "import sys; print(sys.executable)").decode().strip()
-    if not executable:
+
+    def ask() -> object:
+        return _ask(path, "import sys; print(sys.executable)").decode().strip()
+
+    executable = str(cached(cache_dir, "shims.json", _shim_key(path, real), ask))
+    if not executable or not Path(executable).exists():
         raise SandboxError(f"{path} does not say which interpreter it runs", hint=PYTHON_HINT)
     return os.path.realpath(executable)
 
@@ -347,7 +379,7 @@ def _interpreter_at(real: str, cache_dir: Path | None) -> Interpreter:
 def probe_interpreter(path: str, cache_dir: Path | None = None) -> Interpreter:
     """The interpreter that ``path`` runs: its real path, version, prefixes and site
     directories (asked once per process)."""
-    return _interpreter_at(resolve_python(path), cache_dir)
+    return _interpreter_at(resolve_python(path, cache_dir), cache_dir)
 
 
 @cache

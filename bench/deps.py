@@ -1,0 +1,155 @@
+"""What dependencies cost: a warm run, and a cold one, each against doing it by hand.
+
+1. **Warm**: ``jhansi run --backend bwrap`` of a numpy + requests + PyYAML script
+   whose lock and environment exist, against a raw ``bwrap`` (same hardening) running
+   the same script with the same environment mounted. Target: at most 1.25x.
+2. **Cold**: the same run with an empty environment cache and no lock (uv's own
+   cache warm), against ``uv pip compile`` + ``uv pip install --target`` done by hand
+   for the same requirements and target. Target: at most 1.3x.
+
+Run: ``uv run python bench/deps.py [--runs N]``. Needs the package index once (to
+warm uv's cache); prints medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_overhead import ENTRY, raw_bwrap
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "examples" / "deps_detected.py"
+
+
+def _time(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, env=env, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(argv)}\n{proc.stderr.decode(errors='replace')[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    """Measure and print both ratios."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=9)
+    args = parser.parse_args()
+    import uv
+
+    uv_bin = uv.find_uv_bin()
+    jhansi = str(Path(sys.executable).with_name("jhansi"))
+    scratch = Path(tempfile.mkdtemp(prefix="jhansi-bench-deps-"))
+    scratch.chmod(0o755)
+    env = {**os.environ, "JHANSI_HOME": str(scratch / "jhansi-home")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    project = scratch / "project"
+    project.mkdir()
+    script = project / SCRIPT.name
+    shutil.copy(SCRIPT, script)
+    lock = project / f"pylock.{script.stem}.toml"
+    run = [jhansi, "run", "-q", "--backend", "bwrap", "--sandbox", "bench", str(script)]
+    try:
+        # Warm uv's cache and learn the target, the lock and the environment.
+        first = subprocess.run(
+            [*run[:2], "--json", *run[2:]], capture_output=True, env=env, check=True
+        )
+        deps = json.loads(first.stdout)["dependencies"]
+        envdir = scratch / "jhansi-home" / "cache" / "envs" / deps["environment"]
+        python = json.loads(first.stdout)["backend_details"]["python"]
+        requirements = [r["spec"] for r in deps["requirements"]]
+
+        # 1. warm: jhansi against raw bwrap with the same environment mounted
+        home = scratch / "home"
+        home.mkdir()
+        raw = raw_bwrap(python, home)
+        at = raw.index(str(ROOT))  # the project, not jhansi's checkout, at /work
+        raw[at : at + 2] = [str(project), "/work"]
+        cut = raw.index("--chdir")  # mounts go before the root is made read-only
+        raw[cut:cut] = ["--ro-bind", str(envdir), "/opt/jhansi/env"]
+        raw[-1] = f"/work/{script.name}"
+        raw[raw.index("--") : raw.index("--")] = ["--path", "/opt/jhansi/env"]
+        assert str(ENTRY) in raw
+        _time(run, env), _time(raw, env)
+        ours, base = [], []
+        for _ in range(args.runs):
+            ours.append(_time(run, env))
+            base.append(_time(raw, env))
+        m_ours, m_base = statistics.median(ours), statistics.median(base)
+        print(
+            f"warm: jhansi run {m_ours * 1000:.0f} ms, raw bwrap with the environment "
+            f"{m_base * 1000:.0f} ms, ratio {m_ours / m_base:.2f}x (target <= 1.25x)"
+        )
+
+        # 2. cold: empty environment cache and no lock, against uv by hand
+        platform_tag = deps["platform"]
+        minor = ".".join(deps["python"].split(".")[:2])
+        cold, manual = [], []
+        for i in range(max(3, args.runs // 3)):
+            shutil.rmtree(scratch / "jhansi-home" / "cache" / "envs", ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            cold.append(_time(run, env))
+            by_hand = scratch / f"by-hand-{i}"
+            compiled = scratch / f"pylock.manual-{i}.toml"
+            start = time.perf_counter()
+            subprocess.run(
+                [
+                    uv_bin,
+                    "pip",
+                    "compile",
+                    "-",
+                    "--format",
+                    "pylock.toml",
+                    "-o",
+                    str(compiled),
+                    "--python-version",
+                    minor,
+                    "--python-platform",
+                    platform_tag,
+                    "--quiet",
+                ],
+                input="\n".join(requirements).encode(),
+                check=True,
+                env=env,
+            )
+            subprocess.run(
+                [
+                    uv_bin,
+                    "pip",
+                    "install",
+                    "--target",
+                    str(by_hand),
+                    "--no-build",
+                    "--python-version",
+                    minor,
+                    "--python-platform",
+                    platform_tag,
+                    "--quiet",
+                    "-r",
+                    str(compiled),
+                ],
+                check=True,
+                env=env,
+            )
+            manual.append(time.perf_counter() - start)
+        m_cold, m_manual = statistics.median(cold), statistics.median(manual)
+        print(
+            f"cold: jhansi run {m_cold * 1000:.0f} ms, uv compile + install by hand "
+            f"{m_manual * 1000:.0f} ms, ratio {m_cold / m_manual:.2f}x (target <= 1.3x)"
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

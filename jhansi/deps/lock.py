@@ -1,0 +1,515 @@
+"""Resolve requirements for a target interpreter into a PEP 751 ``pylock.toml``, once.
+
+uv resolves (``uv pip compile --format pylock.toml``), wheels only: a package
+that publishes no wheel for the target is refused at lock time, because
+resolving would otherwise run its build code on the host. The lock records
+what it was resolved from in a ``[tool.jhansi]`` table (PEP 751 reserves
+``[tool.*]`` for tools)::
+
+    [tool.jhansi]
+    inputs = "<BLAKE3 of the canonical inputs>"
+    requirements = ["numpy", "pyyaml", "requests"]
+    target = "cpython-3.11-x86_64-manylinux_2_36"
+
+The inputs are the normalized, sorted requirements, the target's tags (which
+include its Python minor version) and the ``--exclude-newer`` cut-off. A later
+:func:`lock` with the same inputs reuses the file without calling uv; different
+inputs re-lock, keeping the existing pins where they still fit (uv reads the
+old lock as preferences) unless ``upgrade`` is asked for. ``frozen`` never
+calls uv: a missing or stale lock is an error naming the command that fixes it.
+
+The Python *minor* version is what is locked for (``--python-version 3.11``),
+not the patch release: uv writes it as the lock's ``requires-python``, and a
+lock made for ``3.11.7`` would refuse the ``3.11.2`` in a Debian image. For the
+same reason a patch upgrade of the target does not make a lock stale.
+
+A script with no requirements has no lock: callers skip :func:`lock` (and
+installing) for it, and :func:`lock` refuses an empty list.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from jhansi.deps.target import Target
+from jhansi.deps.uv import host_python, no_wheel, not_found, run_uv
+from jhansi.errors import DependencyError, ToolError, UsageError
+from jhansi.report import Reporter
+
+_INPUTS_DOMAIN = b"jhansi/lock-inputs/v1\x00"
+_TOOL_HEADER = "[tool.jhansi]"
+LOCK_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class LockedWheel:
+    """One wheel file the lock allows for a package."""
+
+    filename: str
+    url: str
+    """Where uv fetches it from (a local path for a wheel found in a directory)."""
+    hashes: tuple[str, ...]
+    """``algorithm:hex`` digests, sorted (PEP 751 requires at least one)."""
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LockedPackage:
+    """One pinned distribution of a lock."""
+
+    name: str
+    version: str
+    wheels: tuple[LockedWheel, ...]
+    """The wheels that fit the lock's target (possibly several: abi3, py3-none-any …)."""
+    marker: str | None = None
+
+    @property
+    def hashes(self) -> tuple[str, ...]:
+        """Every allowed file digest of this package, ``algorithm:hex``."""
+        return tuple(sorted({h for wheel in self.wheels for h in wheel.hashes}))
+
+
+@dataclass(frozen=True, slots=True)
+class LockResult:
+    """A lock file on disk, what it pins, and whether it was reused as it was."""
+
+    path: Path
+    digest: str
+    """BLAKE3 (hex) of the lock file's bytes, exactly as written."""
+    packages: tuple[LockedPackage, ...]
+    reused: bool
+    """True when the existing file's inputs matched and uv was not called."""
+    inputs_digest: str
+    """BLAKE3 (hex, domain-separated) of the inputs the lock was resolved from."""
+    requirements: tuple[str, ...] = ()
+    """The normalized requirements it was resolved from, sorted."""
+    content: bytes = field(default=b"", repr=False)
+    """The lock's bytes (what ``digest`` hashes): installs use these, not a re-read."""
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+_SEPARATORS = re.compile(r"[-_.]+")
+
+
+def canonical_name(name: str) -> str:
+    """PEP 503 normalized distribution name."""
+    return _SEPARATORS.sub("-", name).lower()
+
+
+def normalize_requirement(requirement: str) -> str:
+    """A PEP 508 string in one spelling per meaning, for comparing and hashing.
+
+    The name and extras are PEP 503-normalized, extras and specifiers sorted,
+    insignificant whitespace dropped. Good enough to tell "unchanged" from
+    "changed"; a spelling it misses only costs one extra resolution.
+    """
+    text = " ".join(requirement.split())
+    match = _NAME.match(text)
+    if match is None:
+        return text
+    name = canonical_name(match.group())
+    rest = text[match.end() :]
+    head, semicolon, marker = rest.partition(";")
+    extras = ""
+    stripped = head.strip()
+    if stripped.startswith("["):
+        inside, _, after = stripped[1:].partition("]")
+        names = sorted({canonical_name(e.strip()) for e in inside.split(",") if e.strip()})
+        extras = f"[{','.join(names)}]" if names else ""
+        stripped = after.strip()
+    if stripped.startswith("@"):
+        spec = " @ " + stripped[1:].strip()
+    else:
+        spec = ",".join(sorted(p for p in "".join(stripped.split()).strip("()").split(",") if p))
+    out = f"{name}{extras}{spec}"
+    if semicolon and marker.strip():
+        out += f"; {marker.strip()}"
+    return out
+
+
+def _check_requirements(requirements: Sequence[str]) -> list[str]:
+    """Refuse what would be read as something else than a requirement by uv."""
+    checked: list[str] = []
+    for requirement in requirements:
+        text = requirement.strip()
+        # uv reads requirements as a requirements file: a line starting with "-" is
+        # an option (--index-url, -r, -e …), a line break starts another line.
+        if not text or text.startswith("-") or any(c in text for c in "\r\n\x00"):
+            raise DependencyError(
+                f"not a requirement: {requirement!r}",
+                hint="Declare dependencies as PEP 508 strings such as `requests>=2.31`.",
+            )
+        checked.append(text)
+    return checked
+
+
+def inputs_digest(
+    requirements: Sequence[str], target: Target, exclude_newer: str | None = None
+) -> str:
+    """BLAKE3 of what a lock is resolved from (requirements given normalized or not)."""
+    import blake3
+    import rfc8785
+
+    document = {
+        "requirements": sorted({normalize_requirement(r) for r in requirements}),
+        "python": target.python_minor,
+        "target": target.tags,
+        "exclude_newer": exclude_newer,
+    }
+    return blake3.blake3(_INPUTS_DOMAIN + rfc8785.dumps(document)).hexdigest()
+
+
+# -- reading a lock -------------------------------------------------------------------------
+
+
+def _wheel(entry: dict[str, Any]) -> LockedWheel | None:
+    location = str(entry.get("url") or entry.get("path") or "")
+    filename = str(entry.get("name") or unquote(urlsplit(location).path.rsplit("/", 1)[-1]))
+    if not filename.endswith(".whl"):
+        return None
+    raw_hashes = entry.get("hashes") or {}
+    hashes = tuple(sorted(f"{alg}:{value}" for alg, value in raw_hashes.items()))
+    size = entry.get("size")
+    return LockedWheel(
+        filename=filename,
+        url=location,
+        hashes=hashes,
+        size=size if isinstance(size, int) else None,
+    )
+
+
+def packages_of(document: dict[str, Any]) -> tuple[LockedPackage, ...]:
+    """The packages of a parsed ``pylock.toml``, sorted by name."""
+    packages: list[LockedPackage] = []
+    for entry in document.get("packages") or []:
+        wheels = [_wheel(w) for w in entry.get("wheels") or []]
+        if isinstance(entry.get("archive"), dict):
+            wheels.append(_wheel(entry["archive"]))
+        marker = entry.get("marker")
+        packages.append(
+            LockedPackage(
+                name=str(entry["name"]),
+                version=str(entry.get("version", "")),
+                wheels=tuple(w for w in wheels if w is not None),
+                marker=str(marker) if marker else None,
+            )
+        )
+    return tuple(sorted(packages, key=lambda p: canonical_name(p.name)))
+
+
+def jsonable(value: Any) -> Any:
+    """A parsed TOML value with dates and times as ISO strings (for canonical JSON)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    return value
+
+
+def parse_lock(content: bytes, path: Path) -> dict[str, Any]:
+    """A lock file's TOML document; a malformed one is a :class:`DependencyError`."""
+    try:
+        document = tomllib.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise DependencyError(
+            f"{path} is not a valid pylock.toml: {exc}",
+            hint="Delete it and run jhansi again to lock anew.",
+        ) from None
+    if not str(document.get("lock-version", "")).startswith("1."):
+        raise DependencyError(
+            f"{path} is not a PEP 751 lock (lock-version {document.get('lock-version')!r})",
+            hint="Delete it and run jhansi again to lock anew.",
+        )
+    return document
+
+
+def _recorded_inputs(document: dict[str, Any]) -> str | None:
+    tool = document.get("tool")
+    table = tool.get("jhansi") if isinstance(tool, dict) else None
+    inputs = table.get("inputs") if isinstance(table, dict) else None
+    return inputs if isinstance(inputs, str) else None
+
+
+def _without_tool_table(content: bytes) -> bytes:
+    """The lock as uv wrote it: jhansi's table is always appended last."""
+    text = content.decode("utf-8", "replace")
+    index = text.find(f"\n{_TOOL_HEADER}\n")
+    return content if index < 0 else text[: index + 1].encode()
+
+
+# -- writing a lock -------------------------------------------------------------------------
+
+
+def _toml_string(value: str) -> str:
+    import json
+
+    return json.dumps(value)  # a JSON string (ASCII, \uXXXX escapes) is a TOML basic string
+
+
+def _tool_table(
+    inputs: str, requirements: Sequence[str], target: Target, exclude_newer: str | None
+) -> str:
+    lines = [
+        _TOOL_HEADER,
+        "# What this lock was resolved from: jhansi locks again when any of it changes.",
+        f"inputs = {_toml_string(inputs)}",
+        "requirements = [",
+        *(f"    {_toml_string(r)}," for r in requirements),
+        "]",
+        f"target = {_toml_string(target.tags)}",
+    ]
+    if exclude_newer:
+        lines.append(f"exclude-newer = {_toml_string(exclude_newer)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: Path, content: bytes) -> None:
+    """Replace ``path`` with ``content`` so that readers see the old or the new file, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o644  # a lock is meant to be read, reviewed and committed
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _result(
+    path: Path, content: bytes, document: dict[str, Any], *, reused: bool, inputs: str
+) -> LockResult:
+    import blake3
+
+    table = (document.get("tool") or {}).get("jhansi") or {}
+    requirements = table.get("requirements") if isinstance(table, dict) else None
+    return LockResult(
+        path=path,
+        digest=blake3.blake3(content).hexdigest(),
+        packages=packages_of(document),
+        reused=reused,
+        inputs_digest=inputs,
+        requirements=tuple(str(r) for r in requirements or ()),
+        content=content,
+    )
+
+
+# -- lock -----------------------------------------------------------------------------------
+
+
+def lock(
+    requirements: Sequence[str],
+    target: Target,
+    *,
+    lock_file: Path,
+    reporter: Reporter,
+    fix_command: str = "jhansi lock SCRIPT",
+    frozen: bool = False,
+    upgrade: bool = False,
+    exclude_newer: str | None = None,
+) -> LockResult:
+    """Lock ``requirements`` (PEP 508, validated by the caller) for ``target`` into ``lock_file``.
+
+    Reuses ``lock_file`` without calling uv when its recorded inputs match.
+    ``frozen``: never resolve; a missing or stale lock raises
+    :class:`DependencyError` naming ``fix_command`` (which is also written in
+    the lock's header as the command that regenerates it). ``upgrade``:
+    resolve again, ignoring the existing pins. A package with no wheel for
+    the target raises :class:`DependencyError` naming it and the target.
+    """
+    if not requirements:
+        raise ValueError("lock() needs at least one requirement; a script without any has no lock")
+    if frozen and upgrade:
+        raise UsageError(
+            "--frozen and --upgrade contradict each other",
+            hint="Use --upgrade to lock anew, or --frozen to use the lock as it is.",
+        )
+    checked = _check_requirements(requirements)
+    normalized = sorted({normalize_requirement(r) for r in checked})
+    inputs = inputs_digest(normalized, target, exclude_newer)
+
+    existing: bytes | None = None
+    stale_because = f"{lock_file} does not exist"
+    try:
+        existing = lock_file.read_bytes()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise DependencyError(
+            f"cannot read {lock_file}: {exc.strerror}", hint="Check its permissions."
+        ) from None
+    if existing is not None:
+        try:
+            document = parse_lock(existing, lock_file)
+        except DependencyError as exc:
+            if frozen:
+                hint = f"Run `{fix_command}` to lock anew."
+                raise DependencyError(exc.message, hint=hint) from None
+            stale_because = exc.message
+            existing = None
+        else:
+            if _recorded_inputs(document) == inputs and not upgrade:
+                return _result(lock_file, existing, document, reused=True, inputs=inputs)
+            stale_because = (
+                f"{lock_file} is out of date: {_what_changed(document, normalized, target)}"
+            )
+    if frozen:
+        raise DependencyError(
+            f"--frozen: {stale_because}", hint=f"Run `{fix_command}` to update the lock."
+        )
+
+    content = _resolve(
+        checked,
+        target,
+        preferences=None if upgrade or existing is None else _without_tool_table(existing),
+        fix_command=fix_command,
+        upgrade=upgrade,
+        exclude_newer=exclude_newer,
+        reporter=reporter,
+    )
+    if "jhansi" in (parse_lock(content, lock_file).get("tool") or {}):
+        raise DependencyError(  # uv began to keep tool tables: do not guess
+            f"uv's lock output for {lock_file} already has a {_TOOL_HEADER} table",
+            hint="Report this as a jhansi bug, with the output of `jhansi --version`.",
+        )
+    content = (
+        content.rstrip(b"\n")
+        + b"\n\n"
+        + _tool_table(inputs, normalized, target, exclude_newer).encode()
+    )
+    document = parse_lock(content, lock_file)
+    write_atomically(lock_file, content)
+    return _result(lock_file, content, document, reused=False, inputs=inputs)
+
+
+def _what_changed(document: dict[str, Any], requirements: Sequence[str], target: Target) -> str:
+    """Why a lock's recorded inputs differ from these, for a person."""
+    tool = document.get("tool")
+    table = tool.get("jhansi") if isinstance(tool, dict) else None
+    if not isinstance(table, dict) or "inputs" not in table:
+        return "it was not made by jhansi (no [tool.jhansi] inputs)"
+    recorded = table.get("target")
+    if recorded != target.tags:
+        return f"it was locked for {recorded}, the target is {target.tags}"
+    before = {str(r) for r in table.get("requirements") or ()}
+    added = sorted(set(requirements) - before)
+    removed = sorted(before - set(requirements))
+    if added or removed:
+        parts = ([f"added {', '.join(added)}"] if added else []) + (
+            [f"removed {', '.join(removed)}"] if removed else []
+        )
+        return f"the requirements changed ({'; '.join(parts)})"
+    return "it was locked with another --exclude-newer cut-off"
+
+
+def _resolve(
+    requirements: Sequence[str],
+    target: Target,
+    *,
+    preferences: bytes | None,
+    fix_command: str,
+    upgrade: bool,
+    exclude_newer: str | None,
+    reporter: Reporter,
+) -> bytes:
+    """Run uv's resolver for ``target``, wheels only; return the pylock.toml it wrote."""
+    with tempfile.TemporaryDirectory(prefix="jhansi-lock-") as tmp:
+        output = Path(tmp) / "pylock.toml"  # uv insists on pylock.toml or pylock.NAME.toml
+        if preferences is not None:
+            try:
+                parse_lock(preferences, output)
+            except DependencyError:
+                pass  # not worth keeping pins from: resolve from scratch
+            else:
+                output.write_bytes(preferences)  # uv keeps the pins it finds in its output
+        args: list[str | Path] = [
+            "pip",
+            "compile",
+            "-",
+            "--format",
+            "pylock.toml",
+            "--python-version",
+            target.python_minor,
+            "--python-platform",
+            target.uv_platform,
+            # Never build: a package without a wheel for the target is refused here,
+            # before any of its code could run on the host.
+            "--no-build",
+            "--custom-compile-command",
+            fix_command,
+            "-o",
+            output,
+        ]
+        python = host_python()
+        if python:
+            args[2:2] = ["--python", python]
+        if exclude_newer:
+            args += ["--exclude-newer", exclude_newer]
+        if upgrade:
+            args.append("--upgrade")
+        try:
+            run_uv(
+                args,
+                what=f"resolve dependencies for {target.describe()}",
+                hint="Check the requirements and the package index (your uv or pip "
+                "index settings), then try again.",
+                input=("\n".join(requirements) + "\n").encode(),
+                cwd=Path(tmp),
+                timeout=LOCK_TIMEOUT,
+                reporter=reporter,
+            )
+        except ToolError as exc:
+            raise _diagnose(exc, target) from None
+        return output.read_bytes()
+
+
+def no_wheel_error(stderr: str, target: Target, *, version: str = "") -> DependencyError | None:
+    """The error for uv's "no wheel fits this target", or ``None`` if that is not what it said."""
+    found = no_wheel(stderr)
+    if found is None:
+        return None
+    which = f"{found.name} {version}" if version else f"{found.name}{found.spec}"
+    hint = (
+        f"Pin a version of {found.name} that publishes a wheel for {target.describe()}, "
+        "or choose another package: jhansi never builds packages from source on the host."
+    )
+    if found.detail:
+        hint += f" uv: {found.detail}"
+    return DependencyError(
+        f"{which} has no wheel for {target.describe()} (tags {target.tags})", hint=hint
+    )
+
+
+def _diagnose(exc: ToolError, target: Target) -> Exception:
+    """Turn uv's resolution failures people can act on into precise errors."""
+    wheel = no_wheel_error(exc.stderr, target)
+    if wheel is not None:
+        return wheel
+    missing = not_found(exc.stderr)
+    if missing is not None:
+        return DependencyError(
+            f"no distribution named {missing!r} on the package index",
+            hint="Check the name: AI models invent package names, and attackers register "
+            "them. Declare the real distribution (`# /// script` or --with).",
+        )
+    return exc
