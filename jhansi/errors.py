@@ -48,6 +48,8 @@ class JhansiError(Exception):
     """
 
     exit_code: ExitCode = ExitCode.USAGE
+    recorded: bool = False
+    """Set once the error is in the ledger (so that it is recorded exactly once)."""
 
     def __init__(self, message: str, *, hint: str = "", exit_code: ExitCode | None = None) -> None:
         super().__init__(message)

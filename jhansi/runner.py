@@ -21,14 +21,14 @@ import tempfile
 import time
 import tokenize
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jhansi.config import DEFAULT_MASK, Settings
 from jhansi.deps.plan import DependencyPlan, plan, unresolved_error
 from jhansi.deps.target import Target
-from jhansi.errors import InputError, SandboxError, UsageError
+from jhansi.errors import InputError, JhansiError, LedgerError, SandboxError, UsageError
 from jhansi.paths import Paths, ensure_private_dir
 from jhansi.report import NullReporter, Reporter, Stream
 from jhansi.sandbox.changes import FileChange, diff, snapshot
@@ -41,6 +41,7 @@ from jhansi.sandbox.interface import (
     Backend,
     BackendInfo,
     ExecResult,
+    ExecStatus,
     Limits,
     Mount,
     OutputTail,
@@ -51,6 +52,7 @@ from jhansi.sandbox.workspace import OpenSandbox, Workspace, default_name, valid
 if TYPE_CHECKING:
     from jhansi.deps.install import Environment
     from jhansi.deps.lock import LockResult
+    from jhansi.ledger.store import Ledger
 
 ENTRY_SOURCE = Path(__file__).parent / "sandbox" / "entry.py"
 ENTRY_TARGET = f"{ENTRY_DIR}/entry.py"
@@ -92,6 +94,10 @@ class RunRequest:
     """Refuse to create or change a lock (CI)."""
     upgrade: bool = False
     exclude_newer: str | None = None
+    prompt: str | None = None
+    """The prompt that produced the code (recorded in the ledger)."""
+    model: str | None = None
+    """The model that wrote the code (recorded in the ledger)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +131,10 @@ class RunResult:
     enforcement: Mapping[str, str] = field(default_factory=dict)
     error: str = ""
     dependencies: Dependencies | None = None
+    ledger: str | None = None
+    """The ledger directory the run was recorded in."""
+    record: str | None = None
+    """The hash of the run's ``exec.end`` record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,11 +353,13 @@ class Runner:
         paths: Paths,
         reporter: Reporter,
         backend: Backend | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.settings = settings
         self.paths = paths
         self.reporter = reporter
         self._backend = backend
+        self._ledger = ledger
         self.workspace = Workspace.from_paths(paths)
 
     @classmethod
@@ -358,14 +370,26 @@ class Runner:
         paths: Paths | None = None,
         reporter: Reporter | None = None,
         backend: Backend | None = None,
+        ledger: Ledger | None = None,
     ) -> Runner:
-        """A runner for ``settings``; the backend is chosen on first use unless given."""
+        """A runner for ``settings``; the backend is chosen on first use unless given, and
+        the ledger is the one the settings name unless given."""
         return cls(
             settings=settings,
             paths=paths or Paths.from_environment(),
             reporter=reporter or NullReporter(),
             backend=backend,
+            ledger=ledger,
         )
+
+    @property
+    def ledger(self) -> Ledger:
+        """Where every run and refusal is recorded."""
+        if self._ledger is None:
+            from jhansi.ledger.store import Ledger
+
+            self._ledger = Ledger.from_settings(self.settings, paths=self.paths)
+        return self._ledger
 
     @property
     def backend(self) -> Backend:
@@ -387,17 +411,36 @@ class Runner:
         )
 
     def run(self, request: RunRequest) -> RunResult:
-        """Run one script (or an interactive interpreter) in its sandbox."""
+        """Run one script (or an interactive interpreter) in its sandbox, recorded."""
         run_id = new_run_id()
-        # 1. the script: read and parsed on the host, so bad input never starts a sandbox
-        script, project = self._prepare_script(request, run_id)
+        # 0. the ledger can be written, or nothing runs (fail closed)
+        ledger = self.ledger
+        ledger.preflight()
+        script: Script | None = None
+        deps: Dependencies | None = None
         try:
+            # 1. the script: read and parsed on the host, so bad input never starts a sandbox
+            script, project = self._prepare_script(request, run_id)
             # 2. dependencies: planned, locked and installed before any sandbox starts
-            deps = None if request.interactive else self._dependencies(request, script, run_id)
-            # 3. the named sandbox, held for the whole run, and the run itself
+            if not request.interactive:
+                deps = self._dependencies(request, script, run_id, refuse_unresolved=False)
+                if deps.plan.unresolved:
+                    raise unresolved_error(deps.plan, script.display)
+            # 3. the named sandbox, held for the whole run, and the run itself (recorded
+            #    as exec.start before and exec.end after)
             return self._in_sandbox(request, run_id, script, project, deps)
+        except JhansiError as refusal:
+            if not refusal.recorded and not isinstance(refusal, LedgerError):
+                from jhansi.records import denied_body
+
+                ledger.append(
+                    "exec.denied",
+                    denied_body(request, run_id, script, refusal, deps, ledger.put_blob),
+                )
+                ledger.checkpoint()
+            raise
         finally:
-            if script.from_stdin:
+            if script is not None and script.from_stdin:
                 _remove_quietly(script.host_path)
 
     def dependencies(
@@ -639,11 +682,49 @@ class Runner:
             watched.append((project, WORKDIR, tuple(masked_top)))
         before = [snapshot(root, area, skip=skip) for root, area, skip in watched]
         stdin = sys.stdin.buffer if request.interactive else None
-        result: ExecResult = backend.run(spec, _Sink(self.reporter), stdin=stdin)
+        from jhansi.records import sandbox_fields, start_body
+
+        ledger = self.ledger
+        where = sandbox_fields(sandbox.name, sandbox.ephemeral, spec, info)
+        ledger.append(
+            "exec.start", start_body(request, run_id, script, deps, where, ledger.put_blob)
+        )
+        try:
+            result: ExecResult = backend.run(spec, _Sink(self.reporter), stdin=stdin)
+        except (KeyboardInterrupt, JhansiError) as stopped:
+            # Started, so it ends in the ledger too: never an unpaired start we caused.
+            empty = OutputTail(b"", 0, False)
+            why = "interrupted (Ctrl-C)" if isinstance(stopped, KeyboardInterrupt) else str(stopped)
+            status = (
+                ExecStatus.FAILED
+                if isinstance(stopped, KeyboardInterrupt)
+                else (ExecStatus.ENGINE_ERROR)
+            )
+            ended = ExecResult(status, None, None, 0, empty, empty, error=why)
+            self._record_end(run_id, script, project, sandbox, info, ended, [], deps)
+            if isinstance(stopped, JhansiError):
+                stopped.recorded = True
+            raise
         changes: list[FileChange] = []
         for old, (root, area, skip) in zip(before, watched, strict=True):
             changes += diff(old, snapshot(root, area, skip=skip))
-        return RunResult(
+        return self._record_end(run_id, script, project, sandbox, info, result, changes, deps)
+
+    def _record_end(
+        self,
+        run_id: str,
+        script: Script,
+        project: Path | None,
+        sandbox: OpenSandbox,
+        info: BackendInfo,
+        result: ExecResult,
+        changes: list[FileChange],
+        deps: Dependencies | None,
+    ) -> RunResult:
+        """The result, once its ``exec.end`` record and a signed checkpoint are on disk."""
+        from jhansi.records import end_body
+
+        outcome = RunResult(
             run_id=run_id,
             status=result.status.value,
             exit_code=result.exit_code,
@@ -661,7 +742,20 @@ class Runner:
             enforcement=result.enforcement,
             error=result.error,
             dependencies=deps,
+            ledger=str(self.ledger.directory),
         )
+        ledger = self.ledger
+        try:
+            record = ledger.append("exec.end", end_body(outcome, ledger.put_blob))
+            ledger.checkpoint()
+        except JhansiError as exc:
+            raise LedgerError(
+                f"the run finished ({outcome.status}, exit {outcome.exit_code}) but its end "
+                f"record could not be written: {exc.message}",
+                hint="The ledger has an unpaired exec.start for run "
+                f"{run_id}; fix the ledger's disk ({exc.hint}) before running again.",
+            ) from exc
+        return replace(outcome, record=record.hash)
 
 
 def _remove_quietly(path: Path) -> None:

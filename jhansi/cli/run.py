@@ -80,6 +80,31 @@ OutputLimit = Annotated[
     typer.Option("--output-limit", help="Bytes kept of each stream.", rich_help_panel=LIMITS),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only the script's output.")]
+AUDIT = "Audit"
+Prompt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompt",
+        help="The prompt that produced the code (also JHANSI_PROMPT).",
+        rich_help_panel=AUDIT,
+    ),
+]
+PromptFile = Annotated[
+    Path | None,
+    typer.Option("--prompt-file", help="Read the prompt from a file.", rich_help_panel=AUDIT),
+]
+Model = Annotated[
+    str | None,
+    typer.Option("--model", help="The model that wrote the code.", rich_help_panel=AUDIT),
+]
+LedgerDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--ledger",
+        help="The ledger directory (also JHANSI_LEDGER, [ledger] path).",
+        rich_help_panel=AUDIT,
+    ),
+]
 DEPS = "Dependencies"
 With = Annotated[
     list[str] | None,
@@ -166,6 +191,10 @@ def run(
     frozen: Frozen = False,
     upgrade: Upgrade = False,
     exclude_newer: ExcludeNewer = None,
+    prompt: Prompt = None,
+    prompt_file: PromptFile = None,
+    model: Model = None,
+    ledger: LedgerDir = None,
     quiet: Quiet = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -196,7 +225,8 @@ def run(
             tmp_size=tmp_size,
             timeout=timeout,
             output_limit=output_limit,
-        ),
+        )
+        | {("ledger", "path"): str(ledger) if ledger else None},
     )
     reporter = ConsoleReporter(quiet=quiet or json_output, quiet_output=json_output)
     request = RunRequest(
@@ -214,6 +244,8 @@ def run(
         frozen=frozen,
         upgrade=upgrade,
         exclude_newer=exclude_newer,
+        prompt=read_prompt(prompt, prompt_file),
+        model=model,
     )
     result = Runner.from_settings(settings, reporter=reporter).run(request)
     finish(
@@ -223,6 +255,25 @@ def run(
         timeout=settings.sandbox.timeout,
         memory=settings.sandbox.memory,
     )
+
+
+def read_prompt(prompt: str | None, prompt_file: Path | None) -> str | None:
+    """The prompt from ``--prompt``, ``--prompt-file`` or ``JHANSI_PROMPT``."""
+    import os
+
+    if prompt is not None and prompt_file is not None:
+        raise UsageError(
+            "--prompt and --prompt-file both given", hint="Pass the prompt one way only."
+        )
+    if prompt_file is not None:
+        try:
+            return prompt_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(
+                f"cannot read --prompt-file {prompt_file}: {exc}",
+                hint="Name a readable UTF-8 text file.",
+            ) from None
+    return prompt if prompt is not None else os.environ.get("JHANSI_PROMPT")
 
 
 def result_document(result: RunResult) -> dict[str, Any]:
@@ -263,6 +314,8 @@ def result_document(result: RunResult) -> dict[str, Any]:
         ],
         "error": result.error,
         "dependencies": dependencies_document(result.dependencies),
+        "ledger": result.ledger,
+        "record": result.record,
     }
 
 

@@ -692,7 +692,10 @@ class DockerBackend(Backend):
                 argv=(PYTHON, "-I", "-S", "-c", PROBE_CODE),
                 mounts=(),
                 interactive=False,
-                limits=replace(spec.limits, timeout=min(spec.limits.timeout, 120.0)),
+                # Its own output limit: the run's (--output-limit) may be too small for it.
+                limits=replace(
+                    spec.limits, timeout=min(spec.limits.timeout, 120.0), output_limit=1 << 22
+                ),
             )
             result = self.run(probe_spec, _Discard())
             if result.status is not ExecStatus.SUCCEEDED:
@@ -701,7 +704,13 @@ class DockerBackend(Backend):
                     f"{result.error or result.stderr.data.decode(errors='replace')[-300:]}",
                     hint="Use an image with python3 on its PATH (--image).",
                 )
-            return json.loads(result.stdout.data)
+            try:
+                return json.loads(result.stdout.data)
+            except ValueError:
+                raise SandboxError(
+                    f"the image {spec.image} answered jhansi's interpreter probe with nonsense",
+                    hint="Use an image whose python3 is CPython 3.8 or newer (--image).",
+                ) from None
 
         data = cached(self.cache_dir, "targets.json", f"{image_id}|{spec.runtime or ''}", probe)
         if not isinstance(data, dict):

@@ -1,0 +1,205 @@
+"""The bodies of the ledger records a run writes: ``exec.start``, ``exec.end``, ``exec.denied``.
+
+Content goes by reference (``{"blob": <BLAKE3>}``): the code, the prompt, the lock
+and the output tails are stored as blobs, and the record holds their hashes. No
+floats (RFC 8785 canonical bytes must be exact): durations are integer
+milliseconds, CPUs integer millicpus. Secrets never appear here: a later step
+records secret *names* and hosts only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from jhansi._version import __version__
+
+if TYPE_CHECKING:
+    from jhansi.errors import JhansiError
+    from jhansi.runner import Dependencies, RunRequest, RunResult, Script
+    from jhansi.sandbox.interface import BackendInfo, OutputTail, SandboxSpec
+
+PutBlob = Callable[[bytes], str]
+
+
+def _blob(put: PutBlob, data: bytes) -> dict[str, Any]:
+    import blake3
+
+    return {"blob": put(data), "size": len(data), "blake3": blake3.blake3(data).hexdigest()}
+
+
+def who() -> dict[str, Any]:
+    """The actor (user, uid, host) and, in CI, the CI's claims (never a token)."""
+    from jhansi.ledger.identity import actor_identity, ci_identity
+
+    found: dict[str, Any] = {"actor": actor_identity()}
+    ci = ci_identity()
+    if ci:
+        found["ci"] = ci
+    return found
+
+
+def script_fields(script: Script, put: PutBlob) -> dict[str, Any]:
+    """The code that ran (or was refused), by reference."""
+    return {"path": script.display, **_blob(put, script.text.encode("utf-8"))}
+
+
+def prompt_fields(request: RunRequest, put: PutBlob) -> dict[str, Any] | None:
+    """The prompt and model that produced the code, when the caller said."""
+    if request.prompt is None and request.model is None:
+        return None
+    found: dict[str, Any] = {"model": request.model}
+    if request.prompt is not None:
+        found["prompt"] = _blob(put, request.prompt.encode("utf-8"))
+    return found
+
+
+def dependency_fields(deps: Dependencies | None, put: PutBlob) -> dict[str, Any] | None:
+    """Requirements with their provenance, the lock (as a blob) and the environment key."""
+    if deps is None:
+        return None
+    lock = deps.lock
+    return {
+        "mode": deps.plan.mode,
+        "target": deps.target.describe(),
+        "target_tags": deps.target.tags,
+        "requirements": [
+            {
+                "name": r.name,
+                "spec": r.spec,
+                "source": r.source,
+                "evidence": r.evidence,
+                "imports": list(r.imports),
+            }
+            for r in deps.plan.requirements
+        ],
+        "imports": [
+            {"import": d.name, "kind": d.kind, "requirement": d.requirement}
+            for d in deps.plan.imports
+        ],
+        "lock": (
+            {"path": str(lock.path), **_blob(put, lock.content or lock.path.read_bytes())}
+            if lock
+            else None
+        ),
+        "locked": [{"name": p.name, "version": p.version} for p in lock.packages] if lock else [],
+        "environment": deps.environment.key if deps.environment else None,
+    }
+
+
+def sandbox_fields(
+    name: str, ephemeral: bool, spec: SandboxSpec, info: BackendInfo
+) -> dict[str, Any]:
+    """Where and how it ran: backend identity, mounts, limits, network."""
+    limits = spec.limits
+    return {
+        "name": name,
+        "ephemeral": ephemeral,
+        "backend": info.backend,
+        "details": dict(info.details),
+        "network": spec.network,
+        "uid": spec.uid,
+        "mounts": [
+            {"source": str(m.source), "target": m.target, "read_only": m.read_only, "kind": m.kind}
+            for m in spec.mounts
+        ],
+        "limits": {
+            "memory_bytes": limits.memory,
+            "millicpus": round(limits.cpus * 1000),
+            "pids": limits.pids,
+            "tmp_bytes": limits.tmp_size,
+            "timeout_ms": round(limits.timeout * 1000),
+            "output_limit_bytes": limits.output_limit,
+        },
+        "env_names": sorted(spec.env),
+    }
+
+
+def start_body(
+    request: RunRequest,
+    run_id: str,
+    script: Script,
+    deps: Dependencies | None,
+    sandbox: dict[str, Any],
+    put: PutBlob,
+) -> dict[str, Any]:
+    """``exec.start``: written before the sandbox starts (a crash leaves it unpaired)."""
+    return {
+        "run_id": run_id,
+        **who(),
+        "jhansi": __version__,
+        "host_python": ".".join(map(str, sys.version_info[:3])),
+        "pid": os.getpid(),
+        "prompt": prompt_fields(request, put),
+        "script": script_fields(script, put),
+        "argv": list(request.args),
+        "interactive": request.interactive,
+        "dependencies": dependency_fields(deps, put),
+        "sandbox": sandbox,
+        "policy": None,
+        "secrets": [],
+    }
+
+
+def _tail(tail: OutputTail, put: PutBlob) -> dict[str, Any]:
+    return {"bytes": tail.total, "truncated": tail.truncated, **_blob(put, tail.data)}
+
+
+def end_body(result: RunResult, put: PutBlob) -> dict[str, Any]:
+    """``exec.end``: how it ended, the output (by reference), what it changed."""
+    return {
+        "run_id": result.run_id,
+        "result": {
+            "status": result.status,
+            "exit_code": result.exit_code,
+            "signal": result.signal,
+            "duration_ms": result.duration_ms,
+            "error": result.error,
+        },
+        "stdout": _tail(result.stdout, put),
+        "stderr": _tail(result.stderr, put),
+        "enforcement": dict(result.enforcement),
+        "files_changed": [
+            {"area": c.area, "path": c.path, "change": c.change, "size": c.size, "blake3": c.blake3}
+            for c in result.files_changed
+        ],
+        "egress": [],
+    }
+
+
+def denied_body(
+    request: RunRequest,
+    run_id: str,
+    script: Script | None,
+    error: JhansiError,
+    deps: Dependencies | None,
+    put: PutBlob,
+) -> dict[str, Any]:
+    """``exec.denied``: a refusal (bad input, unresolved import, policy …), with why."""
+    body: dict[str, Any] = {
+        "run_id": run_id,
+        **who(),
+        "jhansi": __version__,
+        "prompt": prompt_fields(request, put),
+        "script": (
+            script_fields(script, put)
+            if script is not None
+            else {"path": str(request.script) if request.script else "<stdin>"}
+        ),
+        "argv": list(request.args),
+        "reason": {
+            "kind": type(error).__name__,
+            "message": error.message,
+            "hint": error.hint,
+            "exit_code": int(error.exit_code),
+        },
+        "dependencies": dependency_fields(deps, put),
+        "policy": None,
+    }
+    if deps is not None and deps.plan.unresolved:
+        body["unresolved"] = [
+            {"import": d.name, "lines": list(d.lines)} for d in deps.plan.unresolved
+        ]
+    return body
