@@ -31,14 +31,10 @@ def _blob(put: PutBlob, data: bytes) -> dict[str, Any]:
 
 
 def who() -> dict[str, Any]:
-    """The actor (user, uid, host) and, in CI, the CI's claims (never a token)."""
-    from jhansi.ledger.identity import actor_identity, ci_identity
+    """The actor (user, uid, host; in CI the CI's claims, never a token)."""
+    from jhansi.ledger.identity import actor_identity
 
-    found: dict[str, Any] = {"actor": actor_identity()}
-    ci = ci_identity()
-    if ci:
-        found["ci"] = ci
-    return found
+    return {"actor": actor_identity()}
 
 
 def script_fields(script: Script, put: PutBlob) -> dict[str, Any]:

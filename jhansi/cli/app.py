@@ -11,6 +11,7 @@ from jhansi._version import __version__
 from jhansi.cli import config as config_cmd
 from jhansi.cli import deps as deps_cmd
 from jhansi.cli import doctor as doctor_cmd
+from jhansi.cli import ledger as ledger_cmd
 from jhansi.cli import run as run_cmd
 from jhansi.cli import sandbox as sandbox_cmd
 from jhansi.cli._state import CliState
@@ -64,3 +65,4 @@ app.command(name="lock")(deps_cmd.lock)
 app.add_typer(sandbox_cmd.app, name="sandbox")
 app.command(name="doctor")(doctor_cmd.doctor)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(ledger_cmd.app, name="ledger")

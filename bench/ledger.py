@@ -1,0 +1,185 @@
+"""Ledger speed: verification throughput and append latency (including fsync).
+
+Run: ``uv run python bench/ledger.py [--records N] [--appends N] [--dir DIR]``.
+
+1. Writes a synthetic ledger of N records (default 1,000,000): pairs of
+   ``exec.start`` / ``exec.end`` with small bodies, a signed ``checkpoint``
+   record every ``--checkpoint-every`` records (default: the ledger's own
+   interval, 100; each costs an Ed25519 verification), and a signed head; then
+   times ``verify_ledger`` on it, with its default parallel first stage and in
+   one process. Target: at least 100,000 records/s.
+2. Appends ``--appends`` records (default 500) through :class:`Ledger` into a
+   fresh ledger in ``--dir`` (default: a temporary directory, which is where the
+   ledger's disk matters: pass a directory on the disk you care about) and
+   prints the median latency of one ``append`` (lock, write, fdatasync).
+   Target: at most 5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from jhansi.ledger.checkpoint import KeyFileSigner, checkpoint_body, sign_head
+from jhansi.ledger.record import (
+    CHECKPOINT,
+    GENESIS,
+    ZERO_HASH,
+    Digest,
+    LedgerId,
+    canonical,
+    make_record,
+    record_hash,
+)
+from jhansi.ledger.store import CHECKPOINT_INTERVAL, HEAD_FILE, LEDGER_FILE, Ledger, LedgerLayout
+
+
+def _line(ledger_id: str, seq: int, prev: str, kind: str, body: dict[str, object]) -> bytes:
+    unhashed = {
+        "body": body,
+        "kind": kind,
+        "ledger_id": ledger_id,
+        "prev": prev,
+        "seq": seq,
+        "time": f"2025-01-01T00:00:{seq % 60:02d}.{seq % 1000000:06d}Z",
+        "v": 1,
+    }
+    digest = record_hash(canonical(unhashed))
+    return canonical({**unhashed, "hash": digest})
+
+
+def write_synthetic(directory: Path, records: int, every: int, signer: KeyFileSigner) -> None:
+    """A valid ledger of ``records`` records in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ledger_id = LedgerId(os.urandom(16).hex())
+    genesis = make_record(
+        ledger_id=ledger_id, seq=0, prev=ZERO_HASH, kind=GENESIS, body={"format": "bench"}
+    )
+    prev = genesis.hash
+    with (directory / LEDGER_FILE).open("wb") as out:
+        out.write(genesis.line + b"\n")
+        run = 0
+        running = False  # an exec.start waits for its exec.end
+        since = 0  # records since the last checkpoint
+        for seq in range(1, records):
+            since += 1
+            if not running and since >= every:
+                body = checkpoint_body(signer, ledger_id, seq, prev)
+                line = _line(ledger_id, seq, prev, CHECKPOINT, body)
+                since = 0
+            elif not running:
+                run += 1
+                running = True
+                line = _line(
+                    ledger_id,
+                    seq,
+                    prev,
+                    "exec.start",
+                    {
+                        "run_id": f"{run:013x}-{run * 7919:016x}",
+                        "sandbox": "default",
+                        "script": {"path": f"scripts/task_{run % 97}.py"},
+                    },
+                )
+            else:
+                running = False
+                line = _line(
+                    ledger_id,
+                    seq,
+                    prev,
+                    "exec.end",
+                    {
+                        "result": {
+                            "duration_ms": 100 + run % 900,
+                            "exit_code": run % 3,
+                            "status": "succeeded",
+                        },
+                        "run_id": f"{run:013x}-{run * 7919:016x}",
+                    },
+                )
+            prev = Digest(line[line.rfind(b'"hash":"') + 8 :][:64].decode())
+            out.write(line + b"\n")
+    head = sign_head(signer, ledger_id, records - 1, prev)
+    (directory / HEAD_FILE).write_bytes(head.to_bytes())
+
+
+def bench_verify(records: int, every: int, workdir: Path, signer: KeyFileSigner) -> None:
+    """Write and verify; print records/s."""
+    from jhansi.ledger.verify import verify_ledger
+
+    directory = workdir / "synthetic"
+    started = time.perf_counter()
+    write_synthetic(directory, records, every, signer)
+    size = (directory / LEDGER_FILE).stat().st_size
+    print(
+        f"wrote {records:,} records ({size / 1e6:.0f} MB, checkpoint every {every}) in "
+        f"{time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
+    for workers, label in ((None, "default (parallel stage one)"), (1, "one process")):
+        started = time.perf_counter()
+        report = verify_ledger(directory, trusted_keys={signer.public_key().hex()}, workers=workers)
+        elapsed = time.perf_counter() - started
+        if not report.ok:
+            raise SystemExit(f"the synthetic ledger does not verify: {report.errors[:3]}")
+        rate = report.records / elapsed
+        print(
+            f"verify, {label}: {report.records:,} records in {elapsed:.2f} s = "
+            f"{rate:,.0f} records/s (target >= 100,000) "
+            f"{'OK' if rate >= 100_000 else 'BELOW TARGET'}",
+            flush=True,
+        )
+
+
+def bench_append(count: int, directory: Path, signer: KeyFileSigner) -> None:
+    """Append ``count`` records; print the median latency."""
+    ledger = Ledger(LedgerLayout(directory), signer=signer, actor={"user": "bench"})
+    ledger.preflight()
+    body = {
+        "run_id": "0000000000000-0000000000000000",
+        "sandbox": "default",
+        "script": {"path": "scripts/task.py"},
+    }
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        ledger.append("exec.start", body)
+        times.append(time.perf_counter() - started)
+    ledger.close()
+    median = statistics.median(times) * 1000
+    p95 = statistics.quantiles(times, n=20)[-1] * 1000
+    print(
+        f"append: median {median:.2f} ms, p95 {p95:.2f} ms over {count} appends "
+        f"(lock + write + fdatasync, in {directory}; target <= 5 ms) "
+        f"{'OK' if median <= 5 else 'ABOVE TARGET'}"
+    )
+
+
+def main() -> None:
+    """Measure and print."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_INTERVAL)
+    parser.add_argument("--appends", type=int, default=500)
+    parser.add_argument("--dir", type=Path, default=None, help="where to append (default: tmp)")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="jhansi-bench-"))
+    try:
+        signer = KeyFileSigner(workdir / "key.pem")
+        bench_verify(args.records, args.checkpoint_every, workdir, signer)
+        target = (args.dir or workdir) / f"append-{os.getpid()}"
+        try:
+            bench_append(args.appends, target, signer)
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,413 @@
+"""``jhansi ledger``: verify, read, export the execution ledger; print its head and key."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from jhansi.cli._options import JsonFlag
+from jhansi.cli._state import CliState
+
+if TYPE_CHECKING:
+    from jhansi.ledger.verify import VerifyReport
+
+app = typer.Typer(
+    help="Verify, read and export the execution ledger.",
+    no_args_is_help=True,
+)
+
+LedgerOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ledger",
+        metavar="DIR",
+        help="The ledger directory (default: JHANSI_LEDGER, [ledger] path, "
+        "else <data dir>/ledger).",
+    ),
+]
+
+
+class ExportFormat(StrEnum):
+    """What ``jhansi ledger export`` writes."""
+
+    JSONL = "jsonl"
+    CSV = "csv"
+
+
+def _directory(option: Path | None) -> Path:
+    from jhansi.config import load_settings
+    from jhansi.ledger.store import resolve_directory
+    from jhansi.paths import Paths
+
+    paths = Paths.from_environment()
+    if option is not None:
+        return resolve_directory(None, paths, option)
+    return resolve_directory(load_settings(paths=paths), paths)
+
+
+def _require(directory: Path) -> None:
+    from jhansi.errors import LedgerError
+    from jhansi.ledger.read import exists
+
+    if not exists(directory):
+        raise LedgerError(
+            f"no ledger at {directory}",
+            hint="Check the path (--ledger DIR, JHANSI_LEDGER, [ledger] path); "
+            "the first `jhansi run` creates the ledger.",
+        )
+
+
+def _trusted_keys(values: list[str]) -> frozenset[str] | None:
+    """``--key`` values (hex, PEM, or files of either); else this machine's key, if any."""
+    from jhansi.errors import UsageError
+    from jhansi.ledger.checkpoint import key_path, parse_public_keys, read_public_key
+    from jhansi.paths import Paths
+
+    if not values:
+        local = read_public_key(key_path(Paths.from_environment()))
+        return frozenset({local.hex()}) if local is not None else None
+    keys: set[str] = set()
+    for value in values:
+        candidate = Path(value).expanduser()
+        try:
+            text = candidate.read_text() if candidate.is_file() else value
+            keys.update(parse_public_keys(text))
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"--key {value}: {exc}",
+                hint="Give the hex public key `jhansi ledger key` prints, a PEM public key, "
+                "or a file holding them.",
+            ) from None
+    return frozenset(keys)
+
+
+def _render_report(report: VerifyReport) -> None:
+    from rich.markup import escape
+
+    from jhansi.cli._output import stdout_console
+
+    console = stdout_console()
+    runs = f"{report.runs} run(s)"
+    if report.crashed_runs:
+        runs += f" ({len(report.crashed_runs)} without an end)"
+    head = f"head at seq {report.head['seq']}" if report.head else "no signed head"
+    summary = (
+        f"{report.records} record(s), last seq {report.last_seq}, {runs}, "
+        f"{report.denied} denied, {report.checkpoints} checkpoint(s), {head}, "
+        f"{report.blobs_checked} blob(s) checked, {report.seconds:.2f} s"
+    )
+    if report.ok:
+        console.print(f"[bold green]ledger verifies[/]: {escape(report.path)}", soft_wrap=True)
+    else:
+        first = report.first_error
+        console.print(f"[bold red]ledger does NOT verify[/]: {escape(report.path)}", soft_wrap=True)
+        if first is not None:
+            console.print(f"first failure: {escape(first.describe())}", soft_wrap=True)
+        for problem in report.errors[1:20]:
+            console.print(f"  error: {escape(problem.describe())}", soft_wrap=True)
+        if len(report.errors) > 20 or report.truncated_report:
+            console.print("  (more errors: use --json for the full list)")
+    console.print(escape(summary), soft_wrap=True)
+    for problem in report.warnings[:20]:
+        console.print(f"[yellow]warning[/]: {escape(problem.describe())}", soft_wrap=True)
+    if len(report.warnings) > 20:
+        console.print(f"  ({len(report.warnings) - 20} more warnings: use --json)")
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    ledger: LedgerOption = None,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--anchor",
+            metavar="SEQ:HASH",
+            help="A head kept elsewhere (from `jhansi ledger head`): the ledger must still "
+            "contain that record. Repeatable.",
+        ),
+    ] = None,
+    key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key",
+            metavar="KEY",
+            help="Trusted signing key: hex, PEM, or a file of them (default: this machine's "
+            "key, if it has one). Repeatable.",
+        ),
+    ] = None,
+    skip_blobs: Annotated[
+        bool, typer.Option("--skip-blobs", help="Do not re-hash the referenced blobs.")
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Check the whole ledger: chain, hashes, signatures, head, blobs. Exit 5 if tampered."""
+    from jhansi.cli._output import print_json
+    from jhansi.errors import ExitCode, UsageError
+    from jhansi.ledger.verify import parse_anchor, verify_ledger
+
+    ctx.ensure_object(CliState).json = json_output
+    directory = _directory(ledger)
+    anchors = []
+    for text in anchor or []:
+        try:
+            anchors.append(parse_anchor(text))
+        except ValueError as exc:
+            raise UsageError(
+                f"--anchor: {exc}", hint="Use SEQ:HASH as `jhansi ledger head` prints it."
+            ) from None
+    report = verify_ledger(
+        directory,
+        anchors=anchors,
+        trusted_keys=_trusted_keys(key or []),
+        check_blobs=not skip_blobs,
+    )
+    if json_output:
+        print_json({"status": "ok" if report.ok else "invalid", **report.as_dict()})
+    else:
+        _render_report(report)
+    if not report.ok:
+        raise typer.Exit(int(ExitCode.LEDGER))
+
+
+def _duration(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    return f"{ms // 60_000} min {ms % 60_000 // 1000} s"
+
+
+@app.command()
+def log(
+    ctx: typer.Context,
+    ledger: LedgerOption = None,
+    sandbox: Annotated[
+        str | None, typer.Option("--sandbox", metavar="NAME", help="Only runs in this sandbox.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="DATE",
+            help="Only runs from then on: 2025-01-31, 2025-01-31T12:00Z, or an age (7d, 12h).",
+        ),
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """List the recorded runs: time, run id, sandbox, script, status, exit, duration."""
+    from jhansi.cli._output import print_json, stdout_console
+    from jhansi.ledger.read import exists, filter_runs, iter_records, parse_since, summarize_runs
+
+    ctx.ensure_object(CliState).json = json_output
+    directory = _directory(ledger)
+    bound = parse_since(since) if since else None
+    runs = (
+        filter_runs(summarize_runs(iter_records(directory)), sandbox=sandbox, since=bound)
+        if exists(directory)
+        else []
+    )
+    if json_output:
+        print_json(
+            {"status": "ok", "ledger": str(directory), "runs": [run.as_dict() for run in runs]}
+        )
+        return
+    if not runs:
+        typer.echo(
+            "no runs recorded" + ("" if exists(directory) else f" (no ledger at {directory})")
+        )
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = stdout_console()
+    narrow = console.width < 110
+    table = Table(
+        title=f"runs in {escape(str(directory))} (times in UTC)",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+        header_style="bold",
+    )
+    table.add_column("time", no_wrap=True)
+    # A unique prefix of a run id is enough for `jhansi ledger show`: on a narrow
+    # terminal, shorten it (and the date) rather than wrap them.
+    table.add_column("run id", no_wrap=True, overflow="ellipsis", max_width=20 if narrow else None)
+    table.add_column("sandbox", overflow="fold", min_width=7)
+    table.add_column("script", overflow="fold", min_width=8)
+    table.add_column("status", no_wrap=True)
+    table.add_column("exit", justify="right", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    for run in runs:
+        table.add_row(
+            run.time[5 if narrow else 0 : 16].replace("T", " "),
+            escape(run.run_id),
+            escape(run.sandbox or ""),
+            escape(run.script or ""),
+            escape(run.status),
+            "" if run.exit_code is None else str(run.exit_code),
+            _duration(run.duration_ms),
+        )
+    console.print(table)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix will do).")],
+    ledger: LedgerOption = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Everything recorded about one run, with its prompt, code and output from the blobs."""
+    import json
+
+    from jhansi.cli._output import print_json, stdout_console
+    from jhansi.ledger.blobs import BlobStore
+    from jhansi.ledger.read import run_records, run_texts
+    from jhansi.ledger.store import LedgerLayout
+
+    ctx.ensure_object(CliState).json = json_output
+    directory = _directory(ledger)
+    _require(directory)
+    full_id, records = run_records(directory, run_id)
+    texts = run_texts(records, BlobStore(LedgerLayout(directory).blobs_dir))
+    if json_output:
+        print_json(
+            {
+                "status": "ok",
+                "run_id": full_id,
+                "records": [
+                    {
+                        "seq": r.seq,
+                        "time": r.time,
+                        "kind": r.kind,
+                        "hash": r.hash,
+                        "body": r.body,
+                    }
+                    for r in records
+                ],
+                "blobs": [text.as_dict() for text in texts],
+            }
+        )
+        return
+    from rich.markup import escape
+
+    console = stdout_console()
+    console.print(f"[bold]run {escape(full_id)}[/]", soft_wrap=True)
+    for record in records:
+        console.print(
+            f"\n[bold]{escape(record.kind)}[/]  seq {record.seq}  {record.time}  "
+            f"hash {record.hash[:16]}…",
+            soft_wrap=True,
+        )
+        console.print(
+            escape(json.dumps(record.body, indent=2, ensure_ascii=False, sort_keys=True)),
+            soft_wrap=True,
+        )
+    for text in texts:
+        console.print(f"\n[bold]── {text.label}[/] (blob {text.digest[:16]}…)", soft_wrap=True)
+        if text.text is not None:
+            console.print(escape(text.text), soft_wrap=True, markup=False, highlight=False)
+        else:
+            console.print(f"[yellow]({escape(text.problem or 'unreadable')})[/]")
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    ledger: LedgerOption = None,
+    format_: Annotated[
+        ExportFormat, typer.Option("--format", help="jsonl: the records as stored; csv: a table.")
+    ] = ExportFormat.JSONL,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", metavar="FILE", help="Write here (mode 0600), not stdout."),
+    ] = None,
+) -> None:
+    """Write every record as JSON Lines (canonical, as stored) or CSV."""
+    import io
+    import os
+    import sys
+
+    from jhansi.errors import UsageError
+    from jhansi.ledger.read import export_csv, export_jsonl, iter_records
+
+    ctx.ensure_object(CliState)
+    directory = _directory(ledger)
+    _require(directory)
+    records = iter_records(directory)
+    if output is None:
+        if format_ is ExportFormat.JSONL:
+            export_jsonl(records, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            export_csv(records, sys.stdout)
+            sys.stdout.flush()
+        return
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write {output}: {exc.strerror or exc}", hint="Choose another --output."
+        ) from None
+    with os.fdopen(fd, "wb") as handle:
+        if format_ is ExportFormat.JSONL:
+            count = export_jsonl(records, handle)
+        else:
+            text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+            count = export_csv(records, text)
+            text.flush()
+            text.detach()
+    typer.echo(f"exported {count} record(s) to {output}", err=True)
+
+
+@app.command()
+def head(ctx: typer.Context, ledger: LedgerOption = None, json_output: JsonFlag = False) -> None:
+    """Print the latest signed head, to keep elsewhere and check with `verify --anchor`."""
+    from jhansi.cli._output import print_json
+    from jhansi.ledger.checkpoint import load_head
+    from jhansi.ledger.store import LedgerLayout
+
+    ctx.ensure_object(CliState).json = json_output
+    directory = _directory(ledger)
+    _require(directory)
+    signed = load_head(LedgerLayout(directory).head_file)
+    if json_output:
+        print_json({"status": "ok", "anchor": signed.anchor, **signed.as_dict()})
+        return
+    typer.echo(f"ledger  {signed.ledger_id}")
+    typer.echo(f"key     {signed.key}")
+    typer.echo(f"anchor  {signed.anchor}")
+
+
+@app.command()
+def key(
+    ctx: typer.Context,
+    pem: Annotated[bool, typer.Option("--pem", help="Print it as a PEM public key.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Print the public key that signs this machine's checkpoints (created on first use)."""
+    from jhansi.cli._output import print_json
+    from jhansi.ledger.checkpoint import KeyFileSigner, public_key_pem
+    from jhansi.paths import Paths
+
+    ctx.ensure_object(CliState).json = json_output
+    signer = KeyFileSigner.for_paths(Paths.from_environment())
+    raw = signer.public_key()
+    if json_output:
+        print_json(
+            {
+                "status": "ok",
+                "algorithm": "ed25519",
+                "public_key": raw.hex(),
+                "pem": public_key_pem(raw),
+                "key_file": str(signer.path),
+            }
+        )
+        return
+    typer.echo(public_key_pem(raw).rstrip("\n") if pem else raw.hex())

@@ -1,0 +1,12 @@
+"""The execution ledger: an append-only, hash-chained, signed record of every run.
+
+- :mod:`~jhansi.ledger.record` — the record schema, canonical bytes and hashes
+- :mod:`~jhansi.ledger.store` — appending (locking, fsync, torn writes, preflight)
+- :mod:`~jhansi.ledger.blobs` — the content-addressed blob store
+- :mod:`~jhansi.ledger.checkpoint` — signed checkpoints and the head (why truncation shows)
+- :mod:`~jhansi.ledger.verify` — ``jhansi ledger verify``
+- :mod:`~jhansi.ledger.read` — runs for ``log`` and ``show``; ``export``
+- :mod:`~jhansi.ledger.identity` — who ran it (user, host, CI claims)
+
+Nothing here imports ``cryptography`` until a signature is made or checked.
+"""

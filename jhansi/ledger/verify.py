@@ -1,0 +1,769 @@
+"""``jhansi ledger verify``: prove the ledger is what was written, or say where it is not.
+
+One pass over ``ledger.jsonl``, line by line, checks that every line is UTF-8
+canonical JSON (re-encoding gives the same bytes) with the record schema and a
+matching hash; that all records carry the genesis record's ledger id; that
+``seq`` is contiguous and ``prev`` chains; every checkpoint signature (against
+pinned keys when given); that the ledger still reaches the signed head
+(``head.json``) and every ``--anchor``, so records cut off the end are found;
+that lines which are not records are exactly the torn writes a
+``ledger.recovery`` record names; that every referenced blob is present and
+matches its hash; and that runs pair up (a start without an end is a crashed
+run: a warning).
+
+Problems are :class:`Problem` values with a ``kind``, a message and the line
+(1-based) and seq where known; errors mean the ledger does not verify,
+warnings do not. Error kinds: ``not-utf8``, ``not-json``, ``not-canonical``,
+``bad-schema``, ``bad-hash``, ``bad-genesis``, ``foreign-record``,
+``missing-records``, ``out-of-order``, ``duplicate-record``, ``broken-chain``,
+``bad-checkpoint``, ``bad-signature``, ``untrusted-key``, ``bad-recovery``,
+``bad-body``, ``duplicate-run``, ``unpaired-end``, ``head-missing``,
+``head-invalid``, ``head-mismatch``, ``truncated``, ``anchor-mismatch``,
+``blob-missing``, ``blob-altered``. Warning kinds: ``recovered``,
+``torn-tail``, ``crashed-run``, ``unsigned-tail``, ``key-unpinned``.
+
+Speed matters (a ledger grows by three records a run). Verification runs in
+two stages: :func:`scan_chunk` checks each line on its own (canonical form,
+schema, hash, checkpoint signature: the C JSON decoder and encoder, one
+BLAKE3, see :mod:`jhansi.ledger.record`), in worker processes for large
+ledgers; :func:`verify_ledger` then walks the small per-line results in order
+for everything that relates lines to each other. ``bench/ledger.py`` measures
+it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import blake3
+
+from jhansi.errors import LedgerError
+from jhansi.ledger.checkpoint import SignedHead, check_checkpoint
+from jhansi.ledger.record import (
+    BLOB_REF,
+    CHECKPOINT,
+    EXEC_END,
+    EXEC_KINDS,
+    EXEC_START,
+    GENESIS,
+    RECOVERY,
+    ZERO_HASH,
+    RecordError,
+    parse_object,
+)
+from jhansi.ledger.store import TORN_MARKER, LedgerLayout
+
+MAX_PROBLEMS = 100
+_CHUNK = 1 << 22
+_PARALLEL_MIN_BYTES = 16 << 20
+_MAX_WORKERS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding: what (``kind``), why, and where."""
+
+    kind: str
+    message: str
+    line: int | None = None
+    seq: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """For ``--json``."""
+        return {"kind": self.kind, "message": self.message, "line": self.line, "seq": self.seq}
+
+    def describe(self) -> str:
+        """One line for a person."""
+        where = []
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.seq is not None:
+            where.append(f"seq {self.seq}")
+        prefix = f"{', '.join(where)}: " if where else ""
+        return f"{prefix}{self.kind}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """The outcome of one verification."""
+
+    path: str
+    ledger_id: str | None
+    lines: int
+    records: int
+    last_seq: int | None
+    last_hash: str | None
+    checkpoints: int
+    last_checkpoint_seq: int | None
+    unsigned_records: int
+    head: dict[str, Any] | None
+    anchors: tuple[str, ...]
+    runs: int
+    denied: int
+    crashed_runs: tuple[str, ...]
+    recoveries: int
+    blobs_checked: int
+    keys: tuple[str, ...]
+    pinned_keys: bool
+    errors: tuple[Problem, ...]
+    warnings: tuple[Problem, ...]
+    seconds: float
+    truncated_report: bool = False
+    """More problems were found than are listed."""
+
+    @property
+    def ok(self) -> bool:
+        """The ledger verifies (warnings allowed)."""
+        return not self.errors
+
+    @property
+    def first_error(self) -> Problem | None:
+        """The first failure, in file order as far as possible."""
+        return self.errors[0] if self.errors else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """For ``--json`` (without ``status``, which the CLI adds)."""
+        return {
+            "valid": self.ok,
+            "path": self.path,
+            "ledger_id": self.ledger_id,
+            "first_error": self.first_error.as_dict() if self.first_error else None,
+            "errors": [p.as_dict() for p in self.errors],
+            "warnings": [p.as_dict() for p in self.warnings],
+            "summary": {
+                "lines": self.lines,
+                "records": self.records,
+                "last_seq": self.last_seq,
+                "last_hash": self.last_hash,
+                "checkpoints": self.checkpoints,
+                "last_checkpoint_seq": self.last_checkpoint_seq,
+                "unsigned_records": self.unsigned_records,
+                "head": self.head,
+                "anchors": list(self.anchors),
+                "runs": self.runs,
+                "denied": self.denied,
+                "crashed_runs": list(self.crashed_runs),
+                "recoveries": self.recoveries,
+                "blobs_checked": self.blobs_checked,
+                "keys": list(self.keys),
+                "pinned_keys": self.pinned_keys,
+                "more_problems_not_listed": self.truncated_report,
+                "seconds": round(self.seconds, 3),
+            },
+        }
+
+
+@dataclass(slots=True)
+class _Target:
+    """A (seq, hash) the ledger must still contain: the signed head or an anchor."""
+
+    seq: int
+    hash: str
+    label: str
+    found: bool = False
+
+
+@dataclass(slots=True)
+class _Findings:
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    dropped: bool = False
+
+    def error(
+        self, kind: str, message: str, line: int | None = None, seq: int | None = None
+    ) -> None:
+        if len(self.errors) < MAX_PROBLEMS:
+            self.errors.append(Problem(kind, message, line, seq))
+        else:
+            self.dropped = True
+
+    def warn(
+        self, kind: str, message: str, line: int | None = None, seq: int | None = None
+    ) -> None:
+        if len(self.warnings) < MAX_PROBLEMS:
+            self.warnings.append(Problem(kind, message, line, seq))
+        else:
+            self.dropped = True
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Millions of short-lived acyclic dicts: garbage collection only costs time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _in_file_order(problem: Problem) -> tuple[bool, int]:
+    return (problem.line is None, problem.line or 0)
+
+
+def parse_anchor(text: str) -> tuple[int, str]:
+    """``SEQ:HASH`` → (seq, hash); ``ValueError`` with the reason otherwise."""
+    seq_text, sep, digest = text.strip().partition(":")
+    digest = digest.strip().lower()
+    if not sep or not seq_text.isdigit() or len(digest) != 64:
+        raise ValueError(f"{text!r} is not SEQ:HASH (a record number and 64 hex digits)")
+    try:
+        bytes.fromhex(digest)
+    except ValueError:
+        raise ValueError(f"{text!r}: the hash is not hex") from None
+    return int(seq_text), digest
+
+
+def _read_head(path: Path, findings: _Findings) -> SignedHead | None:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        findings.error(
+            "head-missing",
+            f"{path.name} is missing: it is written before the ledger is created and never "
+            "removed, so it was deleted (records may also have been cut off)",
+        )
+        return None
+    except OSError as exc:
+        findings.error("head-invalid", f"cannot read {path.name}: {exc.strerror or exc}")
+        return None
+    try:
+        return SignedHead.parse(raw)
+    except ValueError as exc:
+        findings.error("head-invalid", f"{path.name}: {exc}")
+        return None
+
+
+def _covers(body: dict[str, Any], start: int, garbage: bytes) -> bool:
+    """Whether a recovery ``body`` names exactly the ``garbage`` bytes found at ``start``."""
+    length, digest = body.get("length"), body.get("hash")
+    if body.get("offset") != start or type(length) is not int or not isinstance(digest, str):
+        return False
+    if len(garbage) == length:
+        covered = garbage
+    elif len(garbage) == length + len(TORN_MARKER) and garbage.endswith(TORN_MARKER):
+        covered = garbage[:length]
+    else:
+        return False
+    return blake3.blake3(covered).hexdigest() == digest
+
+
+def scan_chunk(chunk: bytes) -> list[tuple[Any, ...]]:
+    """Stage one of verification: check each line of ``chunk`` on its own.
+
+    ``chunk`` is whole lines, each ending with a newline. Everything that needs
+    no other line happens here (canonical form, schema, hash, signature), so
+    that it can run in parallel; the result per line is a small tuple that
+    stage two (:func:`verify_ledger`) checks in order:
+
+    - a record: ``(length, seq, kind, ledger_id, prev, hash, extra, blob_refs,
+      signature_problem)`` where ``extra`` is the ``run_id`` of ``exec.*``, the
+      key of a checkpoint, the body of a recovery;
+    - anything else: ``(length, None, problem_kind, message, claimed_seq,
+      claimed_hash, claimed_ledger_id, raw line if it may be a torn write)``.
+    """
+    parse = parse_object
+    marker = b'"blob":"'
+    find_blobs = BLOB_REF.findall
+    exec_kinds = EXEC_KINDS
+    out: list[tuple[Any, ...]] = []
+    append = out.append
+    lines = chunk.split(b"\n")
+    lines.pop()  # what follows the last newline: nothing
+    for raw in lines:
+        try:
+            obj = parse(raw)
+        except RecordError as exc:
+            if exc.kind == "not-json" or exc.kind == "not-utf8":
+                append((len(raw), None, exc.kind, str(exc), None, None, None, raw))
+                continue
+            claimed = exc.obj or {}
+            append(
+                (
+                    len(raw),
+                    None,
+                    exc.kind,
+                    str(exc),
+                    claimed.get("seq"),
+                    claimed.get("hash"),
+                    claimed.get("ledger_id"),
+                    None,
+                )
+            )
+            continue
+        kind = obj["kind"]
+        extra: Any = None
+        problem = None
+        if kind in exec_kinds:
+            extra = obj["body"].get("run_id")
+        elif kind == CHECKPOINT:
+            body = obj["body"]
+            problem = check_checkpoint(obj["ledger_id"], obj["seq"], obj["prev"], body)
+            extra = body.get("key")
+        elif kind == RECOVERY:
+            extra = obj["body"]
+        append(
+            (
+                len(raw),
+                obj["seq"],
+                kind,
+                obj["ledger_id"],
+                obj["prev"],
+                obj["hash"],
+                extra,
+                find_blobs(raw) if marker in raw else None,
+                problem,
+            )
+        )
+    return out
+
+
+@dataclass(slots=True)
+class _Reader:
+    """Whole-line chunks of a file, and the unterminated last line left over."""
+
+    handle: BinaryIO
+    tail: bytes = b""
+
+    def chunks(self) -> Iterator[bytes]:
+        while chunk := self.handle.read(_CHUNK):
+            if self.tail:
+                chunk = self.tail + chunk
+            cut = chunk.rfind(b"\n") + 1
+            self.tail = chunk[cut:]
+            if cut:
+                yield chunk[:cut]
+
+
+def _stage_one(chunks: Iterator[bytes], workers: int) -> Iterator[list[tuple[Any, ...]]]:
+    """:func:`scan_chunk` over ``chunks``, in order; in ``workers`` processes when > 1."""
+    if workers <= 1:
+        for chunk in chunks:
+            yield scan_chunk(chunk)
+        return
+    import multiprocessing
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending: deque[Future[list[tuple[Any, ...]]]] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(scan_chunk, chunk))
+            if len(pending) > 2 * workers:  # bounded read-ahead: memory stays flat
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _auto_workers(size: int) -> int:
+    if size < _PARALLEL_MIN_BYTES or not sys.platform.startswith("linux"):
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, _MAX_WORKERS))
+
+
+def verify_ledger(
+    directory: Path,
+    *,
+    anchors: Sequence[tuple[int, str]] = (),
+    trusted_keys: Collection[str] | None = None,
+    check_blobs: bool = True,
+    workers: int | None = None,
+) -> VerifyReport:
+    """Verify the ledger in ``directory``.
+
+    ``trusted_keys`` (hex): when given, every checkpoint must be signed by one
+    of them; ``None`` accepts any valid signature (and warns). ``workers``:
+    processes for stage one (default: one per CPU, up to four, for ledgers
+    over 16 MiB; one otherwise). Raises :class:`LedgerError` only when there
+    is no ledger to verify.
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    def run(workers: int | None) -> VerifyReport:
+        return _verify(
+            directory,
+            anchors=anchors,
+            trusted_keys=trusted_keys,
+            check_blobs=check_blobs,
+            workers=workers,
+        )
+
+    try:
+        return run(workers)
+    except (BrokenProcessPool, OSError):
+        if workers == 1:
+            raise
+        # No processes here (a sandbox without /dev/shm, a worker killed for memory):
+        # the same verification, in this process only.
+        return run(1)
+
+
+def _verify(
+    directory: Path,
+    *,
+    anchors: Sequence[tuple[int, str]],
+    trusted_keys: Collection[str] | None,
+    check_blobs: bool,
+    workers: int | None,
+) -> VerifyReport:
+    started = time.perf_counter()
+    layout = LedgerLayout(directory)
+    path = layout.ledger_file
+    if not path.is_file():
+        raise LedgerError(
+            f"no ledger at {directory} (no {path.name})",
+            hint="Check the path (--ledger DIR, JHANSI_LEDGER, [ledger] path); "
+            "a ledger is created by the first `jhansi run`.",
+        )
+    findings = _Findings()
+    error, warn = findings.error, findings.warn
+    trusted = frozenset(k.lower() for k in trusted_keys) if trusted_keys is not None else None
+
+    head = _read_head(layout.head_file, findings)
+    targets: dict[int, list[_Target]] = {}
+    if head is not None:
+        targets.setdefault(head.seq, []).append(_Target(head.seq, head.hash, "head"))
+    for seq, digest in anchors:
+        targets.setdefault(seq, []).append(_Target(seq, digest, f"anchor {seq}:{digest}"))
+
+    ledger_id: str | None = None
+    expected = 0  # the next seq; only ever grows, so the last seq is expected - 1
+    last_hash: str = ZERO_HASH
+    gap: tuple[int, int, int] | None = None  # (line, seq expected, seq found), decided next
+    garbage: list[bytes] = []  # lines that are not records, since the last record
+    garbage_start = 0
+    garbage_problem: Problem | None = None
+    unterminated = False
+    open_runs: dict[str, tuple[int, int]] = {}
+    refs: set[bytes] = set()
+    keys: set[str] = set()
+    records = runs = denied = checkpoints = recoveries = 0
+    last_checkpoint: int | None = None
+    lineno = 0
+    offset = 0  # of the next line
+
+    def gap_missing(found_at: tuple[int, int, int]) -> None:
+        line, want, got = found_at
+        error(
+            "missing-records",
+            f"expected seq {want}, found {got}: {got - want} record(s) deleted",
+            line,
+            got,
+        )
+
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise LedgerError(
+            f"cannot read {path}: {exc.strerror or exc}", hint="Check its permissions."
+        ) from None
+    if workers is None:
+        workers = _auto_workers(path.stat().st_size)
+    reader = _Reader(handle)
+    with handle, _gc_paused():
+        for results in _stage_one(reader.chunks(), workers):
+            for item in results:
+                lineno += 1
+                line_start = offset
+                offset += item[0] + 1
+                seq = item[1]
+                if seq is None:  # not a valid record
+                    _, _, problem_kind, message, claimed_seq, claimed_hash, claimed_id, raw = item
+                    if raw is not None:  # maybe a torn write: a recovery record must follow
+                        if not garbage:
+                            garbage_start = line_start
+                            garbage_problem = Problem(
+                                problem_kind,
+                                f"{message}; no ledger.recovery record accounts for this line",
+                                lineno,
+                            )
+                        garbage.append(raw + b"\n")
+                        continue
+                    error(
+                        problem_kind,
+                        message,
+                        lineno,
+                        claimed_seq if type(claimed_seq) is int else None,
+                    )
+                    # Follow the chain with what the damaged record claims, so that
+                    # one damaged record is reported once.
+                    if (
+                        type(claimed_seq) is int
+                        and claimed_seq >= expected
+                        and isinstance(claimed_hash, str)
+                        and claimed_id == ledger_id
+                    ):
+                        expected = claimed_seq + 1
+                        last_hash = claimed_hash
+                    continue
+
+                _, seq, kind, record_id, prev, digest, extra, found_refs, sig_problem = item
+                records += 1
+
+                if garbage or kind == RECOVERY:
+                    if not garbage:
+                        error(
+                            "bad-recovery",
+                            "recovers nothing: no torn bytes precede it",
+                            lineno,
+                            seq,
+                        )
+                    elif kind == RECOVERY and _covers(extra, garbage_start, b"".join(garbage)):
+                        recoveries += 1
+                        warn(
+                            "recovered",
+                            f"{sum(map(len, garbage))} byte(s) at offset {garbage_start} left "
+                            "by a write that did not finish, kept in place and recorded here",
+                            lineno,
+                            seq,
+                        )
+                    else:
+                        if garbage_problem is not None:
+                            error(
+                                garbage_problem.kind,
+                                garbage_problem.message,
+                                garbage_problem.line,
+                            )
+                        if kind == RECOVERY:
+                            error("bad-recovery", "does not match the bytes before it", lineno, seq)
+                    garbage = []
+
+                if record_id != ledger_id:
+                    if ledger_id is not None:
+                        error(
+                            "foreign-record",
+                            f"belongs to ledger {record_id}, not {ledger_id}: spliced in",
+                            lineno,
+                            seq,
+                        )
+                        continue
+                    ledger_id = record_id
+                    if lineno != 1 or kind != GENESIS or seq != 0 or prev != ZERO_HASH:
+                        error(
+                            "bad-genesis",
+                            "the first line must be the ledger.genesis record (seq 0, prev zeros)",
+                            lineno,
+                            seq,
+                        )
+                elif kind == GENESIS:
+                    error("bad-genesis", "a second genesis record", lineno, seq)
+
+                at_gap = False
+                if seq != expected or gap is not None or prev != last_hash:
+                    if seq == expected:
+                        if gap is not None:
+                            gap_missing(gap)
+                            gap = None
+                        if prev != last_hash:
+                            error(
+                                "broken-chain",
+                                "prev is not the hash of the record before it: that record "
+                                "was changed (its hash recomputed) or replaced",
+                                lineno,
+                                seq,
+                            )
+                    elif seq > expected:
+                        if gap is not None:
+                            gap_missing(gap)
+                        gap = (lineno, expected, seq)
+                        at_gap = True
+                    else:
+                        if gap is not None and seq == gap[1]:
+                            error(
+                                "out-of-order",
+                                f"seq {gap[2]} comes before seq {seq} (line {lineno}): "
+                                "records swapped",
+                                gap[0],
+                                gap[2],
+                            )
+                            gap = None
+                        elif seq == expected - 1 and digest == last_hash:
+                            error("duplicate-record", f"a second copy of seq {seq}", lineno, seq)
+                        else:
+                            error(
+                                "out-of-order",
+                                f"seq {seq} comes after seq {expected - 1}: moved or duplicated",
+                                lineno,
+                                seq,
+                            )
+                        continue
+                expected = seq + 1
+                last_hash = digest
+
+                if seq in targets:
+                    for target in targets[seq]:
+                        target.found = True
+                        if target.hash != digest:
+                            error(
+                                "head-mismatch" if target.label == "head" else "anchor-mismatch",
+                                f"the {target.label} names hash {target.hash}, the ledger has "
+                                f"{digest}",
+                                lineno,
+                                seq,
+                            )
+
+                if kind in EXEC_KINDS:
+                    run_id = extra
+                    if type(run_id) is not str or not run_id:
+                        error("bad-body", f"a {kind} record needs a run_id string", lineno, seq)
+                    elif at_gap:
+                        pass  # its partner may be what is missing: the gap is the finding
+                    elif kind == EXEC_START:
+                        if run_id in open_runs:
+                            error("duplicate-run", f"run {run_id} starts twice", lineno, seq)
+                        open_runs[run_id] = (lineno, seq)
+                        runs += 1
+                    elif kind == EXEC_END:
+                        if open_runs.pop(run_id, None) is None:
+                            error(
+                                "unpaired-end",
+                                f"run {run_id} ends but never started (its exec.start is missing)",
+                                lineno,
+                                seq,
+                            )
+                    else:
+                        denied += 1
+                elif kind == CHECKPOINT:
+                    checkpoints += 1
+                    last_checkpoint = seq
+                    if sig_problem is not None:
+                        error(sig_problem[0], sig_problem[1], lineno, seq)
+                    else:
+                        keys.add(extra)
+                        if trusted is not None and extra not in trusted:
+                            error(
+                                "untrusted-key",
+                                f"signed by {extra}, which is not a trusted key "
+                                "(pass it with --key if you trust it)",
+                                lineno,
+                                seq,
+                            )
+                if found_refs is not None:
+                    refs.update(found_refs)
+
+        if reader.tail:  # the last line has no newline: what a torn write leaves
+            lineno += 1
+            if not garbage:
+                garbage_start = offset
+                garbage_problem = Problem("torn-tail", "the last line has no newline", lineno)
+            garbage.append(reader.tail)
+            unterminated = True
+
+    max_seq = expected - 1
+    if garbage and garbage_problem is not None:
+        if unterminated:
+            warn(
+                "torn-tail",
+                f"{sum(map(len, garbage))} byte(s) at offset {garbage_start} were left by a "
+                "write that did not finish; the next append records them (ledger.recovery)",
+                garbage_problem.line,
+            )
+        else:
+            error(garbage_problem.kind, garbage_problem.message, garbage_problem.line)
+    if gap is not None:
+        gap_missing(gap)
+    if ledger_id is None:
+        error("bad-genesis", "the ledger holds no valid record")
+
+    head_info: dict[str, Any] | None = None
+    if head is not None:
+        head_info = {"seq": head.seq, "hash": head.hash, "key": head.key}
+        problem = head.problem()
+        if ledger_id is not None and head.ledger_id != ledger_id:
+            error("head-invalid", f"the signed head belongs to ledger {head.ledger_id}")
+        elif problem is not None:
+            error("head-invalid", f"the signed head: {problem}")
+        else:
+            keys.add(head.key)
+            if trusted is not None and head.key not in trusted:
+                error("untrusted-key", f"the signed head is signed by untrusted key {head.key}")
+    for wanted in targets.values():
+        for target in wanted:
+            if target.found:
+                continue
+            if target.seq > max_seq:
+                error(
+                    "truncated",
+                    f"the {target.label} is at seq {target.seq} but the ledger ends at seq "
+                    f"{max_seq}: records were cut off the end",
+                    seq=target.seq,
+                )
+            else:
+                error(
+                    "head-mismatch" if target.label == "head" else "anchor-mismatch",
+                    f"the ledger has no record at seq {target.seq} that the {target.label} names",
+                    seq=target.seq,
+                )
+    for run_id, (line, seq) in open_runs.items():
+        warn(
+            "crashed-run",
+            f"run {run_id} started but has no exec.end (it crashed, or is still running)",
+            line,
+            seq,
+        )
+    unsigned = max_seq - head.seq if head is not None else max_seq + 1
+    if unsigned > 0:
+        warn(
+            "unsigned-tail",
+            f"{unsigned} record(s) after the signed head are not yet covered by a "
+            "signature (a run in progress, or one that crashed before its checkpoint)",
+        )
+    if trusted is None and keys:
+        warn(
+            "key-unpinned",
+            "signatures were checked but not against a trusted key: pass --key "
+            "(from `jhansi ledger key` on the machine that wrote the ledger)",
+        )
+
+    blobs_checked = 0
+    if check_blobs and refs:
+        from jhansi.ledger.blobs import BlobStore
+
+        store = BlobStore(layout.blobs_dir)
+        for ref in sorted(refs):
+            name = ref.decode()
+            blobs_checked += 1
+            state = store.check(name)
+            if state == "missing":
+                error("blob-missing", f"blob {name} is referenced but missing")
+            elif state == "altered":
+                error("blob-altered", f"blob {name} no longer matches its hash")
+
+    return VerifyReport(
+        path=str(directory),
+        ledger_id=ledger_id,
+        lines=lineno,
+        records=records,
+        last_seq=max_seq if max_seq >= 0 else None,
+        last_hash=last_hash if max_seq >= 0 else None,
+        checkpoints=checkpoints,
+        last_checkpoint_seq=last_checkpoint,
+        unsigned_records=max(unsigned, 0),
+        head=head_info,
+        anchors=tuple(f"{s}:{h}" for s, h in anchors),
+        runs=runs,
+        denied=denied,
+        crashed_runs=tuple(open_runs),
+        recoveries=recoveries,
+        blobs_checked=blobs_checked,
+        keys=tuple(sorted(keys)),
+        pinned_keys=trusted is not None,
+        errors=tuple(sorted(findings.errors, key=_in_file_order)),
+        warnings=tuple(findings.warnings),
+        seconds=time.perf_counter() - started,
+        truncated_report=findings.dropped,
+    )
