@@ -54,6 +54,7 @@ the appending process kills itself with SIGKILL: see :data:`FAULT_POINTS`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -366,7 +367,9 @@ class Ledger:
                     hint=_hint_for(exc, directory),
                 ) from None
             finally:
-                probe.unlink(missing_ok=True)
+                # On a read-only file system even unlinking a missing file is EROFS.
+                with contextlib.suppress(OSError):
+                    probe.unlink(missing_ok=True)
         try:
             stats = os.statvfs(directory)
         except OSError:
