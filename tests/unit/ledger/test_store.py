@@ -436,16 +436,34 @@ def test_preflight_fails_closed_when_the_directory_cannot_be_made(
     assert "--ledger" in caught.value.hint
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through directory permissions")
 def test_preflight_fails_closed_on_a_read_only_directory(tmp_path: Path, paths: Paths) -> None:
+    """Mode bits for a user; for root (who writes through them, as in CI) a read-only mount."""
+    import subprocess
+
     directory = tmp_path / "ro"
-    directory.mkdir(mode=0o500)
+    if os.geteuid() == 0:
+        directory.mkdir()
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(directory)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert mounted.returncode == 0, mounted.stderr
+        expected = "read-only file system"
+    else:
+        directory.mkdir(mode=0o500)
+        expected = "write access"
     try:
         with pytest.raises(LedgerError, match="cannot") as caught:
             Ledger.open(directory / "ledger", paths=paths).preflight()
-        assert "write access" in caught.value.hint
+        assert expected in caught.value.hint
+        assert caught.value.exit_code == ExitCode.LEDGER
     finally:
-        directory.chmod(0o700)
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(directory)], check=False)
+        else:
+            directory.chmod(0o700)
 
 
 @pytest.mark.parametrize(
