@@ -81,29 +81,94 @@ def test_runs_refusals_and_timeouts_are_recorded(
     assert len(json.loads(log.stdout)["runs"]) == 3
 
 
+def _rehash(line: bytes) -> bytes:
+    """A record line re-hashed after an edit, as a careful forger would."""
+    from jhansi.ledger.record import canonical, record_hash
+
+    obj = json.loads(line)
+    obj.pop("hash")
+    obj["hash"] = record_hash(canonical(obj))
+    return canonical(obj) + b"\n"
+
+
+TAMPERS = [
+    "field-edited",
+    "field-edited-and-rehashed",
+    "record-deleted",
+    "records-swapped",
+    "record-duplicated",
+    "record-spliced",
+    "tail-cut",
+    "keys-reordered",
+    "whitespace-added",
+    "blob-altered",
+    "blob-deleted",
+]
+
+
 @pytest.mark.bwrap
-@pytest.mark.parametrize("tamper", ["edit", "delete", "cut"])
+@pytest.mark.parametrize("tamper", TAMPERS)
 def test_tampering_with_a_run_ledger_is_detected(
     bwrap_path: Path, project: Path, tmp_path: Path, tamper: str
 ) -> None:
     ledger = tmp_path / "ledger"
     env = {"JHANSI_LEDGER": str(ledger), "JHANSI_SANDBOX_BACKEND": "bwrap"}
-    for _ in range(2):
+    for _ in range(3):
         assert run_jhansi("run", str(project / "hello.py"), env=env).returncode == 0
+    code, report = _verify(ledger)
+    assert code == 0, report  # untouched, it verifies clean
     path = ledger / "ledger.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)
-    end = next(i for i, line in enumerate(lines) if b'"exec.end"' in line)
-    if tamper == "edit":
-        lines[end] = lines[end].replace(b'"succeeded"', b'"failed"   ')
-    elif tamper == "delete":
-        del lines[end]
-    else:
-        lines = lines[: end + 1]
-    path.write_bytes(b"".join(lines))
+    ends = [i for i, line in enumerate(lines) if b'"kind":"exec.end"' in line]
+    first, second = ends[0], ends[1]
+    if tamper == "field-edited":
+        lines[first] = lines[first].replace(b'"succeeded"', b'"failed"')
+    elif tamper == "field-edited-and-rehashed":
+        lines[first] = _rehash(lines[first].replace(b'"exit_code":0', b'"exit_code":1'))
+    elif tamper == "record-deleted":
+        del lines[first]
+    elif tamper == "records-swapped":
+        lines[first - 1], lines[first] = lines[first], lines[first - 1]
+    elif tamper == "record-duplicated":
+        lines.insert(first, lines[first])
+    elif tamper == "record-spliced":
+        other = tmp_path / "other-ledger"
+        run_jhansi("run", str(project / "hello.py"), env={**env, "JHANSI_LEDGER": str(other)})
+        foreign = next(
+            x
+            for x in (other / "ledger.jsonl").read_bytes().splitlines(keepends=True)
+            if b'"kind":"exec.end"' in x
+        )
+        lines[second] = foreign
+    elif tamper == "tail-cut":
+        lines = lines[: second + 1]  # the third run's records are gone
+    elif tamper == "keys-reordered":
+        obj = json.loads(lines[first])
+        lines[first] = (
+            json.dumps(dict(reversed(obj.items())), separators=(",", ":")).encode() + b"\n"
+        )
+    elif tamper == "whitespace-added":
+        lines[first] = lines[first].replace(b'","', b'", "', 1)
+    elif tamper in ("blob-altered", "blob-deleted"):
+        digest = json.loads(lines[first])["body"]["stdout"]["blob"]
+        blob = next(
+            p
+            for p in (ledger / "blobs").rglob("*")
+            if p.is_file() and p.parent.name + p.name == digest
+        )
+        if tamper == "blob-deleted":
+            blob.unlink()
+        else:
+            blob.chmod(0o600)
+            blob.write_bytes(b"hello, forged\n")
+    if not tamper.startswith("blob"):
+        path.write_bytes(b"".join(lines))
     code, report = _verify(ledger)
     assert code == 5, report
     assert report["valid"] is False
-    assert report["first_error"]["kind"]  # type: ignore[index]
+    named = report["first_error"]  # type: ignore[index]
+    assert named["kind"]  # type: ignore[index]
+    assert named["message"]  # type: ignore[index]
 
 
 def test_read_only_ledger_refuses_before_any_sandbox(project: Path, tmp_path: Path) -> None:
