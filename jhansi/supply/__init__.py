@@ -1,0 +1,1 @@
+"""Supply-chain checks on a lock: SBOM, vulnerabilities, licences, provenance and the policy."""

@@ -1,0 +1,1 @@
+"""Vulnerability sources: an interface, pip-audit's services (online), OSV data (offline)."""
