@@ -19,6 +19,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,6 +47,7 @@ DEFAULT_MASK: Final = (
     ".kube",
 )
 
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
 _SIZE_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -178,6 +180,164 @@ def _optional_path(value: object) -> str | None:
     return _optional_string(value)
 
 
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def _non_negative_int(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ValueError("a whole number, 0 or more")
+
+
+_LICENSE_ID = re.compile(r"^[A-Za-z0-9.+-]+$")
+
+
+def _license_ids(value: object, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, list | tuple) and all(
+        isinstance(v, str) and _LICENSE_ID.match(v) for v in value
+    ):
+        return tuple(value)
+    raise ValueError(f'{key}: a list of SPDX licence ids such as ["MIT", "Apache-2.0"]')
+
+
+@dataclass(frozen=True, slots=True)
+class LicensePolicy:
+    """``[policy] licenses``: which SPDX licences are allowed or denied."""
+
+    allow: tuple[str, ...] = ()
+    """When not empty, only these licences pass."""
+    deny: tuple[str, ...] = ()
+    unknown: str = "warn"
+    """What a licence jhansi cannot identify is: ``warn`` or ``deny``."""
+
+
+def _licenses(value: object) -> LicensePolicy:
+    if isinstance(value, LicensePolicy):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError('a table such as {allow = ["MIT"], deny = ["GPL-3.0-only"]}')
+    unknown_keys = set(value) - {"allow", "deny", "unknown"}
+    if unknown_keys:
+        raise ValueError(f"a table with allow, deny and unknown (not {sorted(unknown_keys)})")
+    unknown = value.get("unknown", "warn")
+    if unknown not in ("warn", "deny"):
+        raise ValueError('unknown = "warn" or "deny"')
+    return LicensePolicy(
+        allow=_license_ids(value.get("allow"), "allow"),
+        deny=_license_ids(value.get("deny"), "deny"),
+        unknown=str(unknown),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoreRule:
+    """``[policy] ignore`` entry: a finding id accepted, with a reason, until a date."""
+
+    id: str
+    reason: str
+    until: date | None = None
+
+    def active(self, today: date) -> bool:
+        """Whether the rule still applies on ``today`` (the ``until`` day included)."""
+        return self.until is None or today <= self.until
+
+
+def _ignore_rules(value: object) -> tuple[IgnoreRule, ...]:
+    form = '[{id = "PYSEC-2018-28", reason = "why it is acceptable", until = 2026-12-31}]'
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"a list of tables such as {form}")
+    rules: list[IgnoreRule] = []
+    for entry in value:
+        if isinstance(entry, IgnoreRule):
+            rules.append(entry)
+            continue
+        if not isinstance(entry, Mapping) or set(entry) - {"id", "reason", "until"}:
+            raise ValueError(f"a list of tables with id, reason and until, such as {form}")
+        ident, reason, until = entry.get("id"), entry.get("reason"), entry.get("until")
+        if not isinstance(ident, str) or not ident.strip():
+            raise ValueError(f"every entry needs an id, such as {form}")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError(f"{ident}: every entry needs a reason, such as {form}")
+        if isinstance(until, datetime):
+            until = until.date()
+        elif isinstance(until, str):
+            try:
+                until = date.fromisoformat(until)
+            except ValueError:
+                raise ValueError(f"{ident}: until must be a date such as 2026-12-31") from None
+        elif until is not None and not isinstance(until, date):
+            raise ValueError(f"{ident}: until must be a date such as 2026-12-31")
+        rules.append(IgnoreRule(ident.strip(), reason.strip(), until))
+    return tuple(rules)
+
+
+def _severity(*choices: str) -> Callable[[object], str]:
+    return _choice(*choices)
+
+
+_HOST_RULE = re.compile(r"^(https?://)?[A-Za-z0-9.-]+(:\d{1,5})?/?$")
+
+
+def _host_rules(value: object) -> tuple[str, ...]:
+    hosts = _string_list(value)
+    for host in hosts:
+        if not _HOST_RULE.match(host):
+            raise ValueError('a list of host names such as ["api.example.com", "example.org:8443"]')
+    return hosts
+
+
+def _networks(value: object) -> tuple[str, ...]:
+    import ipaddress
+
+    nets = _string_list(value)
+    for net in nets:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ValueError('a list of networks such as ["10.0.0.0/8", "fd00::/8"]') from None
+    return nets
+
+
+@dataclass(frozen=True, slots=True)
+class SecretSettings:
+    """``[secrets.NAME]``: the hosts a secret is bound to, and how it is sent."""
+
+    hosts: tuple[str, ...]
+    header: str | None = None
+    """The only header the placeholder is replaced in (default: any header)."""
+    scheme: str | None = None
+    """``basic``: the placeholder sits inside HTTP Basic credentials."""
+
+
+def _secret(value: object) -> SecretSettings:
+    form = '{hosts = ["api.example.com"], header = "Authorization"}'
+    if isinstance(value, SecretSettings):
+        return value
+    if not isinstance(value, Mapping) or set(value) - {"hosts", "header", "scheme"}:
+        raise ValueError(f"a table with hosts, header and scheme, such as {form}")
+    hosts = _host_rules(value.get("hosts"))
+    if not hosts:
+        raise ValueError(f"at least one host, such as {form}")
+    header = value.get("header")
+    if header is not None and (not isinstance(header, str) or not header.strip()):
+        raise ValueError(f"header must be a header name, such as {form}")
+    scheme = value.get("scheme")
+    if scheme is not None and scheme not in ("basic", "bearer"):
+        raise ValueError('scheme = "basic" (or "bearer")')
+    return SecretSettings(hosts, header, scheme)
+
+
 SCHEMA: Final[dict[str, dict[str, Option]]] = {
     "sandbox": {
         "backend": Option(
@@ -264,6 +424,98 @@ SCHEMA: Final[dict[str, dict[str, Option]]] = {
             from_string=_split_commas,
         ),
     },
+    "policy": {
+        "advisory_db": Option(
+            _optional_path,
+            None,
+            "the path of a directory of OSV records (JSON or YAML) or an OSV all.zip",
+            "Offline vulnerability data; when unset, pip-audit's online service is asked.",
+        ),
+        "vulnerability_service": Option(
+            _choice("pypi", "osv"),
+            "pypi",
+            "pypi or osv",
+            "The online service pip-audit asks when no advisory_db is set.",
+        ),
+        "osv_url": Option(
+            _optional_string,
+            None,
+            "an OSV API query URL such as https://osv.example/v1/query",
+            "Where the osv service is asked (default: pip-audit's; also PIP_AUDIT_OSV_URL).",
+        ),
+        "require_audit": Option(
+            _bool,
+            False,
+            "true or false",
+            "Refuse to run when no vulnerability source can be reached (default: warn).",
+        ),
+        "vulnerabilities": Option(
+            _severity("deny", "warn"),
+            "deny",
+            "deny or warn",
+            "What a known vulnerability in a locked package is.",
+        ),
+        "min_package_age_days": Option(
+            _non_negative_int,
+            30,
+            "a whole number of days such as 30 (0 turns the check off)",
+            "A package first released on the index fewer days ago than this is flagged.",
+        ),
+        "young_packages": Option(
+            _severity("deny", "warn"),
+            "deny",
+            "deny or warn",
+            "What a package younger than min_package_age_days is.",
+        ),
+        "unpopular_packages": Option(
+            _severity("deny", "warn", "ignore"),
+            "warn",
+            "deny, warn or ignore",
+            "What a package outside the most downloaded PyPI projects is.",
+        ),
+        "allow": Option(
+            _string_list,
+            (),
+            'a list of package names such as ["my-internal-lib"]',
+            "Packages accepted despite their age or popularity.",
+            from_string=_split_commas,
+        ),
+        "ignore": Option(
+            _ignore_rules,
+            (),
+            '[{id = "PYSEC-…", reason = "…", until = 2026-12-31}]',
+            "Findings accepted, each with a reason, until a date (then a finding again).",
+        ),
+        "licenses": Option(
+            _licenses,
+            LicensePolicy(),
+            '{allow = ["MIT", "Apache-2.0"], deny = ["GPL-3.0-only"], unknown = "warn"}',
+            "Licence rules, as SPDX ids; an expression passes if some choice passes.",
+        ),
+    },
+    "network": {
+        "allow": Option(
+            _host_rules,
+            (),
+            'a list of hosts such as ["api.example.com", "example.org:8443", "http://intranet"]',
+            "Hosts the sandbox may reach through the egress proxy without a secret "
+            "(443 unless a port is given; http:// for plain HTTP).",
+            from_string=_split_commas,
+        ),
+        "allow_private": Option(
+            _networks,
+            (),
+            'a list of networks such as ["10.0.0.0/8"]',
+            "Non-global addresses allowed hosts may resolve to (internal APIs).",
+            from_string=_split_commas,
+        ),
+        "upstream_ca": Option(
+            _optional_path,
+            None,
+            "the path of a PEM file of CA certificates",
+            "An extra CA the proxy trusts for upstream TLS (private CAs).",
+        ),
+    },
     "ledger": {
         "path": Option(
             _optional_path,
@@ -279,7 +531,23 @@ ENV_ALIASES: Final[dict[str, tuple[str, str]]] = {"JHANSI_LEDGER": ("ledger", "p
 #: ``JHANSI_*`` variables that are not settings.
 ENV_NOT_SETTINGS: Final = frozenset({"JHANSI_HOME", "JHANSI_DEBUG", "JHANSI_PROMPT"})
 #: Keys whose value is a path, resolved against the directory of the file that set it.
-PATH_KEYS: Final = frozenset({("ledger", "path"), ("sandbox", "python")})
+PATH_KEYS: Final = frozenset(
+    {
+        ("ledger", "path"),
+        ("sandbox", "python"),
+        ("policy", "advisory_db"),
+        ("network", "upstream_ca"),
+    }
+)
+#: Sections whose keys are names chosen by the user (``[secrets.NAME]``), each a table.
+NAMED_SECTIONS: Final[dict[str, Option]] = {
+    "secrets": Option(
+        _secret,
+        None,
+        'a table such as {hosts = ["api.example.com"], header = "Authorization"}',
+        "A secret's bound hosts and the header (or Basic scheme) it is sent in.",
+    ),
+}
 
 
 # -- the result -----------------------------------------------------------------
@@ -305,6 +573,32 @@ class SandboxSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicySettings:
+    """The ``[policy]`` section."""
+
+    advisory_db: str | None
+    vulnerability_service: str
+    osv_url: str | None
+    require_audit: bool
+    vulnerabilities: str
+    min_package_age_days: int
+    young_packages: str
+    unpopular_packages: str
+    allow: tuple[str, ...]
+    ignore: tuple[IgnoreRule, ...]
+    licenses: LicensePolicy
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSettings:
+    """The ``[network]`` section."""
+
+    allow: tuple[str, ...]
+    allow_private: tuple[str, ...]
+    upstream_ca: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerSettings:
     """The ``[ledger]`` section."""
 
@@ -317,6 +611,10 @@ class Settings:
 
     sandbox: SandboxSettings
     ledger: LedgerSettings
+    policy: PolicySettings = field(default_factory=lambda: _default_section(PolicySettings))
+    network: NetworkSettings = field(default_factory=lambda: _default_section(NetworkSettings))
+    secrets: Mapping[str, SecretSettings] = field(default_factory=dict)
+    """``[secrets.NAME]`` tables by name."""
     sources: Mapping[str, str] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
     """The configuration files that were read, lowest precedence first."""
@@ -327,7 +625,46 @@ class Settings:
         for section, options in SCHEMA.items():
             values = getattr(self, section)
             out[section] = {key: getattr(values, key) for key in options}
+        out["secrets"] = dict(self.secrets)
         return out
+
+    def as_json(self) -> dict[str, dict[str, Any]]:
+        """:meth:`as_dict` with every value made of JSON types only."""
+        return {
+            section: {key: plain(value) for key, value in keys.items()}
+            for section, keys in self.as_dict().items()
+        }
+
+
+def plain(value: object) -> Any:
+    """A settings value as JSON types (tables become objects, dates ISO strings)."""
+    if isinstance(value, LicensePolicy | IgnoreRule | SecretSettings):
+        return {k: plain(getattr(value, k)) for k in value.__slots__}
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def display(value: object) -> str:
+    """A settings value as one line of text (``jhansi config show``)."""
+    if isinstance(value, IgnoreRule):
+        until = f" until {value.until.isoformat()}" if value.until else ""
+        return f"{value.id}{until} ({value.reason})"
+    if isinstance(value, LicensePolicy):
+        allow = ", ".join(value.allow) or "any"
+        deny = ", ".join(value.deny) or "none"
+        return f"allow {allow}; deny {deny}; unknown {value.unknown}"
+    if isinstance(value, SecretSettings):
+        extra = f"; header {value.header}" if value.header else ""
+        extra += f"; scheme {value.scheme}" if value.scheme else ""
+        return "hosts " + ", ".join(value.hosts) + extra
+    if isinstance(value, tuple):
+        return "; ".join(display(v) for v in value) or "(none)"
+    if value is None:
+        return "(unset)"
+    return str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +677,11 @@ class Layer:
     """Directory that relative paths in this layer are resolved against."""
     file: Path | None = None
     """The configuration file this layer was read from, if any."""
+
+
+def _default_section(cls: Any) -> Any:
+    name = {PolicySettings: "policy", NetworkSettings: "network"}[cls]
+    return cls(**{key: option.default for key, option in SCHEMA[name].items()})
 
 
 # -- loading --------------------------------------------------------------------
@@ -377,17 +719,28 @@ def _suggest(word: str, choices: list[str]) -> str:
 def _flatten(table: Mapping[str, Any], where: str) -> dict[tuple[str, str], object]:
     """``{section: {key: value}}`` → ``{(section, key): value}``, rejecting unknown names."""
     flat: dict[tuple[str, str], object] = {}
+    known_sections = [*SCHEMA, *NAMED_SECTIONS]
     for section, body in table.items():
-        if section not in SCHEMA:
+        if section not in known_sections:
             raise ConfigError(
-                f"{where}: unknown section [{section}]{_suggest(section, list(SCHEMA))}",
-                hint="Known sections: " + ", ".join(f"[{s}]" for s in SCHEMA) + ".",
+                f"{where}: unknown section [{section}]{_suggest(section, known_sections)}",
+                hint="Known sections: " + ", ".join(f"[{s}]" for s in known_sections) + ".",
             )
         if not isinstance(body, dict):
             raise ConfigError(
                 f"{where}: {section} must be a table ([{section}]), not a {type(body).__name__}",
                 hint=f"Write it as a [{section}] table with keys under it.",
             )
+        if section in NAMED_SECTIONS:
+            for key, value in body.items():
+                if not _NAME_RE.match(key):
+                    raise ConfigError(
+                        f"{where}: [{section}.{key}]: {key!r} is not a valid name",
+                        hint="Use letters, digits and '_', not starting with a digit "
+                        "(it becomes an environment variable in the sandbox).",
+                    )
+                flat[(section, key)] = value
+            continue
         for key, value in body.items():
             if key not in SCHEMA[section]:
                 known = list(SCHEMA[section])
@@ -469,19 +822,27 @@ def resolve(layers: list[Layer]) -> Settings:
             merged[(section, key)] = option.default
             sources[f"{section}.{key}"] = "default"
     files: list[Path] = []
+    secrets: dict[str, SecretSettings] = {}
     for layer in layers:
         for (section, key), raw in layer.values.items():
-            option = SCHEMA[section][key]
+            named = section in NAMED_SECTIONS
+            option = NAMED_SECTIONS[section] if named else SCHEMA[section][key]
             source = layer.source
             if source.startswith("environment"):
                 source = _env_source(layer, (section, key))
             try:
                 value = option.parse(raw)
-            except ValueError:
+            except ValueError as exc:
+                detail = f" ({exc})" if str(exc) and str(exc) not in option.expected else ""
+                where = f"[{section}.{key}]" if named else f"[{section}] {key} = {raw!r}"
                 raise ConfigError(
-                    f"{source}: [{section}] {key} = {raw!r} is invalid: expected {option.expected}",
-                    hint=f"Set [{section}] {key} to {option.expected}.",
+                    f"{source}: {where} is invalid{detail}: expected {option.expected}",
+                    hint=f"Set {where.split(' =')[0]} to {option.expected}.",
                 ) from None
+            if named:
+                secrets[key] = value
+                sources[f"{section}.{key}"] = source
+                continue
             if (section, key) in PATH_KEYS and value is not None and layer.base_dir:
                 value = str((layer.base_dir / Path(value).expanduser()).absolute())
             merged[(section, key)] = value
@@ -495,6 +856,9 @@ def resolve(layers: list[Layer]) -> Settings:
     return Settings(
         sandbox=SandboxSettings(**section_values("sandbox")),
         ledger=LedgerSettings(**section_values("ledger")),
+        policy=PolicySettings(**section_values("policy")),
+        network=NetworkSettings(**section_values("network")),
+        secrets=secrets,
         sources=sources,
         files=tuple(files),
     )

@@ -27,7 +27,7 @@ def show(
 ) -> None:
     """Print the effective settings and, for each, where its value came from."""
     from jhansi.cli._output import print_json, stdout_console
-    from jhansi.config import format_size, load_settings
+    from jhansi.config import display, format_size, load_settings
 
     ctx.ensure_object(CliState).json = json_output
     settings = load_settings(start=project)
@@ -36,7 +36,7 @@ def show(
         print_json(
             {
                 "status": "ok",
-                "settings": values,
+                "settings": settings.as_json(),
                 "sources": dict(settings.sources),
                 "files": [str(f) for f in settings.files],
             }
@@ -54,12 +54,8 @@ def show(
         for key, value in keys.items():
             if key in size_keys and isinstance(value, int):
                 shown = format_size(value)
-            elif isinstance(value, tuple):
-                shown = ", ".join(value) or "(none)"
-            elif value is None:
-                shown = "(unset)"
             else:
-                shown = str(value)
+                shown = display(value)
             table.add_row(
                 f"{section}.{key}", escape(shown), escape(settings.sources[f"{section}.{key}"])
             )

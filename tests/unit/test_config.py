@@ -147,3 +147,70 @@ def test_parse_size_rejects(bad: object) -> None:
 )
 def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+def test_policy_network_and_secrets_sections(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "jhansi.toml").write_text(
+        "[policy]\n"
+        'advisory_db = "osv"\n'
+        "min_package_age_days = 0\n"
+        'allow = ["my-lib"]\n'
+        'ignore = [{id = "PYSEC-2018-28", reason = "not reachable", until = 2026-12-31}]\n'
+        'licenses.deny = ["GPL-3.0-only"]\n'
+        'licenses.unknown = "deny"\n'
+        "[network]\n"
+        'allow = ["api.example.com", "example.org:8443"]\n'
+        'allow_private = ["10.0.0.0/8"]\n'
+        "[secrets.API_KEY]\n"
+        'hosts = ["api.example.com"]\n'
+        'header = "Authorization"\n'
+    )
+    settings = load_settings(start=project, environ={}, paths=_paths(tmp_path / "h"))
+    policy = settings.policy
+    assert policy.advisory_db == str(project / "osv")  # relative to the file that set it
+    assert policy.min_package_age_days == 0
+    assert policy.allow == ("my-lib",)
+    (rule,) = policy.ignore
+    assert (rule.id, rule.reason, str(rule.until)) == (
+        "PYSEC-2018-28",
+        "not reachable",
+        "2026-12-31",
+    )
+    assert policy.licenses.deny == ("GPL-3.0-only",)
+    assert policy.licenses.unknown == "deny"
+    assert settings.network.allow == ("api.example.com", "example.org:8443")
+    assert settings.secrets["API_KEY"].hosts == ("api.example.com",)
+    assert settings.secrets["API_KEY"].header == "Authorization"
+    assert settings.sources["secrets.API_KEY"].startswith("project config")
+    assert settings.as_json()["policy"]["ignore"][0]["until"] == "2026-12-31"
+
+
+def test_policy_defaults_are_strict(tmp_path: Path) -> None:
+    settings = load_settings(start=tmp_path, environ={}, paths=_paths(tmp_path / "h"))
+    assert settings.policy.vulnerabilities == "deny"
+    assert settings.policy.young_packages == "deny"
+    assert settings.policy.min_package_age_days == 30
+    assert settings.network.allow == ()
+    assert settings.secrets == {}
+
+
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ('[policy]\nignore = [{id = "X"}]\n', "reason"),
+        ('[policy]\nignore = [{id = "X", reason = "r", until = "soon"}]\n', "until"),
+        ('[policy]\nlicenses.unknown = "maybe"\n', "unknown"),
+        ('[network]\nallow_private = ["not-a-net"]\n', "allow_private"),
+        ("[secrets.API_KEY]\nhosts = []\n", "secrets.API_KEY"),
+        ('[secrets."bad-name"]\nhosts = ["a.example"]\n', "not a valid name"),
+        ("[secrets.K]\nport = 1\n", "secrets.K"),
+    ],
+)
+def test_policy_and_secret_errors_name_the_key(tmp_path: Path, toml: str, named: str) -> None:
+    (tmp_path / "jhansi.toml").write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(start=tmp_path, environ={}, paths=_paths(tmp_path / "h"))
+    assert named in caught.value.message
+    assert caught.value.exit_code == ExitCode.USAGE
