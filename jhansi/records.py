@@ -85,6 +85,13 @@ def dependency_fields(deps: Dependencies | None, put: PutBlob) -> dict[str, Any]
     }
 
 
+def policy_fields(deps: Dependencies | None) -> dict[str, Any] | None:
+    """The policy's report: findings with evidence, ignored ones, the vulnerability source."""
+    if deps is None or deps.supply is None:
+        return None
+    return deps.supply.report.as_dict()
+
+
 def sandbox_fields(
     name: str, ephemeral: bool, spec: SandboxSpec, info: BackendInfo
 ) -> dict[str, Any]:
@@ -120,6 +127,8 @@ def start_body(
     deps: Dependencies | None,
     sandbox: dict[str, Any],
     put: PutBlob,
+    *,
+    sbom: bytes | None = None,
 ) -> dict[str, Any]:
     """``exec.start``: written before the sandbox starts (a crash leaves it unpaired)."""
     return {
@@ -134,7 +143,8 @@ def start_body(
         "interactive": request.interactive,
         "dependencies": dependency_fields(deps, put),
         "sandbox": sandbox,
-        "policy": None,
+        "policy": policy_fields(deps),
+        "sbom": _blob(put, sbom) if sbom is not None else None,
         "secrets": [],
     }
 
@@ -192,7 +202,7 @@ def denied_body(
             "exit_code": int(error.exit_code),
         },
         "dependencies": dependency_fields(deps, put),
-        "policy": None,
+        "policy": policy_fields(deps),
     }
     if deps is not None and deps.plan.unresolved:
         body["unresolved"] = [

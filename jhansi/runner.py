@@ -23,7 +23,7 @@ import tokenize
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from jhansi.config import DEFAULT_MASK, Settings
 from jhansi.deps.plan import DependencyPlan, plan, unresolved_error
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from jhansi.deps.install import Environment
     from jhansi.deps.lock import LockResult
     from jhansi.ledger.store import Ledger
+    from jhansi.supply.policy import SupplyCheck
 
 ENTRY_SOURCE = Path(__file__).parent / "sandbox" / "entry.py"
 ENTRY_TARGET = f"{ENTRY_DIR}/entry.py"
@@ -98,6 +99,8 @@ class RunRequest:
     """The prompt that produced the code (recorded in the ledger)."""
     model: str | None = None
     """The model that wrote the code (recorded in the ledger)."""
+    sbom: Path | None = None
+    """Also write the run's CycloneDX SBOM to this file (it is always recorded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,8 @@ class Dependencies:
     target: Target
     lock: LockResult | None = None
     environment: Environment | None = None
+    supply: SupplyCheck | None = None
+    """The policy's verdict on the lock, and the evidence it looked at."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,6 +435,7 @@ class Runner:
             #    as exec.start before and exec.end after)
             return self._in_sandbox(request, run_id, script, project, deps)
         except JhansiError as refusal:
+            deps = getattr(refusal, "dependencies", None) or deps
             if not refusal.recorded and not isinstance(refusal, LedgerError):
                 from jhansi.records import denied_body
 
@@ -444,22 +450,56 @@ class Runner:
                 _remove_quietly(script.host_path)
 
     def dependencies(
-        self, request: RunRequest, *, install: bool = False, refuse_unresolved: bool = True
+        self,
+        request: RunRequest,
+        *,
+        install: bool = False,
+        refuse_unresolved: bool = True,
+        policy: bool = False,
     ) -> Dependencies:
         """Plan and lock (and with ``install``, install) what a script needs; run nothing.
 
         Without ``refuse_unresolved``, unresolved imports are returned in the plan
-        (nothing is locked then) instead of raised: ``jhansi deps`` shows them.
+        (nothing is locked then) instead of raised: ``jhansi deps`` shows them. With
+        ``policy``, the lock is checked against the policy and the verdict returned in
+        :attr:`Dependencies.supply` (a denial is data here, not an error: ``jhansi check``).
         """
         run_id = new_run_id()
         script, _ = self._prepare_script(request, run_id)
         try:
             return self._dependencies(
-                request, script, run_id, install=install, refuse_unresolved=refuse_unresolved
+                request,
+                script,
+                run_id,
+                install=install,
+                refuse_unresolved=refuse_unresolved,
+                policy="report" if policy else "skip",
             )
         finally:
             if script.from_stdin:
                 _remove_quietly(script.host_path)
+
+    def sbom(self, request: RunRequest) -> bytes:
+        """The CycloneDX SBOM of what ``request`` would run (planned, locked, checked)."""
+        run_id = new_run_id()
+        script, _ = self._prepare_script(request, run_id)
+        try:
+            deps = self._dependencies(request, script, run_id, install=False, policy="report")
+            return self._sbom(script, deps, None)
+        finally:
+            if script.from_stdin:
+                _remove_quietly(script.host_path)
+
+    def _sbom(self, script: Script, deps: Dependencies, info: BackendInfo | None) -> bytes:
+        from jhansi.supply.sbom import sbom_for_run
+
+        return sbom_for_run(
+            script_name=script.display,
+            script_bytes=script.text.encode("utf-8"),
+            deps=deps,
+            backend=info,
+            image=self.settings.sandbox.image,
+        )
 
     def _bare_spec(self, run_id: str) -> SandboxSpec:
         """A spec naming only the interpreter: enough to ask what the target is."""
@@ -483,6 +523,7 @@ class Runner:
         *,
         install: bool = True,
         refuse_unresolved: bool = True,
+        policy: Literal["enforce", "report", "skip"] = "enforce",
     ) -> Dependencies:
         target = self.backend.target(self._bare_spec(run_id))
         roots: tuple[Path, ...] = (
@@ -503,7 +544,7 @@ class Runner:
                 raise unresolved_error(decided, script.display)
             return Dependencies(plan=decided, target=target)
         if not decided.requirements:
-            return Dependencies(plan=decided, target=target)
+            return Dependencies(plan=decided, target=target, supply=self._policy(None, policy))
         from jhansi.deps.lock import lock
 
         self.reporter.step(
@@ -519,14 +560,37 @@ class Runner:
             reporter=self.reporter,
             fix_command=f"jhansi lock {script.display}",
         )
+        supply = self._policy(locked, policy)
+        checked = Dependencies(plan=decided, target=target, lock=locked, supply=supply)
+        if policy == "enforce" and supply is not None and supply.report.denied:
+            from jhansi.supply.policy import PolicyDenied
+
+            denial = PolicyDenied(supply.report, script.display)
+            denial.dependencies = checked
+            raise denial
         if not install:
-            return Dependencies(plan=decided, target=target, lock=locked)
+            return checked
         from jhansi.deps.install import install as install_environment
 
         environment = install_environment(
             locked, target, cache_dir=self.paths.cache, reporter=self.reporter
         )
-        return Dependencies(plan=decided, target=target, lock=locked, environment=environment)
+        return replace(checked, environment=environment)
+
+    def _policy(
+        self, locked: LockResult | None, mode: Literal["enforce", "report", "skip"]
+    ) -> SupplyCheck | None:
+        """The policy's verdict on a lock (before anything is installed)."""
+        if mode == "skip":
+            return None
+        from jhansi.supply.policy import check_lock
+
+        return check_lock(
+            locked,
+            settings=self.settings.policy,
+            cache_dir=self.paths.cache,
+            reporter=self.reporter,
+        )
 
     def _lock_path(self, request: RunRequest, script: Script) -> Path:
         if request.lock_file is not None:
@@ -686,8 +750,12 @@ class Runner:
 
         ledger = self.ledger
         where = sandbox_fields(sandbox.name, sandbox.ephemeral, spec, info)
+        sbom = self._sbom(script, deps, info) if deps is not None else None
+        if sbom is not None and request.sbom is not None:
+            write_file(request.sbom, sbom)
         ledger.append(
-            "exec.start", start_body(request, run_id, script, deps, where, ledger.put_blob)
+            "exec.start",
+            start_body(request, run_id, script, deps, where, ledger.put_blob, sbom=sbom),
         )
         try:
             result: ExecResult = backend.run(spec, _Sink(self.reporter), stdin=stdin)
@@ -756,6 +824,21 @@ class Runner:
                 f"{run_id}; fix the ledger's disk ({exc.hint}) before running again.",
             ) from exc
         return replace(outcome, record=record.hash)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write a file the user asked for, atomically, or explain why it cannot be."""
+    target = path.absolute()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        partial.write_bytes(data)
+        partial.replace(target)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            hint="Choose a writable path for the file.",
+        ) from None
 
 
 def _remove_quietly(path: Path) -> None:

@@ -42,6 +42,11 @@ def report_error(exc: JhansiError, state: CliState) -> None:
     from rich.markup import escape
 
     console = stderr_console()
+    report = getattr(exc, "report", None)
+    if report is not None and not state.json:
+        from jhansi.cli.check import policy_table
+
+        console.print(policy_table(report))
     console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
     if exc.hint:
         console.print(f"[bold]hint:[/] {escape(exc.hint)}", soft_wrap=True)
@@ -55,5 +60,6 @@ def report_error(exc: JhansiError, state: CliState) -> None:
                     "hint": exc.hint,
                     "exit_code": int(exc.exit_code),
                 },
+                **({"policy": report.as_dict()} if report is not None else {}),
             }
         )

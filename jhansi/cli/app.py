@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from jhansi._version import __version__
+from jhansi.cli import check as check_cmd
 from jhansi.cli import config as config_cmd
 from jhansi.cli import deps as deps_cmd
 from jhansi.cli import doctor as doctor_cmd
@@ -62,6 +63,8 @@ app.command(
 )(run_cmd.run)
 app.command(name="deps")(deps_cmd.deps)
 app.command(name="lock")(deps_cmd.lock)
+app.command(name="check")(check_cmd.check)
+app.command(name="sbom")(check_cmd.sbom)
 app.add_typer(sandbox_cmd.app, name="sandbox")
 app.command(name="doctor")(doctor_cmd.doctor)
 app.add_typer(config_cmd.app, name="config")

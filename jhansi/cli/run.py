@@ -147,6 +147,25 @@ ExcludeNewer = Annotated[
 ]
 
 
+POLICY = "Policy"
+AdvisoryDb = Annotated[
+    Path | None,
+    typer.Option(
+        "--advisory-db",
+        help="Offline OSV data: a directory of OSV records or an all.zip ([policy] advisory_db).",
+        rich_help_panel=POLICY,
+    ),
+]
+SbomFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--sbom",
+        help="Also write the run's CycloneDX SBOM to this file.",
+        rich_help_panel=AUDIT,
+    ),
+]
+
+
 def sandbox_flags(**values: Any) -> dict[tuple[str, str], object]:
     """Command-line values as settings overrides (``None`` = not given)."""
     return {("sandbox", key): value for key, value in values.items()}
@@ -195,6 +214,8 @@ def run(
     prompt_file: PromptFile = None,
     model: Model = None,
     ledger: LedgerDir = None,
+    advisory_db: AdvisoryDb = None,
+    sbom: SbomFile = None,
     quiet: Quiet = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -226,7 +247,8 @@ def run(
             timeout=timeout,
             output_limit=output_limit,
         )
-        | {("ledger", "path"): str(ledger) if ledger else None},
+        | {("ledger", "path"): str(ledger) if ledger else None}
+        | {("policy", "advisory_db"): str(advisory_db) if advisory_db else None},
     )
     reporter = ConsoleReporter(quiet=quiet or json_output, quiet_output=json_output)
     request = RunRequest(
@@ -246,6 +268,7 @@ def run(
         exclude_newer=exclude_newer,
         prompt=read_prompt(prompt, prompt_file),
         model=model,
+        sbom=sbom,
     )
     result = Runner.from_settings(settings, reporter=reporter).run(request)
     finish(
@@ -314,6 +337,11 @@ def result_document(result: RunResult) -> dict[str, Any]:
         ],
         "error": result.error,
         "dependencies": dependencies_document(result.dependencies),
+        "policy": (
+            result.dependencies.supply.report.as_dict()
+            if result.dependencies and result.dependencies.supply
+            else None
+        ),
         "ledger": result.ledger,
         "record": result.record,
     }
