@@ -1,0 +1,131 @@
+"""The policy's evaluation: severities, ignore rules and their expiry, an unavailable audit.
+
+These tests feed :func:`jhansi.supply.policy.evaluate` audit results built in the
+test (the evidence-gathering sources have tests of their own against real data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+
+from jhansi.config import IgnoreRule, PolicySettings, load_settings
+from jhansi.paths import Paths
+from jhansi.supply.policy import PolicyDenied, evaluate
+from jhansi.supply.vulns.interface import AuditResult, Vulnerability
+
+REQUESTS_VULN = Vulnerability(
+    id="PYSEC-2018-28",
+    aliases=("CVE-2018-18074", "GHSA-x84v-xcm2-53pg"),
+    summary="Authorization header leaked on redirect to http",
+    package="requests",
+    version="2.19.1",
+    fix_versions=("2.20.0",),
+)
+TODAY = date(2026, 11, 26)
+
+
+def _policy(tmp_path: Path) -> PolicySettings:
+    home = Paths.from_environment({"JHANSI_HOME": str(tmp_path / "h")})
+    return load_settings(start=tmp_path, environ={}, paths=home).policy
+
+
+def _audit(*vulns: Vulnerability, available: bool = True) -> AuditResult:
+    return AuditResult(
+        source="offline-osv",
+        available=available,
+        vulnerabilities=vulns,
+        error="" if available else "connection refused",
+        location="/data/osv",
+        data_date="2024-10-10T00:00:00Z",
+    )
+
+
+def test_a_known_vulnerability_is_denied_with_its_fix(tmp_path: Path) -> None:
+    report = evaluate(
+        settings=_policy(tmp_path), packages=5, audit=_audit(REQUESTS_VULN), today=TODAY
+    )
+    (finding,) = report.denied
+    assert finding.id == "PYSEC-2018-28"
+    assert "CVE-2018-18074" in finding.message
+    assert "requests>=2.20.0" in finding.fix
+    assert not report.ok
+    assert report.audit["status"] == "ok"
+    assert report.audit["data_date"] == "2024-10-10T00:00:00Z"
+    error = PolicyDenied(report, "script.py")
+    assert error.exit_code == 3
+    assert "PYSEC-2018-28" in error.message
+
+
+def test_unexpired_ignore_accepts_by_id_or_alias_and_expired_counts_again(tmp_path: Path) -> None:
+    base = _policy(tmp_path)
+    for ident in ("PYSEC-2018-28", "cve-2018-18074"):
+        rule = IgnoreRule(ident, "no redirects to http in this script", date(2026, 12, 31))
+        report = evaluate(
+            settings=replace(base, ignore=(rule,)),
+            packages=5,
+            audit=_audit(REQUESTS_VULN),
+            today=TODAY,
+        )
+        assert report.ok
+        (ignored,) = report.ignored
+        assert ignored.ignored == "no redirects to http in this script"
+    expired = IgnoreRule("PYSEC-2018-28", "was fine", date(2026, 11, 25))
+    report = evaluate(
+        settings=replace(base, ignore=(expired,)),
+        packages=5,
+        audit=_audit(REQUESTS_VULN),
+        today=TODAY,
+    )
+    (finding,) = report.denied
+    assert "expired on 2026-11-25" in finding.evidence
+    # The last day of an ignore rule still counts.
+    last_day = IgnoreRule("PYSEC-2018-28", "ok today", TODAY)
+    assert evaluate(
+        settings=replace(base, ignore=(last_day,)),
+        packages=5,
+        audit=_audit(REQUESTS_VULN),
+        today=TODAY,
+    ).ok
+
+
+def test_vulnerabilities_can_be_made_warnings(tmp_path: Path) -> None:
+    report = evaluate(
+        settings=replace(_policy(tmp_path), vulnerabilities="warn"),
+        packages=5,
+        audit=_audit(REQUESTS_VULN),
+        today=TODAY,
+    )
+    assert report.ok
+    assert [f.id for f in report.warnings] == ["PYSEC-2018-28"]
+
+
+def test_unavailable_audit_warns_unless_required(tmp_path: Path) -> None:
+    base = _policy(tmp_path)
+    report = evaluate(settings=base, packages=3, audit=_audit(available=False), today=TODAY)
+    assert report.ok
+    (warning,) = report.warnings
+    assert warning.rule == "audit-unavailable"
+    assert report.audit["status"] == "vulnerability audit unavailable"
+    assert report.audit["reason"] == "connection refused"
+    strict = evaluate(
+        settings=replace(base, require_audit=True),
+        packages=3,
+        audit=_audit(available=False),
+        today=TODAY,
+    )
+    assert [f.rule for f in strict.denied] == ["audit-unavailable"]
+
+
+def test_nothing_locked_needs_no_audit(tmp_path: Path) -> None:
+    report = evaluate(
+        settings=replace(_policy(tmp_path), require_audit=True),
+        packages=0,
+        audit=None,
+        today=TODAY,
+    )
+    assert report.ok
+    assert report.findings == ()
+    assert report.audit == {"status": "not needed", "reason": "no locked packages"}
+    assert report.as_dict()["ok"] is True
