@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path("/work/shared/data")
+# The project's shared data sits beside the repository (../shared/data).
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 WARM_SNIPPET = """
 import sys, time

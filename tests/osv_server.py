@@ -28,9 +28,13 @@ from typing import Any
 from jhansi.supply.vulns.osv import OsvIndex, load_index, normalize_name
 
 SHARED_ADVISORY_DB = Path(
-    os.environ.get("JHANSI_TEST_ADVISORY_DB", "/work/shared/data/advisory-database")
+    os.environ.get(
+        "JHANSI_TEST_ADVISORY_DB",
+        str(Path(__file__).resolve().parent / "fixtures" / "advisory-database"),
+    )
 )
-"""The real OSV data the tests use (pypa/advisory-database, YAML; see its README)."""
+"""The real OSV data the tests use: a fixture copy of pypa/advisory-database records
+(YAML, CC-BY-4.0; see its README); ``JHANSI_TEST_ADVISORY_DB`` points at the full one."""
 
 
 class _Handler(BaseHTTPRequestHandler):
