@@ -27,7 +27,6 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.parser import BytesParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -90,6 +89,8 @@ def parse_metadata(
 
     ``name`` and ``version`` are used when the file does not carry them.
     """
+    from email.parser import BytesParser
+
     message = BytesParser().parsebytes(data, headersonly=True)
 
     def field(key: str) -> str | None:
