@@ -499,6 +499,7 @@ class Runner:
             deps=deps,
             backend=info,
             image=self.settings.sandbox.image,
+            cache_dir=self.paths.cache,
         )
 
     def _bare_spec(self, run_id: str) -> SandboxSpec:
@@ -568,6 +569,9 @@ class Runner:
             denial = PolicyDenied(supply.report, script.display)
             denial.dependencies = checked
             raise denial
+        if policy == "enforce" and supply is not None:
+            for finding in supply.report.warnings:
+                self.reporter.warning(f"policy: {finding.message}")
         if not install:
             return checked
         from jhansi.deps.install import install as install_environment

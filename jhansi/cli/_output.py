@@ -44,9 +44,9 @@ def report_error(exc: JhansiError, state: CliState) -> None:
     console = stderr_console()
     report = getattr(exc, "report", None)
     if report is not None and not state.json:
-        from jhansi.cli.check import policy_table
+        from jhansi.cli.check import print_findings
 
-        console.print(policy_table(report))
+        print_findings(console, report)
     console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
     if exc.hint:
         console.print(f"[bold]hint:[/] {escape(exc.hint)}", soft_wrap=True)

@@ -127,13 +127,34 @@ def check(
                 f"{len(report.ignored)} ignored · audit {report.audit.get('status')}"
             )
             if report.findings or report.ignored:
-                stdout_console().print(policy_table(report))
+                print_findings(stdout_console(), report)
     if json_output:
         denied_any = any(d["status"] == "denied" for d in documents)
         errors = any(d["status"] == "error" for d in documents)
         status = "error" if errors else ("denied" if denied_any else "ok")
         print_json({"status": status, "scripts": documents})
     raise typer.Exit(exit_code)
+
+
+def print_findings(console: Any, report: PolicyReport) -> None:
+    """The findings as a table on a terminal, else one plain line each (logs, CI)."""
+    if console.is_terminal:
+        console.print(policy_table(report))
+        return
+    for finding in (*report.findings, *report.ignored):
+        mark = "ignored" if finding.ignored else finding.severity
+        package = f" {finding.package} {finding.version}:" if finding.package else ""
+        aliases = f" ({', '.join(finding.aliases)})" if finding.aliases else ""
+        detail = finding.id + aliases if finding.rule == "vulnerability" else finding.message
+        evidence = (
+            finding.evidence if len(finding.evidence) <= 120 else finding.evidence[:119] + "…"
+        )
+        line = f"{mark}:{package} [{finding.rule}] {detail} — {evidence}"
+        if finding.ignored:
+            line += f" — ignored: {finding.ignored}"
+        elif finding.fix:
+            line += f" — {finding.fix}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def policy_table(report: PolicyReport) -> Any:

@@ -125,12 +125,18 @@ class PolicyDenied(PolicyError):
     def __init__(self, report: PolicyReport, where: str) -> None:
         denied = report.denied
         first = denied[0]
-        more = f" and {len(denied) - 1} more" if len(denied) > 1 else ""
-        super().__init__(
-            f"{where}: policy refused the dependencies: {first.message}{more}",
-            hint=first.fix
-            or "Change the requirement, or accept the finding with a reason in [policy] ignore.",
+        packages = sorted({f.package for f in denied if f.package})
+        if len(denied) == 1:
+            summary = first.message
+        else:
+            summary = f"{len(denied)} findings in {', '.join(packages) or 'the audit'}"
+        accept = "accept a finding with a reason in [policy] ignore (or allow)"
+        hint = (
+            f"{first.fix} Or {accept}."
+            if len(denied) == 1 and first.fix
+            else f"Fix each finding listed above (each says how) and re-lock, or {accept}."
         )
+        super().__init__(f"{where}: the policy refused the dependencies: {summary}", hint=hint)
         self.report = report
 
 
@@ -253,6 +259,8 @@ def evaluate(
             )
         )
     findings.extend(other)
+    order = {"deny": 0, "warn": 1}
+    findings.sort(key=lambda f: (order[f.severity], f.package or "", f.rule, f.id))
     counting, ignored = apply_ignores(findings, settings.ignore, today or date.today())
     return PolicyReport(
         findings=counting,
@@ -268,7 +276,7 @@ def evaluate(
 def _license_findings(
     lock: LockResult, metadata: Mapping[str, PackageMetadata], settings: PolicySettings
 ) -> list[Finding]:
-    from jhansi.supply.licenses import LicenseRules, license_of
+    from jhansi.supply.licenses import LicenseInfo, LicenseRules, license_of
     from jhansi.supply.licenses import evaluate as evaluate_license
 
     rules = LicenseRules(
@@ -279,11 +287,15 @@ def _license_findings(
     found: list[Finding] = []
     for package in lock.packages:
         meta = metadata.get(_norm(package.name))
-        info = license_of(meta) if meta is not None else None
+        info = (
+            license_of(meta)
+            if meta is not None
+            else LicenseInfo(None, None, "no metadata for the package")
+        )
         verdict = evaluate_license(info, rules)
         if verdict.ok or verdict.severity is None:
             continue
-        shown = (info.expression or info.name) if info else None
+        shown = info.expression or info.name
         found.append(
             Finding(
                 rule="license",
@@ -292,8 +304,7 @@ def _license_findings(
                 version=package.version,
                 id=f"license:{_norm(package.name)}",
                 message=f"{package.name} {package.version}: {verdict.reason}",
-                evidence=(info.evidence if info else "no metadata")
-                + (f" ({shown})" if shown else ""),
+                evidence=info.evidence + (f" ({shown})" if shown else ""),
                 fix="Choose another package, or change [policy] licenses.",
             )
         )
@@ -317,6 +328,7 @@ def _provenance_findings(
         allow=allow,
         now=now,
         cache_dir=cache_dir,
+        require_popular=settings.unpopular_packages != "ignore",
     ):
         if item.rule == "not-popular":
             if settings.unpopular_packages == "ignore":
@@ -369,7 +381,12 @@ def check_lock(
         cache_dir=cache_dir,
     )
     audit = source.audit([Package(p.name, p.version) for p in lock.packages])
-    metadata = metadata_for(lock.packages, environment=environment, cache_dir=cache_dir)
+    metadata = metadata_for(
+        lock.packages,
+        environment=environment,
+        cache_dir=cache_dir,
+        progress=lambda done, total: reporter.progress("metadata", done, total),
+    )
     other = _license_findings(lock, metadata, settings)
     if settings.min_package_age_days or settings.unpopular_packages != "ignore":
         other += _provenance_findings(lock, settings, cache_dir=cache_dir, now=now)
@@ -380,6 +397,4 @@ def check_lock(
         other=other,
         today=now.date(),
     )
-    for finding in report.warnings:
-        reporter.warning(f"policy: {finding.message}")
     return SupplyCheck(report=report, metadata=metadata, audit=audit)

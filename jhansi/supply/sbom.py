@@ -35,9 +35,14 @@ from jhansi.supply.licenses import license_of
 from jhansi.supply.metadata import PackageMetadata
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from cyclonedx.model import HashType
     from cyclonedx.model.bom_ref import BomRef
     from cyclonedx.model.license import License
+
+    from jhansi.runner import Dependencies
+    from jhansi.sandbox.interface import BackendInfo
 
 _SCRIPT_REF = "jhansi:script"
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
@@ -362,3 +367,96 @@ def _serial(serial: str | None) -> uuid.UUID:
     if serial is None:
         return uuid.uuid4()
     return uuid.UUID(serial.removeprefix("urn:uuid:"))
+
+
+def sbom_for_run(
+    *,
+    script_name: str,
+    script_bytes: bytes,
+    deps: Dependencies,
+    backend: BackendInfo | None,
+    image: str,
+    cache_dir: Path,
+) -> bytes:
+    """The SBOM of one run (or of what a script would run), built once per distinct input.
+
+    Building and validating an SBOM costs a few hundred milliseconds (the CycloneDX
+    library and its schema); a warm run of the same script on the same lock, target
+    and findings reuses the document built the first time, byte for byte. The
+    document's serial number is derived from its inputs, so the same inputs always
+    describe themselves with the same SBOM.
+    """
+    import json
+
+    import blake3
+
+    from jhansi._version import __version__
+
+    supply = deps.supply
+    target = _target_component(deps, backend, image)
+    audit = supply.audit.as_dict() if supply is not None and supply.audit is not None else None
+    metadata = supply.metadata if supply is not None else {}
+    inputs = json.dumps(
+        {
+            "jhansi": __version__,
+            "script": [script_name, blake3.blake3(script_bytes).hexdigest()],
+            "lock": deps.lock.digest if deps.lock else None,
+            "target": [target.kind, target.name, target.version, target.digest],
+            "audit": audit,
+            "metadata": {
+                k: [m.license_expression, m.license, m.source != "unavailable"]
+                for k, m in metadata.items()
+            },
+        },
+        sort_keys=True,
+        default=str,
+    ).encode()
+    key = blake3.blake3(inputs).hexdigest()
+    cached = cache_dir / "sbom" / f"{key[:40]}.cdx.json"
+    try:
+        return cached.read_bytes()
+    except OSError:
+        pass
+    document = build_sbom(
+        script_name=script_name,
+        script_bytes=script_bytes,
+        lock=deps.lock,
+        metadata=metadata,
+        target_component=target,
+        vulnerabilities=supply.audit.vulnerabilities if supply and supply.audit else (),
+        tools={"jhansi": __version__, "uv": _uv_version()},
+        serial=str(uuid.UUID(bytes=bytes.fromhex(key[:32]), version=4)),
+    )
+    from jhansi.paths import ensure_private_dir
+
+    try:
+        directory = ensure_private_dir(cached.parent)
+        partial = directory / f".{cached.name}.{uuid.uuid4().hex}"
+        partial.write_bytes(document)
+        partial.replace(cached)
+    except OSError:
+        pass  # a cache that cannot be written only costs time
+    return document
+
+
+def _target_component(
+    deps: Dependencies, backend: BackendInfo | None, image: str
+) -> TargetComponent:
+    if backend is not None and backend.backend == "docker":
+        reference = backend.details.get("image", image)
+        tag = reference.rsplit(":", 1)[1] if ":" in reference.rsplit("/", 1)[-1] else ""
+        digest = backend.details.get("image_digest") or None
+        return TargetComponent("container", reference, tag, digest)
+    return TargetComponent(
+        "interpreter", deps.target.implementation or "cpython", deps.target.python_version
+    )
+
+
+def _uv_version() -> str:
+    """The version of the uv jhansi runs (from its package's metadata: no process started)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("uv")
+    except PackageNotFoundError:
+        return "unknown"
