@@ -38,9 +38,7 @@ print("hello from the agent's code")
 Session = Any
 
 
-def _serve(
-    project: Path, body: Callable[[Session], Awaitable[None]], *extra: str
-) -> None:
+def _serve(project: Path, body: Callable[[Session], Awaitable[None]], *extra: str) -> None:
     """Start ``jhansi mcp --backend bwrap`` in ``project`` and run ``body`` with a session."""
     from mcp.client.session import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -175,9 +173,7 @@ def test_tools_run_list_read_verify(project: Path, jhansi_home: Path) -> None:
             message = _error_text(refused)
             assert why in message, (path, message)
             assert "root:" not in message
-        unknown = await session.call_tool(
-            "read_sandbox_file", {"sandbox": "nobody", "path": "x"}
-        )
+        unknown = await session.call_tool("read_sandbox_file", {"sandbox": "nobody", "path": "x"})
         assert "no sandbox named 'nobody'" in _error_text(unknown)
         bad_name = await session.call_tool(
             "read_sandbox_file", {"sandbox": "../agent", "path": "out/result.txt"}
@@ -296,9 +292,9 @@ def test_stdout_carries_only_the_protocol(project: Path) -> None:
         text=True,
         cwd=plain,
     )
-    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdin is not None
+    assert proc.stdout is not None
     replies: dict[int, dict[str, Any]] = {}
-    lines: list[str] = []
     try:
         for message in messages:
             proc.stdin.write(json.dumps(message) + "\n")
@@ -308,7 +304,6 @@ def test_stdout_carries_only_the_protocol(project: Path) -> None:
             while message["id"] not in replies:
                 line = proc.stdout.readline()
                 assert line, "the server closed stdout"
-                lines.append(line)
                 document = json.loads(line)  # anything but JSON fails here
                 assert document["jsonrpc"] == "2.0"
                 if "id" in document:
