@@ -32,12 +32,13 @@ def mcp(
         typer.Option("--ledger", metavar="DIR", help="The ledger directory (also JHANSI_LEDGER)."),
     ] = None,
 ) -> None:
-    """Serve the tools run_python, list_sandboxes, read_sandbox_file and verify_ledger
-    over stdio, for an MCP client (Claude Desktop, Cursor, an agent framework).
+    """Serve jhansi to AI agents over the Model Context Protocol (stdio).
 
-    Settings come from the working directory's configuration, as for `jhansi run`;
-    every run goes through the same checks, sandbox and ledger. stdout carries the
-    protocol only; diagnostics go to stderr.
+    Tools: run_python, list_sandboxes, read_sandbox_file, verify_ledger, for an MCP
+    client (Claude Desktop, Cursor, an agent framework). Settings come from the
+    working directory's configuration, as for `jhansi run`; every run goes through
+    the same checks, sandbox and ledger. stdout carries the protocol only;
+    diagnostics go to stderr.
     """
     from jhansi.cli.run import sandbox_flags
     from jhansi.config import load_settings
