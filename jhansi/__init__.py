@@ -1,10 +1,55 @@
 """jhansi: run AI-generated Python locked, checked, sandboxed and recorded.
 
-Importing this package is cheap on purpose: heavy dependencies (the docker SDK,
-cyclonedx, keyring, cryptography, pip-audit) are imported only on the code paths
-that need them.
+The public API::
+
+    import jhansi
+
+    result = jhansi.run("script.py", sandbox="demo")      # or jhansi.run(code="...")
+    result.status, result.exit_code, result.stdout.data
+
+:func:`run` (see :mod:`jhansi.api`), the request and result types
+:class:`RunRequest` and :class:`RunResult`, the :class:`Runner` they go
+through, :class:`JhansiError` (the root of everything jhansi refuses, with
+``message``, ``hint`` and ``exit_code``) and ``__version__``.
+
+Importing this package is cheap on purpose: the names above are loaded on first
+use (``jhansi --version`` and the start of ``jhansi run`` must not pay for the
+runner, Typer or Rich), and heavy dependencies (the docker SDK, cyclonedx,
+keyring, cryptography, pip-audit, mcp) only on the code paths that need them.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from jhansi._version import __version__
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from jhansi.api import run
+    from jhansi.errors import JhansiError
+    from jhansi.runner import Runner, RunRequest, RunResult
+
+__all__ = ["JhansiError", "RunRequest", "RunResult", "Runner", "__version__", "run"]
+
+_LAZY = {
+    "run": "jhansi.api",
+    "RunRequest": "jhansi.runner",
+    "RunResult": "jhansi.runner",
+    "Runner": "jhansi.runner",
+    "JhansiError": "jhansi.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jhansi' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

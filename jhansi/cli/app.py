@@ -13,6 +13,7 @@ from jhansi.cli import config as config_cmd
 from jhansi.cli import deps as deps_cmd
 from jhansi.cli import doctor as doctor_cmd
 from jhansi.cli import ledger as ledger_cmd
+from jhansi.cli import mcp as mcp_cmd
 from jhansi.cli import run as run_cmd
 from jhansi.cli import sandbox as sandbox_cmd
 from jhansi.cli._state import CliState
@@ -69,3 +70,4 @@ app.add_typer(sandbox_cmd.app, name="sandbox")
 app.command(name="doctor")(doctor_cmd.doctor)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(ledger_cmd.app, name="ledger")
+app.command(name="mcp")(mcp_cmd.mcp)
