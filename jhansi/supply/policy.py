@@ -274,6 +274,54 @@ def evaluate(
 
 
 def _license_findings(
+    lock: LockResult,
+    metadata: Mapping[str, PackageMetadata],
+    settings: PolicySettings,
+    *,
+    cache_dir: Path,
+) -> list[Finding]:
+    """Licence findings, reused for the same lock, metadata and rules.
+
+    Reading SPDX expressions loads the licence list (about 0.1 s): a warm run of an
+    unchanged lock reads the findings from the cache instead.
+    """
+    import json
+
+    import blake3
+
+    from jhansi._version import __version__
+
+    rules_key = [settings.licenses.allow, settings.licenses.deny, settings.licenses.unknown]
+    evidence = {
+        name: [m.license_expression, m.license, list(m.classifiers), m.source == "unavailable"]
+        for name, m in metadata.items()
+    }
+    key_text = json.dumps([__version__, lock.digest, rules_key, evidence], sort_keys=True)
+    path = cache_dir / "licenses" / f"{blake3.blake3(key_text.encode()).hexdigest()[:40]}.json"
+    try:
+        return [Finding(**_finding_fields(f)) for f in json.loads(path.read_text("utf-8"))]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    found = _evaluate_licenses(lock, metadata, settings)
+    try:
+        from jhansi.paths import ensure_private_dir
+
+        ensure_private_dir(path.parent)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps([f.as_dict() for f in found]), encoding="utf-8")
+        partial.replace(path)
+    except OSError:
+        pass
+    return found
+
+
+def _finding_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    fields = dict(data)
+    fields["aliases"] = tuple(fields.get("aliases", ()))
+    return fields
+
+
+def _evaluate_licenses(
     lock: LockResult, metadata: Mapping[str, PackageMetadata], settings: PolicySettings
 ) -> list[Finding]:
     from jhansi.supply.licenses import LicenseInfo, LicenseRules, license_of
@@ -356,6 +404,74 @@ def _provenance_findings(
     return found
 
 
+#: How long an online audit's answer is reused: a warm run asks no service (the
+#: data behind it changes daily at most); an unavailable service is asked again sooner.
+ONLINE_AUDIT_TTL = 3600
+UNAVAILABLE_AUDIT_TTL = 600
+
+
+def _online_audit(
+    packages: Sequence[Any], settings: PolicySettings, *, cache_dir: Path, now: datetime
+) -> AuditResult:
+    """pip-audit's answer for ``packages``, reused for a while from the cache."""
+    import json
+    import os
+
+    import blake3
+
+    from jhansi.supply.vulns.interface import AuditResult, Vulnerability, make_source
+
+    osv_url = settings.osv_url or os.environ.get("PIP_AUDIT_OSV_URL") or ""
+    key_text = json.dumps(
+        [settings.vulnerability_service, osv_url, sorted((p.name, p.version) for p in packages)]
+    )
+    path = cache_dir / "audit" / f"{blake3.blake3(key_text.encode()).hexdigest()[:40]}.json"
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        ttl = ONLINE_AUDIT_TTL if cached["available"] else UNAVAILABLE_AUDIT_TTL
+        if 0 <= now.timestamp() - float(cached["asked"]) < ttl:
+            return AuditResult(
+                source=cached["source"],
+                available=cached["available"],
+                vulnerabilities=tuple(
+                    Vulnerability(
+                        id=v["id"],
+                        aliases=tuple(v["aliases"]),
+                        summary=v["summary"],
+                        package=v["package"],
+                        version=v["version"],
+                        fix_versions=tuple(v["fix_versions"]),
+                    )
+                    for v in cached["vulnerabilities"]
+                ),
+                error=cached["error"],
+                location=cached["location"],
+                data_date=cached["data_date"],
+                skipped=tuple(cached.get("skipped", ())),
+            )
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    source = make_source(
+        advisory_db=None,
+        service=settings.vulnerability_service,
+        osv_url=settings.osv_url,
+        cache_dir=cache_dir,
+    )
+    audit = source.audit(packages)
+    try:
+        from jhansi.paths import ensure_private_dir
+
+        ensure_private_dir(path.parent)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(
+            json.dumps({**audit.as_dict(), "asked": now.timestamp()}), encoding="utf-8"
+        )
+        partial.replace(path)
+    except OSError:
+        pass  # an unwritable cache only costs time
+    return audit
+
+
 def check_lock(
     lock: LockResult | None,
     *,
@@ -374,20 +490,21 @@ def check_lock(
     from jhansi.supply.vulns.interface import Package, make_source
 
     reporter.step("policy", f"checking {len(lock.packages)} locked package(s)")
-    source = make_source(
-        advisory_db=Path(settings.advisory_db) if settings.advisory_db else None,
-        service=settings.vulnerability_service,
-        osv_url=settings.osv_url,
-        cache_dir=cache_dir,
-    )
-    audit = source.audit([Package(p.name, p.version) for p in lock.packages])
+    packages = [Package(p.name, p.version) for p in lock.packages]
+    if settings.advisory_db:
+        source = make_source(
+            advisory_db=Path(settings.advisory_db), cache_dir=cache_dir, osv_url=None
+        )
+        audit = source.audit(packages)
+    else:
+        audit = _online_audit(packages, settings, cache_dir=cache_dir, now=now)
     metadata = metadata_for(
         lock.packages,
         environment=environment,
         cache_dir=cache_dir,
         progress=lambda done, total: reporter.progress("metadata", done, total),
     )
-    other = _license_findings(lock, metadata, settings)
+    other = _license_findings(lock, metadata, settings, cache_dir=cache_dir)
     if settings.min_package_age_days or settings.unpopular_packages != "ignore":
         other += _provenance_findings(lock, settings, cache_dir=cache_dir, now=now)
     report = evaluate(

@@ -203,15 +203,13 @@ def check_provenance(
     (any spelling) produce no finding. ``popular`` replaces the bundled list
     (tests); ``now`` is the clock.
     """
-    from jhansi.supply.metadata import configured_index_url
-
     allowed = {canonical_name(a) for a in allow}
     known = popular_projects() if popular is None else frozenset(canonical_name(p) for p in popular)
     checked = [p for p in packages if canonical_name(p.name) not in allowed]
     now = _aware(now)
     ages: dict[str, datetime | ProvenanceUnavailable | None] = {}
     if min_age_days > 0 and checked:
-        url = index_url or configured_index_url()
+        url = index_url  # None: the configured index, worked out only if one is asked
 
         def ask(name: str) -> tuple[str, datetime | ProvenanceUnavailable | None]:
             try:

@@ -36,9 +36,18 @@ pytestmark = pytest.mark.network
 
 
 def _project(root: Path, policy: str = "") -> Path:
+    """A project whose advisory data is the one real record for CVE-2018-18074.
+
+    requests 2.19.1 pins old idna and urllib3 releases with advisories of their own;
+    the data is cut down to the one record the cases are about.
+    """
     root.mkdir(parents=True, exist_ok=True)
+    data = root / "osv" / "requests"
+    data.mkdir(parents=True, exist_ok=True)
+    record = ADVISORIES / "vulns" / "requests" / "PYSEC-2018-28.yaml"
+    (data / record.name).write_bytes(record.read_bytes())
     (root / "jhansi.toml").write_text(
-        f'[sandbox]\nbackend = "bwrap"\n[policy]\nadvisory_db = "{ADVISORIES}"\n{policy}'
+        f'[sandbox]\nbackend = "bwrap"\n[policy]\nadvisory_db = "osv"\n{policy}'
     )
     (root / "vulnerable.py").write_text(VULNERABLE)
     (root / "clean.py").write_text(CLEAN)

@@ -129,3 +129,37 @@ def test_nothing_locked_needs_no_audit(tmp_path: Path) -> None:
     assert report.findings == ()
     assert report.audit == {"status": "not needed", "reason": "no locked packages"}
     assert report.as_dict()["ok"] is True
+
+
+def test_online_audit_answer_is_reused_then_asked_again(tmp_path: Path) -> None:
+    """A closed loopback port stands in for an unreachable vulnerability service."""
+    import json
+    import socket
+    from datetime import UTC, datetime, timedelta
+
+    from jhansi.supply.policy import UNAVAILABLE_AUDIT_TTL, _online_audit
+    from jhansi.supply.vulns.interface import Package
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = replace(
+        _policy(tmp_path),
+        vulnerability_service="osv",
+        osv_url=f"http://127.0.0.1:{port}/v1/query",
+    )
+    packages = [Package("requests", "2.19.1")]
+    cache = tmp_path / "cache"
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    first = _online_audit(packages, settings, cache_dir=cache, now=now)
+    assert not first.available
+    (path,) = (cache / "audit").iterdir()
+    stored = json.loads(path.read_text())
+    stored["error"] = "answered from the cache"
+    path.write_text(json.dumps(stored))
+    again = _online_audit(packages, settings, cache_dir=cache, now=now + timedelta(seconds=60))
+    assert again.error == "answered from the cache"
+    later = now + timedelta(seconds=UNAVAILABLE_AUDIT_TTL + 1)
+    asked = _online_audit(packages, settings, cache_dir=cache, now=later)
+    assert not asked.available
+    assert asked.error != "answered from the cache"
