@@ -106,13 +106,13 @@ def find_system_roots() -> Path | None:
 
 
 def make_egress_dir(parent: Path) -> Path:
-    """A new directory for one run's egress files: mode 0700, a random 128-bit name.
+    """A new directory for one run's egress files: mode 0700, a random 96-bit name.
 
     ``parent`` (jhansi's runtime directory) is created 0700 if missing and left as
     it is otherwise.
     """
     ensure_private_dir(parent)
-    directory = parent / f"egress-{secrets.token_hex(16)}"
+    directory = parent / f"egress-{secrets.token_hex(12)}"
     directory.mkdir(mode=0o700)
     return directory
 

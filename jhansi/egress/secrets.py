@@ -154,10 +154,13 @@ class SecretStore:
             return "environment variables (no keyring backend)"
         return f"keyring: {_backend_name(backend)}"
 
+    def _the_keyring(self) -> str:
+        backend = self._keyring()
+        return f"the keyring ({_backend_name(backend)})" if backend else "the keyring"
+
     def _keyring_error(self, doing: str, exc: Exception) -> ConfigError:
         return ConfigError(
-            f"the keyring ({self.backend_description()}) failed {doing}: "
-            f"{type(exc).__name__}: {exc}",
+            f"{self._the_keyring()} failed {doing}: {type(exc).__name__}: {exc}",
             hint="Unlock the keyring (log in to the session that owns it), or export the "
             "secret as an environment variable of the same name.",
         )
@@ -195,7 +198,7 @@ class SecretStore:
         where = (
             "there is no keyring backend here and the environment has no such variable"
             if self.fallback
-            else f"neither the keyring ({self.backend_description()}) nor the environment has it"
+            else f"neither {self._the_keyring()} nor the environment has it"
         )
         raise ConfigError(
             f"secret {name} is not set: {where}",
@@ -239,7 +242,7 @@ class SecretStore:
         except PasswordDeleteError:
             if name not in self.names():
                 raise ConfigError(
-                    f"there is no secret {name} in the keyring ({self.backend_description()})",
+                    f"there is no secret {name} in {self._the_keyring()}",
                     hint="`jhansi secret ls` lists the stored secrets.",
                 ) from None
         except KeyringError as exc:
