@@ -206,12 +206,10 @@ class SecretStore:
             "environment jhansi runs in.",
         )
 
-    def set(self, name: str, value: str) -> None:
-        """Store ``value`` as secret ``name`` in the keyring (refused without one)."""
-        from keyring.errors import KeyringError
-
+    def writable_keyring(self, name: str) -> KeyringBackend:
+        """The keyring that :meth:`set` would store ``name`` in; a :class:`UsageError` when
+        there is none (so a command can refuse before it asks for the value)."""
         check_name(name)
-        _check_value(name, value, "given")
         backend = self._keyring()
         if backend is None:
             raise UsageError(
@@ -220,6 +218,14 @@ class SecretStore:
                 "there), or install a keyring backend (Secret Service, macOS Keychain, "
                 "Windows Credential Locker).",
             )
+        return backend
+
+    def set(self, name: str, value: str) -> None:
+        """Store ``value`` as secret ``name`` in the keyring (refused without one)."""
+        from keyring.errors import KeyringError
+
+        _check_value(check_name(name), value, "given")
+        backend = self.writable_keyring(name)
         try:
             backend.set_password(SERVICE, name, value)
         except KeyringError as exc:
