@@ -193,6 +193,26 @@ def check_data_dir(paths: Paths) -> Check:
     return Check("data directory", True, f"{target} is writable{note}")
 
 
+def check_secrets(paths: Paths) -> Check:
+    """Where secret values come from: the OS keyring, or (without one) environment variables."""
+    from jhansi.egress.secrets import SecretStore
+
+    try:
+        store = SecretStore.from_paths(paths)
+        where = store.backend_description()
+    except JhansiError as exc:
+        return Check("secrets", False, exc.message, exc.hint)
+    if store.fallback:
+        return Check(
+            "secrets",
+            True,
+            "environment variables: no keyring backend",
+            "A secret NAME is read from the variable NAME; `jhansi secret set` needs a keyring "
+            "(Secret Service, macOS Keychain, Windows Credential Locker).",
+        )
+    return Check("secrets", True, where)
+
+
 def diagnose(settings: Settings, paths: Paths | None = None) -> DoctorReport:
     """Run every check and return the report."""
     paths = paths or Paths.from_environment(dict(os.environ))
@@ -202,5 +222,6 @@ def diagnose(settings: Settings, paths: Paths | None = None) -> DoctorReport:
         check_bwrap(settings),
         *check_engines(settings),
         check_data_dir(paths),
+        check_secrets(paths),
     ]
     return DoctorReport(tuple(checks))

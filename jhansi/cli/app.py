@@ -16,6 +16,7 @@ from jhansi.cli import ledger as ledger_cmd
 from jhansi.cli import mcp as mcp_cmd
 from jhansi.cli import run as run_cmd
 from jhansi.cli import sandbox as sandbox_cmd
+from jhansi.cli import secret as secret_cmd
 from jhansi.cli._state import CliState
 
 app = typer.Typer(
@@ -70,4 +71,5 @@ app.add_typer(sandbox_cmd.app, name="sandbox")
 app.command(name="doctor")(doctor_cmd.doctor)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(ledger_cmd.app, name="ledger")
+app.add_typer(secret_cmd.app, name="secret")
 app.command(name="mcp")(mcp_cmd.mcp)

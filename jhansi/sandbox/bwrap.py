@@ -651,7 +651,10 @@ def build_options(
         if mount.kind == "bind":
             args += ["--ro-bind" if mount.read_only else "--bind", str(mount.source), mount.target]
         elif mount.kind == "socket":
-            args += ["--bind", str(mount.source), mount.target]
+            # connect() needs no write access to the mount, only to the socket's mode:
+            # read-only keeps the sandbox (host uid 0 when jhansi runs as root) from
+            # changing the socket's mode or owner on the host.
+            args += ["--ro-bind" if mount.read_only else "--bind", str(mount.source), mount.target]
         elif mount.source.is_dir():
             args += [*perms("0555"), "--tmpfs", mount.target, "--remount-ro", mount.target]
         else:

@@ -40,7 +40,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -364,6 +364,27 @@ def engine_mounts(
 def is_gvisor(runtime: str) -> bool:
     """Whether the OCI runtime named ``runtime`` is gVisor."""
     return "runsc" in runtime or "gvisor" in runtime
+
+
+def gvisor_connects_host_sockets(runtime_args: Sequence[str]) -> bool:
+    """Whether runsc started with ``runtime_args`` lets a sandbox connect to a host unix socket.
+
+    gVisor refuses ``connect()`` to a host socket bound into the container unless
+    ``--host-uds`` is ``open`` (or ``all``; the deprecated ``--fsgofer-host-uds``
+    means ``all``). That permits only sockets that are bound into the container,
+    which is what runc allows anyway; the egress proxy's socket is the only one
+    jhansi binds. Go's flag syntax: one or two dashes, ``=value`` or a separate
+    value; the last setting wins.
+    """
+    value = "none"
+    args = list(runtime_args)
+    for i, arg in enumerate(args):
+        name, equals, given = arg.lstrip("-").partition("=")
+        if name == "host-uds":
+            value = given if equals else (args[i + 1] if i + 1 < len(args) else "")
+        elif name == "fsgofer-host-uds":
+            value = "all" if not equals or given.lower() in ("1", "t", "true") else "none"
+    return value in ("open", "all")
 
 
 def sandbox_rlimits(spec: SandboxSpec, engine: EngineInfo, runtime: str) -> dict[str, int]:
@@ -744,6 +765,27 @@ class DockerBackend(Backend):
                 '/etc/docker/daemon.json "runtimes") and restart it, or unset [sandbox] runtime.',
             )
 
+    def _check_egress(self, spec: SandboxSpec) -> None:
+        """Refuse egress (a bound unix socket) on a gVisor runtime that cannot connect to it.
+
+        Asks the engine for the runtime's arguments only when both apply, so other
+        runs cost no extra call.
+        """
+        if not any(m.kind == "socket" for m in spec.mounts):
+            return
+        runtime = spec.runtime or self.engine.default_runtime or "runc"
+        if not is_gvisor(runtime):
+            return
+        registered = (self.client.info().get("Runtimes") or {}).get(runtime) or {}
+        if not gvisor_connects_host_sockets(registered.get("runtimeArgs") or ()):
+            raise SandboxError(
+                f"gVisor (runtime {runtime!r}) cannot reach the egress proxy: it is registered "
+                "without --host-uds=open, so the sandbox cannot connect to the proxy's socket",
+                hint=f'Add "--host-uds=open" to the runtimeArgs of {runtime} in '
+                "/etc/docker/daemon.json and reload dockerd (SIGHUP), or run this script with "
+                "runc or bwrap, or without network access.",
+            )
+
     @staticmethod
     def _engine_user(identity: Identity) -> tuple[int, str] | None:
         """The engine's own user, when it is another unprivileged user than jhansi's."""
@@ -824,6 +866,7 @@ class DockerBackend(Backend):
         except SandboxError as exc:
             _log().debug("prune failed: %s", exc)
         self._check_runtime(spec)
+        self._check_egress(spec)
         image = self.image(spec.image)
         identity = sandbox_identity(self.engine, spec.uid, spec.gid)
         self._prepare_mounts(spec, identity)

@@ -2,12 +2,19 @@
 
 This file is mounted read-only into every sandbox and run as
 ``python -I -S /opt/jhansi/entry.py [--path DIR]... [--path0 DIR]
-(--interactive | -- SCRIPT [ARG]...)``.
+[--egress-socket PATH --egress-port PORT] (--interactive | -- SCRIPT [ARG]...)``.
 ``-I`` ignores ``PYTHON*`` variables and the user site; ``-S`` skips ``site``, so
 neither the host's nor the image's site-packages is importable. What is importable
 is exactly: the standard library, the script's own directory (or ``--path0``, for
 code read from stdin, which imports from the working directory as ``python -``
 does), and each ``--path`` (a locked environment; its ``.pth`` files are processed).
+
+With ``--egress-socket``, a forwarder listens on ``127.0.0.1:PORT`` before the
+script starts and relays every connection to the host's egress proxy through the
+unix socket bind-mounted at ``PATH`` (the sandbox has no other network). It runs
+in one daemon thread, so the process ends when the script does; a connection
+that cannot reach the proxy is closed (fail closed). Without the option nothing
+of it is imported.
 
 It must run on every interpreter a sandbox may have: the standard library only,
 and nothing newer than Python 3.8.
@@ -15,7 +22,7 @@ and nothing newer than Python 3.8.
 
 import os
 import sys
-from typing import List, Tuple
+from typing import Any, List
 
 
 def _clean_path() -> None:
@@ -25,28 +32,208 @@ def _clean_path() -> None:
     ]
 
 
-def _parse(argv: List[str]) -> Tuple[List[str], str, bool, List[str]]:
-    paths: List[str] = []
-    path0 = ""
-    interactive = False
+class _Args:
+    """The bootstrap's command line."""
+
+    def __init__(self) -> None:
+        self.paths: List[str] = []
+        self.path0 = ""
+        self.interactive = False
+        self.egress_socket = ""
+        self.egress_port = 0
+        self.rest: List[str] = []
+
+
+def _parse(argv: List[str]) -> _Args:
+    args = _Args()
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--path":
-            paths.append(argv[i + 1])
+            args.paths.append(argv[i + 1])
             i += 2
         elif arg == "--path0":
-            path0 = argv[i + 1]
+            args.path0 = argv[i + 1]
+            i += 2
+        elif arg == "--egress-socket":
+            args.egress_socket = argv[i + 1]
+            i += 2
+        elif arg == "--egress-port":
+            args.egress_port = int(argv[i + 1])
             i += 2
         elif arg == "--interactive":
-            interactive = True
+            args.interactive = True
             i += 1
         elif arg == "--":
-            return paths, path0, interactive, argv[i + 1 :]
+            args.rest = argv[i + 1 :]
+            return args
         else:
             sys.stderr.write("jhansi entry: unknown argument %r\n" % arg)
             sys.exit(2)
-    return paths, path0, interactive, []
+    return args
+
+
+# -- egress forwarder ------------------------------------------------------------------------
+
+_CHUNK = 65536
+#: The forwarder's thread needs little stack; a small one keeps it out of RLIMIT_AS's way.
+_STACK = 256 * 1024
+
+
+class _Link:
+    """One relayed connection: ``socks[0]`` the script's, ``socks[1]`` the proxy's.
+
+    ``pending[i]`` holds bytes read from ``socks[i]`` not yet written to the other
+    side; a side is read only while its pending bytes are gone (back-pressure, at
+    most one chunk buffered per direction). An end of file is passed on as a
+    half-close (``shutdown(SHUT_WR)``) once everything before it was written; the
+    link closes when both directions are done, or on any error.
+    """
+
+    def __init__(self, selector: Any, client: Any, upstream: Any) -> None:
+        self.selector = selector
+        self.socks = (client, upstream)
+        self.pending = [b"", b""]
+        self.eof = [False, False]
+        self.shut = [False, False]
+        self.events = [0, 0]
+        for sock in self.socks:
+            sock.setblocking(False)
+        self._update()
+
+    def _update(self) -> None:
+        import selectors
+
+        for i, sock in enumerate(self.socks):
+            want = 0
+            if not self.eof[i] and not self.pending[i]:
+                want |= selectors.EVENT_READ
+            if self.pending[1 - i]:
+                want |= selectors.EVENT_WRITE
+            if want == self.events[i]:
+                continue
+            if self.events[i] == 0:
+                self.selector.register(sock, want, self)
+            elif want == 0:
+                self.selector.unregister(sock)
+            else:
+                self.selector.modify(sock, want, self)
+            self.events[i] = want
+
+    def _flush(self, i: int) -> None:
+        """Write what was read from ``socks[i]`` to the other side, as much as it takes."""
+        if not self.pending[i]:
+            return
+        try:
+            sent = self.socks[1 - i].send(self.pending[i])
+        except (BlockingIOError, InterruptedError):
+            return
+        self.pending[i] = self.pending[i][sent:]
+
+    def handle(self, sock: Any, mask: int) -> None:
+        """React to ``sock`` being readable and/or writable."""
+        import selectors
+        import socket
+
+        i = 0 if sock is self.socks[0] else 1
+        try:
+            if mask & selectors.EVENT_WRITE:
+                self._flush(1 - i)
+            if mask & selectors.EVENT_READ and not self.eof[i]:
+                try:
+                    data = sock.recv(_CHUNK)
+                except (BlockingIOError, InterruptedError):
+                    data = None
+                if data:
+                    self.pending[i] = data
+                    self._flush(i)
+                elif data is not None:
+                    self.eof[i] = True
+            for j in (0, 1):
+                if self.eof[j] and not self.pending[j] and not self.shut[1 - j]:
+                    self.socks[1 - j].shutdown(socket.SHUT_WR)
+                    self.shut[1 - j] = True
+            if self.shut[0] and self.shut[1]:
+                self.close()
+                return
+            self._update()
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        """Drop both sides (the peer of a reset sees its connection end)."""
+        import contextlib
+
+        for i, sock in enumerate(self.socks):
+            if self.events[i]:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(sock)
+                self.events[i] = 0
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _relay(listener: Any, path: str) -> None:
+    """Accept connections on ``listener`` and relay each to the unix socket ``path``."""
+    import selectors
+    import socket
+
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, None)
+    while True:
+        for key, mask in selector.select():
+            if key.data is None:
+                try:
+                    client, _ = listener.accept()
+                except OSError:
+                    continue
+                upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    upstream.settimeout(5.0)
+                    upstream.connect(path)
+                    _Link(selector, client, upstream)
+                except OSError:
+                    # The proxy is gone: the script's connection ends, nothing leaks past.
+                    upstream.close()
+                    client.close()
+            else:
+                try:
+                    key.data.handle(key.fileobj, mask)
+                except Exception:  # one broken link must not stop the others
+                    key.data.close()
+
+
+def _start_forwarder(path: str, port: int) -> None:
+    """Listen on ``127.0.0.1:port`` now, and relay to ``path`` from a daemon thread."""
+    import socket
+    import threading
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(64)
+        listener.setblocking(False)
+    except OSError as exc:
+        listener.close()
+        sys.stderr.write(
+            "jhansi entry: cannot listen on 127.0.0.1:%d for egress: %s\n" % (port, exc)
+        )
+        sys.exit(2)
+    thread = threading.Thread(target=_relay, args=(listener, path), name="jhansi-egress")
+    thread.daemon = True
+    changed = False
+    previous = 0
+    try:
+        previous = threading.stack_size(_STACK)
+        changed = True
+    except (ValueError, RuntimeError):
+        pass
+    try:
+        thread.start()
+    finally:
+        if changed:
+            threading.stack_size(previous)
 
 
 def _run_script(script: str, args: List[str], path0: str) -> None:
@@ -84,22 +271,24 @@ def _interact() -> None:
 
 
 def main() -> None:
-    """Set up the import path and hand over to the script."""
-    paths, path0, interactive, rest = _parse(sys.argv[1:])
+    """Set up the import path (and egress, if asked) and hand over to the script."""
+    args = _parse(sys.argv[1:])
     _clean_path()
-    if paths:
+    if args.egress_socket:
+        _start_forwarder(args.egress_socket, args.egress_port)
+    if args.paths:
         import site
 
-        for path in paths:
+        for path in args.paths:
             site.addsitedir(path)
-    if interactive:
-        sys.path.insert(0, path0 or os.getcwd())
+    if args.interactive:
+        sys.path.insert(0, args.path0 or os.getcwd())
         _interact()
         return
-    if not rest:
+    if not args.rest:
         sys.stderr.write("jhansi entry: no script given\n")
         sys.exit(2)
-    _run_script(rest[0], rest[1:], path0)
+    _run_script(args.rest[0], args.rest[1:], args.path0)
 
 
 if __name__ == "__main__":

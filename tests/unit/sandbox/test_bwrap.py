@@ -190,7 +190,7 @@ def test_spec_mounts_in_order_with_masks_and_sockets(tmp_path: Path) -> None:
         ("--ro-bind-data", env_fd, "/work/.env"),
         ("--tmpfs", "/work/.git"),
         ("--remount-ro", "/work/.git"),
-        ("--bind", str(tmp_path / "sock"), "/run/egress.sock"),
+        ("--ro-bind", str(tmp_path / "sock"), "/run/egress.sock"),
         ("--bind", str(tmp_path), "/home/sandbox"),
     ]
     assert data.contents[int(env_fd)] == b""
