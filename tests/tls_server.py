@@ -147,7 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 10
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests look at ``seen``."""
 
     def _body(self) -> bytes:
@@ -222,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found\n")
 
-    do_GET = do_POST = do_PUT = do_HEAD = _handle  # noqa: N815 - http.server's names
+    do_GET = do_POST = do_PUT = do_HEAD = _handle
 
 
 class _Server(ThreadingHTTPServer):

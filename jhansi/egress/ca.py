@@ -241,6 +241,6 @@ class RunCA:
                     return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
                 return None
 
-            context.sni_callback = check_sni  # type: ignore[assignment]
+            context.sni_callback = check_sni
             self._contexts[host] = context
             return context

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import shutil
 import ssl
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -63,9 +65,12 @@ def _forge(ca: RunCA, san: x509.GeneralName) -> x509.Certificate:
 def test_ca_shape(ca: RunCA) -> None:
     cert = ca.certificate
     basic = cert.extensions.get_extension_for_class(x509.BasicConstraints)
-    assert basic.critical and basic.value.ca and basic.value.path_length == 0
+    assert basic.critical
+    assert basic.value.ca
+    assert basic.value.path_length == 0
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
-    assert usage.critical and usage.value.key_cert_sign
+    assert usage.critical
+    assert usage.value.key_cert_sign
     constraints = cert.extensions.get_extension_for_class(x509.NameConstraints)
     assert constraints.critical
     assert sorted(n.value for n in constraints.value.permitted_subtrees or []) == sorted(HOSTS)
@@ -158,3 +163,17 @@ def test_a_ca_without_hosts_signs_nothing_real() -> None:
         empty.leaf_context("api.test.example")
     with pytest.raises(ValueError, match="DNS names"):
         RunCA.create(["10.0.0.1"], dt.timedelta(minutes=5))
+
+
+def test_leaf_keys_never_touch_a_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = RunCA.create(HOSTS, dt.timedelta(minutes=5))
+    # memfd path: a temporary directory that does not exist would break any file use.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "absent"))
+    assert ca.leaf_context("api.test.example") is not None
+    # fallback path (no memfd): a 0700 directory, emptied right after loading.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delattr(os, "memfd_create")
+    assert ca.leaf_context("other.test.example") is not None
+    assert list(tmp_path.iterdir()) == []
