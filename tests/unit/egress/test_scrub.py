@@ -6,7 +6,7 @@ import base64
 import json
 from urllib.parse import quote, quote_plus
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from jhansi.egress.scrub import REDACTED, Scrubber
@@ -119,15 +119,22 @@ def test_feed_holds_back_only_a_tail() -> None:
 def test_property_no_form_survives_any_chunking(
     prefix: bytes, suffix: bytes, value: str, cuts: list[int]
 ) -> None:
+    raw = value.encode()
+    cores = []
+    for alignment in range(3):
+        shifted = base64.b64encode(b"\0" * alignment + raw)
+        cores.append(shifted[(0, 2, 3)[alignment] : ((alignment + len(raw)) * 4) // 3])
+    # The oracle looks for the value's forms in the output, which holds the placeholder's
+    # forms: a value that is itself part of those (say "placehol") is not a leak.
+    replaced = _every_encoding(PLACEHOLDER.encode()).lower()
+    assume(not any(form.lower() in replaced for form in (raw, raw.hex().encode(), *cores)))
     scrubber = Scrubber([value], {value: PLACEHOLDER})
-    data = prefix + _every_encoding(value.encode()) + suffix
+    data = prefix + _every_encoding(raw) + suffix
     points = sorted({min(c, len(data)) for c in cuts})
     pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
     out = b"".join(scrubber.feed(p) for p in pieces) + scrubber.flush()
     assert out == scrubber.scrub(data)
-    assert value.encode() not in out
-    assert value.encode().hex().encode() not in out.lower()
-    for alignment in range(3):
-        shifted = base64.b64encode(b"\0" * alignment + value.encode())
-        core = shifted[(0, 2, 3)[alignment] : ((alignment + len(value)) * 4) // 3]
+    assert raw not in out
+    assert raw.hex().encode() not in out.lower()
+    for core in cores:
         assert core not in out
