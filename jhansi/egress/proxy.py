@@ -347,6 +347,10 @@ class EgressProxy:
         with self._events_lock:
             return tuple(self._events)
 
+    def scrubber(self) -> Scrubber:
+        """A fresh scrubber for this run's secrets (for the script's stdout and stderr)."""
+        return self._scrubber.fresh()
+
     @property
     def dropped_events(self) -> int:
         """Events not kept because ``max_events`` was reached."""
