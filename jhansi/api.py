@@ -45,26 +45,7 @@ if TYPE_CHECKING:
     from jhansi.report import Reporter
     from jhansi.runner import RunRequest, RunResult
 
-__all__ = ["egress_unavailable", "make_request", "run", "run_settings"]
-
-
-def egress_unavailable(allowed_hosts: Sequence[str], secrets: Sequence[str]) -> None:
-    """Refuse network egress and secrets until this build has the egress proxy.
-
-    The one place that decides it, for the Python API and the MCP server alike:
-    when the egress feature lands, this check goes and the values go into the
-    :class:`~jhansi.runner.RunRequest` in :func:`make_request`.
-    """
-    if allowed_hosts or secrets:
-        asked = []
-        if allowed_hosts:
-            asked.append("allowed hosts " + ", ".join(allowed_hosts))
-        if secrets:
-            asked.append("secrets " + ", ".join(secrets))
-        raise UsageError(
-            f"egress is not available in this build of jhansi yet ({'; '.join(asked)} requested)",
-            hint="Run without allowed hosts and secrets: the sandbox has no network at all.",
-        )
+__all__ = ["make_request", "run", "run_settings"]
 
 
 def make_request(
@@ -105,7 +86,11 @@ def make_request(
             "args and requirements are sequences of strings, not one string",
             hint="Pass a list, for example args=['--verbose'] or requirements=['requests'].",
         )
-    egress_unavailable(allowed_hosts, secrets)
+    if isinstance(allowed_hosts, str) or isinstance(secrets, str):
+        raise UsageError(
+            "allowed_hosts and secrets are sequences of strings, not one string",
+            hint="Pass a list, for example secrets=['API_KEY@api.example.com'].",
+        )
     return RunRequest(
         script=Path(script) if script is not None else None,
         code=code,
@@ -120,6 +105,8 @@ def make_request(
         frozen=frozen,
         prompt=prompt,
         model=model,
+        secrets=tuple(secrets),
+        allow_hosts=tuple(allowed_hosts),
     )
 
 
@@ -209,9 +196,10 @@ def run(
     where the project configuration is looked for (default: the project, else
     the script's directory, else the current directory).
 
-    ``allowed_hosts`` and ``secrets`` are accepted for the egress proxy, which
-    this build does not have yet: giving either raises
-    :class:`~jhansi.errors.UsageError`.
+    ``allowed_hosts`` (``HOST[:PORT]``) may be reached through the egress proxy;
+    ``secrets`` (``NAME@HOST[,HOST…]``, or ``NAME`` bound in ``[secrets.NAME]``) are
+    set in the sandbox as placeholders that the proxy swaps for the real value only
+    on requests to their hosts.
 
     Returns the frozen :class:`~jhansi.runner.RunResult` (``status``,
     ``exit_code``, ``stdout``/``stderr`` tails, ``files_changed``, ``run_id``,

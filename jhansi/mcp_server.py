@@ -465,8 +465,11 @@ def build_server(tools: AgentTools) -> MCPServer[Any]:
         `requirements` (e.g. ["requests>=2.32"]) declares packages explicitly. A
         script's failure is a result (status "failed", its exit code, stderr);
         a refusal (unresolved import, syntax error, policy) is a tool error.
-        `allowed_hosts` and `secrets` are for network egress, not available in
-        this build.
+        `allowed_hosts` (e.g. ["api.example.com"]) may be reached over HTTPS
+        through jhansi's egress proxy; `secrets` (e.g. ["API_KEY@api.example.com"],
+        or names bound in the user's configuration) appear in the sandbox as
+        placeholders that the proxy replaces with the real key only on requests
+        to their hosts: the code never sees a key.
         """
         try:
             return tools.run_python(

@@ -129,8 +129,14 @@ def start_body(
     put: PutBlob,
     *,
     sbom: bytes | None = None,
+    secrets: list[dict[str, Any]] | None = None,
+    egress: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``exec.start``: written before the sandbox starts (a crash leaves it unpaired)."""
+    """``exec.start``: written before the sandbox starts (a crash leaves it unpaired).
+
+    ``secrets``: the names and hosts of the secrets bound (never a value); ``egress``:
+    the hosts the sandbox may reach through the proxy.
+    """
     return {
         "run_id": run_id,
         **who(),
@@ -145,7 +151,8 @@ def start_body(
         "sandbox": sandbox,
         "policy": policy_fields(deps),
         "sbom": _blob(put, sbom) if sbom is not None else None,
-        "secrets": [],
+        "secrets": secrets or [],
+        "egress": egress,
     }
 
 
@@ -171,7 +178,7 @@ def end_body(result: RunResult, put: PutBlob) -> dict[str, Any]:
             {"area": c.area, "path": c.path, "change": c.change, "size": c.size, "blake3": c.blake3}
             for c in result.files_changed
         ],
-        "egress": [],
+        "egress": [dict(e) for e in result.egress],
     }
 
 

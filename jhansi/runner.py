@@ -52,6 +52,7 @@ from jhansi.sandbox.workspace import OpenSandbox, Workspace, default_name, valid
 if TYPE_CHECKING:
     from jhansi.deps.install import Environment
     from jhansi.deps.lock import LockResult
+    from jhansi.egress.session import EgressSession
     from jhansi.ledger.store import Ledger
     from jhansi.supply.policy import SupplyCheck
 
@@ -101,6 +102,10 @@ class RunRequest:
     """The model that wrote the code (recorded in the ledger)."""
     sbom: Path | None = None
     """Also write the run's CycloneDX SBOM to this file (it is always recorded)."""
+    secrets: tuple[str, ...] = ()
+    """``--secret NAME@HOST[,HOST…]`` (or ``NAME``, bound in ``[secrets.NAME]``)."""
+    allow_hosts: tuple[str, ...] = ()
+    """``--allow-host HOST[:PORT]``: plain egress (no secret) to these hosts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +145,8 @@ class RunResult:
     """The ledger directory the run was recorded in."""
     record: str | None = None
     """The hash of the run's ``exec.end`` record."""
+    egress: tuple[Mapping[str, object], ...] = ()
+    """Every connection through the egress proxy: host, decision, reason, bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,13 +346,29 @@ def _docker(settings: Settings, paths: Paths) -> Backend:
 
 
 class _Sink:
-    """Adapts the reporter to the backends' output sink."""
+    """Adapts the reporter to the backends' output sink, scrubbing secrets when bound."""
 
-    def __init__(self, reporter: Reporter) -> None:
+    def __init__(self, reporter: Reporter, egress: EgressSession | None = None) -> None:
         self._reporter = reporter
+        self._scrubbers = (
+            {"stdout": egress.scrubber(), "stderr": egress.scrubber()} if egress else None
+        )
 
     def write(self, stream: Stream, data: bytes) -> None:
+        if self._scrubbers is not None:
+            data = self._scrubbers[stream].feed(data)
+            if not data:
+                return
         self._reporter.output(stream, data)
+
+    def flush(self) -> None:
+        """Pass on what the scrubbers held back (a possible start of a secret)."""
+        if self._scrubbers is None:
+            return
+        for stream in ("stdout", "stderr"):
+            rest = self._scrubbers[stream].flush()
+            if rest:
+                self._reporter.output(stream, rest)
 
 
 class Runner:
@@ -627,8 +650,38 @@ class Runner:
                 on_wait=lambda message: self.reporter.step("waiting", message),
             )
         )
-        with opener as sandbox:
-            return self._run_in(request, run_id, script, project, sandbox, deps)
+        egress = self._egress(request)
+        try:
+            with opener as sandbox:
+                return self._run_in(request, run_id, script, project, sandbox, deps, egress)
+        finally:
+            if egress is not None:
+                egress.close()
+
+    def _egress(self, request: RunRequest) -> EgressSession | None:
+        """The run's egress proxy, started; ``None`` when nothing may leave the sandbox."""
+        wanted = request.secrets or request.allow_hosts
+        if not (wanted or self.settings.secrets or self.settings.network.allow):
+            return None
+        from datetime import timedelta
+
+        from jhansi.egress.session import build_policy, open_session, parse_secret_flag
+
+        policy = build_policy(
+            self.settings,
+            secrets=[parse_secret_flag(s) for s in request.secrets],
+            allow_hosts=request.allow_hosts,
+            paths=self.paths,
+        )
+        if policy is None:
+            return None
+        lifetime = timedelta(seconds=self.settings.sandbox.timeout + 600)
+        session = open_session(policy, runtime_dir=self.paths.runtime, lifetime=lifetime)
+        hosts = [str(h) for h in policy.allow] + [
+            f"{s.name}@{','.join(s.hosts)}" for s in policy.secrets
+        ]
+        self.reporter.step("egress", "through the proxy to " + ", ".join(hosts))
+        return session
 
     def _prepare_script(self, request: RunRequest, run_id: str) -> tuple[Script, Path | None]:
         if request.interactive:
@@ -707,6 +760,7 @@ class Runner:
         project: Path | None,
         sandbox: OpenSandbox,
         deps: Dependencies | None,
+        egress: EgressSession | None = None,
     ) -> RunResult:
         backend = self.backend
         runtime = self.settings.sandbox.runtime
@@ -718,6 +772,11 @@ class Runner:
             )
         mounts, inside, masked_top = self._mounts(request, script, project, sandbox.home)
         argv: list[str] = [PYTHON, "-I", "-S", ENTRY_TARGET]
+        env = sandbox_env(request.env)
+        if egress is not None:
+            mounts.extend(egress.mounts.mounts)
+            argv += egress.mounts.entry_args
+            env.update(egress.mounts.env)
         environment = deps.environment if deps else None
         if environment is not None:
             mounts.append(Mount(environment.path, ENV_TARGET))
@@ -732,7 +791,7 @@ class Runner:
             run_id=run_id,
             argv=tuple(argv),
             mounts=tuple(mounts),
-            env=sandbox_env(request.env),
+            env=env,
             limits=self.limits(),
             image=self.settings.sandbox.image,
             python=Path(self.settings.sandbox.python) if self.settings.sandbox.python else None,
@@ -759,10 +818,24 @@ class Runner:
             write_file(request.sbom, sbom)
         ledger.append(
             "exec.start",
-            start_body(request, run_id, script, deps, where, ledger.put_blob, sbom=sbom),
+            start_body(
+                request,
+                run_id,
+                script,
+                deps,
+                where,
+                ledger.put_blob,
+                sbom=sbom,
+                secrets=egress.secrets() if egress else [],
+                egress=egress.record() if egress else None,
+            ),
         )
+        sink = _Sink(self.reporter, egress)
         try:
-            result: ExecResult = backend.run(spec, _Sink(self.reporter), stdin=stdin)
+            result: ExecResult = backend.run(spec, sink, stdin=stdin)
+            sink.flush()
+            if egress is not None:
+                result = _scrub_result(result, egress)
         except (KeyboardInterrupt, JhansiError) as stopped:
             # Started, so it ends in the ledger too: never an unpaired start we caused.
             empty = OutputTail(b"", 0, False)
@@ -773,14 +846,16 @@ class Runner:
                 else (ExecStatus.ENGINE_ERROR)
             )
             ended = ExecResult(status, None, None, 0, empty, empty, error=why)
-            self._record_end(run_id, script, project, sandbox, info, ended, [], deps)
+            self._record_end(run_id, script, project, sandbox, info, ended, [], deps, egress)
             if isinstance(stopped, JhansiError):
                 stopped.recorded = True
             raise
         changes: list[FileChange] = []
         for old, (root, area, skip) in zip(before, watched, strict=True):
             changes += diff(old, snapshot(root, area, skip=skip))
-        return self._record_end(run_id, script, project, sandbox, info, result, changes, deps)
+        return self._record_end(
+            run_id, script, project, sandbox, info, result, changes, deps, egress
+        )
 
     def _record_end(
         self,
@@ -792,6 +867,7 @@ class Runner:
         result: ExecResult,
         changes: list[FileChange],
         deps: Dependencies | None,
+        egress: EgressSession | None = None,
     ) -> RunResult:
         """The result, once its ``exec.end`` record and a signed checkpoint are on disk."""
         from jhansi.records import end_body
@@ -815,6 +891,7 @@ class Runner:
             error=result.error,
             dependencies=deps,
             ledger=str(self.ledger.directory),
+            egress=tuple(egress.events()) if egress is not None else (),
         )
         ledger = self.ledger
         try:
@@ -828,6 +905,17 @@ class Runner:
                 f"{run_id}; fix the ledger's disk ({exc.hint}) before running again.",
             ) from exc
         return replace(outcome, record=record.hash)
+
+
+def _scrub_result(result: ExecResult, egress: EgressSession) -> ExecResult:
+    """The result with every form of a secret's value replaced in the kept output."""
+    scrubber = egress.scrubber()
+    return replace(
+        result,
+        stdout=replace(result.stdout, data=scrubber.scrub(result.stdout.data)),
+        stderr=replace(result.stderr, data=scrubber.scrub(result.stderr.data)),
+        error=scrubber.scrub(result.error.encode()).decode("utf-8", "replace"),
+    )
 
 
 def write_file(path: Path, data: bytes) -> None:

@@ -147,6 +147,25 @@ ExcludeNewer = Annotated[
 ]
 
 
+NETWORK = "Network"
+Secret = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret",
+        help="NAME@HOST[,HOST...]: the sandbox gets a placeholder in $NAME that the egress "
+        "proxy swaps for the real value only on HTTPS requests to those hosts (repeatable).",
+        rich_help_panel=NETWORK,
+    ),
+]
+AllowHost = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-host",
+        help="HOST[:PORT] the sandbox may reach through the egress proxy, untouched "
+        "(443 unless a port is given; http://HOST for plain HTTP) (repeatable).",
+        rich_help_panel=NETWORK,
+    ),
+]
 POLICY = "Policy"
 AdvisoryDb = Annotated[
     Path | None,
@@ -214,6 +233,8 @@ def run(
     prompt_file: PromptFile = None,
     model: Model = None,
     ledger: LedgerDir = None,
+    secret: Secret = None,
+    allow_host: AllowHost = None,
     advisory_db: AdvisoryDb = None,
     sbom: SbomFile = None,
     quiet: Quiet = False,
@@ -221,9 +242,10 @@ def run(
 ) -> None:
     """Run SCRIPT in a hardened sandbox and exit with its exit code.
 
-    Everything after SCRIPT is passed to the script. No network, a read-only
-    project at /work, a persistent home at /home/sandbox, and limits on memory,
-    CPU, processes and time.
+    Everything after SCRIPT is passed to the script. No network (unless --allow-host
+    or --secret open a way out through jhansi's egress proxy), a read-only project
+    at /work, a persistent home at /home/sandbox, and limits on memory, CPU,
+    processes and time.
     """
     from jhansi.cli._reporter import ConsoleReporter
     from jhansi.config import load_settings
@@ -269,6 +291,8 @@ def run(
         prompt=read_prompt(prompt, prompt_file),
         model=model,
         sbom=sbom,
+        secrets=tuple(secret or ()),
+        allow_hosts=tuple(allow_host or ()),
     )
     result = Runner.from_settings(settings, reporter=reporter).run(request)
     finish(
@@ -342,6 +366,7 @@ def result_document(result: RunResult) -> dict[str, Any]:
             if result.dependencies and result.dependencies.supply
             else None
         ),
+        "egress": [dict(e) for e in result.egress],
         "ledger": result.ledger,
         "record": result.record,
     }

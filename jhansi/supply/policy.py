@@ -209,8 +209,8 @@ def apply_ignores(
         elif rule.active(today):
             ignored.append(replace(finding, ignored=rule.reason))
         else:
-            expired = f"; the ignore entry for {rule.id} expired on {rule.until}"
-            counting.append(replace(finding, evidence=finding.evidence + expired))
+            expired = f" (its ignore entry expired on {rule.until})"
+            counting.append(replace(finding, message=finding.message + expired))
     return tuple(counting), tuple(ignored)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import jhansi
 from jhansi.config import load_settings
-from jhansi.errors import DependencyError, ExitCode, InputError, UsageError
+from jhansi.errors import ConfigError, DependencyError, ExitCode, InputError
 from jhansi.ledger.read import iter_records
 from jhansi.ledger.store import resolve_directory
 from jhansi.paths import Paths
@@ -134,12 +134,17 @@ def test_refusals_raise_and_are_recorded(project: Path, monkeypatch: pytest.Monk
         jhansi.run(code="print('unclosed'\n", backend="bwrap")
     with pytest.raises(InputError, match="no such file"):
         jhansi.run(project / "missing.py", backend="bwrap")
-    with pytest.raises(UsageError, match="egress"):
-        jhansi.run(code="print(1)", backend="bwrap", allowed_hosts=["example.org"])
+    with pytest.raises(ConfigError, match="JHANSI_TEST_MISSING_KEY"):
+        jhansi.run(
+            code="print(1)",
+            backend="bwrap",
+            secrets=["JHANSI_TEST_MISSING_KEY@api.example.com"],
+        )
 
     denied = _records("exec.denied")
-    assert [d["reason"]["kind"] for d in denied] == ["DependencyError", "InputError", "InputError"]
-    # the egress refusal happened before the runner: nothing to record, nothing ran
+    kinds = [d["reason"]["kind"] for d in denied]
+    assert kinds == ["DependencyError", "InputError", "InputError", "ConfigError"]
+    # a secret without a value is refused before any sandbox starts: nothing ran
     assert _records("exec.start") == []
 
 

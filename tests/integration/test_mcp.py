@@ -217,7 +217,9 @@ def test_refusals_are_tool_errors_and_recorded(project: Path) -> None:
             "run_python",
             {"code": "print(1)", "allowed_hosts": ["api.example.com"], "secrets": ["API_KEY"]},
         )
-        assert "egress is not available in this build" in _error_text(egress)
+        # API_KEY is bound to no host here (no [secrets.API_KEY]): refused, nothing runs
+        assert "API_KEY" in _error_text(egress)
+        assert "no hosts are bound" in _error_text(egress)
 
         timeout = _structured(
             await session.call_tool(

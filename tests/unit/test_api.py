@@ -111,13 +111,16 @@ def test_requests_that_cannot_be_run_are_usage_errors(kwargs: dict[str, object])
     assert caught.value.hint
 
 
-def test_egress_is_refused_until_this_build_has_it() -> None:
-    with pytest.raises(UsageError, match="egress is not available") as caught:
-        api.make_request(code="print(1)", allowed_hosts=["api.example.com"])
-    assert "api.example.com" in caught.value.message
-    with pytest.raises(UsageError, match="secrets STRIPE_KEY"):
-        api.make_request(code="print(1)", secrets=["STRIPE_KEY"])
-    api.egress_unavailable([], [])  # nothing asked: nothing refused
+def test_egress_requests_reach_the_run_request() -> None:
+    request = api.make_request(
+        code="print(1)",
+        allowed_hosts=["api.example.com"],
+        secrets=["STRIPE_KEY@api.stripe.com"],
+    )
+    assert request.allow_hosts == ("api.example.com",)
+    assert request.secrets == ("STRIPE_KEY@api.stripe.com",)
+    with pytest.raises(UsageError, match="sequences of strings"):
+        api.make_request(code="print(1)", secrets="STRIPE_KEY@api.stripe.com")  # type: ignore[arg-type]
 
 
 def test_settings_overrides_sit_on_top_of_the_configuration(tmp_path: Path) -> None:

@@ -79,7 +79,7 @@ def test_unexpired_ignore_accepts_by_id_or_alias_and_expired_counts_again(tmp_pa
         today=TODAY,
     )
     (finding,) = report.denied
-    assert "expired on 2026-11-25" in finding.evidence
+    assert "expired on 2026-11-25" in finding.message
     # The last day of an ignore rule still counts.
     last_day = IgnoreRule("PYSEC-2018-28", "ok today", TODAY)
     assert evaluate(
