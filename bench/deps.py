@@ -1,8 +1,10 @@
 """What dependencies cost: a warm run, and a cold one, each against doing it by hand.
 
 1. **Warm**: ``jhansi run --backend bwrap`` of a numpy + requests + PyYAML script
-   whose lock and environment exist, against a raw ``bwrap`` (same hardening) running
-   the same script with the same environment mounted. Target: at most 1.25x.
+   whose lock and environment exist, against a raw ``bwrap`` (same hardening, the
+   same thread-count variables, and the same cgroup limits when jhansi's run had a
+   cgroup) running the same script with the same environment mounted. Target: at
+   most 1.25x.
 2. **Cold**: the same run with an empty environment cache and no lock (uv's own
    cache warm), against ``uv pip compile`` + ``uv pip install --target`` done by hand
    for the same requirements and target. Target: at most 1.3x.
@@ -22,18 +24,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_overhead import ENTRY, raw_bwrap
+from run_overhead import ENTRY, Cgroup, raw_bwrap, uses_cgroup
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "deps_detected.py"
 
 
-def _time(argv: list[str], env: dict[str, str]) -> float:
+def _time(argv: list[str], env: dict[str, str], preexec: Callable[[], None] | None = None) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, env=env, check=False)
+    proc = subprocess.run(argv, capture_output=True, env=env, check=False, preexec_fn=preexec)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(argv)}\n{proc.stderr.decode(errors='replace')[-2000:]}")
@@ -80,14 +83,21 @@ def main() -> None:
         raw[-1] = f"/work/{script.name}"
         raw[raw.index("--") : raw.index("--")] = ["--path", "/opt/jhansi/env"]
         assert str(ENTRY) in raw
-        _time(run, env), _time(raw, env)
-        ours, base = [], []
-        for _ in range(args.runs):
-            ours.append(_time(run, env))
-            base.append(_time(raw, env))
+        cgroup = Cgroup() if uses_cgroup(json.loads(first.stdout)["enforcement"]) else None
+        pre = cgroup.preexec if cgroup else None
+        try:
+            _time(run, env), _time(raw, env, pre)
+            ours, base = [], []
+            for _ in range(args.runs):
+                ours.append(_time(run, env))
+                base.append(_time(raw, env, pre))
+        finally:
+            if cgroup:
+                cgroup.remove()
         m_ours, m_base = statistics.median(ours), statistics.median(base)
         print(
-            f"warm: jhansi run {m_ours * 1000:.0f} ms, raw bwrap with the environment "
+            f"warm: jhansi run {m_ours * 1000:.0f} ms, raw bwrap with the environment"
+            f"{' (same cgroup limits)' if cgroup else ''} "
             f"{m_base * 1000:.0f} ms, ratio {m_ours / m_base:.2f}x (target <= 1.25x)"
         )
 
