@@ -7,7 +7,8 @@ as two lines, and exits with the error's code. Tracebacks are for bugs (or
 ``--debug`` / ``JHANSI_DEBUG=1``).
 
 This module imports nothing heavy: ``jhansi --version`` answers before Typer is
-even loaded, because start-up time is a feature.
+even loaded, and so does ``jhansi run`` with the options it usually gets (see
+:mod:`jhansi.cli._fastpath`), because start-up time is a feature.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     state = CliState(debug=os.environ.get("JHANSI_DEBUG", "") not in ("", "0"))
     try:
+        if args[:1] == ["run"] and not state.debug:
+            from jhansi.cli._fastpath import run_fast
+
+            run_fast(args[1:], state)  # exits, unless Typer must parse these arguments
         from jhansi.cli.app import app
 
         app(args=args, obj=state, prog_name="jhansi")
