@@ -70,7 +70,7 @@ class Cgroup:
 
     def __init__(self) -> None:
         self.dirs: list[Path] = []
-        name = f"jhansi-bench-{os.getpid()}"
+        name = f"jhansi-bench-{os.getpid()}-{os.urandom(3).hex()}"
         v2 = Path("/sys/fs/cgroup/cgroup.controllers")
         if v2.exists():
             root = v2.parent
@@ -105,7 +105,12 @@ class Cgroup:
     def remove(self) -> None:
         """Remove the cgroup (empty by then)."""
         for path in self.dirs:
-            path.rmdir()
+            for _ in range(200):  # the last sandbox's processes may still be exiting
+                try:
+                    path.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.01)
 
 
 def _own_cgroup(controller: str) -> str:
