@@ -18,8 +18,6 @@ import sys
 from collections.abc import Sequence
 
 from jhansi._version import __version__
-from jhansi.cli._state import CliState
-from jhansi.errors import ExitCode, JhansiError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -28,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args == ["--version"]:
         print(f"jhansi {__version__}")
         return
+    from jhansi.cli._state import CliState
+    from jhansi.errors import ExitCode, JhansiError
+
     state = CliState(debug=os.environ.get("JHANSI_DEBUG", "") not in ("", "0"))
     try:
         if args[:1] == ["run"] and not state.debug:
