@@ -7,7 +7,8 @@ as two lines, and exits with the error's code. Tracebacks are for bugs (or
 ``--debug`` / ``JHANSI_DEBUG=1``).
 
 This module imports nothing heavy: ``jhansi --version`` answers before Typer is
-even loaded, because start-up time is a feature.
+even loaded, and so does ``jhansi run`` with the options it usually gets (see
+:mod:`jhansi.cli._fastpath`), because start-up time is a feature.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import sys
 from collections.abc import Sequence
 
 from jhansi._version import __version__
-from jhansi.cli._state import CliState
-from jhansi.errors import ExitCode, JhansiError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -27,8 +26,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args == ["--version"]:
         print(f"jhansi {__version__}")
         return
+    from jhansi.cli._state import CliState
+    from jhansi.errors import ExitCode, JhansiError
+
     state = CliState(debug=os.environ.get("JHANSI_DEBUG", "") not in ("", "0"))
     try:
+        if args[:1] == ["run"] and not state.debug:
+            from jhansi.cli._fastpath import run_fast
+
+            run_fast(args[1:], state)  # exits, unless Typer must parse these arguments
         from jhansi.cli.app import app
 
         app(args=args, obj=state, prog_name="jhansi")

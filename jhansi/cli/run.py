@@ -1,19 +1,38 @@
-"""``jhansi run``: run a script in its sandbox and exit with the script's exit code."""
+"""``jhansi run``: run a script in its sandbox and exit with the script's exit code.
+
+The options are declared here, once; :mod:`jhansi.cli._execute` carries them out
+(and :mod:`jhansi.cli._fastpath` parses them without Typer when it can).
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
+from jhansi.cli._execute import (
+    dependencies_document,
+    exit_code_of,
+    finish,
+    parse_env,
+    read_prompt,
+    result_document,
+    sandbox_flags,
+)
 from jhansi.cli._options import JsonFlag
 from jhansi.cli._state import CliState
-from jhansi.errors import ExitCode, JhansiError, UsageError
 
-if TYPE_CHECKING:
-    from jhansi.runner import Dependencies, RunResult
+__all__ = [
+    "dependencies_document",
+    "exit_code_of",
+    "finish",
+    "parse_env",
+    "read_prompt",
+    "result_document",
+    "run",
+    "sandbox_flags",
+]
 
 SANDBOX = "Sandbox"
 LIMITS = "Limits"
@@ -185,25 +204,6 @@ SbomFile = Annotated[
 ]
 
 
-def sandbox_flags(**values: Any) -> dict[tuple[str, str], object]:
-    """Command-line values as settings overrides (``None`` = not given)."""
-    return {("sandbox", key): value for key, value in values.items()}
-
-
-def parse_env(pairs: list[str] | None) -> tuple[tuple[str, str], ...]:
-    """``KEY=VALUE`` strings from ``--env``."""
-    out = []
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(
-                f"--env {pair!r} is not KEY=VALUE",
-                hint="Write it as --env NAME=value (the host's environment is never passed on).",
-            )
-        out.append((key, value))
-    return tuple(out)
-
-
 def run(
     ctx: typer.Context,
     script: Annotated[str, typer.Argument(help="The script, or - to read code from stdin.")],
@@ -247,236 +247,41 @@ def run(
     at /work, a persistent home at /home/sandbox, and limits on memory, CPU,
     processes and time.
     """
-    from jhansi.cli._reporter import ConsoleReporter
-    from jhansi.config import load_settings
-    from jhansi.runner import Runner, RunRequest
+    from jhansi.cli._execute import execute_run
 
-    ctx.ensure_object(CliState).json = json_output
-    script_path = None if script == "-" else Path(script)
-    code = sys.stdin.read() if script_path is None else None
-    start = project or (script_path.absolute().parent if script_path else None)
-    settings = load_settings(
-        start=start,
-        flags=sandbox_flags(
-            backend=backend,
-            image=image,
-            python=python,
-            runtime=runtime,
-            memory=memory,
-            cpus=cpus,
-            pids=pids,
-            tmp_size=tmp_size,
-            timeout=timeout,
-            output_limit=output_limit,
-        )
-        | {("ledger", "path"): str(ledger) if ledger else None}
-        | {("policy", "advisory_db"): str(advisory_db) if advisory_db else None},
-    )
-    reporter = ConsoleReporter(quiet=quiet or json_output, quiet_output=json_output)
-    request = RunRequest(
-        script=script_path,
-        code=code,
-        args=tuple(args or ()),
-        project=project,
+    execute_run(
+        ctx.ensure_object(CliState),
+        script=script,
+        args=args,
+        backend=backend,
+        image=image,
+        python=python,
+        runtime=runtime,
         sandbox=sandbox,
         ephemeral=ephemeral,
+        project=project,
         rw=rw,
-        env=parse_env(env),
-        with_requirements=tuple(with_ or ()),
-        requirements_file=requirements,
+        env=env,
+        memory=memory,
+        cpus=cpus,
+        pids=pids,
+        tmp_size=tmp_size,
+        timeout=timeout,
+        output_limit=output_limit,
+        with_=with_,
+        requirements=requirements,
         lock_file=lock_file,
         frozen=frozen,
         upgrade=upgrade,
         exclude_newer=exclude_newer,
-        prompt=read_prompt(prompt, prompt_file),
+        prompt=prompt,
+        prompt_file=prompt_file,
         model=model,
+        ledger=ledger,
+        secret=secret,
+        allow_host=allow_host,
+        advisory_db=advisory_db,
         sbom=sbom,
-        secrets=tuple(secret or ()),
-        allow_hosts=tuple(allow_host or ()),
-    )
-    result = Runner.from_settings(settings, reporter=reporter).run(request)
-    finish(
-        result,
-        json_output=json_output,
         quiet=quiet,
-        timeout=settings.sandbox.timeout,
-        memory=settings.sandbox.memory,
+        json_output=json_output,
     )
-
-
-def read_prompt(prompt: str | None, prompt_file: Path | None) -> str | None:
-    """The prompt from ``--prompt``, ``--prompt-file`` or ``JHANSI_PROMPT``."""
-    import os
-
-    if prompt is not None and prompt_file is not None:
-        raise UsageError(
-            "--prompt and --prompt-file both given", hint="Pass the prompt one way only."
-        )
-    if prompt_file is not None:
-        try:
-            return prompt_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(
-                f"cannot read --prompt-file {prompt_file}: {exc}",
-                hint="Name a readable UTF-8 text file.",
-            ) from None
-    return prompt if prompt is not None else os.environ.get("JHANSI_PROMPT")
-
-
-def result_document(result: RunResult) -> dict[str, Any]:
-    """The ``--json`` document of a run."""
-
-    def tail(t: Any) -> dict[str, Any]:
-        return {
-            "text": t.data.decode("utf-8", "replace"),
-            "bytes": t.total,
-            "truncated": t.truncated,
-        }
-
-    return {
-        "status": result.status,
-        "exit_code": result.exit_code,
-        "signal": result.signal,
-        "duration_ms": result.duration_ms,
-        "run_id": result.run_id,
-        "script": result.script,
-        "project": result.project,
-        "sandbox": result.sandbox,
-        "ephemeral": result.ephemeral,
-        "home": result.home,
-        "backend": result.backend.backend,
-        "backend_details": dict(result.backend.details),
-        "enforcement": dict(result.enforcement),
-        "stdout": tail(result.stdout),
-        "stderr": tail(result.stderr),
-        "files_changed": [
-            {
-                "area": c.area,
-                "path": c.path,
-                "change": c.change,
-                "size": c.size,
-                "blake3": c.blake3,
-            }
-            for c in result.files_changed
-        ],
-        "error": result.error,
-        "dependencies": dependencies_document(result.dependencies),
-        "policy": (
-            result.dependencies.supply.report.as_dict()
-            if result.dependencies and result.dependencies.supply
-            else None
-        ),
-        "egress": [dict(e) for e in result.egress],
-        "ledger": result.ledger,
-        "record": result.record,
-    }
-
-
-def dependencies_document(deps: Dependencies | None) -> dict[str, Any] | None:
-    """The dependency part of ``--json`` documents (``run``, ``deps``, ``lock``)."""
-    if deps is None:
-        return None
-    plan = deps.plan
-    return {
-        "mode": plan.mode,
-        "python": deps.target.python_version,
-        "target": deps.target.describe(),
-        "platform": deps.target.uv_platform,
-        "requires_python": plan.requires_python,
-        "requirements": [
-            {
-                "name": r.name,
-                "spec": r.spec,
-                "source": r.source,
-                "evidence": r.evidence,
-                "imports": list(r.imports),
-            }
-            for r in plan.requirements
-        ],
-        "imports": [
-            {
-                "import": d.name,
-                "kind": d.kind,
-                "lines": list(d.lines),
-                "requirement": d.requirement,
-                "evidence": d.evidence,
-                "alternatives": list(d.alternatives),
-            }
-            for d in plan.imports
-        ],
-        "unresolved": [
-            {"import": d.name, "lines": list(d.lines), "reason": d.evidence}
-            for d in plan.unresolved
-        ],
-        "lock_file": str(deps.lock.path) if deps.lock else None,
-        "lock_reused": deps.lock.reused if deps.lock else None,
-        "locked": [
-            {"name": p.name, "version": p.version}
-            for p in (deps.lock.packages if deps.lock else ())
-        ],
-        "environment": deps.environment.key if deps.environment else None,
-        "environment_reused": deps.environment.reused if deps.environment else None,
-    }
-
-
-def exit_code_of(result: RunResult) -> int:
-    """What ``jhansi run`` exits with: the script's code, or jhansi's for its own outcomes."""
-    if result.status == "succeeded":
-        return 0
-    if result.status == "timed_out":
-        return int(ExitCode.TIMED_OUT)
-    if result.status == "killed_oom":
-        return int(ExitCode.KILLED_OOM)
-    if result.status == "engine_error":
-        return int(ExitCode.SANDBOX)
-    if result.exit_code is not None:
-        return result.exit_code
-    return 128 + (result.signal or 9)
-
-
-def finish(
-    result: RunResult, *, json_output: bool, quiet: bool, timeout: float, memory: int
-) -> None:
-    """Print the outcome and exit with the right code."""
-    from jhansi.cli._output import print_json, stderr_console
-    from jhansi.config import format_size
-
-    code = exit_code_of(result)
-    if json_output:
-        print_json(result_document(result))
-    problem: JhansiError | None = None
-    if result.status == "timed_out":
-        problem = JhansiError(
-            f"timed out after {timeout:g} s: the sandbox was killed",
-            hint="Raise it with --timeout (or [sandbox] timeout) if the script needs longer.",
-        )
-    elif result.status == "killed_oom":
-        problem = JhansiError(
-            f"killed: the script exceeded its memory limit ({format_size(memory)})",
-            hint="Raise the limit with --memory (or [sandbox] memory), e.g. --memory 2g.",
-        )
-    elif result.status == "engine_error":
-        problem = JhansiError(
-            f"the sandbox failed: {result.error or 'unknown engine error'}",
-            hint="Run `jhansi doctor` to check the backend; `--debug` shows more.",
-        )
-    elif result.status == "failed" and b"Read-only file system" in result.stderr.data:
-        problem = JhansiError(
-            f"the script exited {code}: it tried to write to a read-only place",
-            hint="The project at /work is read-only: pass --rw to allow writes there, or write "
-            f"under $HOME (/home/sandbox), which persists in sandbox {result.sandbox!r}.",
-        )
-    if problem is not None:
-        from rich.markup import escape
-
-        console = stderr_console()
-        console.print(f"[bold red]error:[/] {escape(problem.message)}", soft_wrap=True)
-        console.print(f"[bold]hint:[/] {escape(problem.hint)}", soft_wrap=True)
-    elif not quiet and not json_output:
-        changed = len(result.files_changed)
-        sys.stderr.write(
-            f"jhansi: {result.status} (exit {result.exit_code}) in "
-            f"{result.duration_ms / 1000:.2f} s · sandbox {result.sandbox} · "
-            f"{result.backend.backend} · {changed} file{'s' if changed != 1 else ''} changed\n"
-        )
-    raise typer.Exit(code)

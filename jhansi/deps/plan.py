@@ -163,9 +163,7 @@ def plan(
     requirements: dict[str, Requirement] = {}
 
     def declare(spec: str, source_kind: Source, evidence: str) -> None:
-        from packaging.requirements import Requirement as Pep508
-
-        name = _normalize(Pep508(spec).name)
+        name = _normalize(_pep508_name(spec))
         if name not in requirements:
             requirements[name] = Requirement(name, spec, source_kind, evidence)
 
@@ -285,7 +283,13 @@ def plan(
     )
 
 
+#: A PEP 508 requirement that is nothing but a project name (what the import map gives).
+_BARE_NAME = re.compile(r"[A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9]", re.IGNORECASE)
+
+
 def _pep508_name(spec: str) -> str:
+    if _BARE_NAME.fullmatch(spec):  # no need to load packaging (~20 ms) for a bare name
+        return spec
     from packaging.requirements import Requirement as Pep508
 
     return Pep508(spec).name

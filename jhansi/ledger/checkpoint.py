@@ -42,8 +42,10 @@ on first use with mode 0600 at ``open()``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -81,6 +83,19 @@ def key_path(paths: Paths) -> Path:
 class Signer(Protocol):
     """Signs checkpoint statements."""
 
+    def prepare(self) -> None:
+        """Make sure the key can be used (raise :class:`LedgerError` if not), cheaply.
+
+        Called before a run starts, so that a run never starts that cannot be
+        signed for; may leave the expensive part (loading ``cryptography``) to
+        :meth:`warm_up` or to the first signature.
+        """
+        ...
+
+    def warm_up(self) -> None:
+        """Start getting ready to sign in the background (the caller is about to wait)."""
+        ...
+
     def public_key(self) -> bytes:
         """The 32-byte Ed25519 public key."""
         ...
@@ -91,36 +106,119 @@ class Signer(Protocol):
 
 
 class KeyFileSigner:
-    """An Ed25519 key in a PEM file (PKCS #8, mode 0600), created on first use."""
+    """An Ed25519 key in a PEM file (PKCS #8, mode 0600), created on first use.
+
+    Importing ``cryptography`` costs ~15 ms, which a run need not wait for:
+    :meth:`prepare` reads and checks the key file without it (a PKCS #8 Ed25519
+    key is a fixed 16-byte header and the 32-byte seed, and every seed is a valid
+    key), and :meth:`warm_up` loads it in a background thread while the sandbox
+    runs. Any other encoding is loaded with ``cryptography`` right away.
+    """
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
         self._create = create
         self._key: Ed25519PrivateKey | None = None
+        self._seed: bytes | None = None
+        self._lock = threading.Lock()
+        self._starting = threading.Lock()
+        self._loader: threading.Thread | None = None
 
     @classmethod
     def for_paths(cls, paths: Paths) -> KeyFileSigner:
         """The user's key in the data directory."""
         return cls(key_path(paths))
 
+    def prepare(self) -> None:
+        """Read and check the key file (creating it if needed), without ``cryptography``."""
+        with self._lock:
+            if self._key is not None or self._seed is not None:
+                return
+            seed = read_seed(self.path) if self.path.exists() else None
+            if seed is not None:
+                self._seed = seed
+            else:
+                self._key = load_or_create_key(self.path, create=self._create)
+
+    def warm_up(self) -> None:
+        """Load the key in a daemon thread, unless it is loaded (or loading) already."""
+        with self._starting:  # not self._lock, which a load in progress holds
+            if self._key is not None or self._loader is not None:
+                return
+            self._loader = threading.Thread(
+                target=self._load_quietly, name="jhansi-ledger-key", daemon=True
+            )
+            self._loader.start()
+
+    def _load_quietly(self) -> None:
+        # Errors surface in the foreground: sign() loads again and raises there.
+        with contextlib.suppress(Exception):
+            self._load()
+
     def _load(self) -> Ed25519PrivateKey:
-        if self._key is None:
-            self._key = load_or_create_key(self.path, create=self._create)
-        return self._key
+        with self._lock:
+            if self._key is None:
+                if self._seed is not None:
+                    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+                        Ed25519PrivateKey,
+                    )
+
+                    self._key = Ed25519PrivateKey.from_private_bytes(self._seed)
+                else:
+                    self._key = load_or_create_key(self.path, create=self._create)
+            return self._key
 
     def public_key(self) -> bytes:
         """The raw public key (loading or creating the key file)."""
-        from cryptography.hazmat.primitives import serialization
-
-        return (
-            self._load()
-            .public_key()
-            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        )
+        return self._load().public_key().public_bytes_raw()
 
     def sign(self, message: bytes) -> bytes:
         """Sign ``message``."""
         return self._load().sign(message)
+
+
+#: RFC 8410: the DER of a PKCS #8 (v1) Ed25519 private key, up to its 32-byte seed.
+_PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
+_PEM_BEGIN = b"-----BEGIN PRIVATE KEY-----"
+_PEM_END = b"-----END PRIVATE KEY-----"
+
+
+def read_seed(path: Path) -> bytes | None:
+    """The seed of the PKCS #8 Ed25519 key in the PEM file at ``path``, read without
+    ``cryptography``; ``None`` for any other encoding (load it with ``cryptography``).
+
+    The file's permissions are checked as :func:`load_or_create_key` does.
+    """
+    import binascii
+
+    try:
+        st = path.stat()
+        _check_mode(path, st.st_mode)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise LedgerError(
+            f"cannot read the ledger signing key {path}: {exc.strerror or exc}",
+            hint=f"Check the permissions of {path.parent}.",
+        ) from None
+    lines = raw.strip().splitlines()
+    if len(lines) < 3 or lines[0].strip() != _PEM_BEGIN or lines[-1].strip() != _PEM_END:
+        return None
+    try:
+        der = binascii.a2b_base64(b"".join(line.strip() for line in lines[1:-1]), strict_mode=True)
+    except binascii.Error:
+        return None
+    if len(der) != len(_PKCS8_ED25519) + 32 or not der.startswith(_PKCS8_ED25519):
+        return None
+    return der[len(_PKCS8_ED25519) :]
+
+
+def _check_mode(path: Path, mode: int) -> None:
+    if mode & 0o077:
+        raise LedgerError(
+            f"the ledger signing key {path} is accessible by other users (mode {mode & 0o777:o})",
+            hint=f"Run `chmod 600 {path}`; if others may have read it, move it aside "
+            "and let jhansi create a new one.",
+        )
 
 
 def load_or_create_key(path: Path, *, create: bool = True) -> Ed25519PrivateKey:
@@ -142,13 +240,7 @@ def load_or_create_key(path: Path, *, create: bool = True) -> Ed25519PrivateKey:
             f"cannot read the ledger signing key {path}: {exc.strerror or exc}",
             hint=f"Check the permissions of {path.parent}.",
         ) from None
-    if st.st_mode & 0o077:
-        raise LedgerError(
-            f"the ledger signing key {path} is accessible by other users "
-            f"(mode {st.st_mode & 0o777:o})",
-            hint=f"Run `chmod 600 {path}`; if others may have read it, move it aside "
-            "and let jhansi create a new one.",
-        )
+    _check_mode(path, st.st_mode)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:

@@ -189,6 +189,14 @@ def _hint_for(exc: OSError, directory: Path) -> str:
     return f"Check {directory}, {elsewhere}"
 
 
+def _write_probe(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, b"jhansi ledger preflight\n")
+    finally:
+        os.close(fd)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -360,7 +368,9 @@ class Ledger:
             probe = where / f".preflight.{os.getpid()}.{os.urandom(4).hex()}"
             try:
                 where.mkdir(mode=0o700, exist_ok=True)
-                write_new_file(probe, b"jhansi ledger preflight\n")
+                # Proves the directory writable; its durability does not matter (no fsync):
+                # every record is fsynced when it is appended, before anything runs.
+                _write_probe(probe)
             except OSError as exc:
                 raise LedgerError(
                     f"cannot write to the ledger directory {where}: {exc.strerror or exc}",
@@ -380,7 +390,7 @@ class Ledger:
                 hint="Free some space, or point the ledger elsewhere "
                 "(--ledger DIR, JHANSI_LEDGER, [ledger] path).",
             )
-        self._signer.public_key()
+        self._signer.prepare()
         with self._locked():
             self._prepare()
 
@@ -422,7 +432,10 @@ class Ledger:
             tail = self._prepare()
             record = self._next(tail, kind, dict(body))
             self._write_record(record, tail)
-            return record
+        # A checkpoint follows every record a run writes; exec.start is followed by a
+        # wait for the sandbox, in which loading the key costs nothing.
+        self._signer.warm_up()
+        return record
 
     def checkpoint(self) -> SignedHead:
         """Sign the current end of the ledger into ``head.json``; return the signed head.

@@ -58,6 +58,8 @@ from jhansi.sandbox.interface import (
     SandboxSpec,
     Stream,
     TailBuffer,
+    thread_env,
+    threads_enforcement,
 )
 from jhansi.sandbox.limits import RunLimits, plan_limits, prune_cgroups
 from jhansi.sandbox.probe import binary_key, cached
@@ -617,7 +619,7 @@ def build_options(
         args.append("--disable-userns")
     args += ["--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL"]
     args += ["--uid", str(spec.uid), "--gid", str(spec.gid), "--hostname", HOSTNAME]
-    for key, value in spec.env.items():
+    for key, value in thread_env(spec.env, spec.limits.cpus).items():
         args += ["--setenv", key, value]
     for directory in _root_dirs(spec, root):
         args += [*perms("0755"), "--dir", directory]
@@ -1076,6 +1078,7 @@ class BwrapBackend(Backend):
                 + "bwrap's process group; the pid namespace dies with its init)",
                 "tmp": f"tmpfs size={spec.limits.tmp_size} at /tmp, "
                 f"size={shm_size(spec.limits)} at /dev/shm",
+                "threads": threads_enforcement(spec),
             }
             fds = _ChildFds()
             status_read, status_write = os.pipe2(os.O_CLOEXEC)

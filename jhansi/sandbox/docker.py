@@ -67,6 +67,8 @@ from jhansi.sandbox.interface import (
     SandboxSpec,
     Stream,
     TailBuffer,
+    thread_env,
+    threads_enforcement,
 )
 from jhansi.sandbox.probe import cached
 
@@ -507,7 +509,7 @@ def container_config(
         "Entrypoint": argv[:1],
         "Cmd": argv[1:],
         "User": f"{identity.uid}:{identity.gid}",
-        "Env": [f"{key}={value}" for key, value in spec.env.items()],
+        "Env": [f"{k}={v}" for k, v in thread_env(spec.env, spec.limits.cpus).items()],
         "WorkingDir": spec.workdir,
         "Labels": {**spec.labels, **labels},
         "NetworkDisabled": True,
@@ -536,6 +538,7 @@ def enforcement(spec: SandboxSpec, engine: EngineInfo, identity: Identity) -> di
         "tmp": f"tmpfs of {limits.tmp_size} bytes",
         "timeout": f"{limits.timeout:g} s wall clock, then jhansi kills the container",
         "output": f"last {limits.output_limit} bytes of each stream kept by jhansi",
+        "threads": threads_enforcement(spec),
     }
     if "as" in rlimits:
         result["memory"] = f"RLIMIT_AS {limits.memory} bytes per process ({missing})"

@@ -10,6 +10,7 @@ never loosens the spec: anything it cannot enforce it either refuses with a
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -36,6 +37,38 @@ SANDBOX_GID: Final = 1000
 SANDBOX_USER: Final = "sandbox"
 
 Stream = Literal["stdout", "stderr"]
+
+#: Variables through which numerical libraries (OpenMP, OpenBLAS, MKL, numexpr,
+#: Accelerate) choose how many threads to start.
+THREAD_ENV: Final = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+
+
+def thread_env(env: Mapping[str, str], cpus: float) -> dict[str, str]:
+    """``env`` plus the :data:`THREAD_ENV` variables set to ``ceil(cpus)``, unless ``env``
+    sets them already (``--env`` wins).
+
+    Without them a numerical library starts one thread per *host* CPU, which a CPU
+    quota then throttles: what a CPU-limited container should tell its programs.
+    """
+    count = str(max(1, math.ceil(cpus)))
+    return {**dict.fromkeys(THREAD_ENV, count), **env}
+
+
+def threads_enforcement(spec: SandboxSpec) -> str:
+    """What the record says about :func:`thread_env` for ``spec``."""
+    count = max(1, math.ceil(spec.limits.cpus))
+    ours = [k for k in THREAD_ENV if k not in spec.env]
+    given = [k for k in THREAD_ENV if k in spec.env]
+    text = f"{', '.join(ours)}={count} (the CPU limit, rounded up)" if ours else ""
+    if given:
+        text += ("; " if text else "") + f"{', '.join(given)} as given by --env"
+    return text
 
 
 class ExecStatus(StrEnum):

@@ -32,6 +32,7 @@ from jhansi.sandbox.interface import (
     ENTRY_DIR,
     HOME,
     PYTHON,
+    THREAD_ENV,
     WORKDIR,
     ExecResult,
     ExecStatus,
@@ -371,8 +372,10 @@ def test_host_environment_is_not_inherited(
     result = sandbox.script("import json, os; print(json.dumps(dict(os.environ)))")
     env = json.loads(out(result))
     assert CANARY not in json.dumps(env)
-    # PWD comes from bwrap's --chdir and LC_CTYPE from Python's own C-locale coercion.
-    assert set(env) - {"PWD", "LC_CTYPE"} == {"HOME", "PATH", "LANG"}
+    # PWD comes from bwrap's --chdir and LC_CTYPE from Python's own C-locale coercion;
+    # the thread-count variables from the backend (the CPU limit, not the host).
+    assert set(env) - {"PWD", "LC_CTYPE"} == {"HOME", "PATH", "LANG", *THREAD_ENV}
+    assert len({env[name] for name in THREAD_ENV}) == 1
     assert env["PWD"] == WORKDIR
 
 

@@ -150,7 +150,7 @@ def test_uv_is_asked_for_wheels_for_the_target(tmp_path: Path, fake_uv: FakeUv) 
     assert "--no-build" in argv
     assert argv[argv.index("--python-version") + 1] == TARGET.python_minor
     assert argv[argv.index("--python-platform") + 1] == TARGET.uv_platform
-    assert argv[argv.index("--link-mode") + 1] == "copy"
+    assert argv[argv.index("--link-mode") + 1] == "hardlink"
     assert "--no-cache" not in argv
     # The host interpreter is the target's minor version here: bytecode is usable.
     assert "--compile-bytecode" in argv
@@ -180,6 +180,25 @@ def test_environment_is_read_only_and_readable_by_anyone(tmp_path: Path, fake_uv
     assert modes[MARKER] == 0o444
     remove_tree(env.path)
     assert not env.path.exists()
+
+
+def test_files_shared_with_uvs_cache_keep_their_mode(tmp_path: Path) -> None:
+    """A hard link's mode is its cache entry's: making the environment read-only
+    must not change uv's cache (the sandbox mounts the environment read-only anyway)."""
+    cache_entry = tmp_path / "uv-cache" / "mod.py"
+    cache_entry.parent.mkdir()
+    cache_entry.write_text("x = 1\n")
+    cache_entry.chmod(0o644)
+    env = tmp_path / "env"
+    (env / "pkg").mkdir(parents=True)
+    os.link(cache_entry, env / "pkg" / "mod.py")
+    (env / "pkg" / "own.pyc").write_bytes(b"")
+    make_read_only(env)
+    assert stat.S_IMODE(cache_entry.stat().st_mode) == 0o644
+    assert stat.S_IMODE((env / "pkg" / "own.pyc").stat().st_mode) == 0o444
+    assert stat.S_IMODE((env / "pkg").stat().st_mode) == 0o555
+    remove_tree(env)
+    assert cache_entry.read_text() == "x = 1\n"
 
 
 def test_key_depends_on_packages_and_target_only(tmp_path: Path) -> None:

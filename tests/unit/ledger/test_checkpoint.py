@@ -17,6 +17,7 @@ from jhansi.ledger.checkpoint import (
     parse_public_keys,
     public_key_pem,
     read_public_key,
+    read_seed,
     statement,
     verify_signature,
 )
@@ -45,6 +46,46 @@ def test_a_key_that_is_not_ed25519_is_refused(tmp_path: Path) -> None:
         load_or_create_key(path)
     with pytest.raises(LedgerError, match="no ledger signing key"):
         load_or_create_key(tmp_path / "absent.pem", create=False)
+
+
+def test_the_seed_read_without_cryptography_is_the_key_cryptography_reads(
+    tmp_path: Path,
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path = tmp_path / "key.pem"
+    key = load_or_create_key(path)
+    seed = read_seed(path)
+    assert seed == key.private_bytes_raw()
+    signer = KeyFileSigner(path)
+    signer.prepare()
+    signer.warm_up()
+    assert signer.public_key() == key.public_key().public_bytes_raw()
+    assert verify_signature(signer.public_key().hex(), b"m", signer.sign(b"m").hex())
+    # Another encoding of the same key (OpenSSH): read by cryptography, same key.
+    other = tmp_path / "other.pem"
+    other.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    other.chmod(0o600)
+    assert read_seed(other) is None
+
+
+def test_a_damaged_or_exposed_key_fails_prepare(tmp_path: Path) -> None:
+    path = tmp_path / "key.pem"
+    load_or_create_key(path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[1][:-8] + "AAAAAAA=", lines[-1]]) + "\n")
+    assert read_seed(path) is None  # not 48 bytes of PKCS #8 Ed25519
+    with pytest.raises(LedgerError, match="cannot load"):
+        KeyFileSigner(path).prepare()
+    path.chmod(0o644)
+    with pytest.raises(LedgerError, match="accessible by other users"):
+        KeyFileSigner(path).prepare()
 
 
 def test_statements_are_domain_separated_canonical_json() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,13 @@ from jhansi.sandbox.bwrap import (
 )
 from jhansi.sandbox.interface import (
     PYTHON,
+    THREAD_ENV,
     ExecStatus,
     Limits,
     Mount,
     SandboxSpec,
     TailBuffer,
+    threads_enforcement,
 )
 from jhansi.sandbox.limits import CgroupLayout, _Cgroup, parse_layout, plan_limits
 
@@ -129,10 +132,24 @@ def test_every_namespace_is_new_and_nothing_is_inherited(tmp_path: Path) -> None
     assert ("--uid", "1000") in grouped
     assert ("--gid", "1000") in grouped
     assert ("--hostname", "sandbox") in grouped
+    threads = [("--setenv", name, "2") for name in THREAD_ENV]  # ceil(1.5 CPUs)
     assert [g for g in grouped if g[0] == "--setenv"] == [
+        *threads,
         ("--setenv", "HOME", "/home/sandbox"),
         ("--setenv", "A", "b c"),
     ]
+
+
+def test_thread_pools_follow_the_cpu_limit_unless_env_sets_them(tmp_path: Path) -> None:
+    given = spec(tmp_path, env={"OPENBLAS_NUM_THREADS": "8"})
+    setenv = {
+        g[1]: g[2] for g in ops(build_options(given, ROOT, FEATURES, Data())) if g[0] == "--setenv"
+    }
+    assert setenv["OPENBLAS_NUM_THREADS"] == "8"
+    assert setenv["OMP_NUM_THREADS"] == setenv["MKL_NUM_THREADS"] == "2"
+    half = spec(tmp_path, limits=replace(LIMITS, cpus=0.5))
+    assert ("--setenv", "OMP_NUM_THREADS", "1") in ops(build_options(half, ROOT, FEATURES, Data()))
+    assert "OPENBLAS_NUM_THREADS as given by --env" in threads_enforcement(given)
 
 
 def test_an_old_bwrap_gets_no_options_it_lacks(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from jhansi.sandbox.engine import (
     parse_url,
     split_reference,
 )
-from jhansi.sandbox.interface import HOME, PYTHON, Limits, Mount, SandboxSpec
+from jhansi.sandbox.interface import HOME, PYTHON, THREAD_ENV, Limits, Mount, SandboxSpec
 
 
 def frame(stream: int, payload: bytes) -> bytes:
@@ -546,7 +546,7 @@ def test_container_config_is_hardened() -> None:
     assert config["Entrypoint"] == ["python3"]
     assert config["Cmd"] == ["-I", "/opt/jhansi/entry.py"]
     assert config["User"] == "1000:1000"
-    assert config["Env"] == [f"HOME={HOME}"]
+    assert config["Env"] == [*(f"{name}=2" for name in THREAD_ENV), f"HOME={HOME}"]
     assert config["Labels"] == {"team": "a", "jhansi.run-id": "r1"}
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
