@@ -89,9 +89,11 @@ def parse_metadata(
 
     ``name`` and ``version`` are used when the file does not carry them.
     """
-    from email.parser import BytesParser
+    from email.parser import Parser
 
-    message = BytesParser().parsebytes(data, headersonly=True)
+    # Core metadata is UTF-8 (PEP 566); parsed as text, a non-ASCII value (a licence
+    # text, an author's name) stays a str instead of becoming an email Header object.
+    message = Parser().parsestr(data.decode("utf-8", "replace"), headersonly=True)
 
     def field(key: str) -> str | None:
         value = message.get(key)
@@ -101,7 +103,7 @@ def parse_metadata(
         name=canonical_name(field("Name") or name),
         version=field("Version") or version,
         license_expression=field("License-Expression") or None,
-        license=_first_line(message.get("License")),
+        license=_first_line(field("License")),
         classifiers=tuple(str(c).strip() for c in message.get_all("Classifier") or ()),
         summary=field("Summary") or None,
         requires_dist=tuple(str(r).strip() for r in message.get_all("Requires-Dist") or ()),

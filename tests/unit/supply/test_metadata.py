@@ -297,3 +297,15 @@ def test_last_the_locked_wheel_itself_is_read_if_it_matches_the_lock(
         assert "does not match the lock's digest" in (meta.problem or "")
     else:
         assert (meta.source, meta.license_expression) == ("index", "MIT OR Apache-2.0")
+
+
+def test_non_ascii_metadata_values_are_text() -> None:
+    from jhansi.supply.metadata import parse_metadata
+
+    data = (
+        "Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n"
+        "License: Copyright © 2024 Zoë Müller\n  All rights reserved.\n"
+        "Author: Zoë\n\n"
+    ).encode()
+    meta = parse_metadata(data, source="index")
+    assert meta.license == "Copyright © 2024 Zoë Müller"
