@@ -167,3 +167,30 @@ def test_sbom_of_a_run_and_of_a_script_validate(tmp_path: Path, bwrap_path: Path
         purls = {c.get("purl") for c in bom["components"]}
         assert "pkg:pypi/requests@2.19.1" in purls
         assert any(v["id"] == "PYSEC-2018-28" for v in bom.get("vulnerabilities", []))
+
+
+def test_pip_audit_path_against_a_loopback_osv_server_finds_the_same(
+    tmp_path: Path, bwrap_path: Path
+) -> None:
+    """pip-audit's OSV service, pointed (PIP_AUDIT_OSV_URL, then [policy] osv_url) at a
+    real HTTP server on loopback that answers from the same OSV records."""
+    from tests.osv_server import serve_osv
+
+    project = _project(tmp_path / "p")
+    online = '[policy]\nvulnerability_service = "osv"\n'
+    (project / "jhansi.toml").write_text('[sandbox]\nbackend = "bwrap"\n' + online)
+    with serve_osv(project / "osv") as url:
+        by_env = run_jhansi(
+            "check", "--json", "vulnerable.py", cwd=project, env={"PIP_AUDIT_OSV_URL": url}
+        )
+        (project / "jhansi.toml").write_text(
+            '[sandbox]\nbackend = "bwrap"\n' + online + f'osv_url = "{url}"\n'
+        )
+        by_config = run_jhansi("check", "--json", "vulnerable.py", cwd=project)
+    for proc in (by_env, by_config):
+        assert proc.returncode == 3, proc.stderr
+        (script,) = json.loads(proc.stdout)["scripts"]
+        assert script["policy"]["audit"]["source"] == "osv"
+        assert script["policy"]["audit"]["location"] == url
+        ids = {f["id"] for f in script["policy"]["findings"] if f["rule"] == "vulnerability"}
+        assert ids == {"PYSEC-2018-28"}
