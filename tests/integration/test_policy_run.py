@@ -159,6 +159,16 @@ def test_sbom_of_a_run_and_of_a_script_validate(tmp_path: Path, bwrap_path: Path
     assert ran.returncode == 0, ran.stderr
     written = run_jhansi("sbom", "vulnerable.py", "-o", "script.cdx.json", cwd=project)
     assert written.returncode == 0, written.stderr
+    run_id = next(r["run_id"] for r in _runs() if r["status"] == "succeeded")
+    shown = json.loads(run_jhansi("ledger", "show", "--json", str(run_id)).stdout)
+    start = next(r for r in shown["records"] if r["kind"] == "exec.start")["body"]
+    recorded = (project / "run.cdx.json").read_bytes()
+    import blake3
+
+    assert start["sbom"]["blake3"] == blake3.blake3(recorded).hexdigest()
+    assert start["policy"]["audit"]["source"] == "offline-osv"
+    assert start["policy"]["audit"]["data_date"]  # the offline data's date is recorded
+    assert [f["id"] for f in start["policy"]["ignored"]] == ["PYSEC-2018-28"]
     for name in ("run.cdx.json", "script.cdx.json"):
         text = (project / name).read_text()
         assert validator.validate_str(text) is None, name
