@@ -232,7 +232,8 @@ def test_refusals_are_tool_errors_and_recorded(project: Path) -> None:
 
         verified = _structured(await session.call_tool("verify_ledger", {}))
         assert verified["ok"] is True
-        assert verified["denied"] == 2  # the unresolved import and the syntax error
+        # the unresolved import, the syntax error and the unbound secret
+        assert verified["denied"] == 3
         assert verified["runs"] == 1
 
     _serve(project, body, "--sandbox", "from-flag")
