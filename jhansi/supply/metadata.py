@@ -20,9 +20,7 @@ A package whose metadata cannot be had is data, not an error: its
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from jhansi._cache import write_cache_file
 from jhansi.deps.lock import LockedPackage, canonical_name
 
 if TYPE_CHECKING:
@@ -314,15 +313,7 @@ def _write_cache(path: Path, meta: PackageMetadata) -> None:
         "summary": meta.summary,
         "requires_dist": list(meta.requires_dist),
     }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(json.dumps(data, sort_keys=True).encode())
-        Path(tmp).replace(path)
-    except OSError:
-        # A cache that cannot be written only costs a fetch next time.
-        return
+    write_cache_file(path, json.dumps(data, sort_keys=True).encode())
 
 
 # -- the entry point ------------------------------------------------------------------------

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from jhansi._cache import write_cache_file
 from jhansi.deps.lock import LockedPackage, canonical_name
 from jhansi.errors import PolicyError
 
@@ -100,14 +99,7 @@ def _write_cache(path: Path, first: datetime | None) -> None:
         "first_release": first.isoformat() if first else None,
         "checked": time.time(),
     }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(json.dumps(data, sort_keys=True).encode())
-        Path(tmp).replace(path)
-    except OSError:
-        return
+    write_cache_file(path, json.dumps(data, sort_keys=True).encode())
 
 
 def _aware(moment: datetime) -> datetime:
