@@ -172,7 +172,8 @@ def test_run_with_dependencies_validates(project: Path) -> None:
 
 @pytest.mark.bwrap
 def test_every_other_json_command_prints_one_document(project: Path) -> None:
-    """deps, sandbox ls/rm/prune, config show, doctor, ledger verify/log/show/head/key."""
+    """deps, lock, check, secret, sandbox ls/rm/prune, config show, doctor, ledger
+    verify/log/show/head/key."""
     script = project / "hello.py"
     script.write_text("import json\nprint(json.dumps({'ok': True}))\n")
     unresolved = project / "unresolved.py"
@@ -219,6 +220,11 @@ def test_every_other_json_command_prints_one_document(project: Path) -> None:
     check("ledger", "show", "--json", "ffff", code=int(ExitCode.USAGE), status="error")
     check("ledger", "head", "--json")
     check("ledger", "key", "--json")
+
+    checked = check("check", "--json", str(script), str(unresolved), code=7, status="error")
+    assert [d["status"] for d in checked["scripts"]] == ["ok", "error"]
+    check("secret", "ls", "--json")
+    check("secret", "rm", "--json", "NOT_STORED", code=int(ExitCode.USAGE), status="error")
 
     check("sandbox", "rm", "--json", "nobody", code=int(ExitCode.USAGE), status="error")
     check("sandbox", "rm", "--json", "listed")
