@@ -38,7 +38,11 @@ from tests.tls_server import TLSServer
 KEY_NAME = "JHANSI_TEST_API_KEY"
 OTHER_NAME = "JHANSI_TEST_OTHER_KEY"
 CANARY_NAME = "JHANSI_TEST_EGRESS_CANARY"
-EGRESS_BACKENDS = ("bwrap", "docker", "podman")
+EGRESS_BACKENDS = (
+    pytest.param("bwrap", marks=pytest.mark.bwrap, id="bwrap"),
+    pytest.param("docker", marks=pytest.mark.docker, id="docker"),
+    pytest.param("podman", marks=pytest.mark.podman, id="podman"),
+)
 PROBE = Path(__file__).with_name("probe.py")
 SANDBOX = "egress-attacks"
 

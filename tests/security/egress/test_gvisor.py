@@ -31,6 +31,8 @@ def base() -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.mark.docker
+@pytest.mark.gvisor
 def test_egress_on_gvisor_is_refused_with_the_fix(gvisor_engine: Engine, base: Path) -> None:
     home = base / "jhansi-home"
     project = base / "project"
