@@ -85,34 +85,52 @@ def set_secret(ctx: typer.Context, name: NameArgument, json_output: JsonFlag = F
 
 @app.command("ls")
 def list_secrets(ctx: typer.Context, json_output: JsonFlag = False) -> None:
-    """List secret names and where each value comes from (keyring, environment, missing)."""
+    """List secret names, where each value comes from, and the hosts each is bound to.
+
+    Lists the stored secrets and those bound in ``[secrets.NAME]`` of the
+    configuration that applies here (user and project config). Values are never
+    read for this beyond asking whether they exist, and never shown.
+    """
     from jhansi.cli._output import print_json, stdout_console
+    from jhansi.config import load_settings
 
     ctx.ensure_object(CliState).json = json_output
+    bound = load_settings().secrets
     store = _store()
-    sources = store.sources()
+    sources = store.sources(extra=tuple(bound))
     where = store.backend_description()
+    hosts = {name: list(conf.hosts) for name, conf in bound.items()}
     if json_output:
         print_json(
             {
                 "status": "ok",
                 "backend": where,
-                "secrets": [{"name": s.name, "source": s.origin} for s in sources],
+                "secrets": [
+                    {"name": s.name, "source": s.origin, "hosts": hosts.get(s.name, [])}
+                    for s in sources
+                ],
             }
         )
         return
+    from rich.markup import escape
     from rich.table import Table
 
     console = stdout_console()
     if not sources:
-        console.print(f"no secrets stored; values come from {where}", soft_wrap=True)
+        console.print(f"no secrets stored or bound; values come from {where}", soft_wrap=True)
         return
     table = Table(title=f"secrets ({where})", title_justify="left")
     table.add_column("name")
     table.add_column("value from")
+    table.add_column("bound to")
     for source in sources:
         shown = "[red]missing[/]" if source.origin == "missing" else source.origin
-        table.add_row(source.name, shown)
+        targets = hosts.get(source.name)
+        table.add_row(
+            source.name,
+            shown,
+            escape(", ".join(targets)) if targets else "[dim]no host (use --secret NAME@HOST)[/]",
+        )
     console.print(table)
 
 

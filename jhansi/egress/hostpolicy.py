@@ -213,6 +213,12 @@ def parse_target(text: str, *, literals: Collection[HostPort] = ()) -> HostPort:
         raise EgressRefusal(f"{shown}: {exc}", hint=hint) from None
     target = HostPort(host, port)
     if is_ip and target not in literals:
+        problem = check_address(host, ())
+        if problem is not None and "metadata" in problem:
+            raise EgressRefusal(
+                f"{target} is an IP-address literal of a cloud metadata service",
+                hint="metadata services are never reached through the egress proxy",
+            )
         raise EgressRefusal(
             f"{target} is an IP-address literal",
             hint=f"connect by host name, or run with --allow-host {target} if that is intended",
@@ -229,13 +235,13 @@ def parse_host_rule(text: str) -> HostPort:
     if "://" in text:
         raise UsageError(
             f"{text!r} is a URL, not a host",
-            hint="give HOST or HOST:PORT (for plain http use --allow-http http://HOST[:PORT])",
+            hint="give HOST or HOST:PORT (for plain http: --allow-host http://HOST[:PORT])",
         )
     return _rule(text, default_port=443)
 
 
 def parse_http_rule(text: str) -> HostPort:
-    """Parse ``http://HOST[:PORT]`` (port 80) from ``--allow-http``; plain HTTP only."""
+    """Parse ``http://HOST[:PORT]`` (port 80) from ``--allow-host``; plain HTTP only."""
     if not text.lower().startswith("http://"):
         raise UsageError(
             f"{text!r} is not an http:// URL", hint="give http://HOST[:PORT] for plain HTTP"
@@ -317,7 +323,7 @@ def check_address(ip: str | IPAddress, allow_private: Sequence[IPNetwork]) -> st
             if not exact:
                 return (
                     f"{shown} is a cloud metadata address; refused "
-                    f"(only --allow-private {view}/{view.max_prefixlen} allows it)"
+                    f'(only [network] allow_private = ["{view}/{view.max_prefixlen}"] allows it)'
                 )
             continue
         if _is_wrapper(view) or _is_public(view):
@@ -326,8 +332,8 @@ def check_address(ip: str | IPAddress, allow_private: Sequence[IPNetwork]) -> st
             continue
         prefix = 32 if view.version == 4 else 128
         return (
-            f"{shown} is not a public address; run with --allow-private "
-            f"{view}/{prefix} (or its network) if that is intended"
+            f"{shown} is not a public address; set [network] allow_private = "
+            f'["{view}/{prefix}"] (or its network) if that is intended'
         )
     return None
 

@@ -749,7 +749,7 @@ class EgressProxy:
             shown = target.authority(default_port=80)
             raise _Refused(
                 f"plain http://{shown} is not allowed; use https:// or run with "
-                f"--allow-http http://{shown}",
+                f"--allow-host http://{shown}",
                 target=target,
             )
         try:

@@ -56,8 +56,11 @@ PROXY_VARS: Final = (
     "all_proxy",
 )
 NO_PROXY_VARS: Final = ("NO_PROXY", "no_proxy")
-#: The sandbox's own loopback: never sent to the host proxy (which would refuse it anyway).
-NO_PROXY: Final = "localhost,127.0.0.1,::1"
+#: Empty: every name goes to the host proxy, which decides. A name such as ``localhost``
+#: is the proxy's to resolve and check (an API on the host's loopback, allowed through
+#: ``allow_private``, is a real need); a bypass list would send it to the sandbox's own
+#: loopback instead, where nothing can answer.
+NO_PROXY: Final = ""
 CA_VARS: Final = (
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",

@@ -494,7 +494,7 @@ def test_private_addresses_need_allow_private(
     _proxy, port = make_proxy(allow_private=())
     status, _, body, _ = connect(port, f"{API}:{server.port}")
     assert status == 403
-    assert b"--allow-private 127.0.0.1/32" in body
+    assert b'[network] allow_private = ["127.0.0.1/32"]' in body
 
 
 def test_dns_is_resolved_once_and_the_checked_address_is_used(
@@ -627,7 +627,7 @@ def test_plain_http_only_when_allowed_and_never_with_secrets(
     assert b"plain-http" in body
     status, _, body = get(f"http://{API}:{server.plain_port}/echo")
     assert status == 403
-    assert b"--allow-http" in body
+    assert b"--allow-host http://" in body
     status, _, body = get(f"http://user@{PLAIN}:{server.plain_port}/echo")
     assert status == 403
     events = wait_for_events(proxy, 4)

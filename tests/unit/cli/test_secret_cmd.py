@@ -86,7 +86,7 @@ def test_set_ls_rm_with_a_keyring(
     assert json.loads(listed.stdout) == {
         "status": "ok",
         "backend": "keyring: keyring stand in StandInKeyring",
-        "secrets": [{"name": "GH_TOKEN", "source": "keyring"}],
+        "secrets": [{"name": "GH_TOKEN", "source": "keyring", "hosts": []}],
     }
     table = cli("secret", "ls")
     assert "GH_TOKEN" in table.stdout
@@ -96,7 +96,7 @@ def test_set_ls_rm_with_a_keyring(
     assert removed.stdout.startswith("removed GH_TOKEN")
     assert ring.entries == {}
     empty = cli("secret", "ls")
-    assert empty.stdout.startswith("no secrets stored; values come from keyring:")
+    assert empty.stdout.startswith("no secrets stored or bound; values come from keyring:")
     never_shows(VALUE, stored, listed, table, removed, empty)
     assert files_containing(jhansi_home, VALUE) == []
 
@@ -158,6 +158,48 @@ def test_without_a_keyring_set_and_rm_refuse_and_ls_says_where_values_come_from(
     never_shows(VALUE, refused, removed, listed)
 
 
+def test_ls_shows_the_hosts_bound_in_config_and_never_a_value(
+    cli: Invoke,
+    ring: StandInKeyring,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "jhansi.toml").write_text(
+        '[secrets.GH_TOKEN]\nhosts = ["api.github.com", "uploads.github.com:8443"]\n'
+        '[secrets.FROM_ENV]\nhosts = ["api.example.com"]\nheader = "X-Api-Key"\n'
+        '[secrets.NOWHERE]\nhosts = ["api.example.org"]\n'
+    )
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("FROM_ENV", VALUE + "-env")
+    with_stdin(monkeypatch, VALUE + "\n")
+    assert cli("secret", "set", "GH_TOKEN").code == 0
+    with_stdin(monkeypatch, VALUE + "\n")
+    assert cli("secret", "set", "UNBOUND").code == 0
+    listed = cli("secret", "ls", "--json")
+    assert listed.code == 0, listed.stderr
+    assert json.loads(listed.stdout)["secrets"] == [
+        {"name": "FROM_ENV", "source": "environment", "hosts": ["api.example.com"]},
+        {
+            "name": "GH_TOKEN",
+            "source": "keyring",
+            "hosts": ["api.github.com", "uploads.github.com:8443"],
+        },
+        {"name": "NOWHERE", "source": "missing", "hosts": ["api.example.org"]},
+        {"name": "UNBOUND", "source": "keyring", "hosts": []},
+    ]
+    table = cli("secret", "ls")
+    assert table.code == 0, table.stderr
+    rows = {line.split()[1]: line for line in table.stdout.splitlines() if "│" in line[:2]}
+    assert "api.github.com, uploads.github.com:8443" in rows["GH_TOKEN"]
+    assert "environment" in rows["FROM_ENV"]
+    assert "api.example.com" in rows["FROM_ENV"]
+    assert "missing" in rows["NOWHERE"]
+    assert "--secret NAME@HOST" in rows["UNBOUND"]
+    never_shows(VALUE, listed, table)
+
+
 def test_rm_of_an_unknown_secret(cli: Invoke, ring: StandInKeyring) -> None:
     result = cli("secret", "rm", "NOPE", "--json")
     assert result.code == 2
@@ -187,7 +229,9 @@ def test_real_processes_share_the_keyring_and_never_print_the_value(
     stored = run_jhansi("secret", "set", "GH_TOKEN", env=env, cwd=REPO, input=VALUE + "\n")
     assert stored.returncode == 0, stored.stderr
     listed = run_jhansi("secret", "ls", "--json", env=env, cwd=REPO)
-    assert json.loads(listed.stdout)["secrets"] == [{"name": "GH_TOKEN", "source": "keyring"}]
+    assert json.loads(listed.stdout)["secrets"] == [
+        {"name": "GH_TOKEN", "source": "keyring", "hosts": []}
+    ]
     # The value is in the (stand-in) keyring only: nowhere under JHANSI_HOME.
     assert VALUE in (tmp_path / "ring.json").read_text()
     assert files_containing(jhansi_home, VALUE) == []

@@ -165,7 +165,7 @@ PRIVATE = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8
 def test_check_address_refuses_non_global(address: str) -> None:
     reason = check_address(address, ())
     assert reason is not None
-    assert "--allow-private" in reason or "unspecified" in reason
+    assert "[network] allow_private" in reason or "unspecified" in reason
 
 
 METADATA = [
