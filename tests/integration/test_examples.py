@@ -8,10 +8,16 @@ repository. A new example without a case here fails :func:`test_every_example_is
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,11 +28,20 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 README = (ROOT / "README.md").read_text()
 
-EXERCISED = {"hello.py", "deps_detected.py", "pep723.py", "unresolved.py", "counter.py"}
+EXERCISED = {
+    "hello.py",
+    "deps_detected.py",
+    "pep723.py",
+    "unresolved.py",
+    "counter.py",
+    "vulnerable.py",
+    "secret_api/demo.py",
+    "secret_api/call.py",  # run by demo.py
+}
 
 
 def test_every_example_is_exercised() -> None:
-    assert {p.name for p in EXAMPLES.glob("*.py")} == EXERCISED
+    assert {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py")} == EXERCISED
 
 
 class Checkout:
@@ -38,6 +53,20 @@ class Checkout:
         (self.root / "pyproject.toml").write_text('[project]\nname = "jhansi-examples"\n')
         shutil.copytree(EXAMPLES, self.root / "examples", ignore=shutil.ignore_patterns("pylock.*"))
         self.env = backend_env(backend)
+
+    def python(self, command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        """Run one README command line (``python ...``) from the checkout's root."""
+        words = command.split()
+        assert words[0] == "python", command
+        return subprocess.run(
+            [sys.executable, *words[1:]],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env, **env},
+            cwd=self.root,
+            timeout=300,
+            check=False,
+        )
 
     def jhansi(self, command: str) -> subprocess.CompletedProcess[str]:
         """Run one README command line (``jhansi ...``) from the checkout's root."""
@@ -128,3 +157,71 @@ def test_counter_persists_in_a_named_sandbox(checkout: Checkout) -> None:
     ephemeral = in_readme("jhansi run -q --ephemeral examples/counter.py")
     assert [checkout.jhansi(ephemeral).stdout for _ in range(2)] == ["1\n", "1\n"]
     assert checkout.jhansi(named).stdout == "3\n"
+
+
+@pytest.mark.bwrap
+@pytest.mark.network
+def test_vulnerable_pin_is_refused(checkout: Checkout) -> None:
+    fixtures = ROOT / "tests" / "fixtures" / "advisory-database"
+    shutil.copytree(fixtures, checkout.root / "tests" / "fixtures" / "advisory-database")
+    command = "jhansi run --advisory-db tests/fixtures/advisory-database examples/vulnerable.py"
+    proc = checkout.jhansi(in_readme(command))
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == ""  # nothing ran
+    assert re.search(
+        r"deny: requests 2\.19\.1: \[vulnerability\] PYSEC-2018-28 \(CVE-2018-18074", proc.stderr
+    )
+    assert "Require requests>=2.20.0" in proc.stderr
+    assert "error: examples/vulnerable.py: the policy refused the dependencies" in proc.stderr
+    log = checkout.jhansi("jhansi ledger log --json")
+    assert [run["status"] for run in json.loads(log.stdout)["runs"]] == ["denied"]
+
+
+@pytest.fixture
+def short_home() -> Iterator[Path]:
+    """A JHANSI_HOME with a short path.
+
+    The egress proxy's unix socket lives under JHANSI_HOME/run, and a socket path
+    is limited to 107 bytes: pytest's temporary directories are too deep for it.
+    """
+    home = Path(tempfile.mkdtemp(prefix="jh-"))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.bwrap
+def test_secret_api_demo(checkout: Checkout, short_home: Path) -> None:
+    token = "demo-token-" + secrets.token_hex(12)
+    checkout.env["JHANSI_HOME"] = str(short_home)
+    proc = checkout.python(in_readme("python examples/secret_api/demo.py"), {"DEMO_TOKEN": token})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    placeholder = re.fullmatch(
+        r"my DEMO_TOKEN: (jhansi-placeholder-DEMO_TOKEN-[0-9a-f]+)", lines[2]
+    )
+    assert placeholder, lines
+    assert lines[3:] == [
+        "the API answered 200: token accepted",
+        f"the API echoed my Authorization header: Bearer {placeholder[1]}",
+        "the echo holds my placeholder, not the token: True",
+        "the API received the real token: yes (1 request(s))",
+    ]
+    assert re.fullmatch(
+        r"\+ jhansi run --secret DEMO_TOKEN@[\w.-]+:\d+ examples/secret_api/call.py https://\S+/hello",
+        lines[1],
+    ), lines
+    assert not (checkout.root / "examples" / "secret_api" / "demo-ca.pem").exists()
+    # the real token is nowhere the script, the terminal or the record could show it
+    assert token not in proc.stdout + proc.stderr
+    for path in short_home.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+    shown = checkout.jhansi("jhansi ledger log --json")
+    run = json.loads(shown.stdout)["runs"][-1]
+    record = json.loads(checkout.jhansi(f"jhansi ledger show --json {run['run_id']}").stdout)
+    egress = next(r["body"]["egress"] for r in record["records"] if r["kind"] == "exec.end")
+    assert [(e["decision"], e["status"], e["secrets"]) for e in egress] == [
+        ("intercepted", 200, ["DEMO_TOKEN"])
+    ]
