@@ -6,8 +6,8 @@
    port, a certificate from a CA made for the demo (written to demo-ca.pem
    beside this file, removed at the end). It accepts only
    ``Authorization: Bearer <the real token>`` and echoes that header back.
-   HOST is the machine's host name (127.0.1.1 on Debian and Ubuntu), or
-   DEMO_API_HOST: inside the sandbox ``localhost`` is the sandbox itself.
+   HOST is ``localhost`` (or DEMO_API_HOST): the sandbox's requests go through the
+   egress proxy on the host, which resolves it there.
 2. Puts the token (DEMO_TOKEN if set, else a random one) in DEMO_TOKEN in the
    environment jhansi runs in. Where there is no OS keyring (CI, servers),
    jhansi reads a secret NAME from the variable NAME; on a desktop,
@@ -131,24 +131,19 @@ class DemoAPI(BaseHTTPRequestHandler):
 def api_host() -> tuple[str, str]:
     """A name of this machine that resolves to a loopback address, and that address.
 
-    Inside the sandbox ``localhost`` is the sandbox's own loopback (never sent to
-    the proxy), so the API needs another name: DEMO_API_HOST, else the machine's
-    host name (on Debian and Ubuntu it is 127.0.1.1 in /etc/hosts).
+    ``localhost`` unless DEMO_API_HOST names another: every request from the sandbox
+    goes through the egress proxy, which resolves the name on the host.
     """
-    host = os.environ.get("DEMO_API_HOST") or socket.gethostname()
+    host = os.environ.get("DEMO_API_HOST") or "localhost"
     try:
         infos = socket.getaddrinfo(host, 443, socket.AF_INET, socket.SOCK_STREAM)
     except OSError:
         infos = []
     addresses = {str(info[4][0]) for info in infos}
-    if (
-        host == "localhost"
-        or not addresses
-        or not all(ipaddress.ip_address(a).is_loopback for a in addresses)
-    ):
+    if not addresses or not all(ipaddress.ip_address(a).is_loopback for a in addresses):
         sys.exit(
             f"{host!r} does not resolve to a loopback address only ({sorted(addresses)}): "
-            "set DEMO_API_HOST to a name that does (add one to /etc/hosts), not localhost"
+            "set DEMO_API_HOST to a name that does"
         )
     return host, min(addresses)
 

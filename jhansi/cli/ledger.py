@@ -24,7 +24,7 @@ LedgerOption = Annotated[
     typer.Option(
         "--ledger",
         metavar="DIR",
-        help="The ledger directory (default: JHANSI_LEDGER, [ledger] path, "
+        help="The ledger directory (default: JHANSI_LEDGER, the ledger.path setting, "
         "else <data dir>/ledger).",
     ),
 ]

@@ -120,7 +120,7 @@ LedgerDir = Annotated[
     Path | None,
     typer.Option(
         "--ledger",
-        help="The ledger directory (also JHANSI_LEDGER, [ledger] path).",
+        help="The ledger directory (also JHANSI_LEDGER, the ledger.path setting).",
         rich_help_panel=AUDIT,
     ),
 ]
@@ -190,7 +190,7 @@ AdvisoryDb = Annotated[
     Path | None,
     typer.Option(
         "--advisory-db",
-        help="Offline OSV data: a directory of OSV records or an all.zip ([policy] advisory_db).",
+        help="Offline OSV data: a directory of OSV records or an all.zip (policy.advisory_db).",
         rich_help_panel=POLICY,
     ),
 ]

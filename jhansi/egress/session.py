@@ -188,12 +188,51 @@ def _integers(event: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: A unix socket's path must fit in ``sun_path`` (108 bytes on Linux, with its NUL).
+_SUN_PATH_MAX = 107
+#: ``egress-<24 hex>/proxy.sock`` below the parent, and its ``/``.
+_SOCKET_TAIL = len("/egress-") + 24 + len("/proxy.sock")
+
+
+def _socket_parent(runtime_dir: Path) -> Path:
+    """``runtime_dir``, or a short private directory when a socket there would not fit.
+
+    A deep ``JHANSI_HOME`` makes the socket's path longer than the kernel accepts; then
+    the per-run directory goes in ``<tmp>/jhansi-<uid>`` instead (mode 0711, like the
+    runtime directory an engine's user may need to pass through: it cannot be listed,
+    and each run's directory in it has an unguessable name).
+    """
+    import os
+    import stat
+    import tempfile
+
+    from jhansi.errors import SandboxError
+
+    if len(os.fsencode(str(runtime_dir))) + _SOCKET_TAIL <= _SUN_PATH_MAX:
+        return runtime_dir
+    short = Path(tempfile.gettempdir()) / f"jhansi-{os.getuid()}"
+    try:
+        short.mkdir(mode=0o711, exist_ok=True)
+        st = short.lstat()
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot make {short} for the egress proxy's socket: {exc.strerror or exc}",
+            hint="Use a shorter JHANSI_HOME (a unix socket's path is limited to 107 bytes).",
+        ) from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise SandboxError(
+            f"{short} is not a private directory of this user",
+            hint=f"Remove {short} (something else made it), or use a shorter JHANSI_HOME.",
+        )
+    return short
+
+
 def open_session(policy: EgressPolicy, *, runtime_dir: Path, lifetime: timedelta) -> EgressSession:
     """Start the proxy for ``policy`` on a socket in a fresh private directory."""
     from jhansi.egress.proxy import EgressProxy
     from jhansi.egress.sandboxside import SOCKET_NAME, EgressMounts, make_egress_dir
 
-    directory = make_egress_dir(runtime_dir)
+    directory = make_egress_dir(_socket_parent(runtime_dir))
     proxy = EgressProxy(policy, lifetime=lifetime)
     try:
         proxy.start_unix(directory / SOCKET_NAME)

@@ -206,3 +206,18 @@ def test_the_umask_does_not_decide_the_modes(egress_dir: Path, roots: Path) -> N
     finally:
         os.umask(old)
     assert mode(prepared.bundle) == 0o644
+
+
+def test_a_deep_runtime_directory_gets_a_short_socket_parent(tmp_path: Path) -> None:
+    import os
+
+    from jhansi.egress.session import _socket_parent
+
+    shallow = Path("/run/user/1000/jhansi")  # only measured, never made
+    assert _socket_parent(shallow) == shallow
+    deep = tmp_path / ("d" * 90) / "run"
+    short = _socket_parent(deep)
+    assert short != deep
+    assert short.name == f"jhansi-{os.getuid()}"
+    assert short.stat().st_mode & 0o777 == 0o711
+    assert len(str(short / ("egress-" + "0" * 24) / "proxy.sock")) <= 107
