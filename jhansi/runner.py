@@ -658,6 +658,17 @@ class Runner:
             if egress is not None:
                 egress.close()
 
+    def _report_refusals(self, egress: EgressSession) -> None:
+        """Say what the proxy refused: a client library shows only "403 Forbidden"."""
+        seen: set[str] = set()
+        for event in egress.events():
+            if event.get("decision") != "refused":
+                continue
+            line = f"egress refused {event.get('host')}:{event.get('port')}: {event.get('reason')}"
+            if line not in seen:
+                seen.add(line)
+                self.reporter.warning(line)
+
     def _egress(self, request: RunRequest) -> EgressSession | None:
         """The run's egress proxy, started; ``None`` when nothing may leave the sandbox."""
         wanted = request.secrets or request.allow_hosts
@@ -836,6 +847,7 @@ class Runner:
             sink.flush()
             if egress is not None:
                 result = _scrub_result(result, egress)
+                self._report_refusals(egress)
         except (KeyboardInterrupt, JhansiError) as stopped:
             # Started, so it ends in the ledger too: never an unpaired start we caused.
             empty = OutputTail(b"", 0, False)
