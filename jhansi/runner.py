@@ -514,6 +514,18 @@ class Runner:
                 _remove_quietly(script.host_path)
 
     def _sbom(self, script: Script, deps: Dependencies, info: BackendInfo | None) -> bytes:
+        from jhansi.supply.sbom_cache import cached_sbom
+
+        kept = cached_sbom(  # a warm run: the document built before, without the builder
+            script_name=script.display,
+            script_bytes=script.text.encode("utf-8"),
+            deps=deps,
+            backend=info,
+            image=self.settings.sandbox.image,
+            cache_dir=self.paths.cache,
+        )
+        if kept is not None:
+            return kept
         from jhansi.supply.sbom import sbom_for_run
 
         return sbom_for_run(

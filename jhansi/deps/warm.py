@@ -277,8 +277,6 @@ def load(
 def _rebuild(
     entry: Any, key: str, target: Target, lock_bytes: bytes | None, now: datetime
 ) -> Dependencies | None:
-    from jhansi.deps.install import is_complete
-    from jhansi.deps.lock import LockResult
     from jhansi.deps.plan import DependencyPlan
     from jhansi.supply.policy import SupplyCheck
 
@@ -293,7 +291,10 @@ def _rebuild(
     supply = _decode(entry["supply"])
     if not isinstance(plan, DependencyPlan) or not isinstance(supply, SupplyCheck):
         raise CorruptEntry("not a decision")
-    if lock is not None:
+    if lock is not None:  # the lock's and environment's modules are loaded by decoding them
+        from jhansi.deps.install import is_complete
+        from jhansi.deps.lock import LockResult
+
         if not isinstance(lock, LockResult) or environment is None or lock_bytes is None:
             raise CorruptEntry("not a decision")
         if not is_complete(environment.path):
