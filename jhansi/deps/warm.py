@@ -7,7 +7,8 @@ provenance data and the policy's modules), a good part of a warm run. So the run
 keeps the decision of an allowed run under a key made of **everything it depends on**
 (:func:`decision_key`):
 
-* jhansi's version (the import map, the policy's rules and data come with it);
+* jhansi's version, and the bundled data's files (size, mtime, inode): the import
+  map, its overrides, the popular-projects list, the licence classifiers;
 * the script's name and text, and each directory its local imports are looked up in
   (path, inode and modification time: adding or removing a module there changes it);
 * the target (interpreter version, platform, standard-library names);
@@ -73,6 +74,35 @@ def _directory_state(path: Path) -> list[Any]:
     return [str(path), st.st_ino, st.st_mtime_ns]
 
 
+#: Data shipped with jhansi that decisions come from: the import map and its overrides,
+#: the popular-projects list and licence classifiers. A release changes the version
+#: (in the key too); a development checkout changes them in place.
+_DATA_DIRS = (
+    Path(__file__).parent / "data",
+    Path(__file__).parent.parent / "supply" / "data",
+)
+
+
+def _data_state() -> list[Any]:
+    state: list[Any] = []
+    for directory in _DATA_DIRS:
+        try:
+            files = sorted(directory.iterdir())
+        except OSError:
+            state.append([str(directory), None])
+            continue
+        state.extend(_file_state(path) for path in files)
+    return state
+
+
+def _file_state(path: Path) -> list[Any]:
+    try:
+        st = path.stat()
+    except OSError:
+        return [str(path), None]
+    return [str(path), st.st_size, st.st_mtime_ns, st.st_ino]
+
+
 def _target_fields(target: Target) -> list[Any]:
     return [
         target.python_version,
@@ -131,6 +161,7 @@ def decision_key(
     document = [
         FORMAT,
         __version__,
+        _data_state(),
         script_name,
         blake3.blake3(script_text.encode("utf-8", "surrogatepass")).hexdigest(),
         [_directory_state(root.absolute()) for root in local_roots],

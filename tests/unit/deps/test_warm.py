@@ -290,3 +290,22 @@ def test_no_key_without_a_readable_requirements_file(
 def test_entries_are_private(tmp_path: Path, target: Target, policy: PolicySettings) -> None:
     _, path = _stored(tmp_path, target, policy)
     assert path.parent.stat().st_mode & 0o077 == 0
+
+
+def test_changed_bundled_data_changes_the_key(
+    tmp_path: Path, target: Target, policy: PolicySettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import map or the popular-projects list edited in place (a development
+    checkout) is not covered by the version: its files' state is in the key."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "top-packages.txt").write_text("numpy\n")
+    monkeypatch.setattr(warm, "_DATA_DIRS", (data,))
+    before = _key(tmp_path, target, policy)
+    (data / "top-packages.txt").write_text("numpy\nrequests\n")
+    assert _key(tmp_path, target, policy) != before
+
+
+def test_the_real_bundled_data_is_in_the_key() -> None:
+    names = {Path(entry[0]).name for entry in warm._data_state()}
+    assert {"import_map.json", "import_overrides.toml", "top-packages.txt"} <= names
