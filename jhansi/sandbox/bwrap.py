@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from jhansi.errors import SandboxError
 from jhansi.sandbox.interface import (
@@ -556,8 +556,90 @@ def host_root(
 
 
 @cache
-def _cached_host_root(interpreter: Interpreter) -> HostRoot:
-    return host_root(interpreter)
+def _cached_host_root(interpreter: Interpreter, cache_dir: Path | None = None) -> HostRoot:
+    """:func:`host_root`, once per process; with ``cache_dir``, kept between runs.
+
+    Finding the site-packages directories globs several directory trees (up to ~15 ms
+    a run). What :func:`host_root` finds depends on the interpreter, the home directory
+    and the entries of the directories it looks into; the kept answer is used only
+    while every one of those directories has the inode and modification time it had
+    (adding, removing or renaming an entry changes its directory's mtime). Anything
+    else, or an entry that does not read back, is worked out again.
+    """
+    if cache_dir is None:
+        return host_root(interpreter)
+    import blake3
+
+    home = str(Path.home().resolve())
+    key = blake3.blake3(
+        json.dumps(
+            [
+                binary_key(str(interpreter.path)),
+                [str(p) for p in interpreter.prefixes],
+                [str(p) for p in interpreter.site_dirs],
+                home,
+            ]
+        ).encode()
+    ).hexdigest()
+    path = cache_dir / "host-roots" / f"{key[:40]}.json"
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        if entry["watched"] == _directory_states(entry["watched"]):
+            return HostRoot(
+                symlinks=tuple((str(t), str(p)) for t, p in entry["symlinks"]),
+                binds=tuple(str(b) for b in entry["binds"]),
+                masks=tuple(str(m) for m in entry["masks"]),
+                proc_masks=tuple((p, bool(d)) for p, d in _proc_masks()),
+            )
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    watched = _directory_states(_watched_directories(interpreter))
+    root = host_root(interpreter)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(
+            json.dumps(
+                {
+                    "watched": watched,
+                    "symlinks": root.symlinks,
+                    "binds": root.binds,
+                    "masks": root.masks,
+                }
+            ),
+            encoding="utf-8",
+        )
+        partial.replace(path)
+    return root
+
+
+def _proc_masks() -> tuple[tuple[str, bool], ...]:
+    return tuple((p, Path(p).is_dir()) for p in _PROC_MASKS if Path(p).exists())
+
+
+def _watched_directories(interpreter: Interpreter) -> list[str]:
+    """Every directory whose entries :func:`host_root` (with ``base`` ``/``) consults."""
+    found = {"/", "/etc", "/etc/ssl"}
+    found.update(str(Path(p).parent) for p in interpreter.site_dirs)
+    for root in ("/usr", "/usr/local", *(str(p) for p in interpreter.prefixes)):
+        found.add(root)
+        for pattern in ("lib*", "lib*/python*", "lib/python3"):
+            found.update(str(d) for d in Path(root).glob(pattern) if d.is_dir())
+    return sorted(found)
+
+
+def _directory_states(directories: list[Any]) -> list[list[Any]]:
+    """``[path, inode, mtime_ns]`` of each directory (``None`` for one that is not there)."""
+    states: list[list[Any]] = []
+    for entry in directories:
+        name = str(entry[0] if isinstance(entry, list) else entry)
+        try:
+            st = Path(name).stat()
+        except OSError:
+            states.append([name, None, None])
+            continue
+        states.append([name, st.st_ino, st.st_mtime_ns])
+    return states
 
 
 # -- bwrap's options -----------------------------------------------------------------------
@@ -1122,7 +1204,7 @@ class BwrapBackend(Backend):
         interpreter = self._interpreter(spec)
         features = bwrap_features(self.bwrap.path, self.cache_dir)
         _require(self.bwrap, features)
-        root = _cached_host_root(interpreter)
+        root = _cached_host_root(interpreter, self.cache_dir)
         limits = plan_limits(spec.limits, spec.run_id)
         try:
             enforcement = {

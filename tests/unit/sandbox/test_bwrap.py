@@ -8,6 +8,7 @@ import resource
 import struct
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -562,3 +563,39 @@ def test_bwrap_version_and_features_are_asked_once_per_binary(tmp_path: Path) ->
     assert len(calls.read_text().split()) == 6
     store.write_text("{not json")
     assert _facts(path, cache) == ("0.11.0", BwrapFeatures(False, True, False))
+
+
+def test_the_host_root_is_kept_while_its_directories_are_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept on disk per interpreter; a changed directory it looked into, or a damaged
+    entry, makes it worked out again (the real host's directories, the real probe)."""
+    from jhansi.sandbox import bwrap as bwrap_module
+
+    interpreter = bwrap_module.probe_interpreter(bwrap_module.default_python(), tmp_path)
+    cache = tmp_path / "cache"
+    fresh = bwrap_module.host_root(interpreter)
+    computed: list[int] = []
+    real = bwrap_module.host_root
+
+    def counting(*args: Any, **kwargs: Any) -> HostRoot:
+        computed.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bwrap_module, "host_root", counting)
+    keep = bwrap_module._cached_host_root.__wrapped__  # past the per-process cache
+    assert keep(interpreter, cache) == fresh
+    assert keep(interpreter, cache) == fresh
+    assert len(computed) == 1
+    (entry,) = (cache / "host-roots").iterdir()
+    # A directory it looked into changes (here: its recorded state no longer matches).
+    document = json.loads(entry.read_text())
+    document["watched"][0][2] = 1
+    entry.write_text(json.dumps(document))
+    assert keep(interpreter, cache) == fresh
+    assert len(computed) == 2
+    entry.write_text("{damaged")
+    assert keep(interpreter, cache) == fresh
+    assert len(computed) == 3
+    assert keep(interpreter, cache) == fresh
+    assert len(computed) == 3
