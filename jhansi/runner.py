@@ -514,6 +514,18 @@ class Runner:
                 _remove_quietly(script.host_path)
 
     def _sbom(self, script: Script, deps: Dependencies, info: BackendInfo | None) -> bytes:
+        from jhansi.supply.sbom_cache import cached_sbom
+
+        kept = cached_sbom(  # a warm run: the document built before, without the builder
+            script_name=script.display,
+            script_bytes=script.text.encode("utf-8"),
+            deps=deps,
+            backend=info,
+            image=self.settings.sandbox.image,
+            cache_dir=self.paths.cache,
+        )
+        if kept is not None:
+            return kept
         from jhansi.supply.sbom import sbom_for_run
 
         return sbom_for_run(
@@ -555,6 +567,79 @@ class Runner:
         )
         if request.project is not None:
             roots = (*roots, request.project)
+        # A warm run of an unchanged script reuses the whole decision (deps/warm.py).
+        warm = install and policy == "enforce" and not request.upgrade
+        if warm:
+            from jhansi.deps import warm as warm_cache
+
+            today = time.strftime("%Y-%m-%d", time.gmtime())
+            lock_path = self._lock_path(request, script)
+            try:
+                lock_bytes: bytes | None = lock_path.read_bytes()
+            except OSError:
+                lock_bytes = None
+
+            def key_for(content: bytes | None) -> str | None:
+                return warm_cache.decision_key(
+                    script_name=script.display,
+                    script_text=script.text,
+                    local_roots=roots,
+                    target=target,
+                    with_requirements=request.with_requirements,
+                    requirements_file=request.requirements_file,
+                    lock_file=lock_path,
+                    lock_bytes=content,
+                    frozen=request.frozen,
+                    exclude_newer=request.exclude_newer,
+                    policy=self.settings.policy,
+                    today=today,
+                )
+
+            key = key_for(lock_bytes)
+            reused = (
+                warm_cache.load(self.paths.cache, key, target=target, lock_bytes=lock_bytes)
+                if key is not None
+                else None
+            )
+            if reused is not None:
+                self._replay(reused)
+                return reused
+            checked = self._decide(
+                request, script, run_id, target, roots, install, refuse_unresolved, policy
+            )
+            if key is not None and today == time.strftime("%Y-%m-%d", time.gmtime()):
+                after = checked.lock.content if checked.lock is not None else lock_bytes
+                stored_key = key if after == lock_bytes else key_for(after)
+                if stored_key is not None:
+                    warm_cache.store(self.paths.cache, stored_key, checked)
+            return checked
+        return self._decide(
+            request, script, run_id, target, roots, install, refuse_unresolved, policy
+        )
+
+    def _replay(self, deps: Dependencies) -> None:
+        """Tell the reporter what deciding ``deps`` anew would have told it."""
+        if deps.lock is not None:
+            self.reporter.step(
+                "lock", f"{len(deps.plan.requirements)} requirement(s) for {deps.target.describe()}"
+            )
+            self.reporter.step("policy", f"checking {len(deps.lock.packages)} locked package(s)")
+        if deps.supply is not None:
+            for finding in deps.supply.report.warnings:
+                self.reporter.warning(f"policy: {finding.message}")
+
+    def _decide(
+        self,
+        request: RunRequest,
+        script: Script,
+        run_id: str,
+        target: Target,
+        roots: tuple[Path, ...],
+        install: bool,
+        refuse_unresolved: bool,
+        policy: Literal["enforce", "report", "skip"],
+    ) -> Dependencies:
+        """Plan, lock, check and install (the slow way, every step done)."""
         decided = plan(
             script.text,
             where=script.display,

@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args[:1] == ["run"] and not state.debug:
             from jhansi.cli._fastpath import run_fast
 
-            run_fast(args[1:], state)  # exits, unless Typer must parse these arguments
+            # exits, unless Typer must parse these arguments
+            run_fast(args[1:], state, exit_now=argv is None)
         from jhansi.cli.app import app
 
         app(args=args, obj=state, prog_name="jhansi")

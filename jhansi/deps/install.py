@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import stat
 import sys
@@ -347,7 +346,7 @@ def remove_tree(root: Path) -> None:
 
 def _discard(path: Path, envs: Path) -> None:
     """Move an incomplete environment out of the way, then delete it."""
-    trash = envs / f".trash-{secrets.token_hex(8)}"
+    trash = envs / f".trash-{os.urandom(8).hex()}"
     try:
         path.rename(trash)  # within one parent: no write permission on it needed
     except OSError:

@@ -18,15 +18,16 @@ refused until it is declared.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from jhansi.deps.detect import ImportSite, scan_imports
-from jhansi.deps.pep723 import ScriptMetadata, check_requirement, read_metadata
-from jhansi.deps.target import Target
 from jhansi.errors import DependencyError, InputError
+
+if TYPE_CHECKING:  # imported where used: a warm run reuses its plan and needs neither
+    from jhansi.deps.detect import ImportSite
+    from jhansi.deps.pep723 import ScriptMetadata
+    from jhansi.deps.target import Target
 
 Kind = Literal["stdlib", "local", "requirement", "optional", "undeclared", "unresolved"]
 Source = Literal["pep723", "with", "requirements", "map"]
@@ -106,6 +107,10 @@ def _local(top: str, roots: tuple[Path, ...]) -> bool:
 
 def read_requirements_file(path: Path) -> tuple[str, ...]:
     """Requirements from a requirements.txt or a pyproject.toml's ``[project] dependencies``."""
+    import tomllib
+
+    from jhansi.deps.pep723 import check_requirement
+
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -153,6 +158,8 @@ def plan(
 ) -> DependencyPlan:
     """Decide what ``source`` needs (raises on a hostile block; unresolved imports are data)."""
     from jhansi.deps import mapping
+    from jhansi.deps.detect import scan_imports
+    from jhansi.deps.pep723 import check_requirement, read_metadata
 
     extra = tuple(check_requirement(r, "--with") for r in with_requirements)
     metadata: ScriptMetadata | None = read_metadata(source, where)

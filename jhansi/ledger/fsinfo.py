@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +102,7 @@ def _statfs_magic(path: Path) -> int | None:
     except (OSError, AttributeError):
         return None
     # f_type is the first member: a long (__fsword_t) except on s390x (unsigned int).
-    if platform.machine() == "s390x":
+    if os.uname().machine == "s390x":  # platform.machine(), without importing platform
         return ctypes.c_uint.from_buffer(buf).value
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 

@@ -11,7 +11,6 @@ named here, ever reaches the ledger.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -66,7 +65,7 @@ def actor_identity(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     actor: dict[str, Any] = {
         "user": _user_name(uid, env),
         "uid": uid,
-        "host": socket.gethostname(),
+        "host": os.uname().nodename,  # gethostname(2), without importing socket
     }
     ci = ci_identity(env)
     if ci is not None:

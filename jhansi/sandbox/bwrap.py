@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from jhansi.errors import SandboxError
 from jhansi.sandbox.interface import (
@@ -109,8 +109,13 @@ def _version(path: Path) -> str:
     return out.strip().rpartition(" ")[2] or "unknown"
 
 
-def find_bwrap(choice: str = "auto", *, search_path: str | None = None) -> BwrapInfo:
-    """The bwrap to use for ``choice`` (``auto``, ``system``, ``bundled`` or a path)."""
+def find_bwrap(
+    choice: str = "auto", *, search_path: str | None = None, cache_dir: Path | None = None
+) -> BwrapInfo:
+    """The bwrap to use for ``choice`` (``auto``, ``system``, ``bundled`` or a path).
+
+    With ``cache_dir``, its version is remembered there for the binary (see :func:`_facts`).
+    """
     path: Path | None
     origin: Origin
     if choice in ("auto", "system"):
@@ -138,7 +143,8 @@ def find_bwrap(choice: str = "auto", *, search_path: str | None = None) -> Bwrap
                 f"[sandbox] bwrap = {choice!r} is not an executable file",
                 hint='Point [sandbox] bwrap at a bwrap binary, or set it to "auto".',
             )
-    return BwrapInfo(path=path, origin=origin, version=_version(path))
+    version = _facts(path, cache_dir)[0] if cache_dir is not None else _version(path)
+    return BwrapInfo(path=path, origin=origin, version=version)
 
 
 def userns_problem(info: BwrapInfo) -> str | None:
@@ -222,8 +228,15 @@ def parse_features(help_text: str) -> BwrapFeatures:
 
 
 @cache
-def bwrap_features(path: Path) -> BwrapFeatures:
-    """What the bwrap at ``path`` supports (asked once per process)."""
+def bwrap_features(path: Path, cache_dir: Path | None = None) -> BwrapFeatures:
+    """What the bwrap at ``path`` supports (asked once per process; with ``cache_dir``,
+    once per binary: see :func:`_facts`)."""
+    if cache_dir is not None:
+        return _facts(path, cache_dir)[1]
+    return _ask_features(path)
+
+
+def _ask_features(path: Path) -> BwrapFeatures:
     try:
         proc = subprocess.run(
             [str(path), "--help"], capture_output=True, timeout=10, check=False, env={}
@@ -231,6 +244,47 @@ def bwrap_features(path: Path) -> BwrapFeatures:
     except (OSError, subprocess.SubprocessError) as exc:
         raise SandboxError(f"bwrap at {path} cannot be run: {exc}", hint=INSTALL_HINT) from None
     return parse_features(proc.stdout.decode("utf-8", "replace"))
+
+
+#: Where the answers of ``bwrap --version`` and ``bwrap --help`` are kept, per binary.
+FACTS_STORE = "bwrap.json"
+
+
+def _facts(path: Path, cache_dir: Path) -> tuple[str, BwrapFeatures]:
+    """bwrap's version and features, asked once per binary and kept in ``cache_dir``.
+
+    Asking costs two processes (about 10 ms) on every run otherwise. The key is the
+    binary's path, size, modification time and inode, so a changed bwrap is asked
+    again; an entry that does not read back as one is asked again too.
+    """
+
+    def ask() -> dict[str, object]:
+        features = _ask_features(path)
+        return {
+            "version": _version(path),
+            "size": features.size,
+            "perms": features.perms,
+            "disable_userns": features.disable_userns,
+        }
+
+    try:
+        key = binary_key(str(path))
+    except OSError:
+        key = None
+    kept = cached(cache_dir, FACTS_STORE, key, ask) if key is not None else None
+    flags = ("size", "perms", "disable_userns")
+    found = (
+        kept
+        if isinstance(kept, dict)
+        and isinstance(kept.get("version"), str)
+        and all(isinstance(kept.get(f), bool) for f in flags)
+        else ask()  # no key, or a damaged entry: ask the binary itself
+    )
+    return str(found["version"]), BwrapFeatures(
+        size=found["size"] is True,
+        perms=found["perms"] is True,
+        disable_userns=found["disable_userns"] is True,
+    )
 
 
 def _require(info: BwrapInfo, features: BwrapFeatures) -> None:
@@ -502,8 +556,90 @@ def host_root(
 
 
 @cache
-def _cached_host_root(interpreter: Interpreter) -> HostRoot:
-    return host_root(interpreter)
+def _cached_host_root(interpreter: Interpreter, cache_dir: Path | None = None) -> HostRoot:
+    """:func:`host_root`, once per process; with ``cache_dir``, kept between runs.
+
+    Finding the site-packages directories globs several directory trees (up to ~15 ms
+    a run). What :func:`host_root` finds depends on the interpreter, the home directory
+    and the entries of the directories it looks into; the kept answer is used only
+    while every one of those directories has the inode and modification time it had
+    (adding, removing or renaming an entry changes its directory's mtime). Anything
+    else, or an entry that does not read back, is worked out again.
+    """
+    if cache_dir is None:
+        return host_root(interpreter)
+    import blake3
+
+    home = str(Path.home().resolve())
+    key = blake3.blake3(
+        json.dumps(
+            [
+                binary_key(str(interpreter.path)),
+                [str(p) for p in interpreter.prefixes],
+                [str(p) for p in interpreter.site_dirs],
+                home,
+            ]
+        ).encode()
+    ).hexdigest()
+    path = cache_dir / "host-roots" / f"{key[:40]}.json"
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        if entry["watched"] == _directory_states(entry["watched"]):
+            return HostRoot(
+                symlinks=tuple((str(t), str(p)) for t, p in entry["symlinks"]),
+                binds=tuple(str(b) for b in entry["binds"]),
+                masks=tuple(str(m) for m in entry["masks"]),
+                proc_masks=tuple((p, bool(d)) for p, d in _proc_masks()),
+            )
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    watched = _directory_states(_watched_directories(interpreter))
+    root = host_root(interpreter)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(
+            json.dumps(
+                {
+                    "watched": watched,
+                    "symlinks": root.symlinks,
+                    "binds": root.binds,
+                    "masks": root.masks,
+                }
+            ),
+            encoding="utf-8",
+        )
+        partial.replace(path)
+    return root
+
+
+def _proc_masks() -> tuple[tuple[str, bool], ...]:
+    return tuple((p, Path(p).is_dir()) for p in _PROC_MASKS if Path(p).exists())
+
+
+def _watched_directories(interpreter: Interpreter) -> list[str]:
+    """Every directory whose entries :func:`host_root` (with ``base`` ``/``) consults."""
+    found = {"/", "/etc", "/etc/ssl"}
+    found.update(str(Path(p).parent) for p in interpreter.site_dirs)
+    for root in ("/usr", "/usr/local", *(str(p) for p in interpreter.prefixes)):
+        found.add(root)
+        for pattern in ("lib*", "lib*/python*", "lib/python3"):
+            found.update(str(d) for d in Path(root).glob(pattern) if d.is_dir())
+    return sorted(found)
+
+
+def _directory_states(directories: list[Any]) -> list[list[Any]]:
+    """``[path, inode, mtime_ns]`` of each directory (``None`` for one that is not there)."""
+    states: list[list[Any]] = []
+    for entry in directories:
+        name = str(entry[0] if isinstance(entry, list) else entry)
+        try:
+            st = Path(name).stat()
+        except OSError:
+            states.append([name, None, None])
+            continue
+        states.append([name, st.st_ino, st.st_mtime_ns])
+    return states
 
 
 # -- bwrap's options -----------------------------------------------------------------------
@@ -1002,12 +1138,12 @@ class BwrapBackend(Backend):
         cap /tmp. The interpreter is resolved to its real path here (through
         pyenv-style shims), once per process.
         """
-        info = find_bwrap(choice)
-        if choice == "auto" and not bwrap_features(info.path).size:
+        info = find_bwrap(choice, cache_dir=cache_dir)
+        if choice == "auto" and not bwrap_features(info.path, cache_dir).size:
             bundled = _bundled()
             if bundled is not None:
                 info = BwrapInfo(path=bundled, origin="bundled", version=_version(bundled))
-        _require(info, bwrap_features(info.path))
+        _require(info, bwrap_features(info.path, cache_dir))
         interpreter = probe_interpreter(python or default_python(), cache_dir)
         return cls(info, python=interpreter.path, cache_dir=cache_dir)
 
@@ -1036,7 +1172,7 @@ class BwrapBackend(Backend):
     def info(self, spec: SandboxSpec) -> BackendInfo:
         """bwrap's path, version and origin, and the interpreter that will run."""
         interpreter = self._interpreter(spec)
-        features = bwrap_features(self.bwrap.path)
+        features = bwrap_features(self.bwrap.path, self.cache_dir)
         machine = os.uname().machine
         return BackendInfo(
             "bwrap",
@@ -1066,9 +1202,9 @@ class BwrapBackend(Backend):
         """Run ``spec`` in a fresh bubblewrap sandbox, streaming its output to ``output``."""
         check_spec(spec)
         interpreter = self._interpreter(spec)
-        features = bwrap_features(self.bwrap.path)
+        features = bwrap_features(self.bwrap.path, self.cache_dir)
         _require(self.bwrap, features)
-        root = _cached_host_root(interpreter)
+        root = _cached_host_root(interpreter, self.cache_dir)
         limits = plan_limits(spec.limits, spec.run_id)
         try:
             enforcement = {

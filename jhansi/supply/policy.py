@@ -147,6 +147,12 @@ class SupplyCheck:
     report: PolicyReport
     metadata: Mapping[str, PackageMetadata]
     audit: AuditResult | None
+    reuse_until: float | None = None
+    """Until when (seconds since the epoch, UTC) the same verdict may be reused for the
+    same lock and settings on the same day without gathering the evidence again: when
+    the online audit's answer must be asked again. ``None``: no such limit. Evidence
+    that may change any time (a young package, an index or metadata that could not be
+    read) makes it the moment of the check: not reusable."""
 
 
 # -- evaluation (pure) ---------------------------------------------------------------
@@ -414,6 +420,13 @@ def _online_audit(
     packages: Sequence[Any], settings: PolicySettings, *, cache_dir: Path, now: datetime
 ) -> AuditResult:
     """pip-audit's answer for ``packages``, reused for a while from the cache."""
+    return _online_audit_until(packages, settings, cache_dir=cache_dir, now=now)[0]
+
+
+def _online_audit_until(
+    packages: Sequence[Any], settings: PolicySettings, *, cache_dir: Path, now: datetime
+) -> tuple[AuditResult, float]:
+    """:func:`_online_audit`, and until when its answer is reused (seconds since the epoch)."""
     import json
     import os
 
@@ -448,7 +461,7 @@ def _online_audit(
                 location=cached["location"],
                 data_date=cached["data_date"],
                 skipped=tuple(cached.get("skipped", ())),
-            )
+            ), float(cached["asked"]) + ttl
     except (OSError, ValueError, KeyError, TypeError):
         pass
     source = make_source(
@@ -469,7 +482,8 @@ def _online_audit(
         partial.replace(path)
     except OSError:
         pass  # an unwritable cache only costs time
-    return audit
+    ttl = ONLINE_AUDIT_TTL if audit.available else UNAVAILABLE_AUDIT_TTL
+    return audit, now.timestamp() + ttl
 
 
 def check_lock(
@@ -496,8 +510,9 @@ def check_lock(
             advisory_db=Path(settings.advisory_db), cache_dir=cache_dir, osv_url=None
         )
         audit = source.audit(packages)
+        reuse_until: float | None = None
     else:
-        audit = _online_audit(packages, settings, cache_dir=cache_dir, now=now)
+        audit, reuse_until = _online_audit_until(packages, settings, cache_dir=cache_dir, now=now)
     metadata = metadata_for(
         lock.packages,
         environment=environment,
@@ -514,4 +529,16 @@ def check_lock(
         other=other,
         today=now.date(),
     )
-    return SupplyCheck(report=report, metadata=metadata, audit=audit)
+    volatile = (
+        any(m.source == "unavailable" for m in metadata.values())
+        or any(_norm(p.name) not in metadata for p in lock.packages)
+        or any(f.rule in _VOLATILE_RULES for f in (*report.findings, *report.ignored))
+    )
+    if volatile:
+        reuse_until = now.timestamp()
+    return SupplyCheck(report=report, metadata=metadata, audit=audit, reuse_until=reuse_until)
+
+
+#: Findings whose evidence changes with the clock or the network, not with the lock:
+#: a verdict holding one is never reused.
+_VOLATILE_RULES = frozenset({"package-age", "provenance-unavailable"})

@@ -386,37 +386,22 @@ def sbom_for_run(
     document's serial number is derived from its inputs, so the same inputs always
     describe themselves with the same SBOM.
     """
-    import json
-
-    import blake3
-
     from jhansi._version import __version__
+    from jhansi.supply.sbom_cache import cache_path, read_cached, sbom_key, target_fields
 
     supply = deps.supply
     target = _target_component(deps, backend, image)
-    audit = supply.audit.as_dict() if supply is not None and supply.audit is not None else None
     metadata = supply.metadata if supply is not None else {}
-    inputs = json.dumps(
-        {
-            "jhansi": __version__,
-            "script": [script_name, blake3.blake3(script_bytes).hexdigest()],
-            "lock": deps.lock.digest if deps.lock else None,
-            "target": [target.kind, target.name, target.version, target.digest],
-            "audit": audit,
-            "metadata": {
-                k: [m.license_expression, m.license, m.source != "unavailable"]
-                for k, m in metadata.items()
-            },
-        },
-        sort_keys=True,
-        default=str,
-    ).encode()
-    key = blake3.blake3(inputs).hexdigest()
-    cached = cache_dir / "sbom" / f"{key[:40]}.cdx.json"
-    try:
-        return cached.read_bytes()
-    except OSError:
-        pass
+    key = sbom_key(
+        script_name=script_name,
+        script_bytes=script_bytes,
+        deps=deps,
+        target=target_fields(deps, backend, image),
+    )
+    cached = cache_path(cache_dir, key)
+    kept = read_cached(cache_dir, key)
+    if kept is not None:
+        return kept
     document = build_sbom(
         script_name=script_name,
         script_bytes=script_bytes,
@@ -442,13 +427,11 @@ def sbom_for_run(
 def _target_component(
     deps: Dependencies, backend: BackendInfo | None, image: str
 ) -> TargetComponent:
-    if backend is not None and backend.backend == "docker":
-        reference = backend.details.get("image", image)
-        tag = reference.rsplit(":", 1)[1] if ":" in reference.rsplit("/", 1)[-1] else ""
-        digest = backend.details.get("image_digest") or None
-        return TargetComponent("container", reference, tag, digest)
+    from jhansi.supply.sbom_cache import target_fields
+
+    kind, name, version, digest = target_fields(deps, backend, image)
     return TargetComponent(
-        "interpreter", deps.target.implementation or "cpython", deps.target.python_version
+        "container" if kind == "container" else "interpreter", name, version, digest
     )
 
 

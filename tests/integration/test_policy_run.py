@@ -98,6 +98,34 @@ def test_vulnerable_pin_is_refused_then_ignored_then_refused_when_expired(
     assert statuses.count("succeeded") == 1
 
 
+def test_a_warm_run_reuses_its_decision_until_the_advisory_data_changes(
+    tmp_path: Path, bwrap_path: Path, jhansi_home: Path
+) -> None:
+    """The second run reuses the first one's decision (deps/warm.py); new advisory data
+    refuses the third, although the script, lock and settings are unchanged."""
+    accepted = 'ignore = [{id = "PYSEC-2018-28", reason = "no redirects", until = 2999-12-31}]\n'
+    project = _project(tmp_path / "p", accepted)
+    first = run_jhansi("run", "--json", "vulnerable.py", cwd=project)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["dependencies"]["lock_reused"] is False
+    warm = jhansi_home / "cache" / "warm"
+    assert len(list(warm.iterdir())) == 1
+    again = run_jhansi("run", "--json", "vulnerable.py", cwd=project)
+    assert again.returncode == 0, again.stderr
+    document = json.loads(again.stdout)
+    assert document["dependencies"]["lock_reused"] is True
+    assert document["dependencies"]["environment_reused"] is True
+    assert [f["id"] for f in document["policy"]["ignored"]] == ["PYSEC-2018-28"]
+    assert len(list(warm.iterdir())) == 1  # reused, not decided again
+
+    newer = ADVISORIES / "vulns" / "requests" / "PYSEC-2023-74.yaml"
+    (project / "osv" / "requests" / newer.name).write_bytes(newer.read_bytes())
+    refused = run_jhansi("run", "vulnerable.py", cwd=project)
+    assert refused.returncode == 3, refused.stderr
+    assert "PYSEC-2023-74" in refused.stderr
+    assert "requests" not in refused.stdout  # nothing ran
+
+
 def test_refusal_is_recorded_with_findings_and_the_ledger_verifies(
     tmp_path: Path, bwrap_path: Path
 ) -> None:

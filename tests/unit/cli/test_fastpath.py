@@ -113,3 +113,22 @@ def test_a_run_does_not_load_typer(tmp_path: Path) -> None:
     }
     assert "jhansi" in imported
     assert "typer" not in imported
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "stderr"),
+    [("3", 3, ""), ("0", 0, ""), ("None", 0, ""), ("'no good'", 1, "no good\n")],
+)
+def test_exit_now_flushes_and_exits_like_sys_exit(code: str, status: int, stderr: str) -> None:
+    """The console script's end: what was written is out, the status is sys.exit's."""
+    program = (
+        "import sys\nfrom jhansi.cli._fastpath import _exit_now\n"
+        "sys.stdout.write('out'); sys.stderr.write('err ')\n"
+        f"_exit_now({code})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert proc.returncode == status
+    assert proc.stdout == "out"
+    assert proc.stderr == "err " + stderr

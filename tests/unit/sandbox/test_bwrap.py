@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import resource
 import struct
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -520,3 +523,79 @@ def test_a_v1_cgroup_gets_every_limit(tmp_path: Path, monkeypatch: pytest.Monkey
     assert (planned.cgroup.dirs["cpu"] / "cpu.cfs_period_us").read_text() == "100000"
     assert planned.enforcement["pids"] == "cgroup v1 pids.max=64 (processes and threads)"
     assert "memory.limit_in_bytes=1073741824" in planned.enforcement["memory"]
+
+
+def _fake_bwrap(directory: Path, version: str, *, size: bool = True) -> tuple[Path, Path]:
+    """A stand-in for bwrap that answers --version and --help and counts how often it is
+    asked (a real bwrap cannot count its callers)."""
+    calls = directory / "calls"
+    path = directory / "bwrap"
+    options = "--size BYTES --perms OCTAL --disable-userns" if size else "--perms OCTAL"
+    path.write_text(
+        "#!/bin/sh\n"
+        f'echo "$1" >> "{calls}"\n'
+        f'if [ "$1" = --version ]; then echo "bubblewrap {version}"; else echo "{options}"; fi\n'
+    )
+    path.chmod(0o755)
+    return path, calls
+
+
+def test_bwrap_version_and_features_are_asked_once_per_binary(tmp_path: Path) -> None:
+    from jhansi.sandbox.bwrap import FACTS_STORE, _facts, find_bwrap
+
+    path, calls = _fake_bwrap(tmp_path, "0.8.0")
+    cache = tmp_path / "cache"
+    assert _facts(path, cache) == ("0.8.0", BwrapFeatures(True, True, True))
+    assert calls.read_text().split() == ["--help", "--version"]
+    assert find_bwrap(str(path), cache_dir=cache).version == "0.8.0"
+    assert _facts(path, cache) == ("0.8.0", BwrapFeatures(True, True, True))
+    assert calls.read_text().split() == ["--help", "--version"]  # not asked again
+    # Another binary at the same path (an upgrade) is asked again.
+    _fake_bwrap(tmp_path, "0.11.0", size=False)
+    os.utime(path, ns=(1, 1))
+    assert _facts(path, cache) == ("0.11.0", BwrapFeatures(False, True, False))
+    assert len(calls.read_text().split()) == 4
+    # A damaged entry is not trusted: the binary is asked.
+    store = cache / FACTS_STORE
+    entry = json.loads(store.read_text())
+    store.write_text(json.dumps({k: {"version": 7} for k in entry}))
+    assert _facts(path, cache) == ("0.11.0", BwrapFeatures(False, True, False))
+    assert len(calls.read_text().split()) == 6
+    store.write_text("{not json")
+    assert _facts(path, cache) == ("0.11.0", BwrapFeatures(False, True, False))
+
+
+def test_the_host_root_is_kept_while_its_directories_are_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept on disk per interpreter; a changed directory it looked into, or a damaged
+    entry, makes it worked out again (the real host's directories, the real probe)."""
+    from jhansi.sandbox import bwrap as bwrap_module
+
+    interpreter = bwrap_module.probe_interpreter(bwrap_module.default_python(), tmp_path)
+    cache = tmp_path / "cache"
+    fresh = bwrap_module.host_root(interpreter)
+    computed: list[int] = []
+    real = bwrap_module.host_root
+
+    def counting(*args: Any, **kwargs: Any) -> HostRoot:
+        computed.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bwrap_module, "host_root", counting)
+    keep = bwrap_module._cached_host_root.__wrapped__  # past the per-process cache
+    assert keep(interpreter, cache) == fresh
+    assert keep(interpreter, cache) == fresh
+    assert len(computed) == 1
+    (entry,) = (cache / "host-roots").iterdir()
+    # A directory it looked into changes (here: its recorded state no longer matches).
+    document = json.loads(entry.read_text())
+    document["watched"][0][2] = 1
+    entry.write_text(json.dumps(document))
+    assert keep(interpreter, cache) == fresh
+    assert len(computed) == 2
+    entry.write_text("{damaged")
+    assert keep(interpreter, cache) == fresh
+    assert len(computed) == 3
+    assert keep(interpreter, cache) == fresh
+    assert len(computed) == 3

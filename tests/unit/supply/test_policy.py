@@ -10,6 +10,8 @@ from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
+import pytest
+
 from jhansi.config import IgnoreRule, PolicySettings, load_settings
 from jhansi.paths import Paths
 from jhansi.supply.policy import PolicyDenied, evaluate
@@ -163,3 +165,67 @@ def test_online_audit_answer_is_reused_then_asked_again(tmp_path: Path) -> None:
     asked = _online_audit(packages, settings, cache_dir=cache, now=later)
     assert not asked.available
     assert asked.error != "answered from the cache"
+
+
+def test_an_online_answer_says_until_when_it_is_reused(tmp_path: Path) -> None:
+    """What a warm run's reused verdict expires with: the cached answer's own expiry.
+
+    A closed loopback port stands in for an unreachable vulnerability service.
+    """
+    import socket
+    from datetime import UTC, datetime, timedelta
+
+    from jhansi.supply.policy import UNAVAILABLE_AUDIT_TTL, _online_audit_until
+    from jhansi.supply.vulns.interface import Package
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = replace(
+        _policy(tmp_path), vulnerability_service="osv", osv_url=f"http://127.0.0.1:{port}/v1"
+    )
+    packages = [Package("requests", "2.19.1")]
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    _, until = _online_audit_until(packages, settings, cache_dir=tmp_path, now=now)
+    assert until == now.timestamp() + UNAVAILABLE_AUDIT_TTL
+    later = now + timedelta(seconds=100)
+    _, again = _online_audit_until(packages, settings, cache_dir=tmp_path, now=later)
+    assert again == until  # from the cache: it expires when the first answer does
+
+
+def test_a_verdict_on_volatile_evidence_is_not_reusable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata that could not be read (no environment, an unreachable index) may be
+    read next time: such a verdict must be made again, not reused."""
+    import socket
+    from datetime import UTC, datetime
+
+    from jhansi.deps.lock import LockedPackage, LockResult
+    from jhansi.report import NullReporter
+    from jhansi.supply.policy import check_lock
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = replace(
+        _policy(tmp_path),
+        vulnerability_service="osv",
+        osv_url=f"http://127.0.0.1:{port}/v1",
+        min_package_age_days=0,
+        unpopular_packages="ignore",
+    )
+    lock = LockResult(
+        path=tmp_path / "pylock.toml",
+        digest="d" * 64,
+        packages=(LockedPackage("no-such-package-here", "1.0", wheels=()),),
+        reused=True,
+        inputs_digest="i" * 64,
+    )
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    monkeypatch.setenv("UV_DEFAULT_INDEX", f"http://127.0.0.1:{port}/simple")
+    checked = check_lock(
+        lock, settings=settings, cache_dir=tmp_path / "cache", reporter=NullReporter(), now=now
+    )
+    assert checked.metadata["no-such-package-here"].source == "unavailable"
+    assert checked.reuse_until == now.timestamp()

@@ -261,3 +261,37 @@ def test_an_invalid_document_is_a_loud_internal_error() -> None:
     )
     with pytest.raises(RuntimeError, match=r"invalid CycloneDX 1\.6 SBOM"):
         raw(lock=broken)
+
+
+def _run_deps() -> Any:
+    from jhansi.deps.plan import DependencyPlan
+    from jhansi.deps.target import Target
+    from jhansi.runner import Dependencies
+
+    plan = DependencyPlan(requirements=(), imports=(), requires_python=None, mode="detected")
+    return Dependencies(plan=plan, target=Target("3.11.7", "cpython", "x86_64", "glibc", "2.36"))
+
+
+def test_a_runs_sbom_is_built_once_and_then_read_from_the_cache(tmp_path: Path) -> None:
+    from jhansi.supply.sbom import sbom_for_run
+    from jhansi.supply.sbom_cache import DIRECTORY, cached_sbom
+
+    given: dict[str, Any] = {
+        "script_name": "s.py",
+        "script_bytes": b"print(1)\n",
+        "deps": _run_deps(),
+        "backend": None,
+        "image": "python:3.12-slim",
+        "cache_dir": tmp_path,
+    }
+    assert cached_sbom(**given) is None
+    built = sbom_for_run(**given)
+    assert json.loads(built)["bomFormat"] == "CycloneDX"
+    assert cached_sbom(**given) == built
+    assert cached_sbom(**{**given, "script_bytes": b"print(2)\n"}) is None
+    (path,) = (tmp_path / DIRECTORY).iterdir()
+    path.write_bytes(built[: len(built) // 2])  # damaged: not returned, built again
+    assert cached_sbom(**given) is None
+    rebuilt = sbom_for_run(**given)
+    assert json.loads(rebuilt)["serialNumber"] == json.loads(built)["serialNumber"]
+    assert cached_sbom(**given) == rebuilt
