@@ -20,12 +20,13 @@ keyring, cryptography, pip-audit, mcp) only on the code paths that need them.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
-
 from jhansi._version import __version__
 
+# Not ``typing.TYPE_CHECKING``: importing typing costs ``jhansi --version`` a few ms.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from jhansi.api import run
     from jhansi.errors import JhansiError
     from jhansi.runner import Runner, RunRequest, RunResult
@@ -46,7 +47,9 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'jhansi' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

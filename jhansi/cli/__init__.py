@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 
 from jhansi._version import __version__
+
+TYPE_CHECKING = False  # typing itself costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> None:
