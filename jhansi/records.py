@@ -174,10 +174,7 @@ def end_body(result: RunResult, put: PutBlob) -> dict[str, Any]:
         "stdout": _tail(result.stdout, put),
         "stderr": _tail(result.stderr, put),
         "enforcement": dict(result.enforcement),
-        "files_changed": [
-            {"area": c.area, "path": c.path, "change": c.change, "size": c.size, "blake3": c.blake3}
-            for c in result.files_changed
-        ],
+        "files_changed": [c.as_dict() for c in result.files_changed],
         "egress": [dict(e) for e in result.egress],
     }
 

@@ -177,16 +177,7 @@ def result_document(result: RunResult) -> dict[str, Any]:
         "enforcement": dict(result.enforcement),
         "stdout": tail(result.stdout),
         "stderr": tail(result.stderr),
-        "files_changed": [
-            {
-                "area": c.area,
-                "path": c.path,
-                "change": c.change,
-                "size": c.size,
-                "blake3": c.blake3,
-            }
-            for c in result.files_changed
-        ],
+        "files_changed": [c.as_dict() for c in result.files_changed],
         "error": result.error,
         "dependencies": dependencies_document(result.dependencies),
         "policy": (

@@ -35,6 +35,16 @@ def print_json(document: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def error_fields(exc: JhansiError) -> dict[str, Any]:
+    """An error as ``--json`` documents carry it: kind, message, hint, exit code."""
+    return {
+        "kind": type(exc).__name__,
+        "message": exc.message,
+        "hint": exc.hint,
+        "exit_code": int(exc.exit_code),
+    }
+
+
 def report_error(exc: JhansiError, state: CliState) -> None:
     """Two lines on stderr (what went wrong, what to do); JSON on stdout under ``--json``."""
     if state.debug:
@@ -54,12 +64,7 @@ def report_error(exc: JhansiError, state: CliState) -> None:
         print_json(
             {
                 "status": "error",
-                "error": {
-                    "kind": type(exc).__name__,
-                    "message": exc.message,
-                    "hint": exc.hint,
-                    "exit_code": int(exc.exit_code),
-                },
+                "error": error_fields(exc),
                 **({"policy": report.as_dict()} if report is not None else {}),
             }
         )

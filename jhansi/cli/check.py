@@ -64,7 +64,7 @@ def check(
     one, and with the first error's code when a script cannot be checked (a stale lock
     under --frozen, an unresolved import, a syntax error).
     """
-    from jhansi.cli._output import print_json, stderr_console, stdout_console
+    from jhansi.cli._output import error_fields, print_json, stderr_console, stdout_console
 
     ctx.ensure_object(CliState).json = json_output
     flags = {
@@ -86,12 +86,7 @@ def check(
                 {
                     "script": str(script),
                     "status": "error",
-                    "error": {
-                        "kind": type(exc).__name__,
-                        "message": exc.message,
-                        "hint": exc.hint,
-                        "exit_code": int(exc.exit_code),
-                    },
+                    "error": error_fields(exc),
                 }
             )
             exit_code = exit_code or int(exc.exit_code)

@@ -34,6 +34,16 @@ class FileChange:
     blake3: str | None
     """BLAKE3 of the new content; ``None`` for deleted files and non-regular files."""
 
+    def as_dict(self) -> dict[str, object]:
+        """JSON types only (``--json``, the ledger, the MCP server)."""
+        return {
+            "area": self.area,
+            "path": self.path,
+            "change": self.change,
+            "size": self.size,
+            "blake3": self.blake3,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
