@@ -50,6 +50,10 @@ def jhansi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ):
             monkeypatch.delenv(name)
     monkeypatch.delenv("DOCKER_HOST", raising=False)
+    # Each `jhansi run` a test starts runs in its own process, as with the helper off:
+    # a helper outliving the test would hold pipes and outlast CI. The helper has its
+    # own tests (tests/integration/test_helper.py), which turn it on in a private dir.
+    monkeypatch.setenv("JHANSI_HELPER", "off")
     return home
 
 

@@ -22,6 +22,9 @@ TYPE_CHECKING = False  # typing itself costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+#: Set in a child of the helper (:mod:`jhansi.helper`): it must not hand the run on again.
+IN_HELPER = False
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``jhansi`` console script."""
@@ -35,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     state = CliState(debug=os.environ.get("JHANSI_DEBUG", "") not in ("", "0"))
     try:
         if args[:1] == ["run"] and not state.debug:
+            if argv is None and not IN_HELPER:
+                _try_helper(args)
             from jhansi.cli._fastpath import run_fast
 
             # exits, unless Typer must parse these arguments
@@ -50,3 +55,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("jhansi: interrupted", file=sys.stderr)
         sys.exit(int(ExitCode.INTERRUPTED))
+
+
+def _try_helper(args: list[str]) -> None:
+    """Run ``jhansi ARGS`` in the helper and exit with its status, if one is running
+    (:mod:`jhansi.cli._helper_client`); otherwise start one for the next run and return."""
+    from jhansi.cli import _helper_client as helper
+
+    if not helper.enabled():
+        return
+    code = helper.run_in_helper(args)
+    if code is None:
+        helper.spawn()
+        return
+    os._exit(code)

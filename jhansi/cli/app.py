@@ -12,6 +12,7 @@ from jhansi.cli import check as check_cmd
 from jhansi.cli import config as config_cmd
 from jhansi.cli import deps as deps_cmd
 from jhansi.cli import doctor as doctor_cmd
+from jhansi.cli import helper as helper_cmd
 from jhansi.cli import ledger as ledger_cmd
 from jhansi.cli import mcp as mcp_cmd
 from jhansi.cli import run as run_cmd
@@ -73,3 +74,4 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(ledger_cmd.app, name="ledger")
 app.add_typer(secret_cmd.app, name="secret")
 app.command(name="mcp")(mcp_cmd.mcp)
+app.add_typer(helper_cmd.app, name="helper")

@@ -1,0 +1,375 @@
+"""The helper: jhansi's run path imported once, and a forked child for each run.
+
+A warm ``jhansi run`` spends most of its own time starting Python and importing
+its code. The helper does that once, then waits on a unix socket in a private
+directory (:func:`jhansi.cli._helper_client.helper_dir`). For each request it
+forks a child that takes the client's standard streams (received as file
+descriptors), arguments, environment, working directory and umask, and runs
+:func:`jhansi.cli.main` exactly as the client would have: the same checks, the
+same sandbox, the same ledger records. The child tells the client its pid (so
+that Ctrl-C reaches it) and, at the end, its exit status.
+
+The helper only imports modules: it calls nothing that reads the environment,
+the configuration or the disk, so each child starts from a clean slate. It serves
+only its own user (``SO_PEERCRED``) and only clients whose key (interpreter,
+jhansi's code, process context) equals its own, and it exits after
+``JHANSI_HELPER_IDLE`` seconds (default 600) without a request. One helper runs
+per key: it holds a lock next to its socket for its whole life.
+
+``python -m jhansi.helper`` is not how it is started: the client starts it with
+its own import path (:func:`jhansi.cli._helper_client.spawn`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import importlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from jhansi.cli import _helper_client as client
+
+#: The modules a warm ``jhansi run`` imports, loaded before the helper serves.
+PRELOAD = (
+    "jhansi.cli._state",
+    "jhansi.cli._fastpath",
+    "jhansi.cli._execute",
+    "jhansi.cli._output",
+    "jhansi.cli._reporter",
+    "jhansi.errors",
+    "jhansi.config",
+    "jhansi.paths",
+    "jhansi.runner",
+    "jhansi.records",
+    "jhansi.report",
+    "jhansi._cache",
+    "jhansi._subprocess",
+    "jhansi.deps.plan",
+    "jhansi.deps.target",
+    "jhansi.deps.uv",
+    "jhansi.deps.warm",
+    "jhansi.deps.lock",
+    "jhansi.deps.install",
+    "jhansi.ledger.store",
+    "jhansi.ledger.blobs",
+    "jhansi.ledger.checkpoint",
+    "jhansi.ledger.fsinfo",
+    "jhansi.ledger.identity",
+    "jhansi.ledger.record",
+    "jhansi.sandbox.bwrap",
+    "jhansi.sandbox.docker",
+    "jhansi.sandbox.changes",
+    "jhansi.sandbox.interface",
+    "jhansi.sandbox.limits",
+    "jhansi.sandbox.probe",
+    "jhansi.sandbox.workspace",
+    "jhansi.supply.policy",
+    "jhansi.supply.metadata",
+    "jhansi.supply.sbom_cache",
+    "jhansi.supply.vulns.interface",
+    "base64",
+    "pwd",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+)
+#: How long a client may take to send its request.
+_REQUEST_TIMEOUT = 5.0
+_RECV_FDS = 3
+
+
+def idle_seconds() -> float:
+    """``JHANSI_HELPER_IDLE``: seconds without a request before the helper exits."""
+    try:
+        return max(float(os.environ.get("JHANSI_HELPER_IDLE", "600")), 1.0)
+    except ValueError:
+        return 600.0
+
+
+def main() -> None:
+    """Become the helper for this interpreter and jhansi (returns when it should exit)."""
+    before = client.helper_key()
+    for name in PRELOAD:
+        with contextlib.suppress(Exception):  # a module that cannot load is loaded per run
+            importlib.import_module(name)
+    key = client.helper_key()
+    if key != before:
+        return  # jhansi changed while it loaded: the next run starts a fresh helper
+    directory = client.helper_dir()
+    if not client.private_dir(directory, create=True):
+        return
+    base = str(Path(directory) / client.socket_name(key))
+    lock_fd = os.open(base + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(lock_fd)
+        return  # another helper serves this key
+    _note(lock_fd, 0)
+    path = Path(base + ".sock")
+    path.unlink(missing_ok=True)  # a dead helper's (the lock proves it is not serving)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        path.chmod(0o600)
+        listener.listen(64)
+        listener.settimeout(idle_seconds())
+        _serve(listener, lock_fd, key)
+    except (OSError, SystemExit):
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        listener.close()
+        os.close(lock_fd)
+
+
+def _note(lock_fd: int, served: int) -> None:
+    """Write the helper's pid and how many runs it has served into its lock file."""
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, f"{os.getpid()} {served}\n".encode(), 0)
+
+
+def _stop(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _serve(listener: socket.socket, lock_fd: int, key: str) -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.freeze()  # what is loaded now is shared with every child, untouched by its collector
+    served = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            return
+        fds: list[int] = []
+        try:
+            request, fds = _receive(conn)
+            if request is None:
+                continue
+            if request[0] != key:
+                conn.sendall(client.STALE)
+                continue
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover (the child ends in os._exit; tested end to end)
+                _child(conn, fds, request, listener, lock_fd)
+            served += 1
+            _note(lock_fd, served)
+        except OSError:
+            continue
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            conn.close()
+
+
+Request = tuple[str, str, int, list[str], dict[str, str]]
+
+
+def _receive(conn: socket.socket) -> tuple[Request | None, list[int]]:
+    """A client's request and its three file descriptors (``None`` if it is not one)."""
+    conn.settimeout(_REQUEST_TIMEOUT)
+    peer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    if int.from_bytes(peer[4:8], sys.byteorder) != os.getuid():
+        return None, []
+    size = 4
+    head, ancillary, _flags, _addr = conn.recvmsg(size, socket.CMSG_SPACE(_RECV_FDS * 4))
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += [int.from_bytes(data[i : i + 4], sys.byteorder) for i in range(0, len(data), 4)]
+    while len(head) < size:
+        more = conn.recv(size - len(head))
+        if not more:
+            return None, fds
+        head += more
+    length = int.from_bytes(head, "big")
+    if len(fds) != _RECV_FDS or length > client.MAX_REQUEST:
+        return None, fds
+    body = client._recv_exact(conn, length)
+    if len(body) != length:
+        return None, fds
+    request = client.decode_request(body)
+    conn.settimeout(None)
+    return request, fds
+
+
+def _child(
+    conn: socket.socket,
+    fds: list[int],
+    request: Request,
+    listener: socket.socket,
+    lock_fd: int,
+) -> None:  # pragma: no cover (runs in the forked child; tested end to end)
+    """Become the client's ``jhansi`` process, run its command, report its status."""
+    code = 1
+    try:
+        listener.close()
+        os.close(lock_fd)
+        for signum in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        fds.clear()
+        _reopen_stdio()
+        _key, cwd, umask, argv, env = request
+        os.environ.clear()
+        os.environ.update(env)
+        time.tzset()
+        os.chdir(cwd)
+        os.umask(umask)
+        sys.argv = ["jhansi", *argv]
+        conn.sendall(client.PID + os.getpid().to_bytes(4, "big"))
+        done = threading.Event()
+        threading.Thread(target=_watch, args=(conn, done), daemon=True).start()
+        code = _run(argv)
+        done.set()
+    except BaseException:  # a bug: say so on the client's stderr
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        with contextlib.suppress(OSError):
+            conn.sendall(client.EXIT + code.to_bytes(4, "big", signed=True))
+        os._exit(code & 0xFF)
+
+
+def _watch(conn: socket.socket, done: threading.Event) -> None:
+    """Interrupt the run (as Ctrl-C would) if the client goes away before its end."""
+    with contextlib.suppress(OSError):
+        while conn.recv(64):
+            pass
+    if not done.is_set():
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def _run(argv: list[str]) -> int:
+    """``jhansi ARGV`` in this process, as the console script runs it; its exit status."""
+    import jhansi.cli
+
+    jhansi.cli.IN_HELPER = True
+    try:
+        jhansi.cli.main(argv)
+    except SystemExit as done:
+        if done.code is None or isinstance(done.code, int):
+            return int(done.code or 0)
+        sys.stderr.write(f"{done.code}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BaseException:  # a bug: the traceback, as Python prints it
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def _reopen_stdio() -> None:
+    """New ``sys.stdin/stdout/stderr`` on descriptors 0-2 (now the client's), made as
+    Python makes them at start-up: line-buffered on a terminal, stderr always."""
+    import io
+
+    for name, fd in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
+        old = getattr(sys, name)
+        encoding = getattr(old, "encoding", None) or "utf-8"
+        errors = getattr(old, "errors", None) or "strict"
+        raw = io.FileIO(fd, "rb" if fd == 0 else "wb", closefd=False)
+        buffered: io.BufferedReader | io.BufferedWriter = (
+            io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw)
+        )
+        stream = io.TextIOWrapper(
+            buffered,
+            encoding=encoding,
+            errors=errors,
+            line_buffering=fd == 2 or (fd == 1 and os.isatty(fd)),
+            write_through=fd == 2,
+        )
+        _KEPT.append(old)
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+#: The helper's own standard streams, kept so that collecting them closes nothing.
+_KEPT: list[object] = []
+
+
+@dataclass(frozen=True, slots=True)
+class HelperInfo:
+    """A helper's files in the helper directory, and whether it is running."""
+
+    name: str
+    """``helper-<checksum>``: which key it serves."""
+    pid: int | None
+    """Its process, while it runs."""
+    running: bool
+    served: int = 0
+    """How many runs it has forked."""
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON form."""
+        return {"name": self.name, "pid": self.pid, "running": self.running, "served": self.served}
+
+
+def list_helpers(directory: str | None = None) -> list[HelperInfo]:
+    """The helpers in ``directory`` (default: this user's); dead ones' files are removed."""
+    where = Path(directory or client.helper_dir())
+    try:
+        locks = sorted(p for p in where.iterdir() if p.suffix == ".lock")
+    except OSError:
+        return []
+    found: list[HelperInfo] = []
+    for lock in locks:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                words = os.pread(fd, 64, 0).decode("ascii", "replace").split()
+                numbers = [int(w) for w in words if w.isdigit()]
+                pid = numbers[0] if numbers else None
+                served = numbers[1] if len(numbers) > 1 else 0
+                found.append(HelperInfo(lock.stem, pid, True, served))
+                continue
+            for leftover in (lock.with_suffix(".sock"), lock):
+                leftover.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    return found
+
+
+def stop_helpers(directory: str | None = None) -> list[HelperInfo]:
+    """Ask every running helper to exit (SIGTERM); return those asked.
+
+    Runs in progress in a helper's children are not affected.
+    """
+    stopped: list[HelperInfo] = []
+    for helper in list_helpers(directory):
+        if helper.pid is None:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(helper.pid, signal.SIGTERM)
+            stopped.append(helper)
+    return stopped
+
+
+if __name__ == "__main__":
+    main()
