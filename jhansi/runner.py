@@ -31,9 +31,10 @@ from jhansi.deps.target import Target
 from jhansi.errors import InputError, JhansiError, LedgerError, SandboxError, UsageError
 from jhansi.paths import Paths, ensure_private_dir
 from jhansi.report import NullReporter, Reporter, Stream
-from jhansi.sandbox.changes import FileChange, diff, snapshot
+from jhansi.sandbox.changes import FileChange, Snapshot, diff, snapshot
 from jhansi.sandbox.interface import (
     ENTRY_DIR,
+    GATE_FD,
     HOME,
     PYTHON,
     SANDBOX_USER,
@@ -867,7 +868,7 @@ class Runner:
                 "or unset [sandbox] runtime.",
             )
         mounts, inside, masked_top = self._mounts(request, script, project, sandbox.home)
-        argv: list[str] = [PYTHON, "-I", "-S", ENTRY_TARGET]
+        argv: list[str] = [PYTHON, "-I", "-S", ENTRY_TARGET, "--gate", GATE_FD]
         env = sandbox_env(request.env)
         if egress is not None:
             mounts.extend(egress.mounts.mounts)
@@ -903,38 +904,59 @@ class Runner:
         watched: list[tuple[Path, str, tuple[str, ...]]] = [(sandbox.home, HOME, ())]
         if project is not None and request.rw:
             watched.append((project, WORKDIR, tuple(masked_top)))
-        before = [snapshot(root, area, skip=skip) for root, area, skip in watched]
+        before: list[Snapshot] = []
         stdin = sys.stdin.buffer if request.interactive else None
-        from jhansi.records import sandbox_fields, start_body
+        state = {"started": False, "failed": False}
 
-        ledger = self.ledger
-        where = sandbox_fields(sandbox.name, sandbox.ephemeral, spec, info)
-        sbom = self._sbom(script, deps, info) if deps is not None else None
-        if sbom is not None and request.sbom is not None:
-            write_file(request.sbom, sbom)
-        ledger.append(
-            "exec.start",
-            start_body(
-                request,
-                run_id,
-                script,
-                deps,
-                where,
-                ledger.put_blob,
-                sbom=sbom,
-                secrets=egress.secrets() if egress else [],
-                egress=egress.record() if egress else None,
-            ),
-        )
+        def record_start() -> None:
+            """Snapshot what the run may change and write exec.start: before any of the
+            script's code runs, while the sandbox may already be booting (at its gate)."""
+            if state["started"]:
+                return
+            from jhansi.records import sandbox_fields, start_body
+
+            try:
+                before[:] = [snapshot(root, area, skip=skip) for root, area, skip in watched]
+                ledger = self.ledger
+                where = sandbox_fields(sandbox.name, sandbox.ephemeral, spec, info)
+                sbom = self._sbom(script, deps, info) if deps is not None else None
+                if sbom is not None and request.sbom is not None:
+                    write_file(request.sbom, sbom)
+                ledger.append(
+                    "exec.start",
+                    start_body(
+                        request,
+                        run_id,
+                        script,
+                        deps,
+                        where,
+                        ledger.put_blob,
+                        sbom=sbom,
+                        secrets=egress.secrets() if egress else [],
+                        egress=egress.record() if egress else None,
+                    ),
+                )
+            except BaseException:
+                state["failed"] = True
+                raise
+            state["started"] = True
+
         sink = _Sink(self.reporter, egress)
         try:
-            result: ExecResult = backend.run(spec, sink, stdin=stdin)
+            result: ExecResult = backend.run(spec, sink, stdin=stdin, before_start=record_start)
+            # A backend that gave up before starting anything (an engine error) still
+            # ran through the ledger: its start and its end are recorded.
+            record_start()
             sink.flush()
             if egress is not None:
                 result = _scrub_result(result, egress)
                 self._report_refusals(egress)
         except (KeyboardInterrupt, JhansiError) as stopped:
-            # Started, so it ends in the ledger too: never an unpaired start we caused.
+            if state["failed"]:
+                raise  # exec.start could not be written: nothing ran, nothing to end
+            # Started, so it ends in the ledger too: never an unpaired start we caused
+            # (and a failure before the start is recorded as a start and its end).
+            record_start()
             empty = OutputTail(b"", 0, False)
             why = "interrupted (Ctrl-C)" if isinstance(stopped, KeyboardInterrupt) else str(stopped)
             status = (

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from jhansi.errors import SandboxError
 from jhansi.sandbox.interface import (
+    GATE_FD,
     HOME,
     PYTHON,
     SANDBOX_USER,
@@ -60,6 +61,7 @@ from jhansi.sandbox.interface import (
     TailBuffer,
     thread_env,
     threads_enforcement,
+    without_gate,
 )
 from jhansi.sandbox.limits import RunLimits, plan_limits, prune_cgroups
 from jhansi.sandbox.probe import binary_key, cached
@@ -1002,6 +1004,87 @@ _DRAIN_GRACE = 2.0
 _EXIT_CODE = re.compile(rb'"exit-code"\s*:\s*(-?\d+)')
 
 
+class _Gate:
+    """Where the sandbox's command waits (``entry.py --gate FD``) until the run is recorded.
+
+    Without a descriptor (``fd is None``) there is nothing to wait at: ``before_start``
+    has run already (or there is none).
+    """
+
+    def __init__(self, fd: int | None, before_start: Callable[[], None] | None) -> None:
+        self.fd = fd
+        self.before_start = before_start
+
+    def spawn(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        """``start()``; with a gate, while ``before_start`` runs in a thread.
+
+        bwrap is started from this thread, not the other one: ``--die-with-parent``
+        kills the sandbox when the *thread* that started it ends. If ``before_start``
+        raises, the gate is closed (the command exits unrun), bwrap is killed, and the
+        exception is re-raised here.
+        """
+        if self.fd is None or self.before_start is None:
+            return start()
+        before_start = self.before_start
+        failed: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                before_start()
+            except BaseException as exc:  # handed to this thread below
+                failed.append(exc)
+
+        worker = threading.Thread(target=work, name="jhansi-record-start", daemon=True)
+        worker.start()
+        try:
+            proc = start()
+        except BaseException:
+            _join(worker)
+            self.close()
+            raise
+        _join(worker)
+        if failed:
+            self.close()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            raise failed[0]
+        return proc
+
+    def open(self) -> None:
+        """Let the command go on."""
+        if self.fd is not None:
+            try:
+                with contextlib.suppress(OSError):  # gone already: its status says why
+                    os.write(self.fd, b"1")
+            finally:
+                self.close()
+
+    def close(self) -> None:
+        """Close the gate unopened (idempotent)."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
+def _join(thread: threading.Thread) -> None:
+    """Wait for ``thread`` even through Ctrl-C (re-raised once it has ended): what it
+    writes to the ledger must be finished, or known not to be, before anything else."""
+    interrupted: KeyboardInterrupt | None = None
+    while thread.is_alive():
+        try:
+            thread.join()
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
 class _ChildFds:
     """File descriptors handed to bwrap, closed in jhansi once bwrap has them."""
 
@@ -1197,9 +1280,21 @@ class BwrapBackend(Backend):
         return prune_cgroups()
 
     def run(
-        self, spec: SandboxSpec, output: OutputSink, *, stdin: BinaryIO | None = None
+        self,
+        spec: SandboxSpec,
+        output: OutputSink,
+        *,
+        stdin: BinaryIO | None = None,
+        before_start: Callable[[], None] | None = None,
     ) -> ExecResult:
-        """Run ``spec`` in a fresh bubblewrap sandbox, streaming its output to ``output``."""
+        """Run ``spec`` in a fresh bubblewrap sandbox, streaming its output to ``output``.
+
+        With ``before_start`` and a command that takes a gate (:data:`GATE_FD`), bwrap
+        is started first and ``before_start`` runs while the sandbox is set up (joining
+        its cgroup, mounting, starting the interpreter); the command waits at the gate
+        until ``before_start`` has returned. If it raises, the gate is closed unopened:
+        the command exits without running anything, and the sandbox is killed.
+        """
         check_spec(spec)
         interpreter = self._interpreter(spec)
         features = bwrap_features(self.bwrap.path, self.cache_dir)
@@ -1217,6 +1312,7 @@ class BwrapBackend(Backend):
                 "threads": threads_enforcement(spec),
             }
             fds = _ChildFds()
+            gate = _Gate(None, None)
             status_read, status_write = os.pipe2(os.O_CLOEXEC)
             try:
                 fds.add(status_write)
@@ -1225,12 +1321,23 @@ class BwrapBackend(Backend):
                 )
                 options += ["--json-status-fd", str(status_write)]
                 args_fd = fds.data(b"".join(os.fsencode(o) + b"\0" for o in options))
+                command = build_command(spec, interpreter)
+                if before_start is not None and GATE_FD in command:
+                    gate_read, gate_write = os.pipe2(os.O_CLOEXEC)
+                    fds.add(gate_read)
+                    gate = _Gate(gate_write, before_start)
+                    command = [str(gate_read) if w == GATE_FD else w for w in command]
+                else:
+                    command = without_gate(command)
+                    if before_start is not None:
+                        before_start()
                 argv = [str(self.bwrap.path), "--args", str(args_fd), "--"]
-                argv += [*limits.command_prefix, *build_command(spec, interpreter)]
-                return self._execute(argv, fds, status_read, spec, output, stdin, limits).result(
-                    enforcement
-                )
+                argv += [*limits.command_prefix, *command]
+                return self._execute(
+                    argv, fds, status_read, spec, output, stdin, limits, gate
+                ).result(enforcement)
             finally:
+                gate.close()
                 fds.close()
                 os.close(status_read)
         finally:
@@ -1245,12 +1352,18 @@ class BwrapBackend(Backend):
         output: OutputSink,
         stdin: BinaryIO | None,
         limits: RunLimits,
+        gate: _Gate,
     ) -> _Run:
-        """Start bwrap and see it to its end (or kill it at the timeout, or on an exception)."""
+        """Start bwrap and see it to its end (or kill it at the timeout, or on an exception).
+
+        With a gate, bwrap is started in a thread (joining a new cgroup can take tens
+        of milliseconds) while this thread runs ``before_start``; then the gate opens.
+        """
         run = _Run(TailBuffer(spec.limits.output_limit), TailBuffer(spec.limits.output_limit))
         started = time.monotonic()
-        try:
-            proc = subprocess.Popen(
+
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -1261,11 +1374,16 @@ class BwrapBackend(Backend):
                 env={},  # bwrap is pid 1 in the sandbox: /proc/1/environ is readable there
                 bufsize=0,
             )
+
+        try:
+            proc = gate.spawn(start)
         except (OSError, subprocess.SubprocessError) as exc:
+            gate.close()
             run.error = f"cannot start bwrap ({self.bwrap.path}): {exc}"
             return run
         fds.close()  # bwrap has its copies; ours would hold the status pipe open
         try:
+            gate.open()
             if stdin is not None and proc.stdin is not None:
                 threading.Thread(
                     target=_forward_stdin,

@@ -69,6 +69,7 @@ from jhansi.sandbox.interface import (
     TailBuffer,
     thread_env,
     threads_enforcement,
+    without_gate,
 )
 from jhansi.sandbox.probe import cached
 
@@ -861,9 +862,18 @@ class DockerBackend(Backend):
         return removed
 
     def run(
-        self, spec: SandboxSpec, output: OutputSink, *, stdin: BinaryIO | None = None
+        self,
+        spec: SandboxSpec,
+        output: OutputSink,
+        *,
+        stdin: BinaryIO | None = None,
+        before_start: Callable[[], None] | None = None,
     ) -> ExecResult:
-        """Run ``spec`` in a new container, streaming its output; always remove it."""
+        """Run ``spec`` in a new container, streaming its output; always remove it.
+
+        ``before_start`` runs once the container is created, before it is started.
+        """
+        spec = replace(spec, argv=tuple(without_gate(spec.argv)))
         try:
             self.prune()
         except SandboxError as exc:
@@ -892,6 +902,8 @@ class DockerBackend(Backend):
                     container = self.client.container_create(config, name=_safe_name(spec.run_id))
                 except SandboxError as exc:
                     return _engine_error(exc.message)
+                if before_start is not None:
+                    before_start()
                 result = self._run_container(container, spec, output, stdin)
             finally:
                 if container is not None:

@@ -1,7 +1,7 @@
 """The in-sandbox bootstrap: runs the script as ``__main__`` with an exact import path.
 
 This file is mounted read-only into every sandbox and run as
-``python -I -S /opt/jhansi/entry.py [--path DIR]... [--path0 DIR]
+``python -I -S /opt/jhansi/entry.py [--gate FD] [--path DIR]... [--path0 DIR]
 [--egress-socket PATH --egress-port PORT] (--interactive | -- SCRIPT [ARG]...)``.
 ``-I`` ignores ``PYTHON*`` variables and the user site; ``-S`` skips ``site``, so
 neither the host's nor the image's site-packages is importable. What is importable
@@ -15,6 +15,11 @@ unix socket bind-mounted at ``PATH`` (the sandbox has no other network). It runs
 in one daemon thread, so the process ends when the script does; a connection
 that cannot reach the proxy is closed (fail closed). Without the option nothing
 of it is imported.
+
+With ``--gate FD``, it first reads one byte from descriptor FD: jhansi starts the
+sandbox before it has recorded the run, and writes that byte once the record is on
+disk. Until then nothing but the interpreter and this file has run (no ``.pth``
+file, no script); if jhansi closes the gate instead, it exits at once (status 125).
 
 It must run on every interpreter a sandbox may have: the standard library only,
 and nothing newer than Python 3.8.
@@ -37,6 +42,7 @@ class _Args:
 
     def __init__(self) -> None:
         self.paths: List[str] = []
+        self.gate = -1
         self.path0 = ""
         self.interactive = False
         self.egress_socket = ""
@@ -51,6 +57,9 @@ def _parse(argv: List[str]) -> _Args:
         arg = argv[i]
         if arg == "--path":
             args.paths.append(argv[i + 1])
+            i += 2
+        elif arg == "--gate":
+            args.gate = int(argv[i + 1])
             i += 2
         elif arg == "--path0":
             args.path0 = argv[i + 1]
@@ -270,9 +279,24 @@ def _interact() -> None:
     code.interact(banner="", exitmsg="", local={"__name__": "__main__"})
 
 
+def _wait_at_gate(fd: int) -> None:
+    """Wait for jhansi's go-ahead on ``fd`` (one byte); exit if it closes the gate."""
+    while True:
+        try:
+            go = os.read(fd, 1)
+            break
+        except InterruptedError:  # pragma: no cover (retried by Python 3.5+ itself)
+            continue
+    os.close(fd)
+    if go != b"1":
+        os._exit(125)
+
+
 def main() -> None:
     """Set up the import path (and egress, if asked) and hand over to the script."""
     args = _parse(sys.argv[1:])
+    if args.gate >= 0:
+        _wait_at_gate(args.gate)
     _clean_path()
     if args.egress_socket:
         _start_forwarder(args.egress_socket, args.egress_port)

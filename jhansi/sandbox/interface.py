@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -116,6 +116,29 @@ class Limits:
     """Wall-clock seconds before the whole sandbox is killed."""
     output_limit: int
     """Bytes kept (the tail) of each of stdout and stderr."""
+
+
+GATE_FD = "{jhansi-gate-fd}"
+"""In a spec's ``argv``, the value of a ``--gate`` option: the number of a descriptor
+from which the command reads one byte before it runs any of the script's code
+(``entry.py --gate FD``). The bwrap backend starts the sandbox, then records the run
+(:meth:`Backend.run`'s ``before_start``) while it boots, then opens the gate; a
+backend that cannot hand a descriptor over drops the option."""
+
+
+def without_gate(argv: tuple[str, ...] | list[str]) -> list[str]:
+    """``argv`` without a ``--gate GATE_FD`` option."""
+    out: list[str] = []
+    skip = False
+    for i, word in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if word == "--gate" and i + 1 < len(argv) and argv[i + 1] == GATE_FD:
+            skip = True
+            continue
+        out.append(word)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,9 +249,19 @@ class Backend(ABC):
 
     @abstractmethod
     def run(
-        self, spec: SandboxSpec, output: OutputSink, *, stdin: BinaryIO | None = None
+        self,
+        spec: SandboxSpec,
+        output: OutputSink,
+        *,
+        stdin: BinaryIO | None = None,
+        before_start: Callable[[], None] | None = None,
     ) -> ExecResult:
         """Run ``spec`` to the end, streaming output to ``output``.
+
+        ``before_start`` is called once, before any of the command's own code runs
+        (after the sandbox is prepared: a backend may boot it meanwhile, held at the
+        gate, :data:`GATE_FD`); if it raises, the command never runs, and the
+        exception propagates after the clean-up.
 
         Always cleans up (containers removed, processes killed), also on
         ``KeyboardInterrupt``, which is re-raised afterwards.

@@ -709,3 +709,90 @@ def test_interpreter_probe_is_cached_on_disk(
     assert len(calls) == 2
     bwrap_module._probe(str(copy), None)  # no cache: always asks
     assert len(calls) == 3
+
+
+# -- the gate: the run is recorded while the sandbox boots, before any of its code runs ----
+
+
+def _gated(spec: SandboxSpec) -> SandboxSpec:
+    """``spec`` with ``--gate``, as the runner builds it."""
+    from jhansi.sandbox.interface import GATE_FD
+
+    argv = list(spec.argv)
+    return replace(spec, argv=(*argv[:4], "--gate", GATE_FD, *argv[4:]))
+
+
+def test_nothing_of_the_script_runs_before_before_start_returns(sandbox: Sandbox) -> None:
+    marker = sandbox.home / "ran"
+    spec = _gated(
+        sandbox.spec(
+            """
+            import os
+            open(os.path.expanduser("~/ran"), "w").write(open("/work/ticket").read())
+            print("ran")
+            """
+        )
+    )
+    seen: list[bool] = []
+
+    def before_start() -> None:
+        time.sleep(0.5)  # the sandbox boots meanwhile, and waits
+        seen.append(marker.exists())
+        (sandbox.project / "ticket").write_text("written before the start")
+
+    result = sandbox.backend.run(spec, Recorder(), before_start=before_start)
+    assert result.status == ExecStatus.SUCCEEDED, result.error or result.stderr
+    assert seen == [False]
+    assert marker.read_text() == "written before the start"
+    assert not _leftover_cgroups()
+
+
+def test_a_failing_before_start_runs_nothing_and_leaves_nothing(sandbox: Sandbox) -> None:
+    spec = _gated(sandbox.spec(f"open('/home/sandbox/ran', 'w').write('{CANARY}')\n"))
+
+    def before_start() -> None:
+        time.sleep(0.3)
+        raise RuntimeError("the ledger is full")
+
+    with pytest.raises(RuntimeError, match="the ledger is full"):
+        sandbox.backend.run(spec, Recorder(), before_start=before_start)
+    time.sleep(0.3)
+    assert not (sandbox.home / "ran").exists()
+    assert _host_processes_with("/opt/jhansi/entry.py") == []
+    assert not _leftover_cgroups()
+
+
+def test_a_closed_gate_exits_without_running_anything(sandbox: Sandbox) -> None:
+    """entry.py's side alone: the gate closed unopened means status 125, nothing run."""
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-I",
+                "-S",
+                jhansi.sandbox.entry.__file__,
+                "--gate",
+                str(read_end),
+                "--",
+                "-c-not-a-script",
+            ],
+            pass_fds=(read_end,),
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(read_end)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (125, b"", b"")
+
+
+def test_without_a_gate_before_start_still_runs_first(sandbox: Sandbox) -> None:
+    spec = sandbox.spec("print(open('/work/ticket').read())\n")
+
+    def before_start() -> None:
+        (sandbox.project / "ticket").write_text("first")
+
+    result = sandbox.backend.run(spec, Recorder(), before_start=before_start)
+    assert out(result) == "first\n"

@@ -52,8 +52,15 @@ class RecordingBackend(Backend):
         )
 
     def run(
-        self, spec: SandboxSpec, output: OutputSink, *, stdin: BinaryIO | None = None
+        self,
+        spec: SandboxSpec,
+        output: OutputSink,
+        *,
+        stdin: BinaryIO | None = None,
+        before_start: Callable[[], None] | None = None,
     ) -> ExecResult:
+        if before_start is not None:
+            before_start()
         self.specs.append(spec)
         home = next(m.source for m in spec.mounts if m.target == HOME)
         if self.effect:
@@ -256,3 +263,36 @@ def test_invalid_sandbox_name(project: Path, tmp_path: Path) -> None:
         _runner(RecordingBackend(), tmp_path).run(
             RunRequest(script=project / "main.py", sandbox="../etc")
         )
+
+
+def test_no_start_record_means_nothing_runs(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """exec.start is written through the backend's ``before_start``: if it cannot be,
+    the backend never runs the command, and no exec.end is written for it.
+
+    The disk failure is simulated (the ledger's append raises for exec.start): a
+    real full disk cannot be arranged for one record here.
+    """
+    from jhansi.errors import LedgerError
+
+    backend = RecordingBackend()
+    runner = _runner(backend, tmp_path)
+    ledger = runner.ledger
+    real_append = ledger.append
+
+    def append(kind: str, body: dict[str, object]) -> object:
+        if kind == "exec.start":
+            raise LedgerError("no space left on device", hint="Free some space.")
+        return real_append(kind, body)
+
+    monkeypatch.setattr(ledger, "append", append)
+    with pytest.raises(LedgerError, match="no space left"):
+        runner.run(RunRequest(script=project / "main.py"))
+    assert backend.specs == []  # the command never ran
+    monkeypatch.undo()
+    from jhansi.ledger.read import iter_records
+
+    kinds = [record.kind for record in iter_records(ledger.directory)]
+    assert "exec.start" not in kinds
+    assert "exec.end" not in kinds
