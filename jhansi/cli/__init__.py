@@ -32,14 +32,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args == ["--version"]:
         print(f"jhansi {__version__}")
         return
+    debug = os.environ.get("JHANSI_DEBUG", "") not in ("", "0")
+    if args[:1] == ["run"] and not debug and argv is None and not IN_HELPER:
+        _try_helper(args)  # first: the helper has everything below loaded already
     from jhansi.cli._state import CliState
     from jhansi.errors import ExitCode, JhansiError
 
-    state = CliState(debug=os.environ.get("JHANSI_DEBUG", "") not in ("", "0"))
+    state = CliState(debug=debug)
     try:
         if args[:1] == ["run"] and not state.debug:
-            if argv is None and not IN_HELPER:
-                _try_helper(args)
             from jhansi.cli._fastpath import run_fast
 
             # exits, unless Typer must parse these arguments
