@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_overhead import ENTRY, Cgroup, raw_bwrap, uses_cgroup
+from run_overhead import ENTRY, Cgroup, raw_bwrap, uses_cgroup, wait_for_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "deps_detected.py"
@@ -98,7 +98,7 @@ def main() -> None:
         pre = cgroup.preexec if cgroup else None
         try:
             _time(run, env), _time(raw, env, pre), _time(run, no_helper)
-            _wait_for_helper(jhansi, env)
+            wait_for_helper(jhansi, env)
             ours, base, cold_start = [], [], []
             for _ in range(args.runs):
                 ours.append(_time(run, env))
@@ -195,20 +195,6 @@ def main() -> None:
     finally:
         subprocess.run([jhansi, "helper", "stop"], env=env, capture_output=True, check=False)
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _wait_for_helper(jhansi: str, env: dict[str, str]) -> None:
-    """Wait until the helper the first run started is serving (it loads for ~0.5 s)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = subprocess.run(
-            [jhansi, "helper", "status", "--json"], env=env, capture_output=True, check=True
-        )
-        if json.loads(status.stdout)["helpers"]:
-            time.sleep(0.5)  # its socket is bound just after its lock is taken
-            return
-        time.sleep(0.2)
-    sys.exit("the helper did not start within 30 s (see `jhansi helper status`)")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,11 @@ PID, EXIT, STALE = b"P", b"X", b"S"
 #: The longest request accepted (arguments and environment, JSON).
 MAX_REQUEST = 1 << 20
 _FALSE = ("", "0", "false", "no", "off")
+#: Variables read when Python, or a module the helper loads, starts: part of the key.
+_STARTUP_VARS = ("PYTHON", "LC_", "LANG", "OPENSSL_")
+#: What the helper's own environment holds besides those (it never needs the rest: each
+#: run gets its client's environment, so no token the caller has stays in the helper).
+_HELPER_VARS = ("PATH", "HOME", "TMPDIR", "TZ", "XDG_RUNTIME_DIR", "JHANSI_HELPER_DIR")
 
 
 def enabled(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
@@ -124,9 +129,7 @@ def helper_key() -> str:
         except OSError:
             parts.append(f"{entry}:-")
     _tree_stat(os.path.dirname(os.path.abspath(jhansi.__file__)), parts)
-    parts += sorted(
-        f"{k}={v}" for k, v in os.environ.items() if k.startswith(("PYTHON", "LC_", "LANG"))
-    )
+    parts += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith(_STARTUP_VARS))
     parts.append(f"{os.getuid()}:{os.getgid()}:{sorted(os.getgroups())}")
     parts += [_read("/proc/self/limits"), _read("/proc/self/cgroup")]
     for ns in ("mnt", "pid", "user", "net", "ipc", "uts", "cgroup"):
@@ -283,11 +286,16 @@ def spawn() -> None:
                 actions.append((os.POSIX_SPAWN_CLOSE, fd))
         except OSError:
             continue
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(_STARTUP_VARS) or k in _HELPER_VARS or k == "JHANSI_HELPER_IDLE"
+    }
     with contextlib.suppress(OSError):
         os.posix_spawn(
             sys.executable,
             [sys.executable, "-c", boot, *sys.path],
-            os.environ,
+            env,
             file_actions=actions,
             setsid=True,
         )

@@ -366,3 +366,19 @@ def test_requests_round_trip_and_garbage_is_refused(monkeypatch: pytest.MonkeyPa
     assert 0 <= umask <= 0o777
     for garbage in (b"", b"k\0/\0x\01", b"k\0/\x000\x005\0a", b"k\0/\x000\x000\0novalue"):
         assert client.decode_request(garbage) is None
+
+
+def test_the_helper_keeps_none_of_the_callers_other_variables(
+    helper_env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "ok.py").write_text(SCRIPTS["ok.py"])
+    env = {**helper_env, "SOME_API_TOKEN": "canary-7f3a"}
+    pid = start_helper(env, tmp_path)
+    assert b"canary-7f3a" not in Path(f"/proc/{pid}/environ").read_bytes()
+    # ... while each run still gets its own caller's variables (the timeout here).
+    before = served(env, tmp_path)
+    proc = jhansi(
+        ["run", "--json", "-q", "ok.py"], {**env, "JHANSI_SANDBOX_TIMEOUT": "7"}, tmp_path
+    )
+    assert served(env, tmp_path) == before + 1
+    assert "after 7 s" in json.loads(proc.stdout)["enforcement"]["timeout"]
