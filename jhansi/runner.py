@@ -846,7 +846,7 @@ class Runner:
         else:
             inside = f"{WORKDIR}/{script.host_path.name}"
             mounts.append(Mount(script.host_path, inside))
-        mounts.append(Mount(home, HOME, read_only=False))
+        mounts.append(Mount(home, HOME, read_only=False, owned=True))
         return mounts, inside, masked_top
 
     def _run_in(

@@ -55,7 +55,6 @@ from jhansi.sandbox.engine import (
     map_id,
 )
 from jhansi.sandbox.interface import (
-    HOME,
     PYTHON,
     Backend,
     BackendInfo,
@@ -71,6 +70,7 @@ from jhansi.sandbox.interface import (
     threads_enforcement,
     without_gate,
 )
+from jhansi.sandbox.ownership import hand_over
 from jhansi.sandbox.probe import cached
 
 if TYPE_CHECKING:
@@ -274,31 +274,6 @@ def _check_traversable(path: Path, uid: int, who: str) -> None:
                 hint=f"Let it through (`chmod o+x {parent}`), or keep the project, the sandbox "
                 "home and jhansi's data in directories that user can reach.",
             )
-
-
-def _hand_over(path: Path, uid: int, gid: int) -> None:
-    """Make ``uid:gid`` own ``path`` and everything in it (the sandbox's home).
-
-    Runs only when the owner differs (the first run, or another engine than
-    last time), so the steady state costs one ``lstat``. Symlinks are changed
-    themselves, never followed.
-    """
-    st = path.lstat()
-    if st.st_uid == uid and (st.st_gid == gid or os.getuid() != 0):
-        return
-    if os.getuid() != 0:
-        raise SandboxError(
-            f"the sandbox runs as host uid {uid}, and jhansi (uid {os.getuid()}) cannot give "
-            f"it the sandbox home {path}",
-            hint="Use rootless Podman (it maps your own uid into the sandbox), rootful Docker, "
-            "or the bwrap backend.",
-        )
-    os.lchown(path, uid, gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            entry = os.path.join(root, name)  # noqa: PTH118
-            if os.lstat(entry).st_uid != uid:
-                os.lchown(entry, uid, gid)
 
 
 @contextmanager
@@ -822,8 +797,8 @@ class DockerBackend(Backend):
                 )
             if engine_user is not None:
                 _check_traversable(source, *engine_user)
-            if mount.target == HOME and not mount.read_only and source.is_dir():
-                _hand_over(source, identity.host_uid, identity.host_gid)
+            if mount.owned and source.is_dir():
+                hand_over(source, identity.host_uid, identity.host_gid)
             elif identity.host_uid != me:
                 write = not mount.read_only or mount.kind == "socket"
                 st = source.stat()

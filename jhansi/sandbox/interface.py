@@ -94,12 +94,18 @@ class Mount:
     whatever is at ``target`` behind an empty read-only file (when
     ``source`` is a file) or directory (masking secret-looking paths);
     ``socket`` binds a unix socket (egress).
+
+    ``owned``: the directory belongs to the sandbox (its home, a writable layer):
+    before the run the backend hands it, and everything in it, to the host uid the
+    sandbox runs as (:func:`jhansi.sandbox.ownership.hand_over`), so that runs on
+    different backends in one sandbox see and write the same files.
     """
 
     source: Path
     target: str
     read_only: bool = True
     kind: Literal["bind", "empty", "socket"] = "bind"
+    owned: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,7 +165,7 @@ def make_sandbox(
         argv=argv or (PYTHON, "-I", "-S", f"{ENTRY_DIR}/entry.py", "--", f"{WORKDIR}/script.py"),
         mounts=(
             Mount(project, WORKDIR, read_only=project_read_only),
-            Mount(home, HOME, read_only=False),
+            Mount(home, HOME, read_only=False, owned=True),
             Mount(ENTRY, f"{ENTRY_DIR}/entry.py"),
             *extra_mounts,
         ),

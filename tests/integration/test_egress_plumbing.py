@@ -264,7 +264,7 @@ def spec_for(
         mounts=(
             ENTRY,
             Mount(project, WORKDIR),
-            Mount(home, HOME, read_only=False),
+            Mount(home, HOME, read_only=False, owned=True),
             *(egress.mounts if egress is not None else ()),
         ),
         env={
