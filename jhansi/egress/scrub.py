@@ -85,7 +85,7 @@ def _char_forms(char: str) -> list[tuple[bytes, str, int]]:
         forms.append((raw.upper(), "", 1))
     else:
         forms.append((raw[:1], re.escape(raw[1:].decode("latin-1")), len(raw)))
-    add("%" + "".join(f"{b:02x}" for b in raw), 3 * len(raw))
+    add("".join(f"%{b:02x}" for b in raw), 3 * len(raw))
     if char == " ":
         add("+", 1)
     if point < 0x10000:
