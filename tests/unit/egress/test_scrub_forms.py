@@ -34,9 +34,11 @@ def _decode(data: bytes) -> list[str]:
     without ``+`` for a space) undone."""
 
     def js(match: re.Match[bytes]) -> bytes:
-        digits = next(g for g in match.groups()[:5] if g is not None) if any(
-            match.groups()[:5]
-        ) else None
+        digits = (
+            next(g for g in match.groups()[:5] if g is not None)
+            if any(match.groups()[:5])
+            else None
+        )
         if digits is None:
             return match.group(6)
         return chr(int(digits, 16)).encode("utf-8", "surrogatepass")
@@ -46,8 +48,9 @@ def _decode(data: bytes) -> list[str]:
 
 
 def _leaks(data: bytes, value: str = VALUE) -> bool:
-    decoded = _decode(data)
-    return any(value.lower() in d.lower() for d in decoded) or value.lower().encode() in data.lower()
+    if value.lower().encode() in data.lower():
+        return True
+    return any(value.lower() in d.lower() for d in _decode(data))
 
 
 def _encodings(char: str) -> list[str]:
@@ -108,10 +111,12 @@ def test_each_disguise_is_scrubbed_whole_and_byte_by_byte(form: str) -> None:
     whole = scrubber.scrub(data)
     assert not _leaks(whole)
     assert VALUE.encode().hex() not in whole.decode().lower()
-    assert whole.startswith(b"before ") and whole.endswith(b" after")
+    assert whole.startswith(b"before ")
+    assert whole.endswith(b" after")
     assert PLACEHOLDER.encode() in whole or PLACEHOLDER.encode().hex().encode() in whole.lower()
     assert _stream(scrubber.fresh(), data, list(range(len(data)))) == whole  # byte by byte
-    assert scrubber.contains(data) and not scrubber.contains(whole)
+    assert scrubber.contains(data)
+    assert not scrubber.contains(whole)
 
 
 @settings(max_examples=200, deadline=None)
@@ -197,7 +202,9 @@ def test_content_encodings_are_decoded(coding: bytes) -> None:
         ([], b"application/x-brotli; q=1", b"\x0b"),
     ],
 )
-def test_unreadable_compression_is_refused(encodings: list[bytes], kind: bytes, head: bytes) -> None:
+def test_unreadable_compression_is_refused(
+    encodings: list[bytes], kind: bytes, head: bytes
+) -> None:
     with pytest.raises(Unreadable):
         choose(encodings, kind, head)
 
@@ -207,10 +214,15 @@ def test_a_decompression_bomb_is_cut_with_bounded_pieces() -> None:
     assert len(bomb) * 200 < FREE_OUTPUT  # it expands far more than MAX_RATIO
     decoder = Decoder("regzip", 31, Scrubber(["a-secret-value"]))
     biggest = 0
-    with pytest.raises(Unreadable, match="decompression bomb"):
+
+    def drain() -> None:
+        nonlocal biggest
         for at in range(0, len(bomb), 65536):
             for piece in decoder.feed(bomb[at : at + 65536]):
                 biggest = max(biggest, len(piece))
+
+    with pytest.raises(Unreadable, match="decompression bomb"):
+        drain()
     assert biggest <= 1024 * 1024  # never a whole expansion at once
 
 
