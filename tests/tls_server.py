@@ -17,6 +17,12 @@ The server presents a certificate for :data:`TEST_NAMES` (and ``localhost`` /
 ``/big``                   2 MiB with a Content-Length and the Authorization value
                            near the start, the middle and the end
 ``/basic-echo``            the password of Basic credentials, raw and base64
+``/echo-form/FORM``        the Authorization value disguised: ``json`` (``\\/`` and some
+                           ``\\uXXXX``), ``percent`` (every byte, mixed case), ``html``
+                           (entities of every kind), ``gzip`` (an application/gzip body),
+                           ``split`` (halves in two headers), ``folded`` (an obs-fold header)
+``/stream?size=N``         N bytes made on the fly (never held in memory)
+``/sink``                  reads a body of any size without keeping it; answers its size
 Every request the server saw is appended to ``seen`` (a thread-safe list of dicts).
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import gzip
 import ipaddress
 import json
 import ssl
@@ -173,7 +180,75 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _stream(self, size: int) -> None:
+        """``size`` bytes made on the fly (never held): load tests of the proxy."""
+        block = (b"0123456789abcdef" * 4096)[:65536]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        left = size
+        while left > 0:
+            self.wfile.write(block[: min(left, len(block))])
+            left -= len(block)
+
+    def _sink(self) -> None:
+        """Read a request body of any size without keeping it; answer with its size."""
+        left, total = int(self.headers.get("Content-Length") or 0), 0
+        while left > 0:
+            got = self.rfile.read(min(left, 1 << 20))
+            if not got:
+                break
+            left -= len(got)
+            total += len(got)
+        self._send(200, str(total).encode())
+
+    def _echo_form(self, form: str, auth: bytes) -> None:
+        """The Authorization value echoed in a disguise ``form``."""
+        text = auth.decode("latin-1")
+        headers: dict[str, str] = {"Content-Type": "application/json"}
+        if form == "json":
+            # JSON as PHP and others write it: \/ for every slash, some characters \u-escaped
+            escaped = "".join(
+                f"\\u{ord(c):04x}" if i % 3 == 0 else c for i, c in enumerate(text)
+            ).replace("/", "\\/")
+            body = ('{"echo": "' + escaped + '"}').encode()
+            headers["X-Echo"] = escaped
+        elif form == "percent":
+            every = "".join(f"%{b:02X}" if i % 2 else f"%{b:02x}" for i, b in enumerate(auth))
+            body, headers["X-Echo"] = every.encode(), every
+        elif form == "html":
+            entities = "".join(
+                (f"&#{ord(c)};", f"&#x{ord(c):X}", f"&#00{ord(c)}", c)[i % 4]
+                for i, c in enumerate(text)
+            ).replace("/", "&sol;")
+            body = f"<p>{entities}</p>".encode()
+            headers["Content-Type"] = "text/html"
+            headers["X-Echo"] = entities
+        elif form == "gzip":
+            body = gzip.compress(b"echo: " + auth + b"\n")
+            headers["Content-Type"] = "application/gzip"
+        elif form == "split":
+            half = len(text) // 2
+            body = b"{}"
+            headers["X-Part-1"], headers["X-Part-2"] = text[:half], text[half:]
+        elif form == "folded":
+            half = len(text) // 2
+            body = b"{}"
+            headers["X-Folded"] = text[:half] + "\r\n " + text[half:]
+        else:
+            self._send(404, b"no such form\n")
+            return
+        self._send(200, body, headers)
+
     def _handle(self) -> None:
+        route = self.path.split("?")[0]
+        if route == "/stream":
+            self._stream(int(self.path.partition("size=")[2] or 0))
+            return
+        if route == "/sink":
+            self._sink()
+            return
         body = self._body()
         seen = {
             "method": self.command,
@@ -214,6 +289,8 @@ class _Handler(BaseHTTPRequestHandler):
             filler = b"." * (1024 * 1024)
             data = auth + filler + auth + filler + auth
             self._send(200, data, {"Content-Type": "application/octet-stream"})
+        elif route.startswith("/echo-form/"):
+            self._echo_form(route.removeprefix("/echo-form/"), auth)
         elif route == "/basic-echo":
             scheme, _, credentials = auth.partition(b" ")
             decoded = base64.b64decode(credentials) if scheme.lower() == b"basic" else b""

@@ -39,6 +39,7 @@ import base64
 import binascii
 import contextlib
 import ipaddress
+import re
 import socket
 import ssl
 import stat
@@ -54,6 +55,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import h11
 
 from jhansi.egress.ca import RunCA
+from jhansi.egress.codec import SNIFF, Decoder, Unreadable, choose
 from jhansi.egress.hostpolicy import (
     EgressPolicy,
     EgressRefusal,
@@ -75,7 +77,14 @@ HOLD_BODY = 1024 * 1024
 """Request bodies up to this size are checked completely before anything is sent."""
 BUFFER_RESPONSE = 1024 * 1024
 """Responses with a Content-Length up to this size keep one (recomputed after scrubbing)."""
+BUFFER_BUDGET = 32 * 1024 * 1024
+"""Bytes all connections together may hold for HOLD_BODY and BUFFER_RESPONSE; past it a
+request body is checked as it streams and a response streams without a Content-Length."""
 READ_SIZE = 64 * 1024
+MAX_CONNECTIONS = 256
+"""Connections open at once through one run's proxy; more are refused with 503."""
+
+_SPACE = re.compile(rb"[ \t\r\n]+")
 
 _HOP_BY_HOP = frozenset(
     {
@@ -101,10 +110,17 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class ProxyTimeouts:
-    """Seconds allowed for each wait; ``idle`` is silence in both directions."""
+    """Seconds allowed for each wait.
 
-    head: float = 30.0
-    handshake: float = 15.0
+    ``head`` is the whole of a request head (``CONNECT`` line and headers, or a request
+    inside an intercepted connection once its first byte arrived): a deadline, not a
+    per-read wait, so a head trickled a byte at a time (slowloris) ends there too.
+    ``handshake`` bounds each TLS handshake and the wait for a tunnel's first bytes;
+    ``idle`` is silence in both directions of an open connection.
+    """
+
+    head: float = 10.0
+    handshake: float = 10.0
     resolve: float = 10.0
     connect: float = 15.0
     idle: float = 300.0
@@ -200,6 +216,8 @@ class _Exchange:
     up: int = 0
     down: int = 0
     used: set[str] = field(default_factory=set)
+    cut: str = ""
+    """Why a response was cut after its head was sent (it is then recorded as failed)."""
 
 
 class EgressProxy:
@@ -218,7 +236,7 @@ class EgressProxy:
         lifetime: timedelta = timedelta(hours=1),
         resolver: Resolver | None = None,
         timeouts: ProxyTimeouts | None = None,
-        max_connections: int = 256,
+        max_connections: int = MAX_CONNECTIONS,
         max_events: int = 10_000,
     ) -> None:
         self.policy = policy
@@ -236,6 +254,10 @@ class EgressProxy:
         self._upstream_context: ssl.SSLContext | None = None
         self._events: list[EgressEvent] = []
         self._dropped = 0
+        self._capped = 0
+        self._capped_since: float | None = None
+        self._peak = 0
+        self._budget = BUFFER_BUDGET
         self._events_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -343,9 +365,34 @@ class EgressProxy:
         )
 
     def events(self) -> tuple[EgressEvent, ...]:
-        """What happened so far, in order (at most ``max_events``; see :attr:`dropped_events`)."""
+        """What happened so far, in order (at most ``max_events``; see :attr:`dropped_events`).
+
+        Connections refused because ``max_connections`` were open are one event at the
+        end, whose reason counts them (``N connections refused: ...``).
+        """
         with self._events_lock:
-            return tuple(self._events)
+            events = tuple(self._events)
+            capped, since = self._capped, self._capped_since
+        if not capped or since is None:
+            return events
+        summary = EgressEvent(
+            host="", port=0, address=None, method=None, path_hash=None, status=503,
+            bytes_up=0, bytes_down=0, decision="refused",
+            reason=f"{capped} connection{'s' if capped != 1 else ''} refused: more than "
+            f"{self._max_connections} open at once",
+            secrets=(), started=since,
+        )  # fmt: skip
+        return (*events, summary)
+
+    @property
+    def refused_for_cap(self) -> int:
+        """Connections refused because ``max_connections`` were already open."""
+        return self._capped
+
+    @property
+    def peak_connections(self) -> int:
+        """The most connections open at once (refused ones not counted)."""
+        return self._peak
 
     def scrubber(self) -> Scrubber:
         """A fresh scrubber for this run's secrets (for the script's stdout and stderr)."""
@@ -406,10 +453,21 @@ class EgressProxy:
         self._tasks.add(task)
         try:
             if len(self._tasks) > self._max_connections:
-                self._record(None, "refused", started=time.time(), reason="too many connections")
-                writer.write(self._refusal("too many connections through the proxy", 503))
-                await writer.drain()
+                # Counted, not recorded one by one: a flood must not flood the record.
+                with self._events_lock:
+                    self._capped += 1
+                    if self._capped_since is None:
+                        self._capped_since = time.time()
+                writer.write(
+                    self._refusal(
+                        f"too many connections through the proxy (at most "
+                        f"{self._max_connections} at once)",
+                        503,
+                    )
+                )
+                await asyncio.wait_for(writer.drain(), self._timeouts.head)
                 return
+            self._peak = max(self._peak, len(self._tasks))
             await self._serve(reader, writer)
         except (TimeoutError, OSError, ssl.SSLError, h11.ProtocolError):
             pass  # the peer went away or stalled: the connection is simply over
@@ -429,7 +487,8 @@ class EgressProxy:
         started = time.time()
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         try:
-            event = await _next_event(conn, reader, self._timeouts.head)
+            head = self._timeouts.head
+            event = await _next_event(conn, reader, head, deadline=time.monotonic() + head)
         except h11.RemoteProtocolError as exc:
             self._record(None, "refused", started=started, reason=f"malformed request: {exc}")
             writer.write(self._refusal(f"malformed request: {exc}", 400))
@@ -704,7 +763,7 @@ class EgressProxy:
         bindings = self.policy.bindings_for(target)
         while True:
             try:
-                event = await _next_event(client, reader, self._timeouts.idle)
+                event = await self._next_request(client, reader)
             except h11.RemoteProtocolError as exc:
                 writer.write(refuse(f"malformed request: {exc}", 400))
                 return
@@ -723,6 +782,15 @@ class EgressProxy:
             client.start_next_cycle()
             upstream.start_next_cycle()
             started = time.time()
+
+    async def _next_request(self, conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+        """The next request on a kept-alive connection: up to ``idle`` for its first
+        byte, then ``head`` for the whole head (a trickled head is cut)."""
+        if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+            data = await asyncio.wait_for(reader.read(READ_SIZE), self._timeouts.idle)
+            conn.receive_data(data)
+        head = self._timeouts.head
+        return await _next_event(conn, reader, head, deadline=time.monotonic() + head)
 
     async def _plain_http(
         self,
@@ -831,7 +899,7 @@ class EgressProxy:
     ) -> bytes:
         for secret in self.policy.secrets:
             mark = secret.placeholder.encode()
-            if mark in name:
+            if mark.lower() in name.lower():  # names arrive lower-cased: compare alike
                 raise _Refused(f"the placeholder of {secret.name} is in a header name")
             basic = _basic_credentials(value)
             in_basic = basic is not None and mark in basic
@@ -904,6 +972,10 @@ class EgressProxy:
             with contextlib.suppress(OSError):
                 await writer.drain()
             return False
+        if ex.cut:
+            self._record(target, "failed", started=started, address=address, reason=ex.cut,
+                         exchange=ex)  # fmt: skip
+            return False
         self._record(target, decision, started=started, address=address, exchange=ex)
         return keep and not plain
 
@@ -918,10 +990,12 @@ class EgressProxy:
         up_writer: asyncio.StreamWriter,
         ex: _Exchange,
     ) -> None:
-        """Send the request upstream, holding the first HOLD_BODY bytes until checked."""
-        marks = [(s.name, s.placeholder.encode()) for s in self.policy.secrets]
-        tail_size = max((len(m) for _, m in marks), default=1) - 1
-        tail = b""
+        """Send the request upstream, holding the first HOLD_BODY bytes until checked.
+
+        What all connections hold together is bounded by BUFFER_BUDGET: when it is
+        spent, less is held (a placeholder found later aborts the upstream request
+        half-sent, which is never completed).
+        """
         held: list[bytes] | None = [
             upstream.send(
                 h11.Request(
@@ -934,6 +1008,31 @@ class EgressProxy:
             or b""
         ]
         held_size = 0
+        allowance = min(HOLD_BODY, max(self._budget, 0))
+        self._budget -= allowance
+        try:
+            await self._send_body(
+                client, reader, writer, upstream, up_writer, ex, held, held_size, allowance
+            )
+        finally:
+            self._budget += allowance
+
+    async def _send_body(
+        self,
+        client: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: h11.Connection,
+        up_writer: asyncio.StreamWriter,
+        ex: _Exchange,
+        held: list[bytes] | None,
+        held_size: int,
+        allowance: int,
+    ) -> None:
+        """The body: the first ``allowance`` bytes are held until checked, the rest streams."""
+        marks = [(s.name, s.placeholder.encode()) for s in self.policy.secrets]
+        tail_size = max((len(m) for _, m in marks), default=1) - 1
+        tail = b""
         if client.they_are_waiting_for_100_continue:
             writer.write(client.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
         while True:
@@ -954,7 +1053,7 @@ class EgressProxy:
                 if held is not None:
                     held.append(chunk)
                     held_size += len(chunk)
-                    if held_size > HOLD_BODY:
+                    if held_size > allowance:
                         up_writer.write(b"".join(held))
                         held = None
                 else:
@@ -994,83 +1093,114 @@ class EgressProxy:
             raise _Refused("the upstream closed without a response", 502, "failed")
         ex.status = event.status_code
         scrub = self._scrubber
-        encoding = [v for n, v in event.headers if n == b"content-encoding"]
-        if any(v.strip().lower() not in (b"identity", b"") for v in encoding):
-            raise _Refused(
-                "the upstream sent a compressed response despite Accept-Encoding: identity; "
-                "it cannot be scrubbed",
-                502,
-                "failed",
-            )
         closing = event.http_version < b"1.1" or any(
             n == b"connection" and b"close" in v.lower() for n, v in event.headers
         )
+        lengths = [v for n, v in event.headers if n == b"content-length"]
+        no_body = request.method == b"HEAD" or event.status_code in (204, 304)
+        # The body's first bytes say whether it is compressed (whatever it is labelled).
+        first: list[bytes] = []
+        ended = False
+        while not ended and sum(map(len, first)) < SNIFF:
+            part = await _next_event(upstream, up_reader, self._timeouts.idle)
+            if isinstance(part, h11.Data):
+                first.append(part.data)
+            elif isinstance(part, h11.EndOfMessage):
+                ended = True
+            else:
+                raise _Refused("the upstream closed mid-response", 502, "failed")
+        encodings = [v for n, v in event.headers if n == b"content-encoding"]
+        kind = b"".join(v for n, v in event.headers if n == b"content-type")
+        try:
+            mode, wbits = choose(encodings, kind, b"".join(first))
+        except Unreadable as exc:
+            raise _Refused(
+                f"the upstream sent {exc.args[0]}; the proxy cannot scrub it, so "
+                "it is refused (ask for an uncompressed or gzip body)",
+                502,
+                "failed",
+            ) from None
+        dropped = {b"transfer-encoding", b"content-length"}
+        if mode == "inflate":
+            dropped.add(b"content-encoding")  # the sandbox gets the decoded body
         headers = [
             (scrub.scrub(n), scrub.scrub(v))
             for n, v in event.headers.raw_items()
-            if n.lower() not in _HOP_BY_HOP
-            and n.lower() not in (b"transfer-encoding", b"content-length")
+            if n.lower() not in _HOP_BY_HOP and n.lower() not in dropped
         ]
+        # A value cut across headers (or folded, or spaced out) is whole again once the
+        # values are joined without whitespace: refuse rather than pass the pieces on.
+        if scrub.contains(_SPACE.sub(b"", b"".join(v for _, v in headers))):
+            raise _Refused(
+                "the response's headers spell a secret's value across several headers; refused",
+                502,
+                "failed",
+            )
         if closing:
             headers.append((b"Connection", b"close"))
-        lengths = [v for n, v in event.headers if n == b"content-length"]
-        no_body = request.method == b"HEAD" or event.status_code in (204, 304)
         if no_body:
             headers.extend((b"Content-Length", v) for v in lengths[:1])
-        buffered = (
-            not no_body
-            and len(lengths) == 1
-            and lengths[0].isdigit()
-            and int(lengths[0]) <= BUFFER_RESPONSE
-        )
-        if buffered:
-            body: list[bytes] = []
-            while True:
-                part = await _next_event(upstream, up_reader, self._timeouts.idle)
-                if isinstance(part, h11.Data):
-                    body.append(part.data)
-                elif isinstance(part, h11.EndOfMessage):
-                    break
-                else:
-                    raise _Refused("the upstream closed mid-response", 502, "failed")
-            clean = scrub.scrub(b"".join(body))
+        reason = scrub.scrub(event.reason)
+        size = int(lengths[0]) if len(lengths) == 1 and lengths[0].isdigit() else -1
+        if not no_body and mode == "plain" and 0 <= size <= min(BUFFER_RESPONSE, self._budget):
+            self._budget -= size
+            try:
+                body = first
+                while not ended:
+                    part = await _next_event(upstream, up_reader, self._timeouts.idle)
+                    if isinstance(part, h11.Data):
+                        body.append(part.data)
+                    elif isinstance(part, h11.EndOfMessage):
+                        ended = True
+                    else:
+                        raise _Refused("the upstream closed mid-response", 502, "failed")
+                clean = scrub.scrub(b"".join(body))
+                del body[:]
+            finally:
+                self._budget += size
             headers.append((b"Content-Length", str(len(clean)).encode()))
             ex.down = len(clean)
             writer.write(
                 (client.send(h11.Response(status_code=event.status_code, headers=headers,
-                                          reason=scrub.scrub(event.reason))) or b"")
+                                          reason=reason)) or b"")
                 + (client.send(h11.Data(data=clean)) or b"" if clean else b"")
                 + (client.send(h11.EndOfMessage()) or b"")
             )  # fmt: skip
             await writer.drain()
-        else:
-            writer.write(
-                client.send(
-                    h11.Response(
-                        status_code=event.status_code,
-                        headers=headers,
-                        reason=scrub.scrub(event.reason),
-                    )
-                )
-                or b""
-            )
-            stream = scrub.fresh()
+            return not closing and client.our_state is h11.DONE
+        writer.write(
+            client.send(h11.Response(status_code=event.status_code, headers=headers, reason=reason))
+            or b""
+        )
+        decoder = Decoder(mode, wbits, scrub.fresh())
+        pending = first
+        try:
             while True:
+                for data in pending:
+                    for clean in decoder.feed(data):
+                        ex.down += len(clean)
+                        writer.write(client.send(h11.Data(data=clean)) or b"")
+                        await writer.drain()  # backpressure: never more than a piece queued
+                if ended:
+                    break
                 part = await _next_event(upstream, up_reader, self._timeouts.idle)
                 if isinstance(part, h11.Data):
-                    clean = stream.feed(part.data)
+                    pending = [part.data]
                 elif isinstance(part, h11.EndOfMessage):
-                    clean = stream.flush()
+                    pending, ended = [], True
                 else:
                     return False  # cut mid-body: the client sees the cut too
-                if clean:
-                    ex.down += len(clean)
-                    writer.write(client.send(h11.Data(data=clean)) or b"")
-                if isinstance(part, h11.EndOfMessage):
-                    writer.write(client.send(h11.EndOfMessage()) or b"")
-                    await writer.drain()
-                    break
-                await writer.drain()
+            clean = decoder.finish()
+        except Unreadable as exc:
+            # The head is sent: the only refusal left is to cut the body short.
+            ex.cut = f"the upstream sent {exc.args[0]}; the response was cut"
+            writer.transport.abort()
+            return False
+        if clean:
+            ex.down += len(clean)
+            writer.write(client.send(h11.Data(data=clean)) or b"")
+        writer.write(client.send(h11.EndOfMessage()) or b"")
+        await writer.drain()
         return not closing and client.our_state is h11.DONE
 
 
@@ -1085,12 +1215,23 @@ def _basic_credentials(value: bytes) -> bytes | None:
         return None
 
 
-async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float) -> object:
-    """The next h11 event, reading from ``reader`` as needed (each read bounded by ``timeout``)."""
+async def _next_event(
+    conn: h11.Connection,
+    reader: asyncio.StreamReader,
+    timeout: float,
+    deadline: float | None = None,
+) -> object:
+    """The next h11 event, reading from ``reader`` as needed: each read bounded by
+    ``timeout``, and all of them by ``deadline`` (``time.monotonic()``) if given."""
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
+            wait = timeout
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    raise TimeoutError
+            data = await asyncio.wait_for(reader.read(READ_SIZE), wait)
             conn.receive_data(data)
             continue
         return event

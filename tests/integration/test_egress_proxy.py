@@ -687,3 +687,112 @@ def test_stopping_the_proxy_cuts_every_connection(
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
     assert [e.decision for e in proxy.events()] == ["tunnelled"]
+
+
+# -- load limits and the header-name check (issue 14) ---------------------------------
+
+
+def test_a_placeholder_in_a_header_name_is_refused_whatever_its_case(
+    make_proxy: Callable[..., tuple[EgressProxy, int]], server: TLSServer
+) -> None:
+    proxy, port = make_proxy()
+    mark = proxy.placeholders["KEY"]
+    for name in (f"X-{mark}", f"X-{mark}".lower(), f"X-{mark}".capitalize()):
+        sock = intercepted(proxy, port, server)
+        status, _, body = request(sock, API, server.port, "GET", "/echo", {name: "1"})
+        assert status == 403, name
+        assert b"in a header name" in body
+    assert all("x-jhansi" not in json.dumps(s).lower() for s in server.seen)
+
+
+def test_connections_past_the_cap_are_refused_and_counted_once(
+    server: TLSServer, dns: FakeDNS
+) -> None:
+    policy = EgressPolicy(
+        allow=(HostPort(OTHER, server.port),), allow_private=LOOPBACK, upstream_ca=server.ca_path
+    )
+    proxy = EgressProxy(policy, resolver=dns, max_connections=5)
+    port = proxy.start_tcp()
+    try:
+        held = [connect(port, f"{OTHER}:{server.port}") for _ in range(5)]
+        assert [h[0] for h in held] == [200] * 5
+        refused = [connect(port, f"{OTHER}:{server.port}") for _ in range(7)]
+        assert [r[0] for r in refused] == [503] * 7
+        assert "at most 5 at once" in refused[0][1]["x-jhansi-refusal"]
+        for *_, sock in held + refused:
+            sock.close()
+        assert proxy.refused_for_cap == 7
+        summary = [e for e in proxy.events() if "open at once" in e.reason]
+        assert [(e.decision, e.status, e.reason) for e in summary] == [
+            ("refused", 503, "7 connections refused: more than 5 open at once")
+        ]
+        assert proxy.peak_connections == 5
+    finally:
+        proxy.stop()
+
+
+def test_a_trickled_head_is_cut_at_its_deadline_and_idle_connections_time_out(
+    server: TLSServer, dns: FakeDNS
+) -> None:
+    import time
+
+    from jhansi.egress.proxy import ProxyTimeouts
+
+    policy = EgressPolicy(
+        allow=(HostPort(OTHER, server.port),),
+        secrets=(SecretBinding(name="KEY", value=VALUE, hosts=(f"{API}:{server.port}",)),),
+        allow_private=LOOPBACK,
+        upstream_ca=server.ca_path,
+    )
+    timeouts = ProxyTimeouts(head=1.0, handshake=1.0, idle=1.5)
+    proxy = EgressProxy(policy, resolver=dns, timeouts=timeouts)
+    port = proxy.start_tcp()
+    try:
+        # A byte every 0.2 s: each read is quick, the head as a whole is not.
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+        start = time.monotonic()
+        closed_after = None
+        for byte in b"CONNECT " + f"{OTHER}:{server.port}".encode() * 3:
+            try:
+                slow.sendall(bytes([byte]))
+            except OSError:
+                break
+            slow.settimeout(0.2)
+            try:
+                if slow.recv(100) == b"":
+                    closed_after = time.monotonic() - start
+                    break
+            except TimeoutError:
+                continue
+        assert closed_after is not None
+        assert 0.9 <= closed_after <= 3
+        # A kept-alive intercepted connection that stays silent is closed after `idle`.
+        sock = intercepted(proxy, port, server)
+        assert request(sock, API, server.port, "GET", "/echo")[0] == 200
+        start = time.monotonic()
+        sock.settimeout(5)
+        assert sock.recv(100) == b""
+        assert 1.2 <= time.monotonic() - start <= 3.5
+        # A tunnel whose TLS never starts is closed after `handshake`.
+        status, _, _, quiet = connect(port, f"{OTHER}:{server.port}")
+        assert status == 200
+        start = time.monotonic()
+        quiet.settimeout(5)
+        assert quiet.recv(100) == b""
+        assert time.monotonic() - start <= 3
+    finally:
+        proxy.stop()
+
+
+def test_a_gzip_body_comes_back_scrubbed_and_still_gzip(
+    make_proxy: Callable[..., tuple[EgressProxy, int]], server: TLSServer
+) -> None:
+    import gzip
+
+    proxy, port = make_proxy()
+    sock = intercepted(proxy, port, server)
+    headers = {"Authorization": f"Bearer {proxy.placeholders['KEY']}"}
+    status, got, body = request(sock, API, server.port, "GET", "/echo-form/gzip", headers)
+    assert status == 200
+    assert got["content-type"] == "application/gzip"
+    assert gzip.decompress(body) == f"echo: Bearer {proxy.placeholders['KEY']}\n".encode()
