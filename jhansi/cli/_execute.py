@@ -253,6 +253,24 @@ def exit_code_of(result: RunResult) -> int:
     return 128 + (result.signal or 9)
 
 
+def _engine_error_hint(error: str) -> str:
+    """What to do about an engine error: the runtime's own end gets its own advice."""
+    from jhansi.sandbox.docker import RUNTIME_ENDED
+
+    if RUNTIME_ENDED not in error:
+        return "Run `jhansi doctor` to check the backend; `--debug` shows more."
+    if "gVisor" in error:
+        return (
+            "gVisor needs host threads for every process the script starts: lower --pids "
+            "(or [sandbox] pids) so the script is refused a process before gVisor is, or run "
+            "it with runc (--runtime runc) or bwrap (--backend bwrap)."
+        )
+    return (
+        "Something outside the script stopped its container (docker kill or stop, the "
+        "engine restarting, the host's OOM killer): check the engine's log, then run it again."
+    )
+
+
 def finish(
     result: RunResult, *, json_output: bool, quiet: bool, timeout: float, memory: int
 ) -> NoReturn:
@@ -277,7 +295,7 @@ def finish(
     elif result.status == "engine_error":
         problem = JhansiError(
             f"the sandbox failed: {result.error or 'unknown engine error'}",
-            hint="Run `jhansi doctor` to check the backend; `--debug` shows more.",
+            hint=_engine_error_hint(result.error),
         )
     elif result.status == "failed" and b"Read-only file system" in result.stderr.data:
         problem = JhansiError(

@@ -395,10 +395,34 @@ RLIMIT_SHIM: Final = (
     " r.setrlimit(getattr(r,'RLIMIT_'+name.upper()),(int(value),int(value)))\n"
     "os.execvp(sys.argv[2],sys.argv[2:])\n"
 )
-#: Host threads allowed to gVisor's own kernel and file proxy beyond the sandbox's pids:
-#: their threads count against the container's pids cgroup, and when they cannot start
-#: one the whole sandbox dies without a word (about 50 on an idle 2-CPU machine).
-GVISOR_PIDS_HEADROOM: Final = 512
+#: Host pids (threads and processes, what the container's pids cgroup counts) that gVisor
+#: itself needs with no sandbox task: its kernel's Go runtime and its file proxy (about
+#: 45 measured idle here), with room for bursts of Go runtime threads.
+GVISOR_PIDS_BASE: Final = 128
+#: Host pids per sandbox task on gVisor's ptrace platform. Each sandbox process is a
+#: host stub process with a traced thread per kernel thread that ran it, and the kernel
+#: adds threads for tasks it runs at once: 5.2 per sleeping child and 6.3 at the peak
+#: of a fork bomb, measured on 2 CPUs (pids.current of the container's cgroup, runsc
+#: 2022-12). Sized above the peak so that the sandbox's own RLIMIT_NPROC refuses a fork
+#: (EAGAIN, which the script can handle) before the host cgroup refuses gVisor a thread
+#: (which ends the whole sandbox).
+GVISOR_PIDS_PER_TASK: Final = 8
+
+
+def host_pids_limit(pids: int, runtime: str) -> int:
+    """The container's pids cgroup limit for a sandbox allowed ``pids`` tasks on ``runtime``.
+
+    runc: the sandbox's processes are host processes, so the cgroup limit is the
+    sandbox's. gVisor: the sandbox's tasks live in gVisor's kernel, which enforces
+    ``RLIMIT_NPROC`` (tasks, threads included) of the sandbox's uid; the host cgroup
+    then counts gVisor's own threads and stub processes, which grow with the tasks,
+    so it is sized from them (:data:`GVISOR_PIDS_BASE` + :data:`GVISOR_PIDS_PER_TASK`
+    per task). It stays finite: the host is protected if gVisor needs more anyway,
+    and jhansi then reports that the runtime ended the sandbox.
+    """
+    if is_gvisor(runtime):
+        return GVISOR_PIDS_BASE + GVISOR_PIDS_PER_TASK * pids
+    return pids
 
 
 def _owner_start(pid: int) -> str:
@@ -451,7 +475,7 @@ def container_config(
         # With a read-only root, Podman mounts a writable, unbounded tmpfs at /var/tmp
         # (and /run, root's only); Docker leaves it read-only, and so does jhansi.
         tmpfs["/var/tmp"] = "ro,nosuid,nodev,noexec,size=4k,mode=755"  # noqa: S108
-    pids = limits.pids + (GVISOR_PIDS_HEADROOM if is_gvisor(runtime) else 0)
+    pids = host_pids_limit(limits.pids, runtime)
     interactive = spec.interactive
     host_config: dict[str, Any] = {
         "NetworkMode": "none",
@@ -524,7 +548,8 @@ def enforcement(spec: SandboxSpec, engine: EngineInfo, identity: Identity) -> di
     if is_gvisor(runtime):
         result["pids"] = (
             f"RLIMIT_NPROC {limits.pids} in gVisor's kernel; {cgroup}: "
-            f"{limits.pids + GVISOR_PIDS_HEADROOM} host threads for gVisor itself"
+            f"{host_pids_limit(limits.pids, runtime)} host threads for gVisor itself "
+            f"({GVISOR_PIDS_BASE} + {GVISOR_PIDS_PER_TASK} per task)"
         )
     elif "nproc" in rlimits:
         result["pids"] = f"RLIMIT_NPROC {limits.pids} for host uid {identity.host_uid} ({missing})"
@@ -545,35 +570,204 @@ def _safe_name(run_id: str) -> str:
 # ------------------------------------------------------------------- backend --
 
 
+# -------------------------------------------------- how the sandbox ended --
+
+#: The in-sandbox bootstrap this backend can ask for an end marker.
+_ENTRY_NAME: Final = "/entry.py"
+
+
+def with_end_marker(argv: Sequence[str], token: str) -> list[str] | None:
+    """``argv`` with ``--end-marker token`` given to jhansi's bootstrap (``None``: not one).
+
+    Only a command that runs ``entry.py`` (not, say, the interpreter probe) writes the
+    marker, so only then is its absence meaningful.
+    """
+    words = list(argv)
+    if not words or words[0] != PYTHON:
+        return None
+    for i, word in enumerate(words[1:5], start=1):
+        if word.endswith(_ENTRY_NAME):
+            return [*words[: i + 1], "--end-marker", token, *words[i + 1 :]]
+        if not word.startswith("-"):
+            return None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptEnd:
+    """How the script ended, as jhansi's bootstrap saw it (the end marker)."""
+
+    kind: Literal["exit", "signal"]
+    number: int
+
+
+class EndMarkerFilter:
+    """Takes the bootstrap's end marker out of the stderr stream, wherever frames split it.
+
+    The marker is ``\\0jhansi-end:TOKEN:KIND:N\\0``. Bytes that may be the start of
+    one are held back until the next data (or :meth:`flush`) shows what they are, so
+    neither the terminal nor the record ever sees it. The last marker wins: the
+    bootstrap writes its own after everything the script wrote.
+    """
+
+    #: How long a marker's tail (``exit:N``) may be before the bytes are not one.
+    _MAX_TAIL: Final = 24
+
+    def __init__(self, token: str) -> None:
+        self._needle = b"\0jhansi-end:" + token.encode("ascii") + b":"
+        self._held = b""
+        self.end: ScriptEnd | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """What of ``data`` (after what was held) can be passed on now."""
+        buf = self._held + data
+        out = bytearray()
+        needle = self._needle
+        while True:
+            at = buf.find(needle)
+            if at < 0:
+                keep = 0
+                for size in range(min(len(needle) - 1, len(buf)), 0, -1):
+                    if buf.endswith(needle[:size]):
+                        keep = size
+                        break
+                out += buf[: len(buf) - keep]
+                self._held = buf[len(buf) - keep :]
+                return bytes(out)
+            out += buf[:at]
+            rest = buf[at + len(needle) :]
+            close = rest.find(b"\0", 0, self._MAX_TAIL + 1)
+            if close < 0:
+                if len(rest) <= self._MAX_TAIL:
+                    self._held = buf[at:]
+                    return bytes(out)
+                out += buf[at : at + 1]  # not a marker: pass its first byte, look again
+                buf = buf[at + 1 :]
+                continue
+            end = _parse_end(rest[:close])
+            if end is None:
+                out += buf[at : at + 1]
+                buf = buf[at + 1 :]
+                continue
+            self.end = end
+            buf = rest[close + 1 :]
+
+    def flush(self) -> bytes:
+        """Whatever is still held (the stream ended inside something that was no marker)."""
+        held, self._held = self._held, b""
+        return held
+
+
+def _parse_end(tail: bytes) -> ScriptEnd | None:
+    kind, _, number = tail.partition(b":")
+    if kind not in (b"exit", b"signal") or not number.isdigit():
+        return None
+    return ScriptEnd("exit" if kind == b"exit" else "signal", int(number))
+
+
+def runtime_name(runtime: str) -> str:
+    """The runtime as a user knows it, for messages."""
+    return f"the gVisor runtime ({runtime})" if is_gvisor(runtime) else f"the runtime ({runtime})"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a finished container means for the run (see :func:`interpret_exit`)."""
+
+    status: ExecStatus
+    exit_code: int | None
+    signal: int | None
+    error: str = ""
+
+
+#: The words every "the runtime ended the sandbox" error carries (the CLI's hint keys on it).
+RUNTIME_ENDED: Final = "ended the sandbox before the script finished"
+
+
+def interpret_exit(
+    code: int, *, end: ScriptEnd | None, expected_end: bool, oom_killed: bool, runtime: str
+) -> Outcome:
+    """The status of a container that exited with ``code`` (not timed out).
+
+    With ``expected_end`` (the bootstrap was asked for its end marker), a missing
+    marker means the script did not end by itself: whatever ``code`` is, it is the
+    runtime's or the engine's (gVisor's kernel exits 2 when the host refuses it a
+    thread; a container killed from outside reports 137), never the script's. That
+    is an engine error naming the runtime, unless the memory cgroup killed it (then
+    the memory limit is the reason). A forged marker gains the script nothing: it can
+    choose its own exit status anyway.
+    """
+    signal = code - 128 if 128 < code < 160 else None
+    if expected_end and end is None:
+        if oom_killed:
+            return Outcome(ExecStatus.KILLED_OOM, code, signal or _SIGKILL)
+        how = f"killed by signal {signal}" if signal else f"exit status {code}"
+        why = (
+            "it exited 2, as gVisor's kernel does when the host refuses it a thread or "
+            "process (the container's pids limit)"
+            if is_gvisor(runtime) and code == 2
+            else f"{how} from the runtime or the engine, not from the script"
+        )
+        return Outcome(
+            ExecStatus.ENGINE_ERROR,
+            None,
+            None,
+            f"{runtime_name(runtime)} {RUNTIME_ENDED}: {why}",
+        )
+    if code == 0:
+        return Outcome(ExecStatus.SUCCEEDED, 0, None)
+    if oom_killed:
+        return Outcome(ExecStatus.KILLED_OOM, code, signal or _SIGKILL)
+    return Outcome(ExecStatus.FAILED, code, signal)
+
+
 class _Pump:
     """Copies the attached output to the sink and the tails (in its own thread)."""
 
-    def __init__(self, attachment: Any, output: OutputSink, limit: int) -> None:
+    def __init__(
+        self,
+        attachment: Any,
+        output: OutputSink,
+        limit: int,
+        marker: EndMarkerFilter | None = None,
+    ) -> None:
         self.attachment = attachment
         self.output: OutputSink | None = output
         self.tails = {"stdout": TailBuffer(limit), "stderr": TailBuffer(limit)}
+        self.marker = marker
+        """Takes the bootstrap's end marker out of stderr, when it was asked for one."""
         self.error: BaseException | None = None
         self.closing = False
         """Set before the connection is dropped on purpose (Ctrl-C, a stuck stream)."""
         self.thread = threading.Thread(target=self._run, name="jhansi-output", daemon=True)
 
+    def _deliver(self, stream: Stream, data: bytes) -> None:
+        if not data:
+            return
+        self.tails[stream].feed(data)
+        if self.output is not None:
+            try:
+                self.output.write(stream, data)
+            except Exception:
+                # A sink that fails (a closed pipe) stops getting output;
+                # the tails still keep it for the record.
+                _log().debug("output sink failed", exc_info=True)
+                self.output = None
+
     def _run(self) -> None:
         try:
             for stream, data in self.attachment.frames():
-                self.tails[stream].feed(data)
-                if self.output is not None:
-                    try:
-                        self.output.write(stream, data)
-                    except Exception:
-                        # A sink that fails (a closed pipe) stops getting output;
-                        # the tails still keep it for the record.
-                        _log().debug("output sink failed", exc_info=True)
-                        self.output = None
+                if stream == "stderr" and self.marker is not None:
+                    data = self.marker.feed(data)
+                self._deliver(stream, data)
         except (OSError, ValueError) as exc:
             # The record keeps what arrived; say why the rest is missing.
             self.error = exc
             if not self.closing:
                 _log().warning("the sandbox's output stream broke: %s", exc)
+        finally:
+            if self.marker is not None:
+                self._deliver("stderr", self.marker.flush())
 
 
 def _feed_stdin(attachment: Any, stdin: BinaryIO) -> None:
@@ -849,6 +1043,12 @@ class DockerBackend(Backend):
         ``before_start`` runs once the container is created, before it is started.
         """
         spec = replace(spec, argv=tuple(without_gate(spec.argv)))
+        # The bootstrap's end marker tells the script's own end from the sandbox's.
+        token = os.urandom(12).hex()
+        marked = with_end_marker(spec.argv, token)
+        if marked is not None:
+            spec = replace(spec, argv=tuple(marked))
+        marker = EndMarkerFilter(token) if marked is not None else None
         try:
             self.prune()
         except SandboxError as exc:
@@ -879,7 +1079,7 @@ class DockerBackend(Backend):
                     return _engine_error(exc.message)
                 if before_start is not None:
                     before_start()
-                result = self._run_container(container, spec, output, stdin)
+                result = self._run_container(container, spec, output, stdin, marker)
             finally:
                 if container is not None:
                     self._remove(container)
@@ -902,14 +1102,19 @@ class DockerBackend(Backend):
             _log().warning("could not remove container %s: %s", container[:12], exc.message)
 
     def _run_container(
-        self, container: str, spec: SandboxSpec, output: OutputSink, stdin: BinaryIO | None
+        self,
+        container: str,
+        spec: SandboxSpec,
+        output: OutputSink,
+        stdin: BinaryIO | None,
+        marker: EndMarkerFilter | None = None,
     ) -> ExecResult:
         interactive = spec.interactive and stdin is not None
         try:
             attachment = self.client.attach(container, stdin=spec.interactive)
         except SandboxError as exc:
             return _engine_error(exc.message)
-        pump = _Pump(attachment, output, spec.limits.output_limit)
+        pump = _Pump(attachment, output, spec.limits.output_limit, marker)
         started = time.monotonic()
         try:
             pump.thread.start()
@@ -955,13 +1160,17 @@ class DockerBackend(Backend):
             return result(
                 ExecStatus.ENGINE_ERROR, None, None, str(wait_error or f"exit status {code}")
             )
-        signal = code - 128 if 128 < code < 160 else None
-        if code == 0:
-            return result(ExecStatus.SUCCEEDED, 0, None)
-        try:
-            state = self.client.container_inspect(container).get("State") or {}
-        except SandboxError:
-            state = {}
-        if state.get("OOMKilled"):
-            return result(ExecStatus.KILLED_OOM, code, signal or _SIGKILL)
-        return result(ExecStatus.FAILED, code, signal)
+        expected_end = marker is not None and not pump.thread.is_alive()
+        end = marker.end if marker is not None else None
+        oom_killed = False
+        if code != 0 or (expected_end and end is None):
+            try:
+                state = self.client.container_inspect(container).get("State") or {}
+            except SandboxError:
+                state = {}
+            oom_killed = bool(state.get("OOMKilled"))
+        runtime = spec.runtime or self.engine.default_runtime or "runc"
+        outcome = interpret_exit(
+            code, end=end, expected_end=expected_end, oom_killed=oom_killed, runtime=runtime
+        )
+        return result(outcome.status, outcome.exit_code, outcome.signal, outcome.error)

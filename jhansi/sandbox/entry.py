@@ -21,6 +21,18 @@ sandbox before it has recorded the run, and writes that byte once the record is 
 disk. Until then nothing but the interpreter and this file has run (no ``.pth``
 file, no script); if jhansi closes the gate instead, it exits at once (status 125).
 
+With ``--end-marker TOKEN`` (the docker backend), the bootstrap forks: the child
+runs the script as above, in its own process group; the parent only waits for it,
+passes on the signals a supervisor would (``SIGINT``, ``SIGTERM``, ``SIGHUP``,
+``SIGQUIT``, ``SIGUSR1``, ``SIGUSR2``), then writes ``\\0jhansi-end:TOKEN:exit:N\\0``
+(or ``:signal:N``) to stderr and exits with the child's status (``128 + N`` for a
+signal, as an init reports it). Whatever way the script ends (``sys.exit``, an
+exception, ``os._exit``, ``exec``, a signal), the marker is written; it is missing
+only when the sandbox itself was ended from outside (the runtime died, the engine
+killed the container), which is how jhansi tells those apart from the script's own
+exit status. The script can read the token and forge the marker; that gains it
+nothing, since it already chooses its own exit status.
+
 It must run on every interpreter a sandbox may have: the standard library only,
 and nothing newer than Python 3.8.
 """
@@ -47,6 +59,7 @@ class _Args:
         self.interactive = False
         self.egress_socket = ""
         self.egress_port = 0
+        self.end_marker = ""
         self.rest: List[str] = []
 
 
@@ -69,6 +82,9 @@ def _parse(argv: List[str]) -> _Args:
             i += 2
         elif arg == "--egress-port":
             args.egress_port = int(argv[i + 1])
+            i += 2
+        elif arg == "--end-marker":
+            args.end_marker = argv[i + 1]
             i += 2
         elif arg == "--interactive":
             args.interactive = True
@@ -292,11 +308,57 @@ def _wait_at_gate(fd: int) -> None:
         os._exit(125)
 
 
+#: What a supervisor passes on to the script (SIGKILL and SIGSTOP cannot be caught).
+_FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+
+
+def _supervise(token: str) -> None:
+    """Fork; in the parent, wait for the child, write the end marker and exit like it.
+
+    Returns only in the child, which goes on to run the script. The child gets its
+    own process group, so a script that signals its group (to end its workers) does
+    not end its supervisor too.
+    """
+    import contextlib
+    import signal
+
+    pid = os.fork()
+    if pid == 0:
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+        return
+
+    def forward(signum: int, frame: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+
+    for name in _FORWARDED:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), forward)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:  # pragma: no cover (retried by Python 3.5+ itself)
+            continue
+    if os.WIFSIGNALED(status):
+        kind, number, code = "signal", os.WTERMSIG(status), 128 + os.WTERMSIG(status)
+    else:
+        kind, number = "exit", os.WEXITSTATUS(status)
+        code = number
+    marker = "\0jhansi-end:%s:%s:%d\0" % (token, kind, number)
+    with contextlib.suppress(OSError):
+        os.write(2, marker.encode("ascii"))
+    os._exit(code)
+
+
 def main() -> None:
     """Set up the import path (and egress, if asked) and hand over to the script."""
     args = _parse(sys.argv[1:])
     if args.gate >= 0:
         _wait_at_gate(args.gate)
+    if args.end_marker:
+        _supervise(args.end_marker)
     _clean_path()
     if args.egress_socket:
         _start_forwarder(args.egress_socket, args.egress_port)

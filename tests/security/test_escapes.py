@@ -192,8 +192,85 @@ def test_host_processes_not_visible(target: Target) -> None:
 
 
 def test_fork_bomb_is_contained(target: Target) -> None:
-    proc, doc = jhansi_run(target, "fork_bomb.py", "64", flags=("--pids", "64"))
+    # gVisor at the default 256 (where its host threads once ran out and the sandbox died
+    # with a silent exit 2), with memory enough for 256 Python processes in gVisor.
+    limit, more = ("256", ("--memory", "2g")) if target.name == "gvisor" else ("64", ())
+    proc, doc = jhansi_run(target, "fork_bomb.py", limit, flags=("--pids", limit, *more))
     assert_contained(proc, doc)
+    # The script itself was refused (EAGAIN) at its own limit and went on to the end.
+    out = str(doc["stdout"])
+    assert "fork refused after" in out, out
+    assert "Resource temporarily unavailable" in out, out
+    assert "children:" in out, out
+
+
+@pytest.mark.parametrize("target", ["docker", "gvisor"], indirect=True)
+def test_a_killed_runtime_is_a_sandbox_error_not_the_scripts_exit(target: Target) -> None:
+    """The runtime ends under a sleeping script: jhansi says so (exit 4), never "exit N".
+
+    The sandbox is ended from the host as it would be by the host's OOM killer or by
+    gVisor's kernel dying: SIGKILL to the container's first process on the host (for
+    gVisor, its sandbox process, the user-space kernel itself).
+    """
+    script = target.project / "sleeper.py"
+    script.write_text("import time\nprint('sleeping', flush=True)\ntime.sleep(60)\n")
+    cmd = [sys.executable, "-m", "jhansi", "run", "--json", str(script)]
+    env = {**os.environ, **target.env}
+    jhansi = subprocess.Popen(
+        cmd, cwd=target.project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        pid = _container_pid_of(target.project, deadline=time.monotonic() + 60)
+        os.kill(pid, 9)
+        stdout, stderr = jhansi.communicate(timeout=60)
+    finally:
+        if jhansi.poll() is None:
+            jhansi.kill()
+            jhansi.communicate()
+    doc = json.loads(stdout)
+    detail = f"{doc}\n{stderr}"
+    assert jhansi.returncode == 4, detail
+    assert doc["status"] == "engine_error", detail
+    assert doc["exit_code"] is None
+    runtime = "the gVisor runtime (runsc)" if target.name == "gvisor" else "the runtime (runc)"
+    assert str(doc["error"]).startswith(f"{runtime} ended the sandbox before the script"), detail
+    assert "sleeping" in str(doc["stdout"])
+    lines = [line for line in stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    assert len(lines) == 2, stderr
+    assert runtime in lines[0], stderr
+    end = json.loads(
+        run_jhansi("ledger", "show", "--json", str(doc["run_id"]), env=target.env).stdout
+    )["records"][-1]["body"]["result"]
+    assert end["status"] == "engine_error", end
+    assert runtime in str(end.get("error")), end
+
+
+def _container_pid_of(project: Path, *, deadline: float) -> int:
+    """The host pid of the running jhansi container that mounts ``project``."""
+    while time.monotonic() < deadline:
+        ids = subprocess.run(
+            ["docker", "ps", "-q", "--filter", "label=jhansi.run-id"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for container in ids:
+            found = subprocess.run(
+                [
+                    "docker",
+                    "inspect",
+                    "-f",
+                    "{{.State.Pid}} {{range .Mounts}}{{.Source}} {{end}}",
+                    container,
+                ],
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            if found and str(project) in found[1:] and int(found[0]) > 0:
+                time.sleep(1)  # let the script print and fall asleep
+                return int(found[0])
+        time.sleep(0.2)
+    raise AssertionError(f"no running container mounts {project}")
 
 
 def test_memory_limit_kills_or_refuses(target: Target) -> None:

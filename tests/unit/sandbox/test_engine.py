@@ -18,7 +18,8 @@ import pytest
 
 from jhansi.errors import SandboxError
 from jhansi.sandbox.docker import (
-    GVISOR_PIDS_HEADROOM,
+    GVISOR_PIDS_BASE,
+    GVISOR_PIDS_PER_TASK,
     container_config,
     engine_mounts,
     sandbox_identity,
@@ -575,7 +576,7 @@ def test_gvisor_counts_processes_in_its_own_kernel() -> None:
         spec, image="x", engine=ROOTFUL, identity=identity, mounts=[], labels={}
     )["HostConfig"]
     assert host["Runtime"] == "runsc"
-    assert host["PidsLimit"] == 64 + GVISOR_PIDS_HEADROOM
+    assert host["PidsLimit"] == GVISOR_PIDS_BASE + 64 * GVISOR_PIDS_PER_TASK
     assert {"Name": "nproc", "Soft": 64, "Hard": 64} in host["Ulimits"]
 
 
