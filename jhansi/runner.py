@@ -195,6 +195,14 @@ def check_source(text: str, where: str) -> None:
         ) from None
     except ValueError as exc:  # e.g. null bytes after decoding
         raise InputError(f"{where}: {exc}", hint="Fix the script; nothing was run.") from None
+    except (RecursionError, MemoryError):
+        # CPython's parser gives up on expressions nested or chained thousands deep
+        # (``x = ------...1``, ``1 + 1 + ...``): hostile or generated input, never a
+        # script a person maintains. The size cap bounds what it costs to find out.
+        raise InputError(
+            f"{where}: the code nests too deeply for Python's parser",
+            hint="Split the deeply nested or chained expression; nothing was run.",
+        ) from None
 
 
 def read_script(path: Path) -> str:

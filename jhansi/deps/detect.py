@@ -61,62 +61,58 @@ def _literal(node: ast.expr) -> str | None:
     return None
 
 
-class _Scanner(ast.NodeVisitor):
-    def __init__(self) -> None:
-        self.found: list[ImportSite] = []
-        self._optional = 0
+def _import_module_name(node: ast.Call) -> str | None:
+    """The literal module name of ``importlib.import_module("x")`` / ``__import__("x")``."""
+    func = node.func
+    is_import_module = (
+        isinstance(func, ast.Attribute)
+        and func.attr == "import_module"
+        and isinstance(func.value, ast.Name)
+        and func.value.id == "importlib"
+    ) or (isinstance(func, ast.Name) and func.id in ("import_module", "__import__"))
+    if not (is_import_module and node.args):
+        return None
+    name = _literal(node.args[0])
+    return name if name and not name.startswith(".") else None
 
-    def _add(
-        self, module: str, line: int, *, dynamic: bool = False, names: tuple[str, ...] = ()
-    ) -> None:
-        self.found.append(ImportSite(module, line, self._optional > 0, dynamic, names))
 
-    def visit_Import(self, node: ast.Import) -> None:
-        for alias in node.names:
-            self._add(alias.name, node.lineno)
+def _walk(tree: ast.AST) -> list[ImportSite]:
+    """The imports under ``tree`` in source order, with an explicit stack.
 
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        if node.level == 0 and node.module:
-            names = tuple(a.name for a in node.names if a.name != "*")
-            self._add(node.module, node.lineno, names=names)
-
-    def visit_If(self, node: ast.If) -> None:
-        if _is_type_checking(node.test):
-            for child in node.orelse:
-                self.visit(child)
-            return
-        self.generic_visit(node)
-
-    def visit_Try(self, node: ast.Try) -> None:
-        optional = any(_catches_import_error(h) for h in node.handlers)
-        self._optional += optional
-        for child in node.body:
-            self.visit(child)
-        self._optional -= optional
-        for handler in node.handlers:
-            self.visit(handler)
-        for child in [*node.orelse, *node.finalbody]:
-            self.visit(child)
-
-    visit_TryStar = visit_Try  # type: ignore[assignment]  # same shape since 3.11
-
-    def visit_Call(self, node: ast.Call) -> None:
-        func = node.func
-        is_import_module = (
-            isinstance(func, ast.Attribute)
-            and func.attr == "import_module"
-            and isinstance(func.value, ast.Name)
-            and func.value.id == "importlib"
-        ) or (isinstance(func, ast.Name) and func.id in ("import_module", "__import__"))
-        if is_import_module and node.args:
-            name = _literal(node.args[0])
-            if name and not name.startswith("."):
-                self._add(name, node.lineno, dynamic=True)
-        self.generic_visit(node)
+    Not a recursive :class:`ast.NodeVisitor`: a valid script whose expressions nest
+    a few hundred deep (``x = 1 + 1 + ... + 1``) would exhaust Python's recursion
+    limit in the host process. Here depth costs list entries, not stack frames.
+    """
+    found: list[ImportSite] = []
+    stack: list[tuple[ast.AST, bool]] = [(tree, False)]
+    while stack:
+        node, optional = stack.pop()
+        children: list[tuple[ast.AST, bool]]
+        if isinstance(node, ast.Import):
+            found += [ImportSite(a.name, node.lineno, optional, False) for a in node.names]
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0 and node.module:
+                names = tuple(a.name for a in node.names if a.name != "*")
+                found.append(ImportSite(node.module, node.lineno, optional, False, names))
+            continue
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            children = [(child, optional) for child in node.orelse]
+        elif isinstance(node, ast.Try | ast.TryStar):
+            catches = optional or any(_catches_import_error(h) for h in node.handlers)
+            children = [(child, catches) for child in node.body]
+            children += [(h, optional) for h in node.handlers]
+            children += [(child, optional) for child in [*node.orelse, *node.finalbody]]
+        else:
+            if isinstance(node, ast.Call):
+                name = _import_module_name(node)
+                if name:
+                    found.append(ImportSite(name, node.lineno, optional, True))
+            children = [(child, optional) for child in ast.iter_child_nodes(node)]
+        stack.extend(reversed(children))
+    return found
 
 
 def scan_imports(source: str, filename: str = "<script>") -> list[ImportSite]:
     """Every import in ``source``, in order (raises :class:`SyntaxError` as ``ast`` does)."""
-    scanner = _Scanner()
-    scanner.visit(ast.parse(source, filename=filename))
-    return scanner.found
+    return _walk(ast.parse(source, filename=filename))

@@ -20,6 +20,8 @@ from jhansi.errors import InputError
 _BLOCK = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
 _ALLOWED_KEYS = frozenset({"dependencies", "requires-python"})
 _MAX_DEPENDENCIES = 500
+#: Longer than any real requirement with markers; bounds what packaging parses.
+_MAX_REQUIREMENT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,14 @@ def read_metadata(source: str, where: str) -> ScriptMetadata | None:
             line,
             f"not valid TOML: {exc}",
             "Fix the TOML between `# /// script` and `# ///`.",
+        ) from None
+    except (RecursionError, MemoryError):
+        # tomllib parses nested arrays and tables recursively: `[[[[...` thousands deep.
+        raise _refuse(
+            where,
+            line,
+            "its TOML nests too deeply",
+            "A script block holds a flat list of dependencies; fix the block.",
         ) from None
     tool = table.pop("tool", None)
     if tool is not None:
@@ -124,12 +134,24 @@ def check_requirement(text: str, where: str) -> str:
     """``text`` if it is a PEP 508 requirement on a package from the index."""
     from packaging.requirements import InvalidRequirement, Requirement
 
+    hint = 'Write requirements as PEP 508 strings, e.g. "requests>=2.32".'
+    bad = next((c for c in text if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    if bad is not None:
+        # packaging hands marker strings to ast.literal_eval, which raises on a NUL
+        # (and a requirement has no business holding control characters at all).
+        raise InputError(
+            f"{where}: {text!r} holds a control character (U+{ord(bad):04X})", hint=hint
+        )
+    if len(text) > _MAX_REQUIREMENT:
+        raise InputError(
+            f"{where}: a requirement of {len(text)} characters (at most {_MAX_REQUIREMENT})",
+            hint=hint,
+        )
     try:
         requirement = Requirement(text)
-    except InvalidRequirement as exc:
+    except (InvalidRequirement, ValueError, SyntaxError, RecursionError) as exc:
         raise InputError(
-            f"{where}: {text!r} is not a valid requirement: {exc}",
-            hint='Write requirements as PEP 508 strings, e.g. "requests>=2.32".',
+            f"{where}: {text!r} is not a valid requirement: {exc}", hint=hint
         ) from None
     if requirement.url:
         raise InputError(

@@ -215,6 +215,14 @@ def test_home_directory_is_never_the_project(
         (b"print(\n", "syntax error"),
         (b"x = '\xff\xfe'\n", "not UTF-8"),
         (b"\x00\x01binary", "binary file"),
+        (b"x = " + b"-" * 200_000 + b"1\n", "nests too deeply"),
+        (b"x = 1" + b" + 1" * 300_000 + b"\n", "nests too deeply"),
+        (b"# /// script\n# dependencies = " + b"[" * 100_000 + b"\n# ///\n", "PEP 723"),
+        (
+            b"# /// script\n# dependencies = [\"requests; python_version > '3.8\\u0000'\"]\n"
+            b"# ///\nimport requests\n",
+            "control character",
+        ),
     ],
 )
 def test_bad_scripts_are_refused_before_any_sandbox(

@@ -76,3 +76,14 @@ def test_type_checking_attribute_form() -> None:
 def test_nothing_is_executed(tmp_path: object) -> None:
     # A top-level side effect would raise if the scan ran the code.
     assert [s.module for s in scan_imports("raise SystemExit(9)\nimport zlib\n")] == ["zlib"]
+
+
+def test_a_long_chain_the_parser_accepts_is_scanned() -> None:
+    # Valid Python that nests 1,500 deep: a recursive visitor exhausted the host's stack.
+    source = (
+        "import os\nx = 1"
+        + " + 1" * 1500
+        + "\ntry:\n    import yaml\nexcept ImportError:\n    pass\n"
+    )
+    sites = scan_imports(source)
+    assert [(s.module, s.optional) for s in sites] == [("os", False), ("yaml", True)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jhansi.deps.pep723 import read_metadata
+from jhansi.deps.pep723 import check_requirement, read_metadata
 from jhansi.errors import ExitCode, InputError
 
 
@@ -60,3 +60,24 @@ def test_two_blocks_are_refused() -> None:
     source = block('dependencies = ["a"]') + block('dependencies = ["b"]')
     with pytest.raises(InputError, match="more than one"):
         read_metadata(source, "s.py")
+
+
+def test_deeply_nested_toml_is_refused_not_a_crash() -> None:
+    source = "# /// script\n# dependencies = " + "[" * 100_000 + "\n# ///\n"
+    with pytest.raises(InputError, match=r"nests too deeply|not valid TOML"):
+        read_metadata(source, "s.py")
+
+
+@pytest.mark.parametrize("escape", ["\\u0000", "\\u001b", "\\u007f", "\\u0085"])
+def test_control_characters_in_a_requirement_are_refused(escape: str) -> None:
+    # TOML refuses raw control characters; its escapes let them into the string.
+    source = (
+        f"# /// script\n# dependencies = [\"requests; python_version > '3.8{escape}'\"]\n# ///\n"
+    )
+    with pytest.raises(InputError, match="control character"):
+        read_metadata(source, "s.py")
+
+
+def test_an_overlong_requirement_is_refused() -> None:
+    with pytest.raises(InputError, match="characters"):
+        check_requirement("a" + ">=1" * 1000, "s.py")
