@@ -188,16 +188,16 @@ def test_a_run_refuses_a_ledger_signed_by_another_key(
     lines = [line for line in human.stderr.splitlines() if line.strip()]
     assert len(lines) == 2, human.stderr
     assert "key" in lines[0]
-    assert "hint:" in lines[1] and "Restore" in lines[1] and "--ledger" in lines[1]
+    assert "hint:" in lines[1]
+    assert "Restore" in lines[1]
+    assert "--ledger" in lines[1]
     assert (ledger / "ledger.jsonl").read_bytes() == before  # nothing appended
     assert message is None or "key" in json.dumps(message)
     assert (change == "removed") != key.exists()  # no new key was made
 
 
 @pytest.mark.bwrap
-def test_a_run_never_appends_through_a_linked_ledger_file(
-    bwrap_path: Path, tmp_path: Path
-) -> None:
+def test_a_run_never_appends_through_a_linked_ledger_file(bwrap_path: Path, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
     script = tmp_path / "hello.py"
     script.write_text("print('hello')\n")
@@ -210,7 +210,8 @@ def test_a_run_never_appends_through_a_linked_ledger_file(
         "run", str(script), env={"JHANSI_LEDGER": str(ledger), **backend_env("bwrap")}
     )
     assert proc.returncode == 5
-    assert "symbolic link" in proc.stderr and "hint:" in proc.stderr
+    assert "symbolic link" in proc.stderr
+    assert "hint:" in proc.stderr
     assert planted.read_bytes() == before
 
 
@@ -266,10 +267,14 @@ def test_ledger_show_escapes_what_the_script_printed_on_a_terminal(
         for control in ("\x07", "\x9b", "\x9d", "\x9c", "\u202e", "\x7f"):
             assert control not in shown, (args, control)
         # Rich styles the output (its own SGR codes); none of the script's may survive.
-        assert "\x1b[2J" not in shown and "\x1b]8;;https" not in shown and "\x1b[31m" not in shown
+        assert "\x1b[2J" not in shown
+        assert "\x1b]8;;https" not in shown
+        assert "\x1b[31m" not in shown
         assert "\\x1b[31mname.py" in shown or "\\u001b[31mname.py" in shown, args
     shown = _on_a_terminal("ledger", "show", run_id, "--ledger", str(ledger))
-    assert "\\x1b[2J" in shown and "\\x07" in shown and "\\x9b31m" in shown
+    assert "\\x1b[2J" in shown
+    assert "\\x07" in shown
+    assert "\\x9b31m" in shown
 
     exact = _json(("ledger", "show", run_id, "--ledger", str(ledger)), 0)
     texts = {b["label"]: b["text"] for b in exact["blobs"]}  # type: ignore[union-attr]
