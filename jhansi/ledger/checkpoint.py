@@ -86,19 +86,27 @@ _HEX_KEY = re.compile(r"[0-9a-f]{64}")
 _HEX_SIG = re.compile(r"[0-9a-f]{128}")
 
 
-def statement(ledger_id: str, seq: int, digest: str, ranges: Ranges | None = None) -> bytes:
+def statement(
+    ledger_id: str,
+    seq: int,
+    digest: str,
+    ranges: Ranges | None = None,
+    kid: str | None = None,
+) -> bytes:
     """The bytes a checkpoint signs: record ``seq`` of ledger ``ledger_id`` has hash ``digest``,
-    and the key holder wrote the records in ``ranges`` (v2; ``None``: the legacy v1 form)."""
+    and the key holder wrote the records in ``ranges`` (v2; ``None``: the legacy v1 form).
+    A head's statement also names the signing key's id ``kid``."""
     if ranges is None:
         return CHECKPOINT_DOMAIN + canonical({"hash": digest, "ledger_id": ledger_id, "seq": seq})
-    return CHECKPOINT_DOMAIN_V2 + canonical(
-        {
-            "hash": digest,
-            "ledger_id": ledger_id,
-            "ranges": [list(r) for r in ranges],
-            "seq": seq,
-        }
-    )
+    signed: dict[str, Any] = {
+        "hash": digest,
+        "ledger_id": ledger_id,
+        "ranges": [list(r) for r in ranges],
+        "seq": seq,
+    }
+    if kid is not None:
+        signed["kid"] = kid
+    return CHECKPOINT_DOMAIN_V2 + canonical(signed)
 
 
 def merge_ranges(ranges: Ranges, seqs: Iterable[int]) -> Ranges:
@@ -526,8 +534,8 @@ class SignedHead:
     """``head.json``: a signature that record ``seq`` of ``ledger_id`` has hash ``hash``, and
     that the key holder wrote the records in ``ranges`` (``None``: a legacy head, all of them).
 
-    ``kid`` (:func:`derive_key_id`, not signed) lets an appender tell cheaply whether
-    its key is the one that signed; the signature is what an auditor checks.
+    ``kid`` (:func:`derive_key_id`, signed with the rest) lets an appender tell
+    cheaply, without ``cryptography``, whether its key is the one that signed.
     """
 
     ledger_id: str
@@ -606,7 +614,7 @@ class SignedHead:
 
     def problem(self) -> str | None:
         """Why the signature does not hold, or ``None`` when it does."""
-        message = statement(self.ledger_id, self.seq, self.hash, self.ranges)
+        message = statement(self.ledger_id, self.seq, self.hash, self.ranges, self.kid)
         if not verify_signature(self.key, message, self.sig):
             return "the signature does not verify"
         return None
@@ -615,14 +623,15 @@ class SignedHead:
 def sign_head(signer: Signer, ledger_id: str, seq: int, digest: str, ranges: Ranges) -> SignedHead:
     """Sign that record ``seq`` of ``ledger_id`` has hash ``digest`` and that the key holder
     wrote the records in ``ranges``."""
+    kid = signer.key_id()
     return SignedHead(
         ledger_id=ledger_id,
         seq=seq,
         hash=digest,
         key=signer.public_key().hex(),
-        sig=signer.sign(statement(ledger_id, seq, digest, ranges)).hex(),
+        sig=signer.sign(statement(ledger_id, seq, digest, ranges, kid)).hex(),
         ranges=ranges,
-        kid=signer.key_id(),
+        kid=kid,
     )
 
 
