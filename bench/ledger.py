@@ -53,7 +53,31 @@ def _line(ledger_id: str, seq: int, prev: str, kind: str, body: dict[str, object
     return canonical({**unhashed, "hash": digest})
 
 
-def write_synthetic(directory: Path, records: int, every: int, signer: KeyFileSigner) -> None:
+def _pad(body: dict[str, object], size: int) -> dict[str, object]:
+    """``body`` grown to about ``size`` bytes of canonical JSON with nested, real-looking
+    members (what a real run's exec.start/exec.end hold: settings, limits, policy)."""
+    if size <= 0:
+        return body
+    grown = dict(body)
+    grown["ledger_mac"] = "5f" * 16
+    n = 0
+    while len(canonical(grown)) < size:
+        grown.setdefault("sandbox_details", {})[f"setting_{n:02d}"] = {  # type: ignore[index]
+            "value": f"cgroup v2 limit {n} applied to the sandbox's processes",
+            "enforced": n % 2 == 0,
+            "n": n,
+        }
+        n += 1
+    return grown
+
+
+def write_synthetic(
+    directory: Path,
+    records: int,
+    every: int,
+    signer: KeyFileSigner,
+    sizes: tuple[int, int] = (0, 0),
+) -> None:
     """A valid ledger of ``records`` records in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     ledger_id = LedgerId(os.urandom(16).hex())
@@ -69,7 +93,7 @@ def write_synthetic(directory: Path, records: int, every: int, signer: KeyFileSi
         for seq in range(1, records):
             since += 1
             if not running and since >= every:
-                body = checkpoint_body(signer, ledger_id, seq, prev)
+                body = checkpoint_body(signer, ledger_id, seq, prev, ((0, seq - 1),))
                 line = _line(ledger_id, seq, prev, CHECKPOINT, body)
                 since = 0
             elif not running:
@@ -80,11 +104,14 @@ def write_synthetic(directory: Path, records: int, every: int, signer: KeyFileSi
                     seq,
                     prev,
                     "exec.start",
-                    {
-                        "run_id": f"{run:013x}-{run * 7919:016x}",
-                        "sandbox": "default",
-                        "script": {"path": f"scripts/task_{run % 97}.py"},
-                    },
+                    _pad(
+                        {
+                            "run_id": f"{run:013x}-{run * 7919:016x}",
+                            "sandbox": "default",
+                            "script": {"path": f"scripts/task_{run % 97}.py"},
+                        },
+                        sizes[0],
+                    ),
                 )
             else:
                 running = False
@@ -93,31 +120,37 @@ def write_synthetic(directory: Path, records: int, every: int, signer: KeyFileSi
                     seq,
                     prev,
                     "exec.end",
-                    {
-                        "result": {
-                            "duration_ms": 100 + run % 900,
-                            "exit_code": run % 3,
-                            "status": "succeeded",
+                    _pad(
+                        {
+                            "result": {
+                                "duration_ms": 100 + run % 900,
+                                "exit_code": run % 3,
+                                "status": "succeeded",
+                            },
+                            "run_id": f"{run:013x}-{run * 7919:016x}",
                         },
-                        "run_id": f"{run:013x}-{run * 7919:016x}",
-                    },
+                        sizes[1],
+                    ),
                 )
             prev = Digest(line[line.rfind(b'"hash":"') + 8 :][:64].decode())
             out.write(line + b"\n")
-    head = sign_head(signer, ledger_id, records - 1, prev)
+    head = sign_head(signer, ledger_id, records - 1, prev, ((0, records - 1),))
     (directory / HEAD_FILE).write_bytes(head.to_bytes())
 
 
-def bench_verify(records: int, every: int, workdir: Path, signer: KeyFileSigner) -> None:
+def bench_verify(
+    records: int, every: int, workdir: Path, signer: KeyFileSigner, sizes: tuple[int, int]
+) -> None:
     """Write and verify; print records/s."""
     from jhansi.ledger.verify import verify_ledger
 
     directory = workdir / "synthetic"
     started = time.perf_counter()
-    write_synthetic(directory, records, every, signer)
+    write_synthetic(directory, records, every, signer, sizes)
     size = (directory / LEDGER_FILE).stat().st_size
     print(
-        f"wrote {records:,} records ({size / 1e6:.0f} MB, checkpoint every {every}) in "
+        f"wrote {records:,} records ({size / 1e6:.0f} MB, {size / records:.0f} bytes a "
+        f"record on average, checkpoint every {every}) in "
         f"{time.perf_counter() - started:.1f} s",
         flush=True,
     )
@@ -167,11 +200,29 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_INTERVAL)
     parser.add_argument("--appends", type=int, default=500)
     parser.add_argument("--dir", type=Path, default=None, help="where to append (default: tmp)")
+    parser.add_argument(
+        "--start-bytes",
+        type=int,
+        default=2400,
+        help="grow exec.start bodies to about this (a real one: ~2,400 bytes; 0: minimal)",
+    )
+    parser.add_argument(
+        "--end-bytes",
+        type=int,
+        default=1400,
+        help="grow exec.end bodies to about this (a real one: ~1,400 bytes; 0: minimal)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="jhansi-bench-"))
     try:
         signer = KeyFileSigner(workdir / "key.pem")
-        bench_verify(args.records, args.checkpoint_every, workdir, signer)
+        bench_verify(
+            args.records,
+            args.checkpoint_every,
+            workdir,
+            signer,
+            (args.start_bytes, args.end_bytes),
+        )
         target = (args.dir or workdir) / f"append-{os.getpid()}"
         try:
             bench_append(args.appends, target, signer)

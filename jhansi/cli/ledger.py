@@ -84,10 +84,19 @@ def _trusted_keys(values: list[str]) -> frozenset[str] | None:
     return frozenset(keys)
 
 
-def _render_report(report: VerifyReport) -> None:
+def _safe(text: str) -> str:
+    """Recorded text, made inert for a terminal (and for Rich markup)."""
     from rich.markup import escape
 
+    from jhansi.ledger.read import terminal_safe
+
+    return escape(terminal_safe(text))
+
+
+def _render_report(report: VerifyReport) -> None:
     from jhansi.cli._output import stdout_console
+
+    escape = _safe
 
     console = stdout_console()
     runs = f"{report.runs} run(s)"
@@ -142,6 +151,14 @@ def verify(
     skip_blobs: Annotated[
         bool, typer.Option("--skip-blobs", help="Do not re-hash the referenced blobs.")
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Records at the end that no signature covers yet (a run in progress, a "
+            "crashed one, or appended without the key) are an error, not a warning.",
+        ),
+    ] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Check the whole ledger: chain, hashes, signatures, head, blobs. Exit 5 if tampered."""
@@ -164,6 +181,7 @@ def verify(
         anchors=anchors,
         trusted_keys=_trusted_keys(key or []),
         check_blobs=not skip_blobs,
+        strict=strict,
     )
     if json_output:
         print_json({"status": "ok" if report.ok else "invalid", **report.as_dict()})
@@ -222,9 +240,9 @@ def log(
             "no runs recorded" + ("" if exists(directory) else f" (no ledger at {directory})")
         )
         return
-    from rich.markup import escape
     from rich.table import Table
 
+    escape = _safe
     console = stdout_console()
     narrow = console.width < 110
     table = Table(
@@ -295,8 +313,7 @@ def show(
             }
         )
         return
-    from rich.markup import escape
-
+    escape = _safe
     console = stdout_console()
     console.print(f"[bold]run {escape(full_id)}[/]", soft_wrap=True)
     for record in records:
@@ -310,9 +327,14 @@ def show(
             soft_wrap=True,
         )
     for text in texts:
-        console.print(f"\n[bold]── {text.label}[/] (blob {text.digest[:16]}…)", soft_wrap=True)
+        console.print(
+            f"\n[bold]── {escape(text.label)}[/] (blob {escape(text.digest[:16])}…)",
+            soft_wrap=True,
+        )
         if text.text is not None:
-            console.print(escape(text.text), soft_wrap=True, markup=False, highlight=False)
+            from jhansi.ledger.read import terminal_safe
+
+            console.print(terminal_safe(text.text), soft_wrap=True, markup=False, highlight=False)
         else:
             console.print(f"[yellow]({escape(text.problem or 'unreadable')})[/]")
 
@@ -341,6 +363,21 @@ def export(
     directory = _directory(ledger)
     _require(directory)
     records = iter_records(directory)
+    if output is None and sys.stdout.isatty():
+        # For a person's terminal: recorded text must not drive it (the JSON stays the
+        # same value; export to a file, or through a pipe, for the exact bytes).
+        from jhansi.ledger.read import json_terminal_safe, terminal_safe
+
+        if format_ is ExportFormat.JSONL:
+            raw = io.BytesIO()
+            export_jsonl(records, raw)
+            sys.stdout.write(json_terminal_safe(raw.getvalue().decode("utf-8")))
+        else:
+            table = io.StringIO()
+            export_csv(records, table)
+            sys.stdout.write(terminal_safe(table.getvalue().replace("\r\n", "\n")))
+        sys.stdout.flush()
+        return
     if output is None:
         if format_ is ExportFormat.JSONL:
             export_jsonl(records, sys.stdout.buffer)
@@ -380,9 +417,11 @@ def head(ctx: typer.Context, ledger: LedgerOption = None, json_output: JsonFlag 
     if json_output:
         print_json({"status": "ok", "anchor": signed.anchor, **signed.as_dict()})
         return
-    typer.echo(f"ledger  {signed.ledger_id}")
-    typer.echo(f"key     {signed.key}")
-    typer.echo(f"anchor  {signed.anchor}")
+    from jhansi.ledger.read import terminal_safe
+
+    typer.echo(f"ledger  {terminal_safe(signed.ledger_id)}")
+    typer.echo(f"key     {terminal_safe(signed.key)}")
+    typer.echo(f"anchor  {terminal_safe(signed.anchor)}")
 
 
 @app.command()

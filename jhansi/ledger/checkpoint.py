@@ -46,10 +46,13 @@ import contextlib
 import os
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import blake3
 
 from jhansi.errors import LedgerError
 from jhansi.ledger.blobs import fsync_dir
@@ -64,15 +67,99 @@ if TYPE_CHECKING:
 
 ALGORITHM: Final = "ed25519"
 CHECKPOINT_DOMAIN: Final = b"jhansi.ledger.checkpoint.v1\x00"
-"""Prefix of every signed statement, so that a signature can never be replayed as another kind."""
+"""Prefix of every signed statement, so that a signature can never be replayed as another kind.
+
+A v1 statement (written before signatures named what they cover) vouches for
+every record up to its seq; a v2 statement names the ranges it vouches for."""
+CHECKPOINT_DOMAIN_V2: Final = b"jhansi.ledger.checkpoint.v2\x00"
+MAC_DOMAIN: Final = b"jhansi.ledger.record-mac.v1\x00"
+"""Prefix of what a record's ``ledger_mac`` authenticates."""
+MAC_MEMBER: Final = "ledger_mac"
+"""The body member in which jhansi authenticates each record it appends (see :func:`record_mac`)."""
+_MAC_CONTEXT: Final = "jhansi 2025 ledger record mac v1"
+_KID_CONTEXT: Final = "jhansi 2025 ledger key id v1"
+
+Ranges = tuple[tuple[int, int], ...]
+"""Inclusive seq ranges, sorted, disjoint and not adjacent: ``((0, 9), (16, 17))``."""
 KEY_FILE: Final = "ledger-ed25519.pem"
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")
 _HEX_SIG = re.compile(r"[0-9a-f]{128}")
 
 
-def statement(ledger_id: str, seq: int, digest: str) -> bytes:
-    """The bytes a checkpoint signs: record ``seq`` of ledger ``ledger_id`` has hash ``digest``."""
-    return CHECKPOINT_DOMAIN + canonical({"hash": digest, "ledger_id": ledger_id, "seq": seq})
+def statement(
+    ledger_id: str,
+    seq: int,
+    digest: str,
+    ranges: Ranges | None = None,
+    kid: str | None = None,
+) -> bytes:
+    """The bytes a checkpoint signs: record ``seq`` of ledger ``ledger_id`` has hash ``digest``,
+    and the key holder wrote the records in ``ranges`` (v2; ``None``: the legacy v1 form).
+    A head's statement also names the signing key's id ``kid``."""
+    if ranges is None:
+        return CHECKPOINT_DOMAIN + canonical({"hash": digest, "ledger_id": ledger_id, "seq": seq})
+    signed: dict[str, Any] = {
+        "hash": digest,
+        "ledger_id": ledger_id,
+        "ranges": [list(r) for r in ranges],
+        "seq": seq,
+    }
+    if kid is not None:
+        signed["kid"] = kid
+    return CHECKPOINT_DOMAIN_V2 + canonical(signed)
+
+
+def merge_ranges(ranges: Ranges, seqs: Iterable[int]) -> Ranges:
+    """``ranges`` with ``seqs`` added, normalised (sorted, disjoint, adjacent ones joined)."""
+    points = sorted([*ranges, *((s, s) for s in seqs)])
+    merged: list[list[int]] = []
+    for start, end in points:
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return tuple((a, b) for a, b in merged)
+
+
+def parse_ranges(value: object, seq: int) -> Ranges | None:
+    """``value`` as :data:`Ranges` within ``0..seq``; ``None`` unless normalised and in bounds."""
+    if not isinstance(value, list) or not value:
+        return None
+    out: list[tuple[int, int]] = []
+    for item in value:
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and type(item[0]) is int
+            and type(item[1]) is int
+            and 0 <= item[0] <= item[1] <= seq
+            and (not out or item[0] > out[-1][1] + 1)
+        ):
+            return None
+        out.append((item[0], item[1]))
+    return tuple(out)
+
+
+def record_mac(mac_key: bytes, unhashed: bytes) -> str:
+    """The ``ledger_mac`` of a record: keyed BLAKE3 of its canonical bytes without ``hash``
+    and without ``ledger_mac`` (32 hex digits).
+
+    Only a holder of the signing key can make one, and making one needs no
+    ``cryptography`` (the key is derived from the Ed25519 seed): so every append
+    is authenticated as it is written, and the next signature vouches for
+    exactly the records that carry a valid one: never a forged tail.
+    """
+    return blake3.blake3(MAC_DOMAIN + unhashed, key=mac_key).hexdigest()[:32]
+
+
+def derive_mac_key(seed: bytes) -> bytes:
+    """The record-MAC key derived from an Ed25519 seed."""
+    return blake3.blake3(seed, derive_key_context=_MAC_CONTEXT).digest()
+
+
+def derive_key_id(seed: bytes) -> str:
+    """A public identifier of a key, computed from its seed without ``cryptography``."""
+    return blake3.blake3(seed, derive_key_context=_KID_CONTEXT).hexdigest()[:32]
 
 
 def key_path(paths: Paths) -> Path:
@@ -102,6 +189,18 @@ class Signer(Protocol):
 
     def sign(self, message: bytes) -> bytes:
         """A 64-byte Ed25519 signature of ``message``."""
+        ...
+
+    def has_key(self) -> bool:
+        """Whether the key exists already (an existing ledger never gets a new one)."""
+        ...
+
+    def key_id(self) -> str:
+        """:func:`derive_key_id` of the key (cheap: no ``cryptography``)."""
+        ...
+
+    def mac_key(self) -> bytes:
+        """:func:`derive_mac_key` of the key (cheap: no ``cryptography``)."""
         ...
 
 
@@ -171,6 +270,24 @@ class KeyFileSigner:
     def public_key(self) -> bytes:
         """The raw public key (loading or creating the key file)."""
         return self._load().public_key().public_bytes_raw()
+
+    def has_key(self) -> bool:
+        """Whether the key file exists (or the key is loaded already)."""
+        return self._seed is not None or self._key is not None or self.path.exists()
+
+    def _seed_bytes(self) -> bytes:
+        self.prepare()
+        if self._seed is None:
+            self._seed = self._load().private_bytes_raw()
+        return self._seed
+
+    def key_id(self) -> str:
+        """The key's public identifier, from its seed."""
+        return derive_key_id(self._seed_bytes())
+
+    def mac_key(self) -> bytes:
+        """The key for record MACs, from the seed."""
+        return derive_mac_key(self._seed_bytes())
 
     def sign(self, message: bytes) -> bytes:
         """Sign ``message``."""
@@ -357,13 +474,28 @@ def verify_signature(public_key_hex: str, message: bytes, signature_hex: str) ->
     return True
 
 
-def checkpoint_body(signer: Signer, ledger_id: str, seq: int, prev: str) -> dict[str, Any]:
-    """The body of the checkpoint record at ``seq``, signing record ``seq - 1`` (``prev``)."""
+def checkpoint_body(
+    signer: Signer, ledger_id: str, seq: int, prev: str, ranges: Ranges
+) -> dict[str, Any]:
+    """The body of the checkpoint record at ``seq``: a signature over record ``seq - 1``
+    (``prev``) vouching for the records in ``ranges``."""
     return {
         "alg": ALGORITHM,
         "key": signer.public_key().hex(),
-        "sig": signer.sign(statement(ledger_id, seq - 1, prev)).hex(),
+        "ranges": [list(r) for r in ranges],
+        "sig": signer.sign(statement(ledger_id, seq - 1, prev, ranges)).hex(),
     }
+
+
+_BODY_V1: Final = frozenset({"alg", "key", "sig"})
+_BODY_V2: Final = frozenset({"alg", "key", "ranges", "sig"})
+
+
+def checkpoint_ranges(seq: int, body: dict[str, Any]) -> Ranges:
+    """What the (valid) checkpoint record at ``seq`` vouches for; a legacy (v1) one: all before."""
+    if "ranges" in body:
+        return parse_ranges(body["ranges"], seq - 1) or ()
+    return ((0, seq - 1),)
 
 
 def check_checkpoint(ledger_id: str, seq: int, prev: str, body: Any) -> tuple[str, str] | None:
@@ -371,8 +503,8 @@ def check_checkpoint(ledger_id: str, seq: int, prev: str, body: Any) -> tuple[st
 
     Kinds: ``bad-checkpoint`` (malformed) and ``bad-signature``.
     """
-    if not isinstance(body, dict) or body.keys() != {"alg", "key", "sig"}:
-        return "bad-checkpoint", "a checkpoint body has exactly alg, key and sig"
+    if not isinstance(body, dict) or body.keys() not in (_BODY_V1, _BODY_V2):
+        return "bad-checkpoint", "a checkpoint body has exactly alg, key, sig (and ranges)"
     if body["alg"] != ALGORITHM:
         return "bad-checkpoint", f"unknown signature algorithm {body['alg']!r}"
     if seq < 1:
@@ -382,32 +514,51 @@ def check_checkpoint(ledger_id: str, seq: int, prev: str, body: Any) -> tuple[st
         return "bad-checkpoint", "key is not an Ed25519 public key in hex"
     if not isinstance(sig, str) or not _HEX_SIG.fullmatch(sig):
         return "bad-checkpoint", "sig is not an Ed25519 signature in hex"
-    if not verify_signature(key, statement(ledger_id, seq - 1, prev), sig):
+    ranges: Ranges | None = None
+    if "ranges" in body:
+        ranges = parse_ranges(body["ranges"], seq - 1)
+        if ranges is None:
+            return "bad-checkpoint", "ranges are not sorted, disjoint seq ranges before it"
+    if not verify_signature(key, statement(ledger_id, seq - 1, prev, ranges), sig):
         return "bad-signature", f"the signature over seq {seq - 1} does not verify"
     return None
 
 
 HEAD_KEYS: Final = frozenset({"alg", "hash", "key", "ledger_id", "seq", "sig", "v"})
+"""The members of a legacy (v1) head."""
+HEAD_KEYS_V2: Final = HEAD_KEYS | {"kid", "ranges"}
 
 
 @dataclass(frozen=True, slots=True)
 class SignedHead:
-    """``head.json``: a signature that record ``seq`` of ``ledger_id`` has hash ``hash``."""
+    """``head.json``: a signature that record ``seq`` of ``ledger_id`` has hash ``hash``, and
+    that the key holder wrote the records in ``ranges`` (``None``: a legacy head, all of them).
+
+    ``kid`` (:func:`derive_key_id`, signed with the rest) lets an appender tell
+    cheaply, without ``cryptography``, whether its key is the one that signed.
+    """
 
     ledger_id: str
     seq: int
     hash: str
     key: str
     sig: str
+    ranges: Ranges | None = None
+    kid: str | None = None
 
     @property
     def anchor(self) -> str:
         """``SEQ:HASH``, as ``jhansi ledger verify --anchor`` takes it."""
         return f"{self.seq}:{self.hash}"
 
+    @property
+    def covered(self) -> Ranges:
+        """The records this head vouches for."""
+        return self.ranges if self.ranges is not None else ((0, self.seq),)
+
     def as_dict(self) -> dict[str, Any]:
         """The JSON object ``head.json`` holds."""
-        return {
+        out: dict[str, Any] = {
             "alg": ALGORITHM,
             "hash": self.hash,
             "key": self.key,
@@ -416,6 +567,10 @@ class SignedHead:
             "sig": self.sig,
             "v": SCHEMA_VERSION,
         }
+        if self.ranges is not None:
+            out["ranges"] = [list(r) for r in self.ranges]
+            out["kid"] = self.kid
+        return out
 
     def to_bytes(self) -> bytes:
         """The canonical line written to ``head.json``."""
@@ -430,31 +585,53 @@ class SignedHead:
             obj = load_canonical(raw[:-1])
         except RecordError as exc:
             raise ValueError(str(exc)) from None
-        if not isinstance(obj, dict) or obj.keys() != HEAD_KEYS:
-            raise ValueError("not a signed head (members alg, hash, key, ledger_id, seq, sig, v)")
+        if not isinstance(obj, dict) or obj.keys() not in (HEAD_KEYS, HEAD_KEYS_V2):
+            raise ValueError(
+                "not a signed head (members alg, hash, key, kid, ledger_id, ranges, seq, sig, v)"
+            )
         if obj["v"] != SCHEMA_VERSION or obj["alg"] != ALGORITHM:
             raise ValueError(f"unknown version {obj['v']!r} or algorithm {obj['alg']!r}")
         seq = obj["seq"]
         fields = (obj["ledger_id"], obj["hash"], obj["key"], obj["sig"])
         if type(seq) is not int or seq < 0 or not all(isinstance(f, str) for f in fields):
             raise ValueError("seq is not a non-negative integer, or a field is not a string")
-        return cls(ledger_id=fields[0], seq=seq, hash=fields[1], key=fields[2], sig=fields[3])
+        ranges: Ranges | None = None
+        kid: str | None = None
+        if "ranges" in obj:
+            ranges = parse_ranges(obj["ranges"], seq)
+            kid = obj["kid"]
+            if ranges is None or not isinstance(kid, str):
+                raise ValueError("ranges are not sorted, disjoint seq ranges, or kid is not text")
+        return cls(
+            ledger_id=fields[0],
+            seq=seq,
+            hash=fields[1],
+            key=fields[2],
+            sig=fields[3],
+            ranges=ranges,
+            kid=kid,
+        )
 
     def problem(self) -> str | None:
         """Why the signature does not hold, or ``None`` when it does."""
-        if not verify_signature(self.key, statement(self.ledger_id, self.seq, self.hash), self.sig):
+        message = statement(self.ledger_id, self.seq, self.hash, self.ranges, self.kid)
+        if not verify_signature(self.key, message, self.sig):
             return "the signature does not verify"
         return None
 
 
-def sign_head(signer: Signer, ledger_id: str, seq: int, digest: str) -> SignedHead:
-    """Sign that record ``seq`` of ``ledger_id`` has hash ``digest``."""
+def sign_head(signer: Signer, ledger_id: str, seq: int, digest: str, ranges: Ranges) -> SignedHead:
+    """Sign that record ``seq`` of ``ledger_id`` has hash ``digest`` and that the key holder
+    wrote the records in ``ranges``."""
+    kid = signer.key_id()
     return SignedHead(
         ledger_id=ledger_id,
         seq=seq,
         hash=digest,
         key=signer.public_key().hex(),
-        sig=signer.sign(statement(ledger_id, seq, digest)).hex(),
+        sig=signer.sign(statement(ledger_id, seq, digest, ranges, kid)).hex(),
+        ranges=ranges,
+        kid=kid,
     )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,35 @@ TEXT_REFS: Final = (
     ("stdout", EXEC_END, ("stdout",)),
     ("stderr", EXEC_END, ("stderr",)),
 )
+
+
+_UNSAFE: Final = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every character that could drive a terminal written as an escape.
+
+    Recorded text (a script's output, its file names, hosts, error texts) is
+    the script's choice; printed raw, ``ESC [2J``, an OSC 8 link, a bell or a C1
+    ``CSI`` would act on the auditor's terminal, and bidirectional or invisible
+    format characters would make it show something other than what is recorded.
+    So C0 controls (except newline and tab), DEL, C1 controls and those format
+    characters become ``\\xNN`` / ``\\uNNNN``. ``--json`` output is exact instead.
+    """
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def json_terminal_safe(line: str) -> str:
+    """A JSON text with the characters :func:`terminal_safe` escapes written as JSON
+    ``\\uXXXX`` escapes: the same JSON value, inert on a terminal (not byte-exact)."""
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 def exists(directory: Path) -> bool:

@@ -57,8 +57,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hmac
 import os
 import signal
+import stat
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -69,10 +71,14 @@ from typing import TYPE_CHECKING, Any, Final
 from jhansi.errors import LedgerError
 from jhansi.ledger.blobs import BlobStore, fsync_dir, write_new_file
 from jhansi.ledger.checkpoint import (
+    MAC_MEMBER,
     KeyFileSigner,
     SignedHead,
     Signer,
+    check_checkpoint,
     checkpoint_body,
+    merge_ranges,
+    record_mac,
     sign_head,
 )
 from jhansi.ledger.record import (
@@ -87,8 +93,10 @@ from jhansi.ledger.record import (
     Record,
     RecordError,
     blob_digest,
+    canonical,
     make_record,
     parse_line,
+    utc_now,
 )
 from jhansi.paths import Paths
 
@@ -164,6 +172,52 @@ def resolve_directory(
     if settings is not None and settings.ledger.path:
         return Path(settings.ledger.path)
     return default_directory(paths)
+
+
+def follow_directory(directory: Path) -> Path:
+    """The ledger directory with a symbolic link to it resolved, once, for the whole process.
+
+    A user may keep the ledger on another disk through a link; a link someone
+    else planted must not redirect the ledger. So the link itself must belong
+    to this user (or root) and sit in a directory nobody else can write to;
+    otherwise :class:`LedgerError`. The resolved path is what jhansi then uses,
+    reports and records. Links *inside* the directory are never followed.
+    """
+    path = directory.absolute()
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return path  # created later, by preflight
+    if not stat.S_ISLNK(st.st_mode):
+        return path
+    try:
+        parent = path.parent.stat()
+    except OSError:
+        parent = None
+    others_write = parent is not None and parent.st_mode & 0o022 and not parent.st_mode & 0o1000
+    if st.st_uid not in (os.getuid(), 0) or others_write:
+        raise LedgerError(
+            f"the ledger directory {path} is a symbolic link that another user could have "
+            "placed (it is not yours, or its directory is writable by others)",
+            hint="Point the ledger at the real directory (--ledger DIR, JHANSI_LEDGER, "
+            "[ledger] path), or replace the link with one of your own.",
+        )
+    return Path(os.path.realpath(path))
+
+
+def _not_a_link(path: Path) -> None:
+    """Refuse a symbolic link where the ledger keeps a file: it would redirect the writes."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise LedgerError(
+            f"{path} is a symbolic link: jhansi never reads or appends to a ledger file "
+            "through a link (someone could have planted it)",
+            hint=f"Replace the link with the file it points to (after checking it), or move "
+            f"{path.parent} aside to start a new ledger.",
+        )
 
 
 def _die() -> None:
@@ -299,6 +353,9 @@ class Ledger:
         self._ledger_id: LedgerId | None = None
         self._head_stat: tuple[int, int, int] | None = None
         self._head: SignedHead | None = None
+        self._kid: str | None = None
+        self._mac_key: bytes | None = None
+        self._public_hex: str | None = None
 
     @classmethod
     def open(
@@ -315,7 +372,7 @@ class Ledger:
 
         env = os.environ if environ is None else environ
         return cls(
-            LedgerLayout(directory.absolute()),
+            LedgerLayout(follow_directory(directory)),
             signer=signer or KeyFileSigner.for_paths(paths),
             actor=actor_identity(env),
             checkpoint_interval=checkpoint_interval,
@@ -364,6 +421,8 @@ class Ledger:
                 "or [ledger] path.",
             )
         self._ensure_directory()
+        for name in (LEDGER_FILE, HEAD_FILE, LOCK_FILE, BLOBS_DIR):
+            _not_a_link(directory / name)
         for where in (directory, self.layout.blobs_dir):
             probe = where / f".preflight.{os.getpid()}.{os.urandom(4).hex()}"
             try:
@@ -390,6 +449,7 @@ class Ledger:
                 hint="Free some space, or point the ledger elsewhere "
                 "(--ledger DIR, JHANSI_LEDGER, [ledger] path).",
             )
+        self._require_key()
         self._signer.prepare()
         with self._locked():
             self._prepare()
@@ -428,6 +488,8 @@ class Ledger:
             raise ValueError(f"{kind!r} records are written by the ledger itself")
         if kind in EXEC_KINDS and not (isinstance(body.get("run_id"), str) and body["run_id"]):
             raise ValueError(f"a {kind} record needs a run_id (a non-empty string)")
+        if MAC_MEMBER in body:
+            raise ValueError(f"{MAC_MEMBER!r} is written by the ledger itself")
         with self._locked():
             tail = self._prepare()
             record = self._next(tail, kind, dict(body))
@@ -440,24 +502,40 @@ class Ledger:
     def checkpoint(self) -> SignedHead:
         """Sign the current end of the ledger into ``head.json``; return the signed head.
 
-        Also appends a ``checkpoint`` record when ``checkpoint_interval``
-        records have passed since the head before. Call it after every run:
-        records after the signed head can be cut off unnoticed.
+        The signature vouches only for records jhansi wrote with this key: what
+        the head before vouched for, plus each later record that carries a
+        valid ``ledger_mac`` (every append makes one) or is a checkpoint signed
+        with this key. Records appended by anyone else (a forged run, with the
+        chain recomputed) stay outside every signature, so ``verify`` names
+        them; they are never adopted. Also appends a ``checkpoint`` record when
+        ``checkpoint_interval`` records have passed since the head before. Call
+        it after every run: records after the signed head can be cut off unnoticed.
         """
         with self._locked():
             tail = self._prepare()
             last = tail.last
-            head = self._read_head()  # _prepare checked it is there and not ahead
-            if head is None or (
+            head = self._read_head()  # _prepare checked it is there, ours and not ahead
+            if head is None:  # pragma: no cover - _prepare raises first
+                raise LedgerError("the signed head vanished", hint="Run `jhansi ledger verify`.")
+            self._check_key(head)
+            needs_record = (
                 last.kind != CHECKPOINT and last.seq // self._interval > head.seq // self._interval
-            ):
-                body = checkpoint_body(self._signer, last.ledger_id, last.seq + 1, last.hash)
+            )
+            if not needs_record and head.seq == last.seq and head.hash == last.hash:
+                return head
+            ranges = merge_ranges(
+                head.covered,
+                (r.seq for r in self._records_after(head.seq, tail) if self._vouches(r)),
+            )
+            if needs_record:
+                body = checkpoint_body(
+                    self._signer, last.ledger_id, last.seq + 1, last.hash, ranges
+                )
                 last = self._next(tail, CHECKPOINT, body)
                 self._write_record(last, tail)
-            if head is not None and head.seq == last.seq and head.hash == last.hash:
-                return head
+                ranges = merge_ranges(ranges, (last.seq,))
             self._fault("before-head")
-            signed = sign_head(self._signer, last.ledger_id, last.seq, last.hash)
+            signed = sign_head(self._signer, last.ledger_id, last.seq, last.hash, ranges)
             self._write_head(signed)
             return signed
 
@@ -484,6 +562,92 @@ class Ledger:
     def _fault(self, point: str) -> None:
         if self._fault_point == point:
             _die()
+
+    def _key_hint(self) -> str:
+        where = getattr(self._signer, "path", "the signing key")
+        return (
+            f"Restore {where} from a backup; or start a new ledger: move {self.directory} "
+            "aside, or point --ledger / JHANSI_LEDGER elsewhere (its records stay checkable "
+            "with `jhansi ledger verify --ledger DIR --key OLDKEY`)."
+        )
+
+    def _require_key(self) -> None:
+        """An existing ledger never gets a new key: a missing key file is restored, not made."""
+        if self._signer.has_key():
+            return
+        if self.layout.head_file.exists() or self.layout.ledger_file.exists():
+            where = getattr(self._signer, "path", "the signing key")
+            raise LedgerError(
+                f"the ledger signing key {where} is missing, but the ledger {self.directory} "
+                "exists: appending with a new key would hide that",
+                hint=self._key_hint(),
+            )
+
+    def _check_key(self, head: SignedHead) -> None:
+        """Refuse to append to a ledger whose head another key signed (a replaced key file)."""
+        if head.kid is not None:
+            if self._kid is None:
+                self._kid = self._signer.key_id()
+            same = hmac.compare_digest(head.kid, self._kid)
+        else:
+            # A legacy head without a key id: compare the public keys (loads cryptography).
+            if self._public_hex is None:
+                self._public_hex = self._signer.public_key().hex()
+            same = head.key == self._public_hex
+        if not same:
+            raise LedgerError(
+                f"the ledger {self.directory} was signed by another key "
+                f"({head.key[:16]}…) than this user's signing key: it was replaced, or "
+                "this ledger is not yours",
+                hint=self._key_hint(),
+            )
+
+    def _macs(self) -> bytes:
+        if self._mac_key is None:
+            self._mac_key = self._signer.mac_key()
+        return self._mac_key
+
+    def _vouches(self, record: Record) -> bool:
+        """Whether ``record`` was written by jhansi with this key (see :meth:`checkpoint`)."""
+        body = dict(record.body)
+        if record.kind == CHECKPOINT:
+            if self._public_hex is None:
+                self._public_hex = self._signer.public_key().hex()
+            return body.get("key") == self._public_hex and (
+                check_checkpoint(record.ledger_id, record.seq, record.prev, body) is None
+            )
+        mac = body.pop(MAC_MEMBER, None)
+        if not isinstance(mac, str):
+            return False
+        unhashed = {
+            "body": body,
+            "kind": record.kind,
+            "ledger_id": record.ledger_id,
+            "prev": record.prev,
+            "seq": record.seq,
+            "time": record.time,
+            "v": record.v,
+        }
+        return hmac.compare_digest(mac, record_mac(self._macs(), canonical(unhashed)))
+
+    def _records_after(self, seq: int, tail: _Tail) -> list[Record]:
+        """The records after ``seq`` (torn lines, already recovered, are skipped)."""
+        fd = self._ledger_fd()
+        end = tail.size
+        window = 1 << 16
+        while True:
+            start = max(0, end - window)
+            data = os.pread(fd, end - start, start)
+            if start > 0:
+                data = data[data.find(b"\n") + 1 :]
+            found: list[Record] = []
+            for raw in data.split(b"\n"):
+                if raw:
+                    with contextlib.suppress(RecordError):
+                        found.append(parse_line(raw))
+            if start == 0 or (found and found[0].seq <= seq):
+                return [r for r in found if r.seq > seq]
+            window *= 4
 
     def _ensure_directory(self) -> None:
         directory = self.directory
@@ -528,7 +692,9 @@ class Ledger:
         for _ in range(10):
             if self._lock_fd is None:
                 self._ensure_directory()
-                self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                _not_a_link(path)
+                flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                self._lock_fd = os.open(path, flags, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 same = path.stat().st_ino == os.fstat(self._lock_fd).st_ino
@@ -554,31 +720,37 @@ class Ledger:
                     hint="Restore ledger.jsonl from a backup; to start a new ledger, "
                     "move the whole directory aside.",
                 )
+            self._require_key()
             self._create()
+        else:
+            self._require_key()
         tail = self._tail()
         self._check_head(tail)
+        head = self._read_head()
+        if head is not None:
+            self._check_key(head)
         if tail.garbage:
             tail = self._recover(tail)
         return tail
 
     def _create(self) -> None:
         ledger_id = LedgerId(os.urandom(16).hex())
-        genesis = make_record(
-            ledger_id=ledger_id,
-            seq=0,
-            prev=ZERO_HASH,
-            kind=GENESIS,
-            body={
+        genesis = self._make(
+            ledger_id,
+            0,
+            ZERO_HASH,
+            GENESIS,
+            {
                 "format": "jhansi-ledger",
                 "jhansi": _version(),
                 "created_by": self._actor or {},
             },
         )
-        body = checkpoint_body(self._signer, ledger_id, 1, genesis.hash)
+        body = checkpoint_body(self._signer, ledger_id, 1, genesis.hash, ((0, 0),))
         first = make_record(
             ledger_id=ledger_id, seq=1, prev=genesis.hash, kind=CHECKPOINT, body=body
         )
-        self._write_head(sign_head(self._signer, ledger_id, first.seq, first.hash))
+        self._write_head(sign_head(self._signer, ledger_id, first.seq, first.hash, ((0, 1),)))
         tmp = self.directory / f".{LEDGER_FILE}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         try:
             write_new_file(tmp, genesis.line + b"\n" + first.line + b"\n")
@@ -590,12 +762,16 @@ class Ledger:
     def _ledger_fd(self) -> int:
         """The ledger file opened O_APPEND, reopened if the file was replaced."""
         path = self.layout.ledger_file
-        ino = path.stat().st_ino
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            _not_a_link(path)
+        ino = st.st_ino
         if self._fd is None or ino != self._fd_ino:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+            self._fd = os.open(path, flags, 0o600)
             self._fd_ino = os.fstat(self._fd).st_ino
             self._tail_cache = None
             self._ledger_id = None
@@ -671,10 +847,12 @@ class Ledger:
     def _read_head(self) -> SignedHead | None:
         path = self.layout.head_file
         try:
-            st = path.stat()
+            st = os.lstat(path)
         except FileNotFoundError:
             self._head_stat, self._head = None, None
             return None
+        if stat.S_ISLNK(st.st_mode):
+            _not_a_link(path)
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         if self._head_stat != key:
             try:
@@ -713,11 +891,27 @@ class Ledger:
                 "to keep recording, move the ledger directory aside.",
             )
 
+    def _make(
+        self, ledger_id: LedgerId, seq: int, prev: Digest, kind: str, body: dict[str, Any]
+    ) -> Record:
+        """A record authenticated with this key (``ledger_mac``; a checkpoint is signed)."""
+        time = utc_now()
+        if kind != CHECKPOINT:
+            unhashed = {
+                "body": body,
+                "kind": kind,
+                "ledger_id": ledger_id,
+                "prev": prev,
+                "seq": seq,
+                "time": time,
+                "v": 1,
+            }
+            body = {**body, MAC_MEMBER: record_mac(self._macs(), canonical(unhashed))}
+        return make_record(ledger_id=ledger_id, seq=seq, prev=prev, kind=kind, body=body, time=time)
+
     def _next(self, tail: _Tail, kind: str, body: dict[str, Any]) -> Record:
         last = tail.last
-        record = make_record(
-            ledger_id=last.ledger_id, seq=last.seq + 1, prev=last.hash, kind=kind, body=body
-        )
+        record = self._make(last.ledger_id, last.seq + 1, last.hash, kind, body)
         if len(record.line) > MAX_RECORD_BYTES:
             raise ValueError(
                 f"a {kind} record of {len(record.line)} bytes is too large: "

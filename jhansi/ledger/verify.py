@@ -19,7 +19,8 @@ warnings do not. Error kinds: ``not-utf8``, ``not-json``, ``not-canonical``,
 ``bad-checkpoint``, ``bad-signature``, ``untrusted-key``, ``bad-recovery``,
 ``bad-body``, ``duplicate-run``, ``unpaired-end``, ``head-missing``,
 ``head-invalid``, ``head-mismatch``, ``truncated``, ``anchor-mismatch``,
-``blob-missing``, ``blob-altered``. Warning kinds: ``recovered``,
+``blob-missing``, ``blob-altered``, ``unsigned-records`` (records no signature
+covers, followed by signed ones), ``symlink``. Warning kinds: ``recovered``,
 ``torn-tail``, ``crashed-run``, ``unsigned-tail``, ``key-unpinned``.
 
 Speed matters (a ledger grows by three records a run). Verification runs in
@@ -47,7 +48,13 @@ from typing import Any, BinaryIO
 import blake3
 
 from jhansi.errors import LedgerError
-from jhansi.ledger.checkpoint import SignedHead, check_checkpoint
+from jhansi.ledger.checkpoint import (
+    Ranges,
+    SignedHead,
+    check_checkpoint,
+    checkpoint_ranges,
+    merge_ranges,
+)
 from jhansi.ledger.record import (
     BLOB_REF,
     CHECKPOINT,
@@ -105,6 +112,7 @@ class VerifyReport:
     checkpoints: int
     last_checkpoint_seq: int | None
     unsigned_records: int
+    unsigned_ranges: Ranges
     head: dict[str, Any] | None
     anchors: tuple[str, ...]
     runs: int
@@ -147,6 +155,7 @@ class VerifyReport:
                 "checkpoints": self.checkpoints,
                 "last_checkpoint_seq": self.last_checkpoint_seq,
                 "unsigned_records": self.unsigned_records,
+                "unsigned_ranges": [list(r) for r in self.unsigned_ranges],
                 "head": self.head,
                 "anchors": list(self.anchors),
                 "runs": self.runs,
@@ -309,7 +318,7 @@ def scan_chunk(chunk: bytes) -> list[tuple[Any, ...]]:
         elif kind == CHECKPOINT:
             body = obj["body"]
             problem = check_checkpoint(obj["ledger_id"], obj["seq"], obj["prev"], body)
-            extra = body.get("key")
+            extra = (body.get("key"), None if problem else checkpoint_ranges(obj["seq"], body))
         elif kind == RECOVERY:
             extra = obj["body"]
         append(
@@ -375,6 +384,21 @@ def _auto_workers(size: int) -> int:
     return max(1, min(cpus, _MAX_WORKERS))
 
 
+def unsigned_ranges(signed: Ranges, last_seq: int) -> Ranges:
+    """The seq ranges in ``0..last_seq`` that none of the ``signed`` ranges covers."""
+    gaps: list[tuple[int, int]] = []
+    nxt = 0
+    for start, end in merge_ranges(signed, ()):
+        if start > last_seq:
+            break
+        if start > nxt:
+            gaps.append((nxt, start - 1))
+        nxt = max(nxt, end + 1)
+    if nxt <= last_seq:
+        gaps.append((nxt, last_seq))
+    return tuple(gaps)
+
+
 def verify_ledger(
     directory: Path,
     *,
@@ -382,14 +406,22 @@ def verify_ledger(
     trusted_keys: Collection[str] | None = None,
     check_blobs: bool = True,
     workers: int | None = None,
+    strict: bool = False,
 ) -> VerifyReport:
     """Verify the ledger in ``directory``.
 
     ``trusted_keys`` (hex): when given, every checkpoint must be signed by one
     of them; ``None`` accepts any valid signature (and warns). ``workers``:
     processes for stage one (default: one per CPU, up to four, for ledgers
-    over 16 MiB; one otherwise). Raises :class:`LedgerError` only when there
-    is no ledger to verify.
+    over 16 MiB; one otherwise). ``strict``: records at the end that no
+    signature covers yet are an error, not a warning. Raises :class:`LedgerError`
+    only when there is no ledger to verify.
+
+    The signature rule: a record is authenticated when a valid signature (a
+    checkpoint record or the head) names it in its ``ranges``; records no
+    signature covers are reported by seq range, as an error when signed
+    records follow them (jhansi never leaves such a gap), as a warning at the
+    end (a run in progress or crashed), unless ``strict``.
     """
     from concurrent.futures.process import BrokenProcessPool
 
@@ -400,6 +432,7 @@ def verify_ledger(
             trusted_keys=trusted_keys,
             check_blobs=check_blobs,
             workers=workers,
+            strict=strict,
         )
 
     try:
@@ -419,6 +452,7 @@ def _verify(
     trusted_keys: Collection[str] | None,
     check_blobs: bool,
     workers: int | None,
+    strict: bool,
 ) -> VerifyReport:
     started = time.perf_counter()
     layout = LedgerLayout(directory)
@@ -431,6 +465,9 @@ def _verify(
         )
     findings = _Findings()
     error, warn = findings.error, findings.warn
+    for linked in (path, layout.head_file):
+        if linked.is_symlink():
+            error("symlink", f"{linked.name} is a symbolic link (to {linked.readlink()})")
     trusted = frozenset(k.lower() for k in trusted_keys) if trusted_keys is not None else None
 
     head = _read_head(layout.head_file, findings)
@@ -452,6 +489,7 @@ def _verify(
     refs: set[bytes] = set()
     keys: set[str] = set()
     records = runs = denied = checkpoints = recoveries = 0
+    signed: list[tuple[int, int]] = []  # the seq ranges valid signatures vouch for
     last_checkpoint: int | None = None
     lineno = 0
     offset = 0  # of the next line
@@ -643,15 +681,19 @@ def _verify(
                     if sig_problem is not None:
                         error(sig_problem[0], sig_problem[1], lineno, seq)
                     else:
-                        keys.add(extra)
-                        if trusted is not None and extra not in trusted:
+                        signer_key, vouched = extra
+                        keys.add(signer_key)
+                        if trusted is not None and signer_key not in trusted:
                             error(
                                 "untrusted-key",
-                                f"signed by {extra}, which is not a trusted key "
+                                f"signed by {signer_key}, which is not a trusted key "
                                 "(pass it with --key if you trust it)",
                                 lineno,
                                 seq,
                             )
+                        else:
+                            signed.extend(vouched)
+                            signed.append((seq, seq))  # a valid signature speaks for itself
                 if found_refs is not None:
                     refs.update(found_refs)
 
@@ -691,6 +733,8 @@ def _verify(
             keys.add(head.key)
             if trusted is not None and head.key not in trusted:
                 error("untrusted-key", f"the signed head is signed by untrusted key {head.key}")
+            else:
+                signed.extend(head.covered)
     for wanted in targets.values():
         for target in wanted:
             if target.found:
@@ -715,13 +759,36 @@ def _verify(
             line,
             seq,
         )
-    unsigned = max_seq - head.seq if head is not None else max_seq + 1
-    if unsigned > 0:
-        warn(
-            "unsigned-tail",
-            f"{unsigned} record(s) after the signed head are not yet covered by a "
-            "signature (a run in progress, or one that crashed before its checkpoint)",
-        )
+    uncovered = unsigned_ranges(tuple(signed), max_seq)
+    unsigned = sum(b - a + 1 for a, b in uncovered)
+    last_signed = max((b for _, b in signed), default=-1)
+    for start, end in uncovered:
+        span = f"seq {start}" if start == end else f"seq {start}-{end}"
+        count = end - start + 1
+        if end < last_signed:
+            error(
+                "unsigned-records",
+                f"{span}: {count} record(s) that no signature covers, followed by signed "
+                "ones: appended by someone without the signing key (jhansi authenticates "
+                "every record it writes, and signs only those)",
+                seq=start,
+            )
+        elif strict:
+            error(
+                "unsigned-tail",
+                f"{span}: {count} record(s) at the end that no signature covers yet "
+                "(--strict: a run in progress, a crashed one, or records appended by "
+                "someone without the key)",
+                seq=start,
+            )
+        else:
+            warn(
+                "unsigned-tail",
+                f"{span}: {count} record(s) at the end that no signature covers yet (a run "
+                "in progress, one that crashed before its checkpoint, or records appended by "
+                "someone without the key: the next run's signature will not cover those)",
+                seq=start,
+            )
     if trusted is None and keys:
         warn(
             "key-unpinned",
@@ -752,7 +819,8 @@ def _verify(
         last_hash=last_hash if max_seq >= 0 else None,
         checkpoints=checkpoints,
         last_checkpoint_seq=last_checkpoint,
-        unsigned_records=max(unsigned, 0),
+        unsigned_records=unsigned,
+        unsigned_ranges=uncovered,
         head=head_info,
         anchors=tuple(f"{s}:{h}" for s, h in anchors),
         runs=runs,

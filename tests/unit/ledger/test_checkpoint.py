@@ -98,8 +98,9 @@ def test_statements_are_domain_separated_canonical_json() -> None:
 
 def test_checkpoint_bodies_verify_and_any_change_breaks_them(tmp_path: Path) -> None:
     signer = KeyFileSigner(tmp_path / "key.pem")
-    body = checkpoint_body(signer, LEDGER_ID, 5, DIGEST)
+    body = checkpoint_body(signer, LEDGER_ID, 5, DIGEST, ((0, 2), (4, 4)))
     assert body["alg"] == "ed25519"
+    assert body["ranges"] == [[0, 2], [4, 4]]
     assert body["key"] == signer.public_key().hex()
     assert check_checkpoint(LEDGER_ID, 5, DIGEST, body) is None
     assert check_checkpoint(LEDGER_ID, 6, DIGEST, body) == (
@@ -111,6 +112,17 @@ def test_checkpoint_bodies_verify_and_any_change_breaks_them(tmp_path: Path) -> 
     assert check_checkpoint(LEDGER_ID, 5, DIGEST, {**body, "extra": 1}) is not None
     assert check_checkpoint(LEDGER_ID, 5, DIGEST, {**body, "alg": "rsa"}) is not None
     assert check_checkpoint(LEDGER_ID, 5, DIGEST, {**body, "sig": "00"}) is not None
+    # What a signature vouches for is signed too: widening it breaks the signature.
+    assert check_checkpoint(LEDGER_ID, 5, DIGEST, {**body, "ranges": [[0, 4]]}) == (
+        "bad-signature",
+        "the signature over seq 4 does not verify",
+    )
+    # Ranges must be sorted, disjoint, and before the checkpoint.
+    for bad in ([[0, 5]], [[2, 1]], [[0, 1], [2, 3]], [], [[3, 4], [0, 1]]):
+        assert check_checkpoint(LEDGER_ID, 5, DIGEST, {**body, "ranges": bad}) == (
+            "bad-checkpoint",
+            "ranges are not sorted, disjoint seq ranges before it",
+        )
     assert not verify_signature("zz", b"m", body["sig"])
 
 
