@@ -161,7 +161,12 @@ def _tail(tail: OutputTail, put: PutBlob) -> dict[str, Any]:
 
 
 def end_body(result: RunResult, put: PutBlob) -> dict[str, Any]:
-    """``exec.end``: how it ended, the output (by reference), what it changed."""
+    """``exec.end``: how it ended, the output (by reference), what it changed.
+
+    ``rw`` (``--rw`` runs only): the changes to /work applied to the project, those
+    refused (with why: configuration, ``.git``, masked ...), those that conflicted with
+    changes made on the host, and where the layer was kept, if it was.
+    """
     return {
         "run_id": result.run_id,
         "result": {
@@ -176,6 +181,7 @@ def end_body(result: RunResult, put: PutBlob) -> dict[str, Any]:
         "enforcement": dict(result.enforcement),
         "files_changed": [c.as_dict() for c in result.files_changed],
         "egress": [dict(e) for e in result.egress],
+        **({"rw": result.rw.as_dict()} if result.rw is not None else {}),
     }
 
 

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from jhansi.deps.lock import LockResult
     from jhansi.egress.session import EgressSession
     from jhansi.ledger.store import Ledger
+    from jhansi.sandbox.layer import ApplyReport, Layer
     from jhansi.supply.policy import SupplyCheck
 
 ENTRY_SOURCE = Path(__file__).parent / "sandbox" / "entry.py"
@@ -83,7 +84,8 @@ class RunRequest:
     """The named sandbox (default: the project's own)."""
     ephemeral: bool = False
     rw: bool = False
-    """Mount the project read-write."""
+    """Let the script write /work: a copy of the project, applied to it when the run ends
+    (:mod:`jhansi.sandbox.layer`; configuration, locks, ``.git`` and masked paths never)."""
     env: tuple[tuple[str, str], ...] = ()
     interactive: bool = False
     """Run an interactive interpreter instead of a script (``jhansi sandbox shell``)."""
@@ -148,6 +150,9 @@ class RunResult:
     """The hash of the run's ``exec.end`` record."""
     egress: tuple[Mapping[str, object], ...] = ()
     """Every connection through the egress proxy: host, decision, reason, bytes."""
+    rw: ApplyReport | None = None
+    """With ``--rw``: which of the script's changes to /work were applied to the project,
+    which refused and why, which conflicted with changes made on the host."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -827,18 +832,37 @@ class Runner:
         path.chmod(0o644)
         return path
 
+    def _masked(self, project: Path) -> list[Path]:
+        return list(find_masked(project, DEFAULT_MASK + self.settings.sandbox.mask))
+
     def _mounts(
-        self, request: RunRequest, script: Script, project: Path | None, home: Path
+        self,
+        request: RunRequest,
+        script: Script,
+        project: Path | None,
+        home: Path,
+        layer: Layer | None = None,
     ) -> tuple[list[Mount], str, list[str]]:
-        """The mounts, the script's path inside, and top-level names masked in /work."""
+        """The mounts, the script's path inside, and top-level names masked in /work.
+
+        With a ``layer`` (``--rw``), /work is the layer's staging directory, owned by
+        the sandbox; the project itself is not mounted at all.
+        """
         mounts = [Mount(ENTRY_SOURCE, ENTRY_TARGET)]
         masked_top: list[str] = []
         inside: str
         if project is not None:
-            mounts.append(Mount(project, WORKDIR, read_only=not request.rw))
-            patterns = DEFAULT_MASK + self.settings.sandbox.mask
-            for path in find_masked(project, patterns):
-                rel = path.relative_to(project).as_posix()
+            if layer is not None:
+                mounts.append(Mount(layer.root, WORKDIR, read_only=False, owned=True))
+                # The stand-ins are the layer's own empty entries: covered read-only too.
+                masked = [layer.root / rel for rel in sorted(layer.masked)]
+                base = layer.root
+            else:
+                mounts.append(Mount(project, WORKDIR))
+                masked = self._masked(project)
+                base = project
+            for path in masked:
+                rel = path.relative_to(base).as_posix()
                 mounts.append(Mount(path, f"{WORKDIR}/{rel}", kind="empty"))
                 if "/" not in rel:
                     masked_top.append(rel)
@@ -875,7 +899,34 @@ class Runner:
                 hint="Run with --backend docker (an engine with that runtime registered), "
                 "or unset [sandbox] runtime.",
             )
-        mounts, inside, masked_top = self._mounts(request, script, project, sandbox.home)
+        layer = (
+            self._make_layer(project, sandbox, run_id)
+            if project is not None and request.rw
+            else None
+        )
+        try:
+            return self._run_with(
+                request, run_id, script, project, sandbox, deps, egress, backend, layer
+            )
+        except BaseException:
+            if layer is not None:
+                self._abandon_layer(layer, sandbox, run_id)
+            raise
+
+    def _run_with(
+        self,
+        request: RunRequest,
+        run_id: str,
+        script: Script,
+        project: Path | None,
+        sandbox: OpenSandbox,
+        deps: Dependencies | None,
+        egress: EgressSession | None,
+        backend: Backend,
+        layer: Layer | None,
+    ) -> RunResult:
+        runtime = self.settings.sandbox.runtime
+        mounts, inside, masked_top = self._mounts(request, script, project, sandbox.home, layer)
         argv: list[str] = [PYTHON, "-I", "-S", ENTRY_TARGET, "--gate", GATE_FD]
         env = sandbox_env(request.env)
         if egress is not None:
@@ -910,8 +961,8 @@ class Runner:
             f"{sandbox.name}{' (ephemeral)' if sandbox.ephemeral else ''} on {info.backend}",
         )
         watched: list[tuple[Path, str, tuple[str, ...]]] = [(sandbox.home, HOME, ())]
-        if project is not None and request.rw:
-            watched.append((project, WORKDIR, tuple(masked_top)))
+        if layer is not None:
+            watched.append((layer.root, WORKDIR, tuple(masked_top)))
         before: list[Snapshot] = []
         stdin = sys.stdin.buffer if request.interactive else None
         state = {"started": False, "failed": False}
@@ -974,15 +1025,105 @@ class Runner:
             )
             ended = ExecResult(status, None, None, 0, empty, empty, error=why)
             self._record_end(run_id, script, project, sandbox, info, ended, [], deps, egress)
+            # (the layer, if any, is kept or removed by _run_in: nothing is applied)
             if isinstance(stopped, JhansiError):
                 stopped.recorded = True
             raise
         changes: list[FileChange] = []
         for old, (root, area, skip) in zip(before, watched, strict=True):
             changes += diff(old, snapshot(root, area, skip=skip))
+        applied = self._apply_layer(layer, sandbox, run_id) if layer is not None else None
         return self._record_end(
-            run_id, script, project, sandbox, info, result, changes, deps, egress
+            run_id, script, project, sandbox, info, result, changes, deps, egress, applied
         )
+
+    def _layer_dir(self, sandbox: OpenSandbox, run_id: str) -> Path:
+        if sandbox.directory is None:  # pragma: no cover - every OpenSandbox has one
+            raise SandboxError("the sandbox has no directory for a --rw layer", hint="")
+        return sandbox.directory / f"rw-{run_id}"
+
+    def _make_layer(self, project: Path, sandbox: OpenSandbox, run_id: str) -> Layer:
+        """Copy the project into the sandbox's staging directory (mounted at /work)."""
+        from jhansi.sandbox.layer import make_layer
+
+        def progress(files: int, size: int) -> None:
+            self.reporter.step("rw", f"copying the project: {files} files, {size >> 20} MiB")
+
+        root = self._layer_dir(sandbox, run_id)
+        try:
+            layer = make_layer(project, root, self._masked(project), progress=progress)
+        except OSError as exc:
+            from jhansi.sandbox.workspace import remove_tree
+
+            remove_tree(root)
+            raise SandboxError(
+                f"--rw: cannot copy the project into {root}: {exc.strerror or exc}",
+                hint="Free space in jhansi's data directory, or run without --rw.",
+            ) from None
+        self.reporter.step(
+            "rw",
+            f"/work is a copy of the project ({layer.files} files, {layer.bytes >> 20} MiB, "
+            f"{layer.seconds:.2f} s); its changes are applied when the run ends",
+        )
+        return layer
+
+    def _keep(self, layer: Layer, sandbox: OpenSandbox, run_id: str) -> Path:
+        """Where a layer that must outlive the run is kept (an ephemeral sandbox's
+        directory is deleted, so its layer moves to the data directory)."""
+        if not sandbox.ephemeral:
+            return layer.root
+        import shutil
+
+        target = ensure_private_dir(self.paths.data / "rw-kept") / run_id
+        shutil.move(layer.root, target)
+        return target
+
+    def _abandon_layer(self, layer: Layer, sandbox: OpenSandbox, run_id: str) -> None:
+        """The run did not finish: apply nothing; keep the layer only if it holds changes."""
+        from jhansi.sandbox.layer import plan_changes
+        from jhansi.sandbox.workspace import remove_tree
+
+        try:
+            pending = plan_changes(layer)
+        except OSError:
+            pending = []
+        if not pending:
+            remove_tree(layer.root)
+            return
+        where = self._keep(layer, sandbox, run_id)
+        self.reporter.warning(
+            f"--rw: the run did not finish, so none of its {len(pending)} change(s) to /work "
+            f"were applied; they are in {where}"
+        )
+
+    def _apply_layer(self, layer: Layer, sandbox: OpenSandbox, run_id: str) -> ApplyReport:
+        """Apply the layer's changes to the project as the invoking user, and say what
+        was refused or conflicted; remove the layer unless something must be kept."""
+        from jhansi.sandbox.layer import ApplyReport, apply_changes, plan_changes
+        from jhansi.sandbox.workspace import remove_tree
+
+        try:
+            report = apply_changes(layer, plan_changes(layer))
+        except OSError as exc:
+            report = ApplyReport(error=f"{exc.strerror or exc}")
+        for outcome in report.by("refused"):
+            self.reporter.warning(f"--rw: not applied: {outcome.path} ({outcome.reason})")
+        conflicts = report.by("conflict")
+        if not conflicts and not report.error:
+            remove_tree(layer.root)
+            return report
+        where = self._keep(layer, sandbox, run_id)
+        for outcome in conflicts:
+            self.reporter.warning(
+                f"--rw: not applied: {outcome.path} ({outcome.reason}); the sandbox's "
+                f"version is in {where / outcome.path}"
+            )
+        if report.error:
+            self.reporter.warning(
+                f"--rw: applying the changes stopped ({report.error}); what was not applied "
+                f"is in {where}: fix the cause, copy what you need from there, then delete it"
+            )
+        return replace(report, kept=where)
 
     def _record_end(
         self,
@@ -995,6 +1136,7 @@ class Runner:
         changes: list[FileChange],
         deps: Dependencies | None,
         egress: EgressSession | None = None,
+        rw: ApplyReport | None = None,
     ) -> RunResult:
         """The result, once its ``exec.end`` record and a signed checkpoint are on disk."""
         from jhansi.records import end_body
@@ -1019,6 +1161,7 @@ class Runner:
             dependencies=deps,
             ledger=str(self.ledger.directory),
             egress=tuple(egress.events()) if egress is not None else (),
+            rw=rw,
         )
         ledger = self.ledger
         try:

@@ -178,6 +178,7 @@ def result_document(result: RunResult) -> dict[str, Any]:
         "stdout": tail(result.stdout),
         "stderr": tail(result.stderr),
         "files_changed": [c.as_dict() for c in result.files_changed],
+        **({"rw": result.rw.as_dict()} if result.rw is not None else {}),
         "error": result.error,
         "dependencies": dependencies_document(result.dependencies),
         "policy": (
@@ -314,6 +315,23 @@ def finish(
         sys.stderr.write(
             f"jhansi: {result.status} (exit {result.exit_code}) in "
             f"{result.duration_ms / 1000:.2f} s · sandbox {result.sandbox} · "
-            f"{result.backend.backend} · {changed} file{'s' if changed != 1 else ''} changed\n"
+            f"{result.backend.backend} · {changed} file{'s' if changed != 1 else ''} changed"
+            f"{_rw_summary(result)}\n"
         )
     sys.exit(code)  # like typer.Exit(code), which Typer turns into sys.exit
+
+
+def _rw_summary(result: RunResult) -> str:
+    """`` · --rw: 3 applied, 1 refused, 1 conflict`` for a ``--rw`` run, else ``""``."""
+    if result.rw is None:
+        return ""
+    parts = [f"{len(result.rw.by('applied'))} applied"]
+    refused = len(result.rw.by("refused"))
+    conflicts = len(result.rw.by("conflict"))
+    if refused:
+        parts.append(f"{refused} refused")
+    if conflicts:
+        parts.append(f"{conflicts} conflict{'s' if conflicts != 1 else ''}")
+    if result.rw.error:
+        parts.append("apply failed")
+    return " · --rw: " + ", ".join(parts)

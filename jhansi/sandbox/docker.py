@@ -1003,9 +1003,7 @@ class DockerBackend(Backend):
                         f"the sandbox's user (host uid {identity.host_uid}) cannot "
                         f"{'write' if write else 'read'} {source} (mounted at {mount.target})",
                         hint=f"Make it {'writable' if write else 'readable'} for that uid "
-                        f"(`chmod o+{'rwx' if write else 'rX'} {source}`)"
-                        + ("" if mount.read_only else ", or run without --rw")
-                        + ".",
+                        f"(`chmod o+{'rwx' if write else 'rX'} {source}`).",
                     )
 
     def prune(self) -> int:

@@ -80,6 +80,9 @@ class OpenSandbox:
     name: str
     home: Path
     ephemeral: bool
+    directory: Path | None = None
+    """The sandbox's own private directory (holds ``home``, and a ``--rw`` layer while a
+    run uses one); not mounted in the sandbox."""
 
 
 def _dir_size(path: Path) -> int:
@@ -167,7 +170,7 @@ class Workspace:
             if project is not None:
                 meta.setdefault("project", str(project))
             try:
-                yield OpenSandbox(name=name, home=home, ephemeral=False)
+                yield OpenSandbox(name=name, home=home, ephemeral=False, directory=directory)
             finally:
                 meta["last_used"] = now_rfc3339()
                 meta["runs"] = int(meta.get("runs", 0)) + 1
@@ -175,13 +178,18 @@ class Workspace:
 
     @contextlib.contextmanager
     def ephemeral(self) -> Iterator[OpenSandbox]:
-        """A throwaway home, deleted after the run."""
+        """A throwaway sandbox directory and home, deleted after the run."""
         ensure_private_dir(self.runtime)
-        home = Path(tempfile.mkdtemp(prefix="ephemeral-", dir=self.runtime))
+        directory = Path(tempfile.mkdtemp(prefix="ephemeral-", dir=self.runtime))
         try:
-            yield OpenSandbox(name=home.name, home=home, ephemeral=True)
+            # Traversable like a named sandbox's directory (a rootless engine's user
+            # reaches the home and layer inside); the home itself stays private.
+            directory.chmod(0o711)
+            home = directory / "home"
+            home.mkdir(mode=0o700)
+            yield OpenSandbox(name=directory.name, home=home, ephemeral=True, directory=directory)
         finally:
-            remove_tree(home)
+            remove_tree(directory)
 
     @contextlib.contextmanager
     def _locked(

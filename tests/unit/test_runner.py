@@ -141,25 +141,44 @@ def test_bad_env_is_refused(project: Path, tmp_path: Path, key: str) -> None:
         )
 
 
-def test_rw_and_files_changed(project: Path, tmp_path: Path) -> None:
-    def effect(home: Path) -> None:
-        (home / "counter").write_text("1")
-        (project / "out.txt").write_text("new")
-        (project / "sub" / "data.csv").write_text("changed,more\n")
+def test_rw_writes_a_layer_that_is_applied_after_the_run(project: Path, tmp_path: Path) -> None:
+    work: list[Path] = []
 
+    def effect(home: Path) -> None:
+        layer = work[0] = backend.specs[0].mounts[1].source
+        assert layer != project
+        assert not (project / "out.txt").exists()
+        (home / "counter").write_text("1")
+        (layer / "out.txt").write_text("new")
+        (layer / "sub" / "data.csv").write_text("changed,more\n")
+        (layer / "jhansi.toml").write_text("[sandbox]\npython = 'x'\n")
+        assert (layer / ".env").read_text() == ""  # a masked stand-in
+
+    work.append(project)
     backend = RecordingBackend(effect)
     result = _runner(backend, tmp_path).run(RunRequest(script=project / "main.py", rw=True))
-    assert not {m.target: m for m in backend.specs[0].mounts}["/work"].read_only
+    mount = {m.target: m for m in backend.specs[0].mounts}["/work"]
+    assert not mount.read_only
+    assert mount.owned
+    assert mount.source == work[0]
+    assert {m.target for m in backend.specs[0].mounts if m.kind == "empty"} >= {"/work/.env"}
     changes = {(c.area, c.path, c.change) for c in result.files_changed}
     assert changes == {
         (HOME, "counter", "added"),
         ("/work", "out.txt", "added"),
         ("/work", "sub/data.csv", "modified"),
+        ("/work", "jhansi.toml", "added"),
     }
     counter = next(c for c in result.files_changed if c.path == "counter")
     import blake3
 
     assert counter.blake3 == blake3.blake3(b"1").hexdigest()
+    assert (project / "out.txt").read_text() == "new"
+    assert (project / "sub" / "data.csv").read_text() == "changed,more\n"
+    assert not (project / "jhansi.toml").exists()
+    assert result.rw is not None
+    assert [o.path for o in result.rw.by("refused")] == ["jhansi.toml"]
+    assert not work[0].exists()  # applied: the staging copy is gone
 
 
 def test_named_sandbox_home_persists_and_ephemeral_does_not(project: Path, tmp_path: Path) -> None:
