@@ -1051,7 +1051,16 @@ class Runner:
 
         root = self._layer_dir(sandbox, run_id)
         try:
-            layer = make_layer(project, root, self._masked(project), progress=progress)
+            # As root, every backend runs the sandbox as another uid (1000, or a rootless
+            # engine's subordinate uid), to whom the copy is handed: it must not show
+            # what the read-only project would not.
+            layer = make_layer(
+                project,
+                root,
+                self._masked(project),
+                progress=progress,
+                others_only=os.getuid() == 0,
+            )
         except OSError as exc:
             from jhansi.sandbox.workspace import remove_tree
 

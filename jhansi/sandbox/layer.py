@@ -33,6 +33,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -130,31 +131,72 @@ def _lentry(name: str, dir_fd: int) -> Entry | None:
     return _entry(st, target)
 
 
-def _walk(
-    dir_fd: int, skip: frozenset[str] = frozenset(), prefix: str = ""
-) -> Iterator[tuple[str, Entry, int]]:
+#: Deeper than any real project; one descriptor is held per level while walking, and
+#: a sandbox that nests directories thousands deep must get an error, not a crash.
+MAX_DEPTH = 256
+
+
+def _walk(dir_fd: int, skip: AbstractSet[str] = frozenset()) -> Iterator[tuple[str, Entry, int]]:
     """Every entry under ``dir_fd`` (parents before children), with its parent's fd.
 
     Directories are opened with ``O_NOFOLLOW``: a symlink is an entry, never a way
-    in. Directories named in ``skip`` (masked: hidden whole) are listed, not entered.
+    in. Directories named in ``skip`` (masked: hidden whole) are listed, not entered;
+    ``skip`` is consulted after each directory is yielded, so a caller may add to it.
+    Iterative (a stack, not recursion), and past :data:`MAX_DEPTH` levels it raises
+    :class:`ApplyError` rather than exhaust the stack or the descriptors.
     """
-    with os.scandir(dir_fd) as scan:
-        names = sorted(e.name for e in scan)
-    for name in names:
-        entry = _lentry(name, dir_fd)
-        if entry is None:
-            continue
-        rel = prefix + name
-        yield rel, entry, dir_fd
-        if entry.kind == "dir" and rel not in skip:
+    # Each frame: (the directory's fd or None for the caller's, its prefix, names left).
+    stack: list[tuple[int, str, list[str]]] = []
+
+    def listing(fd: int) -> list[str]:
+        with os.scandir(fd) as scan:
+            return sorted((e.name for e in scan), reverse=True)
+
+    stack.append((dir_fd, "", listing(dir_fd)))
+    try:
+        while stack:
+            fd, prefix, names = stack[-1]
+            if not names:
+                stack.pop()
+                if fd != dir_fd:
+                    os.close(fd)
+                continue
+            name = names.pop()
+            entry = _lentry(name, fd)
+            if entry is None:
+                continue
+            rel = prefix + name
+            yield rel, entry, fd
+            if entry.kind != "dir" or rel in skip:
+                continue
+            if len(stack) >= MAX_DEPTH:
+                raise ApplyError(
+                    errno.ELOOP, f"{rel}: directories nest deeper than {MAX_DEPTH} levels"
+                )
             try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
             except OSError:
                 continue  # unreadable, or swapped since: its contents are not listed
             try:
-                yield from _walk(child, skip, rel + "/")
-            finally:
+                names_below = listing(child)
+            except OSError:
                 os.close(child)
+                continue
+            stack.append((child, rel + "/", names_below))
+    finally:
+        for fd, _, _ in stack:
+            if fd != dir_fd:
+                os.close(fd)
+
+
+def _others_can_read(entry: Entry) -> bool:
+    """Whether a uid that is neither owner nor in the group reads this entry (enters it,
+    for a directory). Symlinks carry no permissions of their own."""
+    if entry.kind == "dir":
+        return entry.mode & (stat.S_IROTH | stat.S_IXOTH) == (stat.S_IROTH | stat.S_IXOTH)
+    if entry.kind == "file":
+        return bool(entry.mode & stat.S_IROTH)
+    return True
 
 
 def _copy_data(src: int, dst: int) -> None:
@@ -199,15 +241,21 @@ def make_layer(
     masked: Iterable[Path],
     *,
     progress: Callable[[int, int], None] | None = None,
+    others_only: bool = False,
 ) -> Layer:
     """Copy ``project`` into the new directory ``root``; masked paths become stand-ins.
 
     Regular files are copied (never hard-linked), symlinks are recreated as
     symlinks, directories keep their mode; fifos, sockets and devices are left
     out. ``progress(files, bytes)`` is called about once a second.
+
+    ``others_only``: the sandbox runs as another host uid than jhansi (jhansi runs as
+    root). The copy is handed to that uid, so it would read files that the read-only
+    project would not show it: a file it could not read there (no read bit for
+    others), or a directory it could not enter, becomes a stand-in like a masked one.
     """
     started = time.monotonic()
-    masked_rel = frozenset(p.relative_to(project).as_posix() for p in masked)
+    hidden = {p.relative_to(project).as_posix() for p in masked}
     base: dict[str, Entry] = {}
     copied: dict[str, Entry] = {}
     root.mkdir(mode=0o700)
@@ -218,10 +266,12 @@ def make_layer(
     count = total = 0
     last = started
     try:
-        for rel, entry, src_parent in _walk(src_root, masked_rel):
+        for rel, entry, src_parent in _walk(src_root, hidden):
             parent_rel, _, name = rel.rpartition("/")
             dst_parent = dir_fds[parent_rel]
-            if rel in masked_rel:
+            if others_only and not _others_can_read(entry):
+                hidden.add(rel)  # before _walk would enter it
+            if rel in hidden:
                 if entry.kind == "dir":
                     os.mkdir(name, _STANDIN_DIR_MODE, dir_fd=dst_parent)
                 else:
@@ -265,6 +315,7 @@ def make_layer(
                 progress(count, total)
         for rel, mode in reversed(dir_modes):
             os.fchmod(dir_fds[rel], mode & 0o777)
+        masked_rel = frozenset(hidden)
         for rel, made, _ in _walk(dst_root, masked_rel):
             copied[rel] = made
     finally:
@@ -276,7 +327,7 @@ def make_layer(
         root=root,
         base=base,
         copied=copied,
-        masked=masked_rel,
+        masked=frozenset(hidden),
         files=count,
         bytes=total,
         seconds=time.monotonic() - started,
@@ -460,7 +511,7 @@ def _masked(layer: Layer, rel: str) -> bool:
 def refusal(layer: Layer, change: Change) -> str | None:
     """Why ``change`` is never applied, or ``None``."""
     if _masked(layer, change.path):
-        return "masked: the sandbox never sees it"
+        return "hidden from the sandbox (masked, or not readable by its user)"
     why = protected_reason(change.path)
     if why:
         return why

@@ -218,3 +218,47 @@ def test_copy_speed_is_reported(tmp_path: Path) -> None:
     assert layer.files == 2000
     assert layer.bytes == 2000 * 2048
     assert layer.seconds < 10
+
+
+def test_what_others_cannot_read_is_a_stand_in_when_the_sandbox_is_another_uid(
+    project: Path, tmp_path: Path
+) -> None:
+    # jhansi as root hands the copy to the sandbox's uid: a 0600 file (or a 0700
+    # directory) the read-only project would not show it must not be in the copy.
+    (project / "root-only.txt").write_text("ROOT ONLY")
+    (project / "root-only.txt").chmod(0o600)
+    (project / "private").mkdir()
+    (project / "private" / "inner.txt").write_text("INNER")
+    (project / "private").chmod(0o700)
+    layer = make_layer(project, tmp_path / "layer", [], others_only=True)
+    assert (layer.root / "root-only.txt").read_text() == ""
+    assert list((layer.root / "private").iterdir()) == []
+    assert (layer.root / "keep.txt").read_text() == "keep\n"
+    assert {"root-only.txt", "private"} <= layer.masked
+    # The sandbox writing them is never applied.
+    (layer.root / "root-only.txt").chmod(0o644)
+    (layer.root / "root-only.txt").write_text("overwritten")
+    outcomes = _apply(layer)
+    assert outcomes["root-only.txt"][0] == "refused"
+    assert (project / "root-only.txt").read_text() == "ROOT ONLY"
+    # Without others_only (the sandbox is the invoking user) they are copied as they are.
+    same_user = make_layer(project, tmp_path / "layer2", [])
+    assert (same_user.root / "root-only.txt").read_text() == "ROOT ONLY"
+
+
+def test_directories_nested_past_the_limit_are_an_error_not_a_crash(
+    project: Path, tmp_path: Path
+) -> None:
+    from jhansi.sandbox.layer import MAX_DEPTH
+
+    layer = _layer(project, tmp_path)
+    deep = layer.root
+    fd = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(MAX_DEPTH + 50):  # as a sandbox could, one level at a time
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(fd)
+    with pytest.raises(OSError, match="nest deeper"):
+        plan_changes(layer)
