@@ -17,7 +17,7 @@ def trust(
         Path | None,
         typer.Argument(
             metavar="[FILE]",
-            help="A jhansi.toml, or a pyproject.toml with [tool.jhansi] (default: the "
+            help="A jhansi.toml, or a pyproject.toml with a tool.jhansi table (default: the "
             "project configuration found from the current directory).",
         ),
     ] = None,
