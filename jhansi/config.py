@@ -108,9 +108,25 @@ def format_size(size: int) -> str:
 # -- the schema -----------------------------------------------------------------
 
 
+#: Trust classes: what an untrusted project file may do with a key (see :class:`Option`).
+NEEDS_TRUST: Final = "needs trust"
+"""Chooses what runs on the host or widens access: a project file must be trusted to
+set it to anything other than what the lower layers (defaults < user config) give."""
+TIGHTEN_ONLY: Final = "tighten only"
+"""Accepted from an untrusted project file when no looser than the lower layers' value."""
+ADDS_ONLY: Final = "adds only"
+"""A list every layer adds to (never replaces): accepted from anyone."""
+NEUTRAL: Final = "neutral"
+"""Picks among jhansi's own hardened choices: accepted from anyone."""
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
-    """One configuration key: its parser, default and the form shown in errors."""
+    """One configuration key: its parser, default, the form shown in errors, and its trust.
+
+    ``trust`` defaults to :data:`NEEDS_TRUST`, so a key added without a decision
+    is one a project file cannot widen (fail closed).
+    """
 
     parse: Callable[[object], Any]
     default: Any
@@ -118,6 +134,14 @@ class Option:
     doc: str
     from_string: Callable[[str], object] | None = None
     """How an environment variable's text becomes the raw value (default: as is)."""
+    trust: str = NEEDS_TRUST
+    """Its trust class: :data:`NEEDS_TRUST`, :data:`TIGHTEN_ONLY`, :data:`ADDS_ONLY` or
+    :data:`NEUTRAL`."""
+    tighter: Callable[[Any, Any], bool] | None = None
+    """For :data:`TIGHTEN_ONLY`: ``tighter(new, lower)`` is true when ``new`` is at
+    least as strict as ``lower``."""
+    trust_rule: str = ""
+    """For :data:`TIGHTEN_ONLY`: what counts as tighter, in words (the README's table)."""
 
 
 def _choice(*choices: str) -> Callable[[object], str]:
@@ -338,6 +362,38 @@ def _secret(value: object) -> SecretSettings:
     return SecretSettings(hosts, header, scheme)
 
 
+_SEVERITY_RANK: Final = {"ignore": 0, "warn": 1, "deny": 2}
+
+
+def _at_most(new: Any, lower: Any) -> bool:
+    return bool(new <= lower)
+
+
+def _at_least(new: Any, lower: Any) -> bool:
+    return bool(new >= lower)
+
+
+def _severity_tighter(new: Any, lower: Any) -> bool:
+    return _SEVERITY_RANK[new] >= _SEVERITY_RANK[lower]
+
+
+def _audit_tighter(new: Any, lower: Any) -> bool:
+    return bool(new) or not lower
+
+
+def _licenses_tighter(new: Any, lower: Any) -> bool:
+    """Deny at least what the lower layers deny, treat unknown at least as strictly, and
+    allow no licence they do not (an empty allow list means *any*, so it only narrows
+    an empty one)."""
+    if not set(lower.deny) <= set(new.deny):
+        return False
+    if _SEVERITY_RANK[new.unknown] < _SEVERITY_RANK[lower.unknown]:
+        return False
+    if lower.allow:
+        return bool(new.allow) and set(new.allow) <= set(lower.allow)
+    return True
+
+
 SCHEMA: Final[dict[str, dict[str, Option]]] = {
     "sandbox": {
         "backend": Option(
@@ -346,6 +402,7 @@ SCHEMA: Final[dict[str, dict[str, Option]]] = {
             "one of auto, docker, bwrap",
             "Which sandbox runs scripts: a Docker Engine API endpoint, bubblewrap, "
             "or auto (a reachable engine, else bubblewrap).",
+            trust=NEUTRAL,
         ),
         "engine_url": Option(
             _optional_string,
@@ -376,7 +433,7 @@ SCHEMA: Final[dict[str, dict[str, Option]]] = {
         "python": Option(
             _optional_path,
             None,
-            "the path of a Python interpreter",
+            "an absolute path, or a command name looked up on PATH, such as python3.12",
             "The interpreter for the bwrap backend (default: python3 on PATH).",
         ),
         "memory": Option(
@@ -384,36 +441,54 @@ SCHEMA: Final[dict[str, dict[str, Option]]] = {
             1 << 30,
             "a size such as 512m or 2g",
             "Memory limit of the sandbox.",
+            trust=TIGHTEN_ONLY,
+            tighter=_at_most,
+            trust_rule="lower or equal",
         ),
         "cpus": Option(
             _cpus,
             1.0,
             "a positive number of CPUs such as 1 or 0.5",
             "CPU limit of the sandbox.",
+            trust=TIGHTEN_ONLY,
+            tighter=_at_most,
+            trust_rule="lower or equal",
         ),
         "pids": Option(
             _positive_int,
             256,
             "a positive whole number",
             "Maximum number of processes and threads in the sandbox.",
+            trust=TIGHTEN_ONLY,
+            tighter=_at_most,
+            trust_rule="lower or equal",
         ),
         "tmp_size": Option(
             parse_size,
             256 << 20,
             "a size such as 256m",
             "Size cap of the sandbox's /tmp.",
+            trust=TIGHTEN_ONLY,
+            tighter=_at_most,
+            trust_rule="lower or equal",
         ),
         "timeout": Option(
             parse_duration,
             300.0,
             "a duration such as 300, 30s or 5m",
             "Wall-clock limit after which the whole sandbox is killed.",
+            trust=TIGHTEN_ONLY,
+            tighter=_at_most,
+            trust_rule="lower or equal",
         ),
         "output_limit": Option(
             parse_size,
             1 << 20,
             "a size such as 1m",
             "How much of each output stream (the tail) is kept for the result.",
+            trust=TIGHTEN_ONLY,
+            tighter=_at_most,
+            trust_rule="lower or equal",
         ),
         "mask": Option(
             _string_list,
@@ -422,6 +497,7 @@ SCHEMA: Final[dict[str, dict[str, Option]]] = {
             "Extra paths in the project that the sandbox must not see (added to the built-in "
             "list).",
             from_string=_split_commas,
+            trust=ADDS_ONLY,
         ),
     },
     "policy": {
@@ -448,30 +524,45 @@ SCHEMA: Final[dict[str, dict[str, Option]]] = {
             False,
             "true or false",
             "Refuse to run when no vulnerability source can be reached (default: warn).",
+            trust=TIGHTEN_ONLY,
+            tighter=_audit_tighter,
+            trust_rule="true, or false when the lower value is false",
         ),
         "vulnerabilities": Option(
             _severity("deny", "warn"),
             "deny",
             "deny or warn",
             "What a known vulnerability in a locked package is.",
+            trust=TIGHTEN_ONLY,
+            tighter=_severity_tighter,
+            trust_rule="deny > warn",
         ),
         "min_package_age_days": Option(
             _non_negative_int,
             30,
             "a whole number of days such as 30 (0 turns the check off)",
             "A package first released on the index fewer days ago than this is flagged.",
+            trust=TIGHTEN_ONLY,
+            tighter=_at_least,
+            trust_rule="higher or equal",
         ),
         "young_packages": Option(
             _severity("deny", "warn"),
             "deny",
             "deny or warn",
             "What a package younger than min_package_age_days is.",
+            trust=TIGHTEN_ONLY,
+            tighter=_severity_tighter,
+            trust_rule="deny > warn",
         ),
         "unpopular_packages": Option(
             _severity("deny", "warn", "ignore"),
             "warn",
             "deny, warn or ignore",
             "What a package outside the most downloaded PyPI projects is.",
+            trust=TIGHTEN_ONLY,
+            tighter=_severity_tighter,
+            trust_rule="deny > warn > ignore",
         ),
         "allow": Option(
             _string_list,
@@ -491,6 +582,10 @@ SCHEMA: Final[dict[str, dict[str, Option]]] = {
             LicensePolicy(),
             '{allow = ["MIT", "Apache-2.0"], deny = ["GPL-3.0-only"], unknown = "warn"}',
             "Licence rules, as SPDX ids; an expression passes if some choice passes.",
+            trust=TIGHTEN_ONLY,
+            tighter=_licenses_tighter,
+            trust_rule="deny a superset of the lower deny; unknown deny >= warn; allow any "
+            "list when the lower allow is empty, else a non-empty subset of it",
         ),
     },
     "network": {
@@ -529,16 +624,23 @@ SCHEMA: Final[dict[str, dict[str, Option]]] = {
 #: Environment variables that configure a key under a name of their own.
 ENV_ALIASES: Final[dict[str, tuple[str, str]]] = {"JHANSI_LEDGER": ("ledger", "path")}
 #: ``JHANSI_*`` variables that are not settings.
-ENV_NOT_SETTINGS: Final = frozenset({"JHANSI_HOME", "JHANSI_DEBUG", "JHANSI_PROMPT"})
-#: Keys whose value is a path, resolved against the directory of the file that set it.
+ENV_NOT_SETTINGS: Final = frozenset(
+    {"JHANSI_HOME", "JHANSI_DEBUG", "JHANSI_PROMPT", "JHANSI_CONFIG"}
+)
+#: Keys whose value is a data path, resolved against the directory of the file that set it.
 PATH_KEYS: Final = frozenset(
     {
         ("ledger", "path"),
-        ("sandbox", "python"),
         ("policy", "advisory_db"),
         ("network", "upstream_ca"),
     }
 )
+#: Keys whose value names a host executable. In a file it must be an absolute path or a
+#: bare command name (looked up on PATH when used): never a path relative to the file,
+#: which would let a checkout pick a program of its own by a name that looks harmless.
+#: From the environment or the command line a relative path is relative to the
+#: current directory, as a shell would take it.
+EXECUTABLE_KEYS: Final = frozenset({("sandbox", "python"), ("sandbox", "bwrap")})
 #: Sections whose keys are names chosen by the user (``[secrets.NAME]``), each a table.
 NAMED_SECTIONS: Final[dict[str, Option]] = {
     "secrets": Option(
@@ -618,6 +720,11 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
     """The configuration files that were read, lowest precedence first."""
+    provenance: tuple[ConfigFile, ...] = ()
+    """Each configuration file that applied, with its hash and trust (for the ledger)."""
+    refused: tuple[Refusal, ...] = ()
+    """Values of an untrusted project file that were left out (only when loaded with
+    ``strict=False``, as ``jhansi config show`` does; otherwise they are an error)."""
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """Every value by section and key, in the schema's order."""
@@ -634,6 +741,42 @@ class Settings:
             section: {key: plain(value) for key, value in keys.items()}
             for section, keys in self.as_dict().items()
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """One configuration file that applied to a run: where, which bytes, and its trust."""
+
+    path: Path
+    blake3: str
+    """The BLAKE3 of the exact bytes that were parsed."""
+    layer: str
+    """``user`` or ``project``."""
+    trusted: bool | None = None
+    """For a project file that sets keys needing trust: whether its content is trusted.
+    ``None`` when nothing in it needed trust (the trust store was not consulted)."""
+    needed_trust: tuple[str, ...] = ()
+    """The ``section.key`` names it set that needed trust."""
+
+    def as_record(self) -> dict[str, Any]:
+        """The ledger's form (``exec.start`` / ``exec.denied`` ``config`` list)."""
+        return {
+            "path": str(self.path),
+            "blake3": self.blake3,
+            "layer": self.layer,
+            "trusted": self.trusted,
+            "needed_trust": list(self.needed_trust),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A value an untrusted project file set and jhansi did not apply."""
+
+    file: Path
+    key: str
+    """``section.key`` (``secrets.NAME`` for a secret)."""
+    reason: str
 
 
 def plain(value: object) -> Any:
@@ -677,6 +820,10 @@ class Layer:
     """Directory that relative paths in this layer are resolved against."""
     file: Path | None = None
     """The configuration file this layer was read from, if any."""
+    kind: str = "other"
+    """``user`` or ``project`` for a file; a project file's values are checked for trust."""
+    digest: str | None = None
+    """The BLAKE3 of the file's bytes, as parsed."""
 
 
 def _default_section(cls: Any) -> Any:
@@ -687,14 +834,17 @@ def _default_section(cls: Any) -> Any:
 # -- loading --------------------------------------------------------------------
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_bytes(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise ConfigError(
             f"cannot read {path}: {exc.strerror or exc}",
             hint=f"Check that {path} exists and is readable.",
         ) from None
+
+
+def _parse_toml(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -709,6 +859,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"{path} is not valid TOML: {exc}",
             hint=f"Fix the TOML syntax in {path} (see https://toml.io).",
         ) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    return _parse_toml(path, _read_bytes(path))
+
+
+def digest(data: bytes) -> str:
+    """The BLAKE3 (hex) that identifies a configuration file's exact content."""
+    import blake3
+
+    return blake3.blake3(data).hexdigest()
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -752,31 +913,63 @@ def _flatten(table: Mapping[str, Any], where: str) -> dict[tuple[str, str], obje
     return flat
 
 
-def file_layer(path: Path, *, source: str, table: Mapping[str, Any] | None = None) -> Layer:
-    """A layer from a TOML file (or from ``table``, already read from it)."""
-    data = _read_toml(path) if table is None else table
-    return Layer(_flatten(data, str(path)), f"{source} ({path})", base_dir=path.parent, file=path)
+def file_layer(
+    path: Path,
+    *,
+    source: str,
+    table: Mapping[str, Any] | None = None,
+    raw: bytes | None = None,
+    kind: str = "user",
+) -> Layer:
+    """A layer from a TOML file (or from ``table``, already parsed from its bytes ``raw``).
+
+    ``kind="project"`` marks a file from the checkout: :func:`resolve` accepts its
+    values only as far as its trust allows. Its relative paths resolve against the
+    directory of the file's real path, the location that trust is keyed by.
+    """
+    if table is None or raw is None:
+        raw = _read_bytes(path)
+        table = _parse_toml(path, raw)
+        if kind == "project" and path.name == "pyproject.toml":
+            table = _tool_table(path, table) or {}
+    base = Path(os.path.realpath(path)).parent if kind == "project" else path.parent
+    return Layer(
+        _flatten(table, str(path)),
+        f"{source} ({path})",
+        base_dir=base,
+        file=path,
+        kind=kind,
+        digest=digest(raw),
+    )
 
 
-def find_project_config(start: Path) -> tuple[Path, Mapping[str, Any]] | None:
-    """The nearest project configuration at or above ``start``, with its jhansi table."""
+def _tool_table(pyproject: Path, data: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    tool = data.get("tool", {})
+    table = tool.get("jhansi") if isinstance(tool, dict) else None
+    if table is not None and not isinstance(table, dict):
+        raise ConfigError(
+            f"{pyproject}: tool.jhansi must be a table",
+            hint="Write it as [tool.jhansi.sandbox], [tool.jhansi.ledger], ...",
+        )
+    return table
+
+
+def find_project_config(start: Path) -> tuple[Path, Mapping[str, Any], bytes] | None:
+    """The nearest project configuration at or above ``start``: its path, its jhansi
+    table and the exact bytes that table was parsed from (what trust is keyed by)."""
     here = start.absolute()
     for directory in (here, *here.parents):
         candidate = directory / "jhansi.toml"
         if candidate.is_file():
-            return candidate, _read_toml(candidate)
+            raw = _read_bytes(candidate)
+            return candidate, _parse_toml(candidate, raw), raw
         pyproject = directory / "pyproject.toml"
         if pyproject.is_file():
-            tool = _read_toml(pyproject).get("tool", {})
-            table = tool.get("jhansi") if isinstance(tool, dict) else None
+            raw = _read_bytes(pyproject)
+            table = _tool_table(pyproject, _parse_toml(pyproject, raw))
             if table is None:
                 return None
-            if not isinstance(table, dict):
-                raise ConfigError(
-                    f"{pyproject}: tool.jhansi must be a table",
-                    hint="Write it as [tool.jhansi.sandbox], [tool.jhansi.ledger], ...",
-                )
-            return pyproject, table
+            return pyproject, table, raw
     return None
 
 
@@ -813,8 +1006,75 @@ def _env_source(layer: Layer, key: tuple[str, str]) -> str:
     return f"environment (JHANSI_{key[0].upper()}_{key[1].upper()})"
 
 
-def resolve(layers: list[Layer]) -> Settings:
-    """Apply ``layers`` (lowest precedence first) over the defaults and validate."""
+def _executable(value: str, layer: Layer, source: str, key: str) -> str:
+    """``[sandbox] python``/``bwrap`` as a path to run: see :data:`EXECUTABLE_KEYS`."""
+    if key == "bwrap" and value in ("auto", "system", "bundled"):
+        return value
+    if "/" not in value:
+        return value  # a command name, looked up on PATH when it is used
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if layer.file is not None:
+        raise ConfigError(
+            f"{source}: [sandbox] {key} = {value!r} is a relative path",
+            hint=f"Write an absolute path or a command name on PATH: executables are never "
+            f"resolved relative to {layer.file.name}.",
+        )
+    return str((Path.cwd() / path).absolute())
+
+
+def _loosens(option: Option | None, value: object, lower: object) -> str | None:
+    """Why an untrusted project file may not set ``value`` over ``lower`` (or ``None``)."""
+    if value == lower:
+        return None
+    trust = NEEDS_TRUST if option is None else option.trust
+    if trust in (NEUTRAL, ADDS_ONLY):
+        return None
+    if trust == TIGHTEN_ONLY and option is not None and option.tighter is not None:
+        if option.tighter(value, lower):
+            return None
+        return f"{display(value)} is looser than {display(lower)}"
+    if option is None:
+        return "binds a host secret to hosts"
+    return "chooses what runs on the host or widens access"
+
+
+def _trust_status(file: Path, content: str | None, paths: Paths | None) -> tuple[bool, str | None]:
+    """Whether the trust store holds ``file`` with exactly the content hashed as
+    ``content``; else when (if ever) another content of it was trusted."""
+    from jhansi.trust import lookup
+
+    entry = lookup(Path(os.path.realpath(file)), paths=paths)
+    if entry is None:
+        return False, None
+    if content is not None and entry.blake3 == content:
+        return True, None
+    return False, entry.trusted_at
+
+
+def _refusal_error(file: Path, keys: list[str], changed: str | None) -> ConfigError:
+    real = os.path.realpath(file)
+    why = (
+        f"it changed since it was trusted ({changed})" if changed else "its content is not trusted"
+    )
+    return ConfigError(
+        f"{file} sets {', '.join(keys)}, which need trust, and {why}",
+        hint=f"Review {real}, then trust it with: jhansi trust {real}",
+    )
+
+
+def resolve(layers: list[Layer], *, paths: Paths | None = None, strict: bool = True) -> Settings:
+    """Apply ``layers`` (lowest precedence first) over the defaults and validate.
+
+    A ``project`` layer may set a key whose trust class is not :data:`NEEDS_TRUST`
+    freely (within its tighten-only rule); a value that needs trust is applied only
+    when the trust store (under ``paths``) holds that file's exact bytes. Otherwise
+    the whole load is a :class:`ConfigError` naming the file, the keys and the
+    ``jhansi trust`` command; with ``strict=False`` the refused values are left out
+    and listed in :attr:`Settings.refused` instead (``jhansi config show``).
+    ``sandbox.mask`` from every layer adds to the masks below it.
+    """
     merged: dict[tuple[str, str], Any] = {}
     sources: dict[str, str] = {}
     for section, options in SCHEMA.items():
@@ -822,8 +1082,11 @@ def resolve(layers: list[Layer]) -> Settings:
             merged[(section, key)] = option.default
             sources[f"{section}.{key}"] = "default"
     files: list[Path] = []
+    provenance: list[ConfigFile] = []
+    refused: list[Refusal] = []
     secrets: dict[str, SecretSettings] = {}
     for layer in layers:
+        parsed: list[tuple[str, str, bool, Any, str]] = []
         for (section, key), raw in layer.values.items():
             named = section in NAMED_SECTIONS
             option = NAMED_SECTIONS[section] if named else SCHEMA[section][key]
@@ -839,16 +1102,58 @@ def resolve(layers: list[Layer]) -> Settings:
                     f"{source}: {where} is invalid{detail}: expected {option.expected}",
                     hint=f"Set {where.split(' =')[0]} to {option.expected}.",
                 ) from None
+            if (section, key) in EXECUTABLE_KEYS and value is not None:
+                value = _executable(value, layer, source, key)
+            elif (section, key) in PATH_KEYS and value is not None and layer.base_dir:
+                value = str((layer.base_dir / Path(value).expanduser()).absolute())
+            parsed.append((section, key, named, value, source))
+
+        skip: set[tuple[str, str]] = set()
+        trusted: bool | None = None
+        needed: list[str] = []
+        if layer.kind == "project" and layer.file is not None:
+            reasons: dict[tuple[str, str], str] = {}
+            for section, key, named, value, _ in parsed:
+                lower = secrets.get(key) if named else merged[(section, key)]
+                why = _loosens(None if named else SCHEMA[section][key], value, lower)
+                if why is not None:
+                    reasons[(section, key)] = why
+            needed = [f"{section}.{key}" for section, key in reasons]
+            if reasons:
+                trusted, changed = _trust_status(layer.file, layer.digest, paths)
+                if not trusted:
+                    if strict:
+                        raise _refusal_error(layer.file, needed, changed)
+                    skip = set(reasons)
+                    suffix = f" (changed since it was trusted {changed})" if changed else ""
+                    refused += [
+                        Refusal(layer.file, f"{s}.{k}", why + suffix)
+                        for (s, k), why in reasons.items()
+                    ]
+
+        for section, key, named, value, source in parsed:
+            if (section, key) in skip:
+                continue
             if named:
                 secrets[key] = value
                 sources[f"{section}.{key}"] = source
                 continue
-            if (section, key) in PATH_KEYS and value is not None and layer.base_dir:
-                value = str((layer.base_dir / Path(value).expanduser()).absolute())
+            if (section, key) == ("sandbox", "mask"):
+                value = tuple(dict.fromkeys((*merged[(section, key)], *value)))
             merged[(section, key)] = value
             sources[f"{section}.{key}"] = source
         if layer.file is not None:
             files.append(layer.file)
+            if layer.digest is not None:
+                provenance.append(
+                    ConfigFile(
+                        layer.file,
+                        layer.digest,
+                        "project" if layer.kind == "project" else "user",
+                        trusted,
+                        tuple(needed),
+                    )
+                )
 
     def section_values(name: str) -> dict[str, Any]:
         return {key: merged[(name, key)] for key in SCHEMA[name]}
@@ -861,6 +1166,8 @@ def resolve(layers: list[Layer]) -> Settings:
         secrets=secrets,
         sources=sources,
         files=tuple(files),
+        provenance=tuple(provenance),
+        refused=tuple(refused),
     )
 
 
@@ -870,19 +1177,38 @@ def load_settings(
     flags: Mapping[tuple[str, str], object] | None = None,
     environ: Mapping[str, str] | None = None,
     paths: Paths | None = None,
+    strict: bool = True,
 ) -> Settings:
-    """Load every layer for a command run from ``start`` (default: the current directory)."""
+    """Load every layer for a command run from ``start`` (default: the current directory).
+
+    The user layer is ``JHANSI_CONFIG`` when set (a file the caller controls, such as
+    a CI workflow's), else the user configuration file. A project file that needs
+    trust it lacks is a :class:`ConfigError` (see :func:`resolve`; ``strict=False``
+    reports it in :attr:`Settings.refused` instead).
+    """
     env = dict(os.environ if environ is None else environ)
     paths = paths or Paths.from_environment(env)
     layers: list[Layer] = []
-    user_file = paths.user_config_file
-    if user_file.is_file():
-        layers.append(file_layer(user_file, source="user config"))
+    named = env.get("JHANSI_CONFIG")
+    if named:
+        user_file = Path(named).expanduser().absolute()
+        if not user_file.is_file():
+            raise ConfigError(
+                f"JHANSI_CONFIG names {user_file}, which is not a file",
+                hint="Point JHANSI_CONFIG at a jhansi configuration file (TOML), or unset it.",
+            )
+        layers.append(file_layer(user_file, source="user config from JHANSI_CONFIG"))
+    else:
+        user_file = paths.user_config_file
+        if user_file.is_file():
+            layers.append(file_layer(user_file, source="user config"))
     project = find_project_config(start or Path.cwd())
     if project is not None:
-        path, table = project
-        layers.append(file_layer(path, source="project config", table=table))
+        path, table, raw = project
+        layers.append(
+            file_layer(path, source="project config", table=table, raw=raw, kind="project")
+        )
     layers.append(env_layer(env))
     if flags:
         layers.append(flag_layer(flags))
-    return resolve(layers)
+    return resolve(layers, paths=paths, strict=strict)

@@ -131,11 +131,13 @@ def start_body(
     sbom: bytes | None = None,
     secrets: list[dict[str, Any]] | None = None,
     egress: dict[str, Any] | None = None,
+    config: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """``exec.start``: written before the sandbox starts (a crash leaves it unpaired).
 
     ``secrets``: the names and hosts of the secrets bound (never a value); ``egress``:
-    the hosts the sandbox may reach through the proxy.
+    the hosts the sandbox may reach through the proxy; ``config``: the configuration
+    files that applied (:meth:`jhansi.config.ConfigFile.as_record`).
     """
     return {
         "run_id": run_id,
@@ -153,6 +155,7 @@ def start_body(
         "sbom": _blob(put, sbom) if sbom is not None else None,
         "secrets": secrets or [],
         "egress": egress,
+        "config": config or [],
     }
 
 
@@ -192,8 +195,11 @@ def denied_body(
     error: JhansiError,
     deps: Dependencies | None,
     put: PutBlob,
+    *,
+    config: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """``exec.denied``: a refusal (bad input, unresolved import, policy …), with why."""
+    """``exec.denied``: a refusal (bad input, unresolved import, policy …), with why, and
+    the configuration files that applied (``config``, as in ``exec.start``)."""
     body: dict[str, Any] = {
         "run_id": run_id,
         **who(),
@@ -213,6 +219,7 @@ def denied_body(
         },
         "dependencies": dependency_fields(deps, put),
         "policy": policy_fields(deps),
+        "config": config or [],
     }
     if deps is not None and deps.plan.unresolved:
         body["unresolved"] = [

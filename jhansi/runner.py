@@ -478,7 +478,15 @@ class Runner:
 
                 ledger.append(
                     "exec.denied",
-                    denied_body(request, run_id, script, refusal, deps, ledger.put_blob),
+                    denied_body(
+                        request,
+                        run_id,
+                        script,
+                        refusal,
+                        deps,
+                        ledger.put_blob,
+                        config=[f.as_record() for f in self.settings.provenance],
+                    ),
                 )
                 ledger.checkpoint()
             raise
@@ -993,6 +1001,7 @@ class Runner:
                         sbom=sbom,
                         secrets=egress.secrets() if egress else [],
                         egress=egress.record() if egress else None,
+                        config=[f.as_record() for f in self.settings.provenance],
                     ),
                 )
             except BaseException:

@@ -18,6 +18,7 @@ from jhansi.cli import mcp as mcp_cmd
 from jhansi.cli import run as run_cmd
 from jhansi.cli import sandbox as sandbox_cmd
 from jhansi.cli import secret as secret_cmd
+from jhansi.cli import trust as trust_cmd
 from jhansi.cli._state import CliState
 
 app = typer.Typer(
@@ -73,5 +74,6 @@ app.command(name="doctor")(doctor_cmd.doctor)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(ledger_cmd.app, name="ledger")
 app.add_typer(secret_cmd.app, name="secret")
+app.command(name="trust")(trust_cmd.trust)
 app.command(name="mcp")(mcp_cmd.mcp)
 app.add_typer(helper_cmd.app, name="helper")

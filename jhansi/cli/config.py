@@ -30,8 +30,11 @@ def show(
     from jhansi.config import display, format_size, load_settings
 
     ctx.ensure_object(CliState).json = json_output
-    settings = load_settings(start=project)
+    # An untrusted project file is shown, not refused: what it sets that needs trust
+    # is listed as left out, with why, and the effective values are those without it.
+    settings = load_settings(start=project, strict=False)
     values = settings.as_dict()
+    refused = [{"file": str(r.file), "key": r.key, "reason": r.reason} for r in settings.refused]
     if json_output:
         print_json(
             {
@@ -39,6 +42,8 @@ def show(
                 "settings": settings.as_json(),
                 "sources": dict(settings.sources),
                 "files": [str(f) for f in settings.files],
+                "config": [f.as_record() for f in settings.provenance],
+                "refused": refused,
             }
         )
         return
@@ -59,4 +64,14 @@ def show(
             table.add_row(
                 f"{section}.{key}", escape(shown), escape(settings.sources[f"{section}.{key}"])
             )
-    stdout_console().print(table)
+    console = stdout_console()
+    console.print(table)
+    if settings.refused:
+        console.print("[bold]not applied (the project file is not trusted):[/]")
+        for r in settings.refused:
+            console.print(f"  {escape(r.key)} from {escape(str(r.file))}: {escape(r.reason)}")
+        real = {str(r.file) for r in settings.refused}
+        for name in sorted(real):
+            console.print(
+                f"[bold]hint:[/] review {escape(name)}, then: jhansi trust {escape(name)}"
+            )

@@ -436,7 +436,13 @@ def _interpreter_at(real: str, cache_dir: Path | None) -> Interpreter:
 
 def probe_interpreter(path: str, cache_dir: Path | None = None) -> Interpreter:
     """The interpreter that ``path`` runs: its real path, version, prefixes and site
-    directories (asked once per process)."""
+    directories (asked once per process). A bare command name (``python3.12``) is looked
+    up on PATH, never taken relative to the current directory."""
+    if "/" not in path:
+        found = shutil.which(path)
+        if not found:
+            raise SandboxError(f"no {path} on PATH for the bwrap backend", hint=PYTHON_HINT)
+        path = found
     return _interpreter_at(resolve_python(path, cache_dir), cache_dir)
 
 

@@ -286,6 +286,25 @@ def test_invalid_inputs_fail_before_running(runner: Runner, workspace: Path) -> 
     assert "did you mean 'vulnerabilities'" in result.log
 
 
+def test_the_pull_requests_config_only_tightens_and_the_policy_file_opts_in(
+    runner: Runner, workspace: Path
+) -> None:
+    """The runner's trust store is empty: a checked-out jhansi.toml that widens access
+    fails the run (exit 2, the keys named); the same value from policy-file, which the
+    workflow author controls, is the user layer and needs no trust."""
+    (workspace / "hello.py").write_text("print('hi')\n")
+    (workspace / "jhansi.toml").write_text(
+        '[network]\nallow = ["example.org"]\n[sandbox]\ntimeout = "60s"\n'
+    )
+    result = runner.run({"script": "hello.py"}, install=INSTALLED)
+    assert result.exit_code == 2, result.log
+    assert "network.allow" in result.log
+    assert "jhansi trust" in result.log
+    (workspace / "ci.toml").write_text('[network]\nallow = ["example.org"]\n')
+    result = runner.run({"script": "hello.py", "policy-file": "ci.toml"}, install=INSTALLED)
+    assert result.exit_code == 0, result.log
+
+
 VULNERABLE = """\
 # /// script
 # dependencies = ["requests==2.19.1"]

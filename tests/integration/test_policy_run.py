@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from jhansi.trust import trust
 from tests.conftest import run_jhansi
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +50,7 @@ def _project(root: Path, policy: str = "") -> Path:
     (root / "jhansi.toml").write_text(
         f'[sandbox]\nbackend = "bwrap"\n[policy]\nadvisory_db = "osv"\n{policy}'
     )
+    trust(root / "jhansi.toml")  # the project chooses the advisory data: the user trusts it
     (root / "vulnerable.py").write_text(VULNERABLE)
     (root / "clean.py").write_text(CLEAN)
     return root
@@ -217,6 +219,7 @@ def test_pip_audit_path_against_a_loopback_osv_server_finds_the_same(
     project = _project(tmp_path / "p")
     online = '[policy]\nvulnerability_service = "osv"\n'
     (project / "jhansi.toml").write_text('[sandbox]\nbackend = "bwrap"\n' + online)
+    trust(project / "jhansi.toml")
     with serve_osv(project / "osv") as url:
         by_env = run_jhansi(
             "check", "--json", "vulnerable.py", cwd=project, env={"PIP_AUDIT_OSV_URL": url}
@@ -224,6 +227,7 @@ def test_pip_audit_path_against_a_loopback_osv_server_finds_the_same(
         (project / "jhansi.toml").write_text(
             '[sandbox]\nbackend = "bwrap"\n' + online + f'osv_url = "{url}"\n'
         )
+        trust(project / "jhansi.toml")
         by_config = run_jhansi("check", "--json", "vulnerable.py", cwd=project)
     for proc in (by_env, by_config):
         assert proc.returncode == 3, proc.stderr

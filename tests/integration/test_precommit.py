@@ -113,6 +113,11 @@ def project(
     (root / "jhansi.toml").write_text(
         f'[sandbox]\nbackend = "bwrap"\n[policy]\nadvisory_db = "{ADVISORIES}"\n'
     )
+    # Hooks run on the developer's machine, with their trust store: the advisory data a
+    # project file chooses needs `jhansi trust` once (same JHANSI_HOME as the hooks').
+    from jhansi.trust import trust
+
+    trust(root / "jhansi.toml")
     env = {
         **os.environ,
         **GIT_ENV,

@@ -9,6 +9,7 @@ import pytest
 from jhansi.config import load_settings, parse_duration, parse_size
 from jhansi.errors import ConfigError, ExitCode
 from jhansi.paths import Paths
+from jhansi.trust import trust
 
 
 def _paths(home: Path) -> Paths:
@@ -37,6 +38,7 @@ def test_layers_apply_in_order_and_record_their_source(tmp_path: Path) -> None:
     (project / "jhansi.toml").write_text(
         '[sandbox]\npids = 50\ncpus = 0.5\n[ledger]\npath = "led"\n'
     )
+    trust(project / "jhansi.toml", paths=paths)  # its ledger.path needs trust
     settings = load_settings(
         start=project / "sub",
         environ={"JHANSI_SANDBOX_CPUS": "1.5", "JHANSI_REQUIRE_ENGINES": "1"},
@@ -167,7 +169,9 @@ def test_policy_network_and_secrets_sections(tmp_path: Path) -> None:
         'hosts = ["api.example.com"]\n'
         'header = "Authorization"\n'
     )
-    settings = load_settings(start=project, environ={}, paths=_paths(tmp_path / "h"))
+    paths = _paths(tmp_path / "h")
+    trust(project / "jhansi.toml", paths=paths)  # network, secrets and policy data need it
+    settings = load_settings(start=project, environ={}, paths=paths)
     policy = settings.policy
     assert policy.advisory_db == str(project / "osv")  # relative to the file that set it
     assert policy.min_package_age_days == 0

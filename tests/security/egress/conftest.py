@@ -266,6 +266,9 @@ def scenario(request: pytest.FixtureRequest) -> Iterator[Scenario]:
         env.update({KEY_NAME: found.key, OTHER_NAME: found.other, CANARY_NAME: found.canary})
         for project, loopback in (("loopback", True), ("strict", False)):
             _write_project(base / project, servers, upstream_ca, loopback=loopback)
+            # Its network and secret keys need trust: the user gives it, as a user would.
+            trusted = run_cli("trust", str(base / project / "jhansi.toml"), env=env, cwd=base)
+            assert trusted.returncode == 0, trusted.stderr
         flags = (
             "--sandbox",
             SANDBOX,

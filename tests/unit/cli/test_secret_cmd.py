@@ -172,6 +172,7 @@ def test_ls_shows_the_hosts_bound_in_config_and_never_a_value(
         '[secrets.NOWHERE]\nhosts = ["api.example.org"]\n'
     )
     monkeypatch.chdir(project)
+    assert cli("trust").code == 0  # a project's [secrets.NAME] binds host secrets: trusted
     monkeypatch.setenv("FROM_ENV", VALUE + "-env")
     with_stdin(monkeypatch, VALUE + "\n")
     assert cli("secret", "set", "GH_TOKEN").code == 0

@@ -1,0 +1,222 @@
+"""Which project configuration files the user trusts: ``jhansi trust``.
+
+A project file (``jhansi.toml``, ``[tool.jhansi]`` in ``pyproject.toml``) comes
+with the checkout, from whoever wrote it. Its values that choose host
+executables or widen access apply only when the user has trusted that exact
+content, as direnv, mise and VS Code do. The store maps each file's real
+absolute path to the BLAKE3 of the bytes that were trusted: any change to the
+file (one byte) makes it untrusted again.
+
+The store is ``trusted-configs.json`` in the user's data directory, mode 0600,
+replaced atomically (written beside it, then renamed) under a lock, so that a
+crash or two concurrent ``jhansi trust`` never leave it half-written. It is read
+only when a project file sets something that needs trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from jhansi.errors import ConfigError
+from jhansi.paths import Paths, ensure_private_dir
+
+STORE_NAME: Final = "trusted-configs.json"
+_VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TrustEntry:
+    """One trusted file: its real path, the BLAKE3 of the trusted bytes, and when."""
+
+    path: Path
+    blake3: str
+    trusted_at: str
+    """UTC time of ``jhansi trust``, ISO 8601."""
+
+    def as_dict(self) -> dict[str, str]:
+        """JSON form (``jhansi trust --list --json``)."""
+        return {"path": str(self.path), "blake3": self.blake3, "trusted_at": self.trusted_at}
+
+
+@dataclass(frozen=True, slots=True)
+class Trusted:
+    """What :func:`trust` recorded, and what the file sets that needs trust."""
+
+    entry: TrustEntry
+    needs_trust: tuple[str, ...]
+    """The ``section.key`` names it sets whose class is *needs trust* (``secrets.NAME``
+    for a secret)."""
+    tighten_only: tuple[str, ...]
+    """The tighten-only keys it sets (which trust lets it loosen too)."""
+
+
+def store_path(paths: Paths | None = None) -> Path:
+    """Where the trust store lives."""
+    return (paths or Paths.from_environment()).data / STORE_NAME
+
+
+def _read(path: Path) -> dict[str, TrustEntry]:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot read the trust store {path}: {exc}",
+            hint=f"Remove {path} and trust your project files again (jhansi trust FILE).",
+        ) from None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        raise ConfigError(
+            f"the trust store {path} is not one jhansi wrote",
+            hint=f"Remove {path} and trust your project files again (jhansi trust FILE).",
+        )
+    entries: dict[str, TrustEntry] = {}
+    for key, value in files.items():
+        if isinstance(value, dict) and isinstance(value.get("blake3"), str):
+            entries[key] = TrustEntry(Path(key), value["blake3"], str(value.get("trusted_at", "")))
+    return entries
+
+
+def _write(path: Path, entries: dict[str, TrustEntry]) -> None:
+    body: dict[str, Any] = {
+        "version": _VERSION,
+        "files": {
+            key: {"blake3": e.blake3, "trusted_at": e.trusted_at}
+            for key, e in sorted(entries.items())
+        },
+    }
+    data = (json.dumps(body, indent=2) + "\n").encode()
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temp.replace(path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _locked(paths: Paths | None) -> Iterator[Path]:
+    import fcntl
+
+    path = store_path(paths)
+    ensure_private_dir(path.parent)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)
+
+
+def real_path(file: Path) -> Path:
+    """The key a file is trusted under: its real absolute path (links resolved)."""
+    return Path(os.path.realpath(file))
+
+
+def lookup(file: Path, *, paths: Paths | None = None) -> TrustEntry | None:
+    """The trust entry for the file at real path ``file``, whatever content it was for."""
+    return _read(store_path(paths)).get(str(file))
+
+
+def entries(paths: Paths | None = None) -> list[TrustEntry]:
+    """Every trusted file, by path."""
+    return sorted(_read(store_path(paths)).values(), key=lambda e: str(e.path))
+
+
+def _config_table(file: Path, raw: bytes) -> dict[str, Any]:
+    from jhansi.config import _parse_toml, _tool_table
+
+    data = _parse_toml(file, raw)
+    if file.name == "pyproject.toml":
+        table = _tool_table(file, data)
+        if table is None:
+            raise ConfigError(
+                f"{file} has no [tool.jhansi] table",
+                hint="Trust the file that configures jhansi: a jhansi.toml, or a "
+                "pyproject.toml with [tool.jhansi].",
+            )
+        return dict(table)
+    return data
+
+
+def classify(file: Path, raw: bytes) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The keys ``raw`` (the bytes of ``file``) sets that need trust, and its
+    tighten-only keys; a file that is not valid configuration is a ConfigError."""
+    from jhansi.config import NAMED_SECTIONS, NEEDS_TRUST, SCHEMA, TIGHTEN_ONLY, _flatten
+
+    flat = _flatten(_config_table(file, raw), str(file))
+    needs: list[str] = []
+    tighten: list[str] = []
+    for section, key in flat:
+        if section in NAMED_SECTIONS or SCHEMA[section][key].trust == NEEDS_TRUST:
+            needs.append(f"{section}.{key}")
+        elif SCHEMA[section][key].trust == TIGHTEN_ONLY:
+            tighten.append(f"{section}.{key}")
+    return tuple(needs), tuple(tighten)
+
+
+def trust(file: Path, *, paths: Paths | None = None) -> Trusted:
+    """Record the exact content of ``file`` as trusted (replacing an older entry).
+
+    The file is read once: the bytes that are hashed are the bytes that were
+    checked to be valid jhansi configuration.
+    """
+    from jhansi.config import _read_bytes, digest, file_layer, resolve
+
+    real = real_path(file)
+    if not real.is_file():
+        raise ConfigError(
+            f"{file} is not a file",
+            hint="Give the path of a jhansi.toml or of a pyproject.toml with [tool.jhansi].",
+        )
+    raw = _read_bytes(real)
+    needs, tighten = classify(real, raw)
+    table = _config_table(real, raw)
+    # Values must be valid (a typo is an error now, not at the next run).
+    resolve([file_layer(real, source="trusted file", table=table, raw=raw)])
+    now = datetime.now(UTC).replace(microsecond=0).isoformat()
+    entry = TrustEntry(real, digest(raw), now)
+    with _locked(paths) as store:
+        current = _read(store)
+        current[str(real)] = entry
+        _write(store, current)
+    return Trusted(entry, needs, tighten)
+
+
+def revoke(file: Path, *, paths: Paths | None = None) -> TrustEntry | None:
+    """Forget ``file`` (by its real path, or the path it was trusted under if it is
+    gone); the entry removed, or ``None`` if it was not trusted."""
+    keys = {str(real_path(file)), str(file.absolute())}
+    with _locked(paths) as store:
+        current = _read(store)
+        removed = next((current.pop(k) for k in list(keys) if k in current), None)
+        if removed is not None:
+            _write(store, current)
+    return removed
+
+
+def project_file(start: Path) -> Path:
+    """The project configuration file jhansi reads for ``start`` (what ``jhansi trust``
+    trusts when no file is named)."""
+    from jhansi.config import find_project_config
+
+    found = find_project_config(start)
+    if found is None:
+        raise ConfigError(
+            f"no jhansi.toml or pyproject.toml with [tool.jhansi] at or above {start}",
+            hint="Name the file to trust: jhansi trust path/to/jhansi.toml",
+        )
+    return found[0]
