@@ -139,8 +139,10 @@ class Staging:
 
     def __init__(self) -> None:
         self._lib = _lib()  # dlopen before fork: the child only calls
-        # A fresh name in the sticky /tmp: only root can rename or remove it.
-        self.directory = Path(tempfile.mkdtemp(prefix="jhansi-stage-"))
+        # A fresh name in the sticky /tmp (not TMPDIR, which may be private: the
+        # unprivileged bwrap must traverse it): only root can rename or remove it.
+        base = next((p for p in ("/tmp", "/var/tmp") if Path(p).is_dir()), None)  # noqa: S108
+        self.directory = Path(tempfile.mkdtemp(prefix="jhansi-stage-", dir=base))
         self._sources: list[tuple[Source, int]] = []
         self._fds: list[int] = []
 
