@@ -1169,6 +1169,24 @@ def _hand_over(path: Path, user: HostUser) -> None:
     hand_over(path, user.uid, user.gid)
 
 
+def _check_writable(path: Path, user: HostUser) -> None:
+    """Refuse a writable bind the sandbox's (unprivileged) host uid could not write anyway."""
+    st = path.stat()
+    if st.st_uid == user.uid:
+        ok = bool(st.st_mode & 0o200)
+    elif st.st_gid == user.gid:
+        ok = bool(st.st_mode & 0o020)
+    else:
+        ok = bool(st.st_mode & 0o002)
+    if not ok:
+        raise SandboxError(
+            f"the sandbox runs as host uid {user.uid} (jhansi runs as root, and the sandbox is "
+            f"never root), which cannot write {path}",
+            hint="Run without --rw (write to the sandbox home instead), or run jhansi as the "
+            "user who owns the project.",
+        )
+
+
 def _preexec(limits: RunLimits, staging: Staging | None, user: HostUser) -> Callable[[], None]:
     """What the child does between fork and exec: cgroup and rlimits, then (as root) the
     pinned sources and the drop to ``user``, in that order (joining the cgroup and
@@ -1401,6 +1419,8 @@ class BwrapBackend(Backend):
         for mount in spec.mounts:
             if mount.owned:
                 _hand_over(mount.source, user)
+            elif mount.kind == "bind" and not mount.read_only and user.drop:
+                _check_writable(mount.source, user)
         limits = plan_limits(spec.limits, spec.run_id)
         staging: Staging | None = None
         try:
