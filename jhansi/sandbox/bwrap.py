@@ -40,12 +40,13 @@ import re
 import selectors
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
@@ -63,6 +64,7 @@ from jhansi.sandbox.interface import (
     ExecResult,
     ExecStatus,
     Limits,
+    Mount,
     OutputSink,
     SandboxSpec,
     Stream,
@@ -1169,21 +1171,60 @@ def _hand_over(path: Path, user: HostUser) -> None:
     hand_over(path, user.uid, user.gid)
 
 
-def _check_writable(path: Path, user: HostUser) -> None:
-    """Refuse a writable bind the sandbox's (unprivileged) host uid could not write anyway."""
-    st = path.stat()
+def _searchable(st: os.stat_result, user: HostUser) -> bool:
     if st.st_uid == user.uid:
-        ok = bool(st.st_mode & 0o200)
-    elif st.st_gid == user.gid:
-        ok = bool(st.st_mode & 0o020)
-    else:
-        ok = bool(st.st_mode & 0o002)
-    if not ok:
+        return bool(st.st_mode & 0o100)
+    if st.st_gid == user.gid:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
+
+
+def _reachable(mount: Mount, spec: SandboxSpec, user: HostUser) -> bool:
+    """Whether the sandbox's host uid can reach an ``empty`` (mask) mount's target at all.
+
+    A mask below a directory that uid cannot search (a root-only directory in the
+    project) hides nothing the sandbox could see, and unprivileged bwrap could not
+    make it: it is left out. Every other mount is kept.
+    """
+    if mount.kind != "empty":
+        return True
+    binds = [m for m in spec.mounts if m.kind == "bind" and _under(mount.target, m.target)]
+    if not binds:
+        return True
+    outer = max(binds, key=lambda m: len(m.target))
+    try:
+        relative = mount.source.relative_to(outer.source)
+    except ValueError:
+        return True
+    directory = outer.source
+    for part in ("", *relative.parts[:-1]):
+        directory = directory / part if part else directory
+        try:
+            if not _searchable(directory.lstat(), user):
+                return False
+        except OSError:
+            return True
+    return True
+
+
+def _check_usable(path: Path, user: HostUser, *, write: bool) -> None:
+    """Refuse a bind the sandbox's (unprivileged) host uid could not use anyway: a project
+    it cannot read (or, writable, write), said plainly rather than as bwrap's chdir error."""
+    st = path.stat()
+    shift = 6 if st.st_uid == user.uid else 3 if st.st_gid == user.gid else 0
+    bits = (st.st_mode >> shift) & 0o7
+    wanted = 0o4 | (0o1 if stat.S_ISDIR(st.st_mode) else 0) | (0o2 if write else 0)
+    if bits & wanted != wanted:
+        what = "read and write" if write else "read"
         raise SandboxError(
             f"the sandbox runs as host uid {user.uid} (jhansi runs as root, and the sandbox is "
-            f"never root), which cannot write {path}",
-            hint="Run without --rw (write to the sandbox home instead), or run jhansi as the "
-            "user who owns the project.",
+            f"never root), which cannot {what} {path} (mode {stat.S_IMODE(st.st_mode):o})",
+            hint=(
+                f"Let it through (`chmod o+{'rwX' if write else 'rX'} {path}`), "
+                if not write
+                else "Run without --rw (write to the sandbox home instead), "
+            )
+            + "or run jhansi as the user who owns it.",
         )
 
 
@@ -1419,8 +1460,10 @@ class BwrapBackend(Backend):
         for mount in spec.mounts:
             if mount.owned:
                 _hand_over(mount.source, user)
-            elif mount.kind == "bind" and not mount.read_only and user.drop:
-                _check_writable(mount.source, user)
+            elif mount.kind == "bind" and user.drop:
+                _check_usable(mount.source, user, write=not mount.read_only)
+        if user.drop:
+            spec = replace(spec, mounts=tuple(m for m in spec.mounts if _reachable(m, spec, user)))
         limits = plan_limits(spec.limits, spec.run_id)
         staging: Staging | None = None
         try:
