@@ -86,7 +86,14 @@ def private_dir(path: str, *, create: bool) -> bool:
                 return False
     try:
         st = os.lstat(path)
+        up = os.stat(os.path.dirname(path) or ".")
     except OSError:
+        return False
+    # Whoever may rename entries of the parent could swap this directory for one of
+    # theirs after the check (another user who made /tmp/jhansi-<uid> first): the
+    # parent must be this user's or root's, and writable by nobody else unless sticky.
+    writable = up.st_mode & 0o002 or (up.st_mode & 0o020 and up.st_gid != os.getgid())
+    if up.st_uid not in (0, os.getuid()) or (writable and not up.st_mode & stat.S_ISVTX):
         return False
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 

@@ -15,10 +15,16 @@ finally the root itself remounted read-only. Every namespace is new (only
 loopback networking), all capabilities are dropped, ``no_new_privs`` is set by
 bwrap, nested user namespaces are refused where bwrap can do so, and a seccomp
 filter denies the kernel keyring (the user's session keyring is inherited) and
-a few syscalls container runtimes deny too. ``/proc`` is read-only: when
-jhansi runs as root, bwrap maps the sandbox user to host uid 0, which the
-kernel lets write global sysctls by file mode alone. Limits come from
-:mod:`jhansi.sandbox.limits`.
+a few syscalls container runtimes deny too. ``/proc`` is read-only. Limits come
+from :mod:`jhansi.sandbox.limits`.
+
+The sandbox is never host root: when jhansi runs as root, the child drops to
+:data:`~jhansi.sandbox.interface.ROOT_SANDBOX_HOST_UID` (the host uid rootful
+Docker gives the sandbox too) before bwrap runs, and bwrap makes the user
+namespace unprivileged; the mount sources are then bound from descriptors
+(:mod:`jhansi.sandbox.sources`). Run by another user, the sandbox is that user.
+The sandbox's own directories (``Mount.owned``) are handed to that host uid
+before every run (:func:`jhansi.sandbox.ownership.hand_over`).
 
 bwrap's options travel through a memfd (``--args``), not the command line, so
 that the environment given to the sandbox is not visible in ``ps`` to other
@@ -34,12 +40,13 @@ import re
 import selectors
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
@@ -49,12 +56,15 @@ from jhansi.sandbox.interface import (
     GATE_FD,
     HOME,
     PYTHON,
+    ROOT_SANDBOX_HOST_GID,
+    ROOT_SANDBOX_HOST_UID,
     SANDBOX_USER,
     Backend,
     BackendInfo,
     ExecResult,
     ExecStatus,
     Limits,
+    Mount,
     OutputSink,
     SandboxSpec,
     Stream,
@@ -64,7 +74,9 @@ from jhansi.sandbox.interface import (
     without_gate,
 )
 from jhansi.sandbox.limits import RunLimits, plan_limits, prune_cgroups
+from jhansi.sandbox.ownership import hand_over
 from jhansi.sandbox.probe import binary_key, cached
+from jhansi.sandbox.sources import Staging, check_own
 
 if TYPE_CHECKING:
     from jhansi.deps.target import Target
@@ -658,6 +670,12 @@ TMP = "/tmp"  # noqa: S108 (inside the sandbox: its own size-capped tmpfs)
 SHM = "/dev/shm"  # noqa: S108 (likewise)
 SHM_MAX = 64 << 20
 DataFd = Callable[[bytes], int]
+#: What bwrap binds for a host path (``own``: a sandbox's own directory, never a link).
+BindSource = Callable[[str, bool], str]
+
+
+def _same_path(path: str, _own: bool) -> str:
+    return path
 
 
 def shm_size(limits: Limits) -> int:
@@ -745,11 +763,13 @@ def build_options(
     data: DataFd,
     *,
     seccomp: bytes | None = None,
+    source: BindSource = _same_path,
 ) -> list[str]:
     """bwrap's options for ``spec`` (everything before the command).
 
     ``data(content)`` returns a file descriptor the child will read ``content``
-    from (``--ro-bind-data``, ``--seccomp``).
+    from (``--ro-bind-data``, ``--seccomp``); ``source(path, own)`` the path bwrap
+    binds for a host path (a pinned stand-in: see :meth:`BwrapBackend.run`).
     """
 
     def perms(mode: str) -> list[str]:
@@ -771,7 +791,7 @@ def build_options(
     for target, path in root.symlinks:
         args += ["--symlink", target, path]
     for path in root.binds:
-        args += ["--ro-bind", path, path]
+        args += ["--ro-bind", source(path, False), path]
     for path in root.masks:
         args += [*perms("0555"), "--tmpfs", path, "--remount-ro", path]
     args += [*perms("0644"), "--ro-bind-data", str(data(passwd_file(spec.uid, spec.gid)))]
@@ -779,10 +799,9 @@ def build_options(
     args += [*perms("0644"), "--ro-bind-data", str(data(group_file(spec.gid))), "/etc/group"]
     args += [*perms("0644"), "--ro-bind-data", str(data(hosts_file())), "/etc/hosts"]
     # Kernel filesystems; the only writable tmpfs are size-capped.
-    # /proc read-only: a sandbox of jhansi running as root is host uid 0 to the
-    # kernel, which lets uid 0 write global sysctls (kernel.core_pattern!) by
-    # file mode alone; bwrap covers /proc/sys only when the directory itself is
-    # writable, which it is not.
+    # /proc read-only: a sandbox whose host uid is 0 (never jhansi's own choice:
+    # see BwrapBackend.run) could write global sysctls by file mode alone; bwrap
+    # covers /proc/sys only when the directory itself is writable, which it is not.
     args += ["--proc", "/proc"]
     for path, is_dir in root.proc_masks:
         if is_dir:
@@ -795,12 +814,13 @@ def build_options(
     args += [*size(spec.limits.tmp_size), *perms("1777"), "--tmpfs", TMP]
     for mount in spec.mounts:
         if mount.kind == "bind":
-            args += ["--ro-bind" if mount.read_only else "--bind", str(mount.source), mount.target]
+            bound = source(str(mount.source), mount.owned)
+            args += ["--ro-bind" if mount.read_only else "--bind", bound, mount.target]
         elif mount.kind == "socket":
             # connect() needs no write access to the mount, only to the socket's mode:
-            # read-only keeps the sandbox (host uid 0 when jhansi runs as root) from
-            # changing the socket's mode or owner on the host.
-            args += ["--ro-bind" if mount.read_only else "--bind", str(mount.source), mount.target]
+            # read-only keeps the sandbox from changing the socket's mode or owner.
+            bound = source(str(mount.source), False)
+            args += ["--ro-bind" if mount.read_only else "--bind", bound, mount.target]
         elif mount.source.is_dir():
             args += [*perms("0555"), "--tmpfs", mount.target, "--remount-ro", mount.target]
         else:
@@ -1134,6 +1154,103 @@ def _forward_stdin(source: BinaryIO, sink: BinaryIO) -> None:
             sink.close()
 
 
+def _hand_over(path: Path, user: HostUser) -> None:
+    """Give a sandbox's own directory to the host uid it runs as (see ``Mount.owned``)."""
+    if not user.drop:
+        # Run by a user, the sandbox is that user: a directory another uid owns (an
+        # engine's run) cannot be taken back without root.
+        try:
+            st = path.lstat()
+        except OSError as exc:
+            raise SandboxError(
+                f"cannot use the sandbox directory {path}: {exc.strerror or exc}"
+            ) from None
+        if st.st_uid != user.uid:
+            raise SandboxError(
+                f"the sandbox directory {path} belongs to uid {st.st_uid}, and the bwrap "
+                f"sandbox runs as you (uid {user.uid}), who cannot take it back",
+                hint=f"Give it back (`sudo chown -R {user.uid}:{user.gid} {path}`), use "
+                "another sandbox (--sandbox NAME), or the backend that made it.",
+            )
+        return
+    check_own(path, None)  # a link here would hand over what it points at
+    hand_over(path, user.uid, user.gid)
+
+
+def _searchable(st: os.stat_result, user: HostUser) -> bool:
+    if st.st_uid == user.uid:
+        return bool(st.st_mode & 0o100)
+    if st.st_gid == user.gid:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
+
+
+def _reachable(mount: Mount, spec: SandboxSpec, user: HostUser) -> bool:
+    """Whether the sandbox's host uid can reach an ``empty`` (mask) mount's target at all.
+
+    A mask below a directory that uid cannot search (a root-only directory in the
+    project) hides nothing the sandbox could see, and unprivileged bwrap could not
+    make it: it is left out. Every other mount is kept.
+    """
+    if mount.kind != "empty":
+        return True
+    binds = [m for m in spec.mounts if m.kind == "bind" and _under(mount.target, m.target)]
+    if not binds:
+        return True
+    outer = max(binds, key=lambda m: len(m.target))
+    try:
+        relative = mount.source.relative_to(outer.source)
+    except ValueError:
+        return True
+    directory = outer.source
+    for part in ("", *relative.parts[:-1]):
+        directory = directory / part if part else directory
+        try:
+            if not _searchable(directory.lstat(), user):
+                return False
+        except OSError:
+            return True
+    return True
+
+
+def _check_usable(path: Path, user: HostUser, *, write: bool) -> None:
+    """Refuse a bind the sandbox's (unprivileged) host uid could not use anyway: a project
+    it cannot read (or, writable, write), said plainly rather than as bwrap's chdir error."""
+    st = path.stat()
+    shift = 6 if st.st_uid == user.uid else 3 if st.st_gid == user.gid else 0
+    bits = (st.st_mode >> shift) & 0o7
+    wanted = 0o4 | (0o1 if stat.S_ISDIR(st.st_mode) else 0) | (0o2 if write else 0)
+    if bits & wanted != wanted:
+        what = "read and write" if write else "read"
+        raise SandboxError(
+            f"the sandbox runs as host uid {user.uid} (jhansi runs as root, and the sandbox is "
+            f"never root), which cannot {what} {path} (mode {stat.S_IMODE(st.st_mode):o})",
+            hint=(
+                f"Let it through (`chmod o+{'rwX' if write else 'rX'} {path}`), "
+                if not write
+                else "Run without --rw (write to the sandbox home instead), "
+            )
+            + "or run jhansi as the user who owns it.",
+        )
+
+
+def _preexec(limits: RunLimits, staging: Staging | None, user: HostUser) -> Callable[[], None]:
+    """What the child does between fork and exec: cgroup and rlimits, then (as root) the
+    pinned sources and the drop to ``user``, in that order (joining the cgroup and
+    mounting need root)."""
+
+    def preexec() -> None:
+        limits.preexec()
+        if staging is not None:
+            staging.preexec()
+        if user.drop:
+            os.setgroups([])
+            os.setresgid(user.gid, user.gid, user.gid)
+            os.setresuid(user.uid, user.uid, user.uid)
+
+    return preexec
+
+
 def _bwrap_error(stderr: bytes, returncode: int | None) -> str:
     lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
     for line in reversed(lines):
@@ -1201,6 +1318,44 @@ class _Run:
         # bwrap reports death by signal N as 128 + N (the shell's convention), which
         # cannot be told apart from exit(128 + N): the code is passed on as it is.
         return result(ExecStatus.FAILED, code, None)
+
+
+@dataclass(frozen=True, slots=True)
+class HostUser:
+    """The host uid/gid a bwrap sandbox runs as, and why (for the record)."""
+
+    uid: int
+    gid: int
+    drop: bool
+    """jhansi runs as root: the child drops to ``uid``/``gid`` before bwrap runs."""
+    reason: str
+
+
+def sandbox_host_user(uid: int | None = None, gid: int | None = None) -> HostUser:
+    """Who the sandbox is on the host when ``uid`` (default: this process) runs jhansi.
+
+    Never root: root's sandbox runs as :data:`ROOT_SANDBOX_HOST_UID`, so that a
+    read-only bind shows it nothing root-only and a kernel bug reached from it
+    does not land as root. Anyone else's sandbox is that user.
+    """
+    uid = os.getuid() if uid is None else uid
+    gid = os.getgid() if gid is None else gid
+    if uid == 0:
+        return HostUser(
+            ROOT_SANDBOX_HOST_UID,
+            ROOT_SANDBOX_HOST_GID,
+            drop=True,
+            reason=f"host uid {ROOT_SANDBOX_HOST_UID}, gid {ROOT_SANDBOX_HOST_GID}, no "
+            "supplementary groups (jhansi runs as root: bwrap is started as that unprivileged "
+            "uid, the one rootful Docker gives the sandbox too, and makes an unprivileged user "
+            "namespace)",
+        )
+    return HostUser(uid, gid, drop=False, reason=f"host uid {uid} (the user who runs jhansi)")
+
+
+def _userns_refused(error: str) -> bool:
+    text = error.lower()
+    return "namespace" in text or "uid map" in text or "uid_map" in text
 
 
 class BwrapBackend(Backend):
@@ -1273,6 +1428,7 @@ class BwrapBackend(Backend):
                 "python_version": interpreter.version,
                 "python_implementation": interpreter.implementation,
                 "host_uid": str(os.getuid()),
+                "user": sandbox_host_user().reason,
                 "nested_userns": "refused" if features.disable_userns else "allowed (bwrap < 0.8)",
                 "seccomp": f"denies {', '.join(DENIED_SYSCALLS)}, openat2, setuid/setgid "
                 "modes, and foreign ABIs"
@@ -1306,10 +1462,32 @@ class BwrapBackend(Backend):
         features = bwrap_features(self.bwrap.path, self.cache_dir)
         _require(self.bwrap, features)
         root = _cached_host_root(interpreter, self.cache_dir)
+        user = sandbox_host_user()
+        for mount in spec.mounts:
+            if mount.owned:
+                _hand_over(mount.source, user)
+            elif mount.kind == "bind" and user.drop:
+                _check_usable(mount.source, user, write=not mount.read_only)
+        if user.drop:
+            spec = replace(spec, mounts=tuple(m for m in spec.mounts if _reachable(m, spec, user)))
         limits = plan_limits(spec.limits, spec.run_id)
+        staging: Staging | None = None
         try:
+            if user.drop:
+                staging = Staging()
+
+            def source(path: str, own: bool) -> str:
+                # The sandbox's own directories must not be links; a user-chosen path
+                # (the project, a script) is resolved once, and what it named is bound.
+                if own:
+                    check_own(Path(path), user.uid)
+                else:
+                    path = os.path.realpath(path)
+                return staging.add(Path(path)) if staging is not None else path
+
             enforcement = {
                 **limits.enforcement,
+                "user": user.reason,
                 "timeout": f"SIGKILL to the whole sandbox after {spec.limits.timeout:g} s ("
                 + ("every process in its cgroup, and " if limits.cgroup is not None else "")
                 + "bwrap's process group; the pid namespace dies with its init)",
@@ -1323,7 +1501,12 @@ class BwrapBackend(Backend):
             try:
                 fds.add(status_write)
                 options = build_options(
-                    spec, root, features, fds.data, seccomp=seccomp_filter(os.uname().machine)
+                    spec,
+                    root,
+                    features,
+                    fds.data,
+                    seccomp=seccomp_filter(os.uname().machine),
+                    source=source,
                 )
                 options += ["--json-status-fd", str(status_write)]
                 args_fd = fds.data(b"".join(os.fsencode(o) + b"\0" for o in options))
@@ -1339,8 +1522,9 @@ class BwrapBackend(Backend):
                         before_start()
                 argv = [str(self.bwrap.path), "--args", str(args_fd), "--"]
                 argv += [*limits.command_prefix, *command]
-                return self._execute(
-                    argv, fds, status_read, spec, output, stdin, limits, gate
+                preexec = _preexec(limits, staging, user)
+                result = self._execute(
+                    argv, fds, status_read, spec, output, stdin, limits, gate, preexec
                 ).result(enforcement)
             finally:
                 gate.close()
@@ -1348,6 +1532,17 @@ class BwrapBackend(Backend):
                 os.close(status_read)
         finally:
             limits.close()
+            if staging is not None:
+                staging.close()
+        if result.status is ExecStatus.ENGINE_ERROR and user.drop and _userns_refused(result.error):
+            raise SandboxError(
+                f"bwrap cannot make the sandbox as host uid {user.uid}: {result.error}",
+                hint="jhansi runs bwrap as an unprivileged uid when root runs it, which needs "
+                "unprivileged user namespaces. "
+                + userns_hint().removesuffix(", or use the docker backend.")
+                + " Or use the docker backend (--backend docker).",
+            )
+        return result
 
     def _execute(
         self,
@@ -1359,6 +1554,7 @@ class BwrapBackend(Backend):
         stdin: BinaryIO | None,
         limits: RunLimits,
         gate: _Gate,
+        preexec: Callable[[], None],
     ) -> _Run:
         """Start bwrap and see it to its end (or kill it at the timeout, or on an exception).
 
@@ -1376,7 +1572,7 @@ class BwrapBackend(Backend):
                 stderr=subprocess.PIPE,
                 pass_fds=fds.fds,
                 start_new_session=True,
-                preexec_fn=limits.preexec,  # into the cgroup before bwrap runs
+                preexec_fn=preexec,  # into the cgroup (and down from root) before bwrap runs
                 env={},  # bwrap is pid 1 in the sandbox: /proc/1/environ is readable there
                 bufsize=0,
             )

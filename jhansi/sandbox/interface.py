@@ -35,6 +35,11 @@ ENTRY_DIR: Final = "/opt/jhansi"
 SANDBOX_UID: Final = 1000
 SANDBOX_GID: Final = 1000
 SANDBOX_USER: Final = "sandbox"
+#: The host uid/gid a sandbox runs as when root runs jhansi, never root itself: bwrap
+#: drops to it before it makes the sandbox, and rootful Docker runs the container as
+#: :data:`SANDBOX_UID`, the same id, so that one sandbox's home works on both.
+ROOT_SANDBOX_HOST_UID: Final = 1000
+ROOT_SANDBOX_HOST_GID: Final = 1000
 
 Stream = Literal["stdout", "stderr"]
 

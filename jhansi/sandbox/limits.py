@@ -12,9 +12,11 @@ enforces, because the two are not equivalent:
 - ``RLIMIT_NPROC`` is checked at each user-namespace level: inside the
   sandbox's namespace against the sandbox's own tasks (``prlimit`` sets it
   there), outside against every task of the host uid (so bwrap gets the limit
-  plus what that uid already runs). It does not bind at all when the host uid
-  is root, which is what a bwrap child is when jhansi runs as root: jhansi then
-  refuses to run rather than pretend that the pids limit holds.
+  plus what that uid already runs). When jhansi runs as root, bwrap runs as the
+  unprivileged host uid 1000 (see :mod:`jhansi.sandbox.bwrap`), where the outer
+  count would take in every process of that uid on the host (other sandboxes,
+  containers, a user of that uid): there jhansi relies on the pids cgroup alone,
+  and refuses to run without one rather than pretend that the pids limit holds.
 - ``RLIMIT_CPU`` caps CPU seconds per process; it cannot throttle to a number of
   CPUs, which only a cgroup's CPU quota does.
 
@@ -458,8 +460,9 @@ def _fill_with_rlimits(
     if "pids" not in enforcement:
         if uid == 0:
             raise SandboxError(
-                "cannot enforce the pids limit: jhansi runs as root, where RLIMIT_NPROC does not "
-                "bind, and no pids cgroup could be made"
+                "cannot enforce the pids limit: jhansi runs as root, whose sandbox runs as a "
+                "shared unprivileged host uid (RLIMIT_NPROC there would count every process "
+                "of that uid on the host), and no pids cgroup could be made"
                 + (f" ({enforcement['cgroup'].removeprefix('none: ')})" if fallback else ""),
                 hint="Mount the cgroup pids controller (cgroup v1 or v2), or run jhansi as an "
                 "unprivileged user.",

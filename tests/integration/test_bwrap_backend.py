@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 import jhansi.sandbox.entry
-from jhansi.sandbox.bwrap import BwrapBackend, find_bwrap, probe_interpreter
+from jhansi.sandbox.bwrap import BwrapBackend, find_bwrap, probe_interpreter, sandbox_host_user
 from jhansi.sandbox.interface import (
     ENTRY_DIR,
     HOME,
@@ -91,9 +91,10 @@ class Sandbox:
             argv=(PYTHON, "-I", "-S", ENTRY.target, "--", f"{WORKDIR}/script.py", *args),
             mounts=(
                 ENTRY,
-                Mount(self.project, WORKDIR, read_only=not rw),
+                # A writable /work is the sandbox's own, as the runner's --rw layer is.
+                Mount(self.project, WORKDIR, read_only=not rw, owned=rw),
                 *mounts,
-                Mount(self.home, HOME, read_only=False),
+                Mount(self.home, HOME, read_only=False, owned=True),
             ),
             env=env if env is not None else {"HOME": HOME, "PATH": "/usr/bin:/bin", "LANG": "C"},
             limits=limits,
@@ -277,8 +278,9 @@ def test_rw_work_and_home_leave_files_the_invoking_user_owns(sandbox: Sandbox) -
     result = sandbox.script(WRITE, "/work/new.txt", "/home/sandbox/note.txt", rw=True)
     assert out(result).splitlines() == ["wrote /work/new.txt", "wrote /home/sandbox/note.txt"]
     for path in (sandbox.project / "new.txt", sandbox.home / "note.txt"):
-        # uid 1000 inside maps to whoever ran jhansi (root included): theirs to read and delete.
-        assert path.stat().st_uid == os.getuid()
+        # uid 1000 inside is the invoking user, or host uid 1000 when root runs jhansi
+        # (never root): either way the invoking user reads and deletes it.
+        assert path.stat().st_uid == sandbox_host_user().uid
         assert path.read_text() == "written"
         path.unlink()
 
@@ -439,14 +441,15 @@ def test_no_capabilities_no_new_privileges_no_keyring_no_sysctls(sandbox: Sandbo
     assert lines[0] == str(
         {"CapEff": "0" * 16, "CapPrm": "0" * 16, "CapBnd": "0" * 16, "NoNewPrivs": "1"}
     )
-    assert lines[1] == "sysctl EROFS"
+    # EROFS (/proc is read-only) or, as a uid that does not own the file, EACCES first.
+    assert lines[1] in ("sysctl EROFS", "sysctl EACCES")
     assert lines[2] == "keyctl EPERM"
     assert lines[3] in ("unshare ENOSPC", "unshare EPERM")  # --disable-userns
     assert lines[4] == "''"
 
 
 def test_setuid_files_cannot_be_made(sandbox: Sandbox) -> None:
-    """As root, the sandbox user is host uid 0: a setuid file would be setuid root."""
+    """A setuid file the sandbox leaves in a writable mount would be setuid its host uid."""
     result = sandbox.script(
         """
         import errno, os, shutil

@@ -38,6 +38,9 @@ def helper_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[
     # Made now, not by the first run: the tests run `python -m jhansi` in tmp_path,
     # which is then on the import path, so a new entry there changes the helper's key.
     Path(os.environ["JHANSI_HOME"]).mkdir(parents=True, exist_ok=True)
+    # tmp_path is the project: the sandbox's host uid (1000 when root runs the tests,
+    # never root) must be able to read it, as for rootful Docker.
+    tmp_path.chmod(0o755)
     env = {
         **os.environ,
         "JHANSI_HELPER": "on",

@@ -196,8 +196,9 @@ def _two_lines(stderr: str) -> list[str]:
 
 
 @pytest.mark.bwrap
-def test_timeout_exit_code(bwrap_path: Path, tmp_path: Path) -> None:
-    script = tmp_path / "slow.py"
+def test_timeout_exit_code(bwrap_path: Path, shared_dir: Path) -> None:
+    # shared_dir: the sandbox's host uid (1000 when root runs the tests) reads it.
+    script = shared_dir / "slow.py"
     script.write_text("import time\ntime.sleep(30)\n")
     proc = run_jhansi("run", "--backend", "bwrap", "--timeout", "1", str(script))
     assert proc.returncode == 124
