@@ -490,6 +490,16 @@ SCHEMA: Final[dict[str, dict[str, Option]]] = {
             tighter=_at_most,
             trust_rule="lower or equal",
         ),
+        "max_script_size": Option(
+            parse_size,
+            1 << 20,
+            "a size such as 1m or 256k",
+            "Scripts larger than this are refused before they are parsed (parsing "
+            "costs the host about 0.5 GB and seconds per MiB of dense code).",
+            trust=TIGHTEN_ONLY,
+            tighter=_at_most,
+            trust_rule="lower or equal",
+        ),
         "mask": Option(
             _string_list,
             (),
@@ -671,6 +681,7 @@ class SandboxSettings:
     tmp_size: int
     timeout: float
     output_limit: int
+    max_script_size: int
     mask: tuple[str, ...]
 
 

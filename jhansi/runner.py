@@ -65,6 +65,8 @@ ENV_TARGET = f"{ENTRY_DIR}/env"
 #: Where a script from outside the project (or from stdin) is mounted.
 MAIN_DIR = f"{ENTRY_DIR}/main"
 STDIN_NAME = "stdin.py"
+#: ``[sandbox] max_script_size``'s default.
+DEFAULT_MAX_SCRIPT_SIZE = 1 << 20
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Variables jhansi sets itself; ``--env`` may not replace them.
 _RESERVED_ENV = frozenset({"HOME", "PATH", "PYTHONUNBUFFERED", "USER", "LOGNAME"})
@@ -210,8 +212,22 @@ def check_source(text: str, where: str) -> None:
         ) from None
 
 
-def read_script(path: Path) -> str:
-    """The text of the script at ``path``, checked to be a readable, decodable file."""
+def too_large(where: str, size: int | None, limit: int) -> InputError:
+    """The refusal of a script over ``[sandbox] max_script_size`` (``size`` None: unknown,
+    more than the limit)."""
+    from jhansi.config import format_size
+
+    what = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+    return InputError(
+        f"{where} is {what}; scripts over {format_size(limit)} are refused unparsed",
+        hint="Split it, or raise [sandbox] max_script_size (JHANSI_SANDBOX_MAX_SCRIPT_SIZE) "
+        "if you mean to run it; nothing was run.",
+    )
+
+
+def read_script(path: Path, limit: int = DEFAULT_MAX_SCRIPT_SIZE) -> str:
+    """The text of the script at ``path``, checked to be a readable, decodable file of at
+    most ``limit`` bytes (read no further: a file may grow while it is read)."""
     if not path.exists():
         raise InputError(
             f"no such file: {path}",
@@ -227,12 +243,18 @@ def read_script(path: Path) -> str:
     if not path.is_file():
         raise InputError(f"{path} is not a regular file", hint="Pass a .py source file.")
     try:
-        raw = path.read_bytes()
+        size = path.stat().st_size
+        if size > limit:
+            raise too_large(str(path), size, limit)
+        with path.open("rb") as handle:
+            raw = handle.read(limit + 1)
     except OSError as exc:
         raise InputError(
             f"cannot read {path}: {exc.strerror or exc}",
             hint="Check the file's permissions.",
         ) from None
+    if len(raw) > limit:
+        raise too_large(str(path), None, limit)
     return _decode(raw, str(path))
 
 
@@ -807,12 +829,22 @@ class Runner:
             start = request.project or Path.cwd()
         elif request.script is None:
             code = request.code or ""
+            limit = self.settings.sandbox.max_script_size
+            try:
+                size = len(code.encode("utf-8"))
+            except UnicodeEncodeError as exc:  # stdin's undecodable bytes (surrogateescape)
+                raise InputError(
+                    f"<stdin> is not UTF-8 text (character {exc.start})",
+                    hint="Send the code as UTF-8.",
+                ) from None
+            if size > limit:
+                raise too_large("<stdin>", size, limit)
             check_source(code, "<stdin>")
             script = Script(self._stdin_file(run_id, code), "<stdin>", from_stdin=True, text=code)
             start = request.project or Path.cwd()
         else:
             path = request.script.absolute()
-            text = read_script(path)
+            text = read_script(path, self.settings.sandbox.max_script_size)
             check_source(text, str(request.script))
             script = Script(path, str(request.script), from_stdin=False, text=text)
             start = request.project or path.parent

@@ -81,7 +81,6 @@ def execute_run(
 
     state.json = json_output
     script_path = None if script == "-" else Path(script)
-    code = sys.stdin.read() if script_path is None else None
     start = project or (script_path.absolute().parent if script_path else None)
     settings = load_settings(
         start=start,
@@ -100,6 +99,12 @@ def execute_run(
         | {("ledger", "path"): str(ledger) if ledger else None}
         | {("policy", "advisory_db"): str(advisory_db) if advisory_db else None},
     )
+    code = None
+    if script_path is None:
+        # At most one byte past the limit (the runner refuses it, recorded); bytes that are
+        # not UTF-8 survive as surrogates so that the runner's refusal says where.
+        raw = sys.stdin.buffer.read(settings.sandbox.max_script_size + 1)
+        code = raw.decode("utf-8", "surrogateescape")
     reporter = ConsoleReporter(quiet=quiet or json_output, quiet_output=json_output)
     request = RunRequest(
         script=script_path,

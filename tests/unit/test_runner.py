@@ -235,7 +235,8 @@ def test_home_directory_is_never_the_project(
         (b"x = '\xff\xfe'\n", "not UTF-8"),
         (b"\x00\x01binary", "binary file"),
         (b"x = " + b"-" * 200_000 + b"1\n", "nests too deeply"),
-        (b"x = 1" + b" + 1" * 300_000 + b"\n", "nests too deeply"),
+        (b"x = 1" + b" + 1" * 50_000 + b"\n", "nests too deeply"),
+        (b"x = 1\n" * 300_000, "are refused unparsed"),
         (b"# /// script\n# dependencies = " + b"[" * 100_000 + b"\n# ///\n", "PEP 723"),
         (
             b"# /// script\n# dependencies = [\"requests; python_version > '3.8\\u0000'\"]\n"
