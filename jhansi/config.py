@@ -1064,12 +1064,21 @@ def _trust_status(file: Path, content: str | None, paths: Paths | None) -> tuple
     return False, entry.trusted_at
 
 
+class UntrustedConfigError(ConfigError):
+    """A project configuration file sets values that need trust it does not have.
+
+    Distinct from a malformed file: the rest of the settings are sound, so the
+    refusal can be recorded in the ledger the user's own settings name
+    (``load_settings(strict=False)`` gives them).
+    """
+
+
 def _refusal_error(file: Path, keys: list[str], changed: str | None) -> ConfigError:
     real = os.path.realpath(file)
     why = (
         f"it changed since it was trusted ({changed})" if changed else "its content is not trusted"
     )
-    return ConfigError(
+    return UntrustedConfigError(
         f"{file} sets {', '.join(keys)}, which need trust, and {why}",
         hint=f"Review {real}, then trust it with: jhansi trust {real}",
     )

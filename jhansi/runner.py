@@ -23,7 +23,7 @@ import tokenize
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 from jhansi.config import DEFAULT_MASK, Settings
 from jhansi.deps.plan import DependencyPlan, plan, unresolved_error
@@ -515,6 +515,29 @@ class Runner:
         finally:
             if script is not None and script.from_stdin:
                 _remove_quietly(script.host_path)
+
+    def refuse(self, request: RunRequest, refusal: JhansiError) -> NoReturn:
+        """Record ``refusal``, which came before the run could start (an untrusted project
+        configuration: these settings are the user's own, without it), then raise it."""
+        from jhansi.records import denied_body
+
+        ledger = self.ledger
+        ledger.preflight()
+        ledger.append(
+            "exec.denied",
+            denied_body(
+                request,
+                new_run_id(),
+                None,
+                refusal,
+                None,
+                ledger.put_blob,
+                config=[f.as_record() for f in self.settings.provenance],
+            ),
+        )
+        ledger.checkpoint()
+        refusal.recorded = True
+        raise refusal
 
     def dependencies(
         self,

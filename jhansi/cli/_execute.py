@@ -76,15 +76,14 @@ def execute_run(
 ) -> NoReturn:
     """Run SCRIPT in its sandbox and exit with its exit code (``jhansi run``'s body)."""
     from jhansi.cli._reporter import ConsoleReporter
-    from jhansi.config import load_settings
+    from jhansi.config import UntrustedConfigError, load_settings
     from jhansi.runner import Runner, RunRequest
 
     state.json = json_output
     script_path = None if script == "-" else Path(script)
     start = project or (script_path.absolute().parent if script_path else None)
-    settings = load_settings(
-        start=start,
-        flags=sandbox_flags(
+    flags = (
+        sandbox_flags(
             backend=backend,
             image=image,
             python=python,
@@ -97,8 +96,16 @@ def execute_run(
             output_limit=output_limit,
         )
         | {("ledger", "path"): str(ledger) if ledger else None}
-        | {("policy", "advisory_db"): str(advisory_db) if advisory_db else None},
+        | {("policy", "advisory_db"): str(advisory_db) if advisory_db else None}
     )
+    untrusted: UntrustedConfigError | None = None
+    try:
+        settings = load_settings(start=start, flags=flags)
+    except UntrustedConfigError as refusal:
+        # Refused, and recorded where the user's own settings keep the ledger: the
+        # project's values that need trust are left out of these.
+        untrusted = refusal
+        settings = load_settings(start=start, flags=flags, strict=False)
     code = None
     if script_path is None:
         # At most one byte past the limit (the runner refuses it, recorded); bytes that are
@@ -127,7 +134,10 @@ def execute_run(
         secrets=tuple(secret or ()),
         allow_hosts=tuple(allow_host or ()),
     )
-    result = Runner.from_settings(settings, reporter=reporter).run(request)
+    runner = Runner.from_settings(settings, reporter=reporter)
+    if untrusted is not None:
+        runner.refuse(request, untrusted)
+    result = runner.run(request)
     finish(
         result,
         json_output=json_output,

@@ -235,3 +235,14 @@ def test_tightening_needs_no_trust_and_loosening_is_refused(
     assert proc.returncode == 2, proc.stderr
     assert "sandbox.timeout" in proc.stderr
     assert "jhansi trust" in proc.stderr
+    # the refusal itself is recorded in the user's ledger, with the file that caused it
+    records = [json.loads(line) for line in (ledger / "ledger.jsonl").read_text().splitlines()]
+    denied = [r["body"] for r in records if r["kind"] == "exec.denied"]
+    assert len(denied) == 1
+    assert denied[0]["reason"]["kind"] == "UntrustedConfigError"
+    assert denied[0]["reason"]["exit_code"] == 2
+    (entry,) = denied[0]["config"]
+    assert entry["path"] == str(config)
+    assert entry["trusted"] is False
+    assert entry["needed_trust"] == ["sandbox.timeout"]
+    assert run_jhansi("ledger", "verify", "--ledger", str(ledger)).returncode == 0
