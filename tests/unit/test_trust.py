@@ -38,6 +38,7 @@ CLASSES = {
     "sandbox.tmp_size": TIGHTEN_ONLY,
     "sandbox.timeout": TIGHTEN_ONLY,
     "sandbox.output_limit": TIGHTEN_ONLY,
+    "sandbox.max_script_size": TIGHTEN_ONLY,
     "sandbox.mask": ADDS_ONLY,
     "policy.advisory_db": NEEDS_TRUST,
     "policy.vulnerability_service": NEEDS_TRUST,
