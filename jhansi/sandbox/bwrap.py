@@ -58,6 +58,7 @@ from jhansi.sandbox.interface import (
     PYTHON,
     ROOT_SANDBOX_HOST_GID,
     ROOT_SANDBOX_HOST_UID,
+    SANDBOX_UID,
     SANDBOX_USER,
     Backend,
     BackendInfo,
@@ -74,7 +75,7 @@ from jhansi.sandbox.interface import (
     without_gate,
 )
 from jhansi.sandbox.limits import RunLimits, plan_limits, prune_cgroups
-from jhansi.sandbox.ownership import hand_over
+from jhansi.sandbox.ownership import check_dedicated_id, hand_over
 from jhansi.sandbox.probe import binary_key, cached
 from jhansi.sandbox.sources import Staging, check_own
 
@@ -1341,14 +1342,15 @@ def sandbox_host_user(uid: int | None = None, gid: int | None = None) -> HostUse
     uid = os.getuid() if uid is None else uid
     gid = os.getgid() if gid is None else gid
     if uid == 0:
+        check_dedicated_id(ROOT_SANDBOX_HOST_UID, ROOT_SANDBOX_HOST_GID)
         return HostUser(
             ROOT_SANDBOX_HOST_UID,
             ROOT_SANDBOX_HOST_GID,
             drop=True,
             reason=f"host uid {ROOT_SANDBOX_HOST_UID}, gid {ROOT_SANDBOX_HOST_GID}, no "
             "supplementary groups (jhansi runs as root: bwrap is started as that unprivileged "
-            "uid, the one rootful Docker gives the sandbox too, and makes an unprivileged user "
-            "namespace)",
+            "uid, which no account holds and rootful Docker gives the sandbox too, and makes "
+            f"an unprivileged user namespace in which the sandbox is uid {SANDBOX_UID})",
         )
     return HostUser(uid, gid, drop=False, reason=f"host uid {uid} (the user who runs jhansi)")
 

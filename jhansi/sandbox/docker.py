@@ -56,6 +56,8 @@ from jhansi.sandbox.engine import (
 )
 from jhansi.sandbox.interface import (
     PYTHON,
+    ROOT_SANDBOX_HOST_GID,
+    ROOT_SANDBOX_HOST_UID,
     Backend,
     BackendInfo,
     ExecResult,
@@ -70,7 +72,7 @@ from jhansi.sandbox.interface import (
     threads_enforcement,
     without_gate,
 )
-from jhansi.sandbox.ownership import hand_over
+from jhansi.sandbox.ownership import check_dedicated_id, hand_over
 from jhansi.sandbox.probe import cached
 
 if TYPE_CHECKING:
@@ -218,7 +220,18 @@ def sandbox_identity(
             f"uid {uid} (host uid {start + uid}, userns-remap)",
         )
     elif me == 0:
-        identity = Identity(uid, gid, uid, gid, None, None, f"uid {uid}")
+        # Not the spec's 1000 (often a person's account, whose processes could trace the
+        # container's): the id no one holds, the same bwrap gives root's sandboxes.
+        check_dedicated_id(ROOT_SANDBOX_HOST_UID, ROOT_SANDBOX_HOST_GID)
+        identity = Identity(
+            ROOT_SANDBOX_HOST_UID,
+            ROOT_SANDBOX_HOST_GID,
+            ROOT_SANDBOX_HOST_UID,
+            ROOT_SANDBOX_HOST_GID,
+            None,
+            None,
+            f"uid {ROOT_SANDBOX_HOST_UID} (an id no host account holds)",
+        )
     else:
         identity = Identity(me, my_gid, me, my_gid, None, None, f"uid {me} (yours)")
     if identity.uid == 0:

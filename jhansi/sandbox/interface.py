@@ -36,10 +36,14 @@ SANDBOX_UID: Final = 1000
 SANDBOX_GID: Final = 1000
 SANDBOX_USER: Final = "sandbox"
 #: The host uid/gid a sandbox runs as when root runs jhansi, never root itself: bwrap
-#: drops to it before it makes the sandbox, and rootful Docker runs the container as
-#: :data:`SANDBOX_UID`, the same id, so that one sandbox's home works on both.
-ROOT_SANDBOX_HOST_UID: Final = 1000
-ROOT_SANDBOX_HOST_GID: Final = 1000
+#: drops to it before it makes the sandbox (inside, the sandbox is still
+#: :data:`SANDBOX_UID`), and rootful Docker runs the container as it, so that one
+#: sandbox's home works on both. Not 1000: that is usually a person's account, and any
+#: process of the sandbox's host uid may signal, trace or enter it (``/proc/PID/root``).
+#: An id no account, group or subordinate range holds (checked before each run:
+#: :func:`jhansi.sandbox.ownership.check_dedicated_id`).
+ROOT_SANDBOX_HOST_UID: Final = 2_000_000_000
+ROOT_SANDBOX_HOST_GID: Final = 2_000_000_000
 
 Stream = Literal["stdout", "stderr"]
 

@@ -10,6 +10,7 @@ every backend sees and writes the same files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -39,3 +40,48 @@ def hand_over(path: Path, uid: int, gid: int) -> None:
             entry = os.path.join(root, name)  # noqa: PTH118
             if os.lstat(entry).st_uid != uid:
                 os.lchown(entry, uid, gid)
+
+
+def _in_subordinate_ranges(ident: int, path: Path) -> str | None:
+    """The owner of a ``/etc/subuid``-style range holding ``ident``, if any."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            continue
+        start, count = int(parts[1]), int(parts[2])
+        if start <= ident < start + count:
+            return parts[0]
+    return None
+
+
+def check_dedicated_id(uid: int, gid: int) -> None:
+    """Refuse to run root's sandbox as ``uid``/``gid`` when anyone else holds them.
+
+    Every process of the sandbox's host uid can signal it, trace it and enter its
+    filesystem through ``/proc/PID/root``: the id must belong to no account, group or
+    subordinate range (rootless engines' users), or that owner could reach into the
+    sandbox, and through ``--rw`` into what jhansi applies to the project.
+    """
+    import grp
+    import pwd
+
+    holders: list[str] = []
+    with contextlib.suppress(KeyError):
+        holders.append(f"user {pwd.getpwuid(uid).pw_name}")
+    with contextlib.suppress(KeyError):
+        holders.append(f"group {grp.getgrgid(gid).gr_name}")
+    for what, ident, path in (("uid", uid, "/etc/subuid"), ("gid", gid, "/etc/subgid")):
+        owner = _in_subordinate_ranges(ident, Path(path))
+        if owner is not None:
+            holders.append(f"the subordinate {what} range of {owner} ({path})")
+    if holders:
+        raise SandboxError(
+            f"the host id {uid}:{gid} that jhansi gives root's sandboxes is taken by "
+            + ", ".join(holders),
+            hint="Free that id (it must belong to no account, group or subordinate range), "
+            "or run jhansi as an unprivileged user.",
+        )

@@ -1,6 +1,6 @@
 """One sandbox, every backend: runs alternate engines and each sees and writes the same home.
 
-Rootful Docker and bwrap as root run the sandbox as host uid 1000, rootless Podman
+Rootful Docker and bwrap as root run the sandbox as one dedicated host uid, rootless Podman
 driven by root as one of its user's subordinate uids; the home is handed to
 whichever runs next. Each run writes what a script would (a 0700 directory, a
 0600 file) and reads what every earlier run wrote.

@@ -121,3 +121,22 @@ def test_every_bind_goes_through_the_source_mapping(tmp_path: Path) -> None:
     owned = [str(m.source) for m in made.mounts if m.owned]
     assert owned
     assert all((p, True) in asked for p in owned)
+
+
+def test_the_dedicated_id_is_refused_when_an_account_or_range_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jhansi.errors import SandboxError
+    from jhansi.sandbox import ownership
+    from jhansi.sandbox.interface import ROOT_SANDBOX_HOST_GID, ROOT_SANDBOX_HOST_UID
+
+    # The real id is free on this machine (no account, group or range holds it)...
+    ownership.check_dedicated_id(ROOT_SANDBOX_HOST_UID, ROOT_SANDBOX_HOST_GID)
+    # ...and an id an account holds is refused, naming it (uid 0 is always root's).
+    with pytest.raises(SandboxError, match="user root"):
+        ownership.check_dedicated_id(0, ROOT_SANDBOX_HOST_GID)
+    # A subordinate range (a rootless engine's user) holding it is refused too.
+    ranges = tmp_path / "subuid"
+    ranges.write_text(f"someone:{ROOT_SANDBOX_HOST_UID - 10}:65536\n")
+    assert ownership._in_subordinate_ranges(ROOT_SANDBOX_HOST_UID, ranges) == "someone"
+    assert ownership._in_subordinate_ranges(ROOT_SANDBOX_HOST_UID - 11, ranges) is None

@@ -42,7 +42,16 @@ from jhansi.sandbox.engine import (
     parse_url,
     split_reference,
 )
-from jhansi.sandbox.interface import HOME, PYTHON, THREAD_ENV, Limits, Mount, SandboxSpec
+from jhansi.sandbox.interface import (
+    HOME,
+    PYTHON,
+    ROOT_SANDBOX_HOST_GID,
+    ROOT_SANDBOX_HOST_UID,
+    THREAD_ENV,
+    Limits,
+    Mount,
+    SandboxSpec,
+)
 
 
 def frame(stream: int, payload: bytes) -> bytes:
@@ -488,9 +497,11 @@ PODMAN = EngineInfo(
 )
 
 
-def test_root_on_a_rootful_engine_runs_the_sandbox_as_its_uid() -> None:
+def test_root_on_a_rootful_engine_runs_the_sandbox_as_the_dedicated_id() -> None:
+    # Not 1000 (often a person's account): the id bwrap gives root's sandboxes too.
     identity = sandbox_identity(ROOTFUL, 1000, 1000, invoker_uid=0, invoker_gid=0)
-    assert (identity.uid, identity.host_uid, identity.userns_mode) == (1000, 1000, None)
+    dedicated = ROOT_SANDBOX_HOST_UID
+    assert (identity.uid, identity.host_uid, identity.userns_mode) == (dedicated, dedicated, None)
 
 
 def test_a_user_on_a_rootful_engine_runs_the_sandbox_as_themselves() -> None:
@@ -512,8 +523,12 @@ def test_rootless_podman_driven_by_root_maps_to_a_subordinate_uid() -> None:
 
 
 def test_the_sandbox_never_runs_as_root() -> None:
+    # Root asking for uid 0 on a rootful engine still gets the dedicated unprivileged id.
+    identity = sandbox_identity(ROOTFUL, 0, 0, invoker_uid=0, invoker_gid=0)
+    assert identity.uid == identity.host_uid == ROOT_SANDBOX_HOST_UID
+    # Where the spec's uid is used as it is (rootless Podman's mapping), 0 is refused.
     with pytest.raises(SandboxError, match="never"):
-        sandbox_identity(ROOTFUL, 0, 0, invoker_uid=0, invoker_gid=0)
+        sandbox_identity(PODMAN, 0, 0, invoker_uid=0, invoker_gid=0)
 
 
 def _spec(**changes: object) -> SandboxSpec:
@@ -546,7 +561,7 @@ def test_container_config_is_hardened() -> None:
     host = config["HostConfig"]
     assert config["Entrypoint"] == ["python3"]
     assert config["Cmd"] == ["-I", "/opt/jhansi/entry.py"]
-    assert config["User"] == "1000:1000"
+    assert config["User"] == f"{ROOT_SANDBOX_HOST_UID}:{ROOT_SANDBOX_HOST_GID}"
     assert config["Env"] == [*(f"{name}=2" for name in THREAD_ENV), f"HOME={HOME}"]
     assert config["Labels"] == {"team": "a", "jhansi.run-id": "r1"}
     assert host["NetworkMode"] == "none"
