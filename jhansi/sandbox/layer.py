@@ -518,10 +518,60 @@ def refusal(layer: Layer, change: Change) -> str | None:
     new = change.new
     if new is not None and new.kind == "link":
         target = new.target or ""
-        joined = os.path.normpath(os.path.join(os.path.dirname(change.path), target))  # noqa: PTH118, PTH120
-        if target.startswith("/") or joined == ".." or joined.startswith("../"):
+        if any(_leaves(tree, change.path, target) for tree in (layer.root, layer.project)):
             return f"the link points outside the project ({target})"
     return None
+
+
+#: The kernel's own limit on links followed in one lookup.
+_MAX_HOPS = 40
+
+
+def _leaves(tree: Path, link: str, target: str) -> bool:
+    """Whether the link at ``link`` (relative to ``tree``) with ``target`` resolves, the way
+    the kernel would, to a place outside ``tree``.
+
+    Not lexical: ``q/../../etc`` where ``q`` is itself a link to ``../..`` leaves the
+    tree although its text stays inside. Each component is looked up in ``tree`` and a
+    link found on the way is followed (relative ones only: an absolute target leaves);
+    a component that does not exist is taken as a directory, as a later one might be.
+    The layer and the project are both checked: a link into the project's own links
+    leads wherever those do.
+    """
+    if target.startswith("/"):
+        return True
+    where = list(PurePosixPath(link).parent.parts)
+    pending = target.split("/")
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not where:
+                return True
+            where.pop()
+            continue
+        candidate = [*where, part]
+        try:
+            st = os.lstat(tree.joinpath(*candidate))
+        except OSError:
+            where = candidate
+            continue
+        if not stat.S_ISLNK(st.st_mode):
+            where = candidate
+            continue
+        hops += 1
+        if hops > _MAX_HOPS:
+            return True  # a loop, or a chain the kernel would refuse: never applied
+        try:
+            followed = str(tree.joinpath(*candidate).readlink())
+        except OSError:
+            return True
+        if followed.startswith("/"):
+            return True
+        pending = followed.split("/") + pending
+    return False
 
 
 def _mode(new: Entry, old: Entry | None) -> int:

@@ -262,3 +262,36 @@ def test_directories_nested_past_the_limit_are_an_error_not_a_crash(
     os.close(fd)
     with pytest.raises(OSError, match="nest deeper"):
         plan_changes(layer)
+
+
+def test_a_chain_of_links_that_leaves_the_project_is_refused(project: Path, tmp_path: Path) -> None:
+    # The text of "q/../../../../etc/shadow" stays inside; q itself leads up first.
+    layer = _layer(project, tmp_path)
+    deep = layer.root / "a" / "b" / "c" / "d"
+    deep.mkdir(parents=True)
+    (deep / "q").symlink_to("../../../..")
+    (deep / "esc").symlink_to("q/../../../../etc/shadow")
+    (deep / "up").symlink_to("q/..")  # one level above the project: leaves too
+    (deep / "fine").symlink_to("../../../../keep.txt")  # stays inside
+    (layer.root / "loop1").symlink_to("loop2")
+    (layer.root / "loop2").symlink_to("loop1")
+    (layer.root / "via-loop").symlink_to("loop1/x")
+    outcomes = _apply(layer)
+    assert outcomes["a/b/c/d/q"][0] == "applied"  # the project's root: inside
+    for name in ("a/b/c/d/esc", "a/b/c/d/up"):
+        assert outcomes[name] == ("refused", outcomes[name][1]), name
+        assert "outside" in outcomes[name][1]
+    assert outcomes["via-loop"][0] == "refused"
+    assert outcomes["a/b/c/d/fine"][0] == "applied"
+    assert not (project / "a" / "b" / "c" / "d" / "esc").is_symlink()
+
+
+def test_a_link_through_the_projects_own_link_that_leaves_is_refused(
+    project: Path, tmp_path: Path
+) -> None:
+    # The project already holds a link out (a user's own); the sandbox's link into it is
+    # checked against the project too, where it leads outside.
+    layer = _layer(project, tmp_path)
+    (project / "out").symlink_to("../..")  # made on the host after the copy
+    (layer.root / "through").symlink_to("out/etc")
+    assert _apply(layer)["through"][0] == "refused"
