@@ -64,6 +64,7 @@ from jhansi.sandbox.interface import (
     without_gate,
 )
 from jhansi.sandbox.limits import RunLimits, plan_limits, prune_cgroups
+from jhansi.sandbox.masks import check_mounts, masks_directory
 from jhansi.sandbox.probe import binary_key, cached
 
 if TYPE_CHECKING:
@@ -746,6 +747,10 @@ def build_options(
     from (``--ro-bind-data``, ``--seccomp``).
     """
 
+    # Never mount over (or below) a link in the project: bwrap mounts after pivot_root,
+    # and its creat() of a masked link's target would make a file on the host.
+    check_mounts(spec.mounts)
+
     def perms(mode: str) -> list[str]:
         return ["--perms", mode] if features.perms else []
 
@@ -795,7 +800,7 @@ def build_options(
             # read-only keeps the sandbox (host uid 0 when jhansi runs as root) from
             # changing the socket's mode or owner on the host.
             args += ["--ro-bind" if mount.read_only else "--bind", str(mount.source), mount.target]
-        elif mount.source.is_dir():
+        elif masks_directory(mount.source):
             args += [*perms("0555"), "--tmpfs", mount.target, "--remount-ro", mount.target]
         else:
             args += [*perms("0444"), "--ro-bind-data", str(data(b"")), mount.target]

@@ -70,6 +70,7 @@ from jhansi.sandbox.interface import (
     threads_enforcement,
     without_gate,
 )
+from jhansi.sandbox.masks import check_mounts, masks_directory
 from jhansi.sandbox.ownership import hand_over
 from jhansi.sandbox.probe import cached
 
@@ -326,13 +327,16 @@ def engine_mounts(
     read-only directory over a directory, so the content is hidden but the name
     stays (a tool that lists ``.git`` sees it empty, not missing).
     """
+    # runc resolves a link at a mount point inside the container and creates its
+    # target there (in the project when it is writable): never mount over or below one.
+    check_mounts(mounts)
     result = []
     for mount in mounts:
         if mount.kind == "empty":
             if masks is None:
                 raise ValueError("masks needed for an empty mount")
             empty_file, empty_dir = masks
-            source = empty_dir if mount.source.is_dir() else empty_file
+            source = empty_dir if masks_directory(mount.source) else empty_file
             result.append(_bind(source, mount.target, True))
         else:
             result.append(_bind(mount.source, mount.target, mount.read_only))
