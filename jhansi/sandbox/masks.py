@@ -21,8 +21,9 @@ below one, on any backend:
 
 Matching is case-insensitive: ``.ENV``, ``server.PEM`` and ``ID_RSA`` are masked.
 FIFOs, sockets and device nodes with a masked name are masked too (a FIFO named
-``.env`` may be fed secrets by a host tool); an empty file is mounted over them,
-which never opens them.
+``.env`` may be fed secrets by a host tool): bwrap and runc mount an empty file over
+them without opening them; gVisor's gofer opens a mount point first (a FIFO would
+block it forever), so there such a mask refuses the run.
 """
 
 from __future__ import annotations
@@ -120,18 +121,29 @@ def masks_directory(source: Path) -> bool:
     return stat.S_ISDIR(os.lstat(source).st_mode)
 
 
-def check_mounts(mounts: Sequence[Mount]) -> None:
+def check_mounts(mounts: Sequence[Mount], *, opens_targets: bool = False) -> None:
     """Refuse mounts that would go through a symbolic link in the project.
 
     The backends' own check, at build time, whatever the caller decided: an
     ``empty`` mount whose source is a link (or is gone), and a mount below /work
     whose existing path in the project (the mount at /work) has a link in it, or
-    ``..``. Raises :class:`SandboxError` naming the path.
+    ``..``. ``opens_targets``: the runtime opens a mount point before mounting over
+    it (gVisor's gofer does, and blocks forever on a FIFO; opening a device node can
+    act on the device), so an ``empty`` mount over anything but a regular file or a
+    directory is refused too. Raises :class:`SandboxError` naming the path.
     """
     project = next((m.source for m in mounts if m.target == WORKDIR), None)
     for mount in mounts:
         if mount.kind == "empty":
             _refuse_link(mount.source, mount.source)
+            mode = os.lstat(mount.source).st_mode
+            if opens_targets and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise SandboxError(
+                    f"cannot mask {mount.source} on this runtime: it is a FIFO, socket or "
+                    "device node, and the runtime (gVisor) would open it to mount over it",
+                    hint="Remove it from the project (or rename it), or run it with "
+                    "--backend bwrap or on an engine's default runtime.",
+                )
         if project is None or not mount.target.startswith(f"{WORKDIR}/"):
             continue
         path = project
