@@ -12,7 +12,6 @@ data in the result.
 from __future__ import annotations
 
 import ast
-import fnmatch
 import io
 import os
 import re
@@ -20,7 +19,7 @@ import sys
 import tempfile
 import time
 import tokenize
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NoReturn
@@ -48,6 +47,7 @@ from jhansi.sandbox.interface import (
     OutputTail,
     SandboxSpec,
 )
+from jhansi.sandbox.masks import find_masked
 from jhansi.sandbox.workspace import OpenSandbox, Workspace, default_name, validate_name
 
 if TYPE_CHECKING:
@@ -278,43 +278,6 @@ def unsafe_project(project: Path) -> str | None:
     if resolved in home.parents:
         return f"a parent of your home directory ({resolved})"
     return None
-
-
-def _compile(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """One regex for the patterns matched against a name, one for relative paths.
-
-    Matching every name against every glob with ``fnmatch`` costs more than the walk
-    itself on a large project; two compiled regexes make it negligible.
-    """
-    never = "(?!)"
-    names = [fnmatch.translate(p) for p in patterns if "/" not in p]
-    paths = [fnmatch.translate(p) for p in patterns if "/" in p]
-    return (
-        re.compile("|".join(names) or never),
-        re.compile("|".join(paths) or never),
-    )
-
-
-def find_masked(project: Path, patterns: tuple[str, ...]) -> Iterator[Path]:
-    """Paths under ``project`` whose name (or relative path) matches a mask pattern.
-
-    A masked directory is not descended into: it is hidden whole.
-    """
-    by_name, by_path = _compile(patterns)
-    root = str(project)
-    for directory, dirs, files in os.walk(root):
-        rel_dir = os.path.relpath(directory, root)
-        prefix = "" if rel_dir == "." else f"{rel_dir}/"
-        kept = []
-        for name in dirs:
-            if by_name.match(name) or by_path.match(prefix + name):
-                yield project / (prefix + name)
-            else:
-                kept.append(name)
-        dirs[:] = kept
-        for name in files:
-            if by_name.match(name) or by_path.match(prefix + name):
-                yield project / (prefix + name)
 
 
 def sandbox_env(extra: tuple[tuple[str, str], ...]) -> dict[str, str]:

@@ -75,6 +75,7 @@ from jhansi.sandbox.interface import (
     without_gate,
 )
 from jhansi.sandbox.limits import RunLimits, plan_limits, prune_cgroups
+from jhansi.sandbox.masks import check_mounts, masks_directory
 from jhansi.sandbox.ownership import check_dedicated_id, hand_over
 from jhansi.sandbox.probe import binary_key, cached
 from jhansi.sandbox.sources import Staging, check_own
@@ -773,6 +774,10 @@ def build_options(
     binds for a host path (a pinned stand-in: see :meth:`BwrapBackend.run`).
     """
 
+    # Never mount over (or below) a link in the project: bwrap mounts after pivot_root,
+    # and its creat() of a masked link's target would make a file on the host.
+    check_mounts(spec.mounts)
+
     def perms(mode: str) -> list[str]:
         return ["--perms", mode] if features.perms else []
 
@@ -822,7 +827,7 @@ def build_options(
             # read-only keeps the sandbox from changing the socket's mode or owner.
             bound = source(str(mount.source), False)
             args += ["--ro-bind" if mount.read_only else "--bind", bound, mount.target]
-        elif mount.source.is_dir():
+        elif masks_directory(mount.source):
             args += [*perms("0555"), "--tmpfs", mount.target, "--remount-ro", mount.target]
         else:
             args += [*perms("0444"), "--ro-bind-data", str(data(b"")), mount.target]

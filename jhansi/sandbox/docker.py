@@ -72,6 +72,7 @@ from jhansi.sandbox.interface import (
     threads_enforcement,
     without_gate,
 )
+from jhansi.sandbox.masks import check_mounts, masks_directory
 from jhansi.sandbox.ownership import check_dedicated_id, hand_over
 from jhansi.sandbox.probe import cached
 
@@ -331,21 +332,26 @@ def _bind(source: Path, target: str, read_only: bool) -> dict[str, Any]:
 
 
 def engine_mounts(
-    mounts: tuple[Mount, ...], masks: tuple[Path, Path] | None
+    mounts: tuple[Mount, ...], masks: tuple[Path, Path] | None, *, opens_targets: bool = False
 ) -> list[dict[str, Any]]:
     """The API's ``HostConfig.Mounts`` for the spec's mounts.
 
     ``empty`` masks bind an empty read-only file over a file, or an empty
     read-only directory over a directory, so the content is hidden but the name
-    stays (a tool that lists ``.git`` sees it empty, not missing).
+    stays (a tool that lists ``.git`` sees it empty, not missing). ``opens_targets``:
+    the runtime opens a mount point to mount over it (gVisor's gofer), so a masked
+    FIFO, socket or device node is refused rather than opened.
     """
+    # runc resolves a link at a mount point inside the container and creates its
+    # target there (in the project when it is writable): never mount over or below one.
+    check_mounts(mounts, opens_targets=opens_targets)
     result = []
     for mount in mounts:
         if mount.kind == "empty":
             if masks is None:
                 raise ValueError("masks needed for an empty mount")
             empty_file, empty_dir = masks
-            source = empty_dir if mount.source.is_dir() else empty_file
+            source = empty_dir if masks_directory(mount.source) else empty_file
             result.append(_bind(source, mount.target, True))
         else:
             result.append(_bind(mount.source, mount.target, mount.read_only))
@@ -1079,7 +1085,11 @@ class DockerBackend(Backend):
                 image=str(image["Id"]),
                 engine=self.engine,
                 identity=identity,
-                mounts=engine_mounts(spec.mounts, masks),
+                mounts=engine_mounts(
+                    spec.mounts,
+                    masks,
+                    opens_targets=is_gvisor(spec.runtime or self.engine.default_runtime or ""),
+                ),
                 labels={LABEL_RUN_ID: spec.run_id, **owner_labels()},
             )
             container: str | None = None
