@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -1023,17 +1024,44 @@ def _tool_table(pyproject: Path, data: Mapping[str, Any]) -> Mapping[str, Any] |
     return table
 
 
+def _shared(directory: Path) -> bool:
+    """Whether users other than its owner may create files in ``directory``."""
+    try:
+        return bool(directory.stat().st_mode & stat.S_IWOTH)
+    except OSError:
+        return False
+
+
+def _check_not_shared(file: Path) -> None:
+    """Refuse a configuration file that anyone may write."""
+    try:
+        writable = bool(file.stat().st_mode & stat.S_IWOTH)
+    except OSError:
+        return  # reading it says what is wrong
+    if writable:
+        raise ConfigError(
+            f"{file} can be written by any user of this machine, so it cannot configure jhansi",
+            hint=f"Take away others' write permission: chmod o-w {file}",
+        )
+
+
 def find_project_config(start: Path) -> tuple[Path, Mapping[str, Any], bytes] | None:
     """The nearest project configuration at or above ``start``: its path, its jhansi
     table and the exact bytes that table was parsed from (what trust is keyed by)."""
     here = start.absolute()
     for directory in (here, *here.parents):
+        if _shared(directory):
+            # A directory anyone may write (/tmp) is no project: what another user left
+            # in it, or above it, must not configure this run.
+            return None
         candidate = directory / "jhansi.toml"
         if candidate.is_file():
+            _check_not_shared(candidate)
             raw = _read_bytes(candidate)
             return candidate, _parse_toml(candidate, raw), raw
         pyproject = directory / "pyproject.toml"
         if pyproject.is_file():
+            _check_not_shared(pyproject)
             raw = _read_bytes(pyproject)
             table = _tool_table(pyproject, _parse_toml(pyproject, raw))
             if table is None:
@@ -1114,7 +1142,7 @@ def _trust_status(file: Path, content: str | None, paths: Paths | None) -> tuple
     ``content``; else when (if ever) another content of it was trusted."""
     from jhansi.trust import lookup
 
-    entry = lookup(Path(os.path.realpath(file)), paths=paths)
+    entry = lookup(Path(os.path.abspath(file)), paths=paths)  # noqa: PTH100 - links kept
     if entry is None:
         return False, None
     if content is not None and entry.blake3 == content:
@@ -1132,7 +1160,7 @@ class UntrustedConfigError(ConfigError):
 
 
 def _refusal_error(file: Path, keys: list[str], changed: str | None) -> ConfigError:
-    real = os.path.realpath(file)
+    real = os.path.abspath(file)  # noqa: PTH100 - the path as found, links kept
     why = (
         f"it changed since it was trusted ({changed})" if changed else "its content is not trusted"
     )

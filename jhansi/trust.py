@@ -122,8 +122,10 @@ def _locked(paths: Paths | None) -> Iterator[Path]:
 
 
 def real_path(file: Path) -> Path:
-    """The key a file is trusted under: its real absolute path (links resolved)."""
-    return Path(os.path.realpath(file))
+    """The key a file is trusted under: its absolute path where it is found, links not
+    resolved. A checkout whose ``jhansi.toml`` is a link to a file trusted elsewhere does
+    not borrow that trust: trusting applies to one place, as ``direnv allow`` does."""
+    return Path(os.path.abspath(file))  # noqa: PTH100 - not resolve(): links are kept
 
 
 def lookup(file: Path, *, paths: Paths | None = None) -> TrustEntry | None:

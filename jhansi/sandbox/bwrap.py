@@ -348,10 +348,15 @@ class Interpreter:
 
 
 def _ask(path: str, code: str) -> bytes:
-    """What the interpreter at ``path`` prints for ``code`` (run isolated, without site)."""
+    """What the interpreter at ``path`` prints for ``code`` (run isolated, without site).
+
+    Run from ``/``: a version manager's shim picks its interpreter from version files
+    in the working directory and its parents (``.python-version``), which a checkout
+    controls: an untrusted project must not choose which host interpreter runs.
+    """
     try:
         proc = subprocess.run(
-            [path, "-I", "-S", "-c", code], capture_output=True, timeout=60, check=False
+            [path, "-I", "-S", "-c", code], capture_output=True, timeout=60, check=False, cwd="/"
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise SandboxError(f"cannot run the interpreter {path}: {exc}", hint=PYTHON_HINT) from None
@@ -369,14 +374,14 @@ _VERSION_ENV = ("PYENV", "ASDF", "MISE", "RTX")
 def _shim_key(path: str, real: str) -> str:
     """Everything a version manager's shim consults to pick an interpreter, as a key.
 
-    The shim's own file, the working directory, PATH, the managers' variables, and
-    the version files from here up to / and in the managers' roots: if any of them
-    changes, the shim is asked again.
+    The shim's own file, PATH, the managers' variables, and the version files in /
+    and in the managers' roots: if any of them changes, the shim is asked again.
     """
-    parts = [binary_key(real), str(Path.cwd()), os.environ.get("PATH", "")]
+    parts = [binary_key(real), os.environ.get("PATH", "")]
     parts += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith(_VERSION_ENV))
-    roots = [Path.cwd(), *Path.cwd().parents]
-    roots += [Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))]
+    # The shim is asked from / (see _ask): the version files there and in the managers'
+    # roots are what it reads, never the working directory's.
+    roots = [Path("/"), Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))]
     for directory in roots:
         for name in (*_VERSION_FILES, "version"):
             candidate = directory / name

@@ -70,7 +70,7 @@ def protected_reason(rel: str) -> str | None:
     Matched case-insensitively, on every component: a case-insensitive filesystem
     (or a later checkout on one) would read ``JHANSI.TOML`` as ``jhansi.toml``.
     """
-    parts = [p.lower() for p in PurePosixPath(rel).parts]
+    parts = [p.casefold() for p in PurePosixPath(rel).parts]
     for part in parts[:-1]:
         if part in _PROTECTED_DIRS:
             return f"under {part}/: {_PROTECTED_DIRS[part]}"

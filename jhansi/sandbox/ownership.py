@@ -34,12 +34,19 @@ def hand_over(path: Path, uid: int, gid: int) -> None:
             hint="Use rootless Podman (it maps your own uid into the sandbox), rootful Docker, "
             "or the bwrap backend.",
         )
+    from jhansi.sandbox.tree import walk
+
     os.lchown(path, uid, gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            entry = os.path.join(root, name)  # noqa: PTH118
-            if os.lstat(entry).st_uid != uid:
-                os.lchown(entry, uid, gid)
+    try:
+        for rel, entry in walk(path):
+            if entry.st_uid != uid or entry.st_gid != gid:
+                os.lchown(path / rel, uid, gid)
+    except OSError as exc:  # TooDeep, or a path past the kernel's length limit
+        raise SandboxError(
+            f"cannot hand the sandbox's directory {path} to its user: {exc.strerror or exc}",
+            hint="A script nested directories past any real use; remove the sandbox "
+            "(`jhansi sandbox rm NAME`) or that directory.",
+        ) from None
 
 
 def _in_subordinate_ranges(ident: int, path: Path) -> str | None:

@@ -15,8 +15,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -86,29 +84,22 @@ class OpenSandbox:
 
 
 def _dir_size(path: Path) -> int:
+    """What the tree under ``path`` holds, in bytes (as far as it can be walked)."""
+    from jhansi.sandbox.tree import walk
+
     total = 0
-    for root, dirs, files in os.walk(path):
-        for name in files + dirs:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size  # noqa: PTH118
+    with contextlib.suppress(OSError):  # gone, unreadable, or nested past the walk's depth
+        for _rel, st in walk(path):
+            total += st.st_size
     return total
 
 
 def remove_tree(path: Path) -> None:
-    """Delete ``path`` even where the sandbox made directories read-only."""
+    """Delete ``path`` even where the sandbox made directories read-only or nested them
+    deeper than a recursive walk survives (:func:`jhansi.sandbox.tree.remove_tree`)."""
+    from jhansi.sandbox import tree
 
-    def make_writable_and_retry(func: Callable[..., Any], target: str, _exc: object) -> None:
-        parent = os.path.dirname(target)  # noqa: PTH120
-        with contextlib.suppress(OSError):
-            os.chmod(parent, stat.S_IRWXU)  # noqa: PTH101
-        with contextlib.suppress(OSError):
-            if os.path.isdir(target) and not os.path.islink(target):  # noqa: PTH112, PTH114
-                os.chmod(target, stat.S_IRWXU)  # noqa: PTH101
-        func(target)
-
-    if path.exists() or path.is_symlink():
-        # onerror, not onexc: the latter is Python 3.12+.
-        shutil.rmtree(path, onerror=make_writable_and_retry)
+    tree.remove_tree(path)
 
 
 class Workspace:

@@ -4,7 +4,6 @@ executable paths and the provenance each load records."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
 
@@ -145,7 +144,7 @@ def test_widening_is_refused_naming_the_file_key_and_command(
     assert error.exit_code == ExitCode.USAGE == 2
     assert str(project / "jhansi.toml") in error.message
     assert key in error.message
-    assert error.hint.endswith(f"jhansi trust {os.path.realpath(project / 'jhansi.toml')}")
+    assert error.hint.endswith(f"jhansi trust {(project / 'jhansi.toml').absolute()}")
     # config show's way: no error, the value left out and said why
     shown = load_settings(start=project, environ={}, paths=paths, strict=False)
     assert [r.key for r in shown.refused] == [key]
@@ -231,9 +230,9 @@ def test_trusted_content_applies_and_any_change_untrusts(tmp_path: Path, paths: 
         load_settings(start=project, environ={}, paths=paths)
 
 
-def test_trust_is_keyed_by_the_real_path(tmp_path: Path, paths: Paths) -> None:
-    """Trusted content reached through a link elsewhere is not trusted there, and
-    relative paths in a trusted file resolve next to its real location."""
+def test_trust_is_keyed_by_the_path_where_the_file_is_found(tmp_path: Path, paths: Paths) -> None:
+    """Trusted content copied or linked elsewhere is not trusted there (no borrowed
+    trust); relative paths in a trusted file resolve next to its real location."""
     project = _project(tmp_path, '[policy]\nadvisory_db = "osv"\n')
     store.trust(project / "jhansi.toml", paths=paths)
     elsewhere = tmp_path / "elsewhere"
@@ -244,6 +243,9 @@ def test_trust_is_keyed_by_the_real_path(tmp_path: Path, paths: Paths) -> None:
     linked = tmp_path / "linked"
     linked.mkdir()
     (linked / "jhansi.toml").symlink_to(project / "jhansi.toml")
+    with pytest.raises(ConfigError, match="not trusted"):
+        load_settings(start=linked, environ={}, paths=paths)
+    store.trust(linked / "jhansi.toml", paths=paths)  # trusted there, on purpose
     settings = load_settings(start=linked, environ={}, paths=paths)
     assert settings.policy.advisory_db == str(project.resolve() / "osv")
 
@@ -359,3 +361,27 @@ def test_licence_comparison() -> None:
 
 def replace_unknown(policy: LicensePolicy) -> LicensePolicy:
     return LicensePolicy(policy.allow, policy.deny, "deny")
+
+
+def test_a_config_in_or_above_a_directory_anyone_writes_is_not_read(
+    tmp_path: Path, paths: Paths
+) -> None:
+    # Another user left a jhansi.toml in a shared directory (/tmp-like: 1777) above the
+    # project: it must not configure the run, even with tightening values only.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "jhansi.toml").write_text('[sandbox]\ntimeout = "1s"\nbackend = "docker"\n')
+    project = shared / "rootproj"
+    project.mkdir()
+    settings = load_settings(start=project, environ={}, paths=paths)
+    assert settings.sandbox.timeout == 300.0
+    assert settings.sandbox.backend == "auto"
+    assert settings.provenance == ()
+    # A config file anyone may write is refused where it is found.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "jhansi.toml").write_text('[sandbox]\ntimeout = "1s"\n')
+    (mine / "jhansi.toml").chmod(0o666)
+    with pytest.raises(ConfigError, match="any user"):
+        load_settings(start=mine, environ={}, paths=paths)

@@ -599,3 +599,32 @@ def test_the_host_root_is_kept_while_its_directories_are_unchanged(
     assert len(computed) == 3
     assert keep(interpreter, cache) == fresh
     assert len(computed) == 3
+
+
+def test_a_checkouts_version_file_does_not_choose_the_host_interpreter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in for a version manager's shim (pyenv's are shell scripts that read
+    # .python-version from the working directory upwards): what it would run for a
+    # checkout's version file must not be what jhansi probes and binds.
+    import sys
+
+    from jhansi.sandbox.bwrap import resolve_python
+
+    real = os.path.realpath(sys.executable)
+    decoy = tmp_path / "decoy-python"
+    decoy.write_text(f'#!/bin/sh\nexec {real} "$@"\n')
+    decoy.chmod(0o755)
+    shim = tmp_path / "python3"
+    shim.write_text(
+        "#!/bin/sh\n"
+        f"if [ -e .python-version ]; then exec {decoy} -c \"print('{decoy}')\"; fi\n"
+        f'exec {real} "$@"\n'
+    )
+    shim.chmod(0o755)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / ".python-version").write_text("decoy\n")
+    monkeypatch.chdir(checkout)
+    resolve_python.cache_clear()
+    assert resolve_python(str(shim)) == real
