@@ -690,24 +690,48 @@ def _apply_one(layer: Layer, layer_fd: int, project_fd: int, change: Change) -> 
         raise ApplyError(exc.errno, f"{rel}: {exc.strerror or exc}") from exc
 
 
-def apply_changes(layer: Layer, changes: Iterable[Change]) -> ApplyReport:
+#: At most this many bytes of file content are written into the project by one apply:
+#: a sandbox's sparse terabyte must not become real blocks on the host's disk (nor hours
+#: of copying after the run). What is over it stays in the kept layer.
+APPLY_BUDGET = 1 << 30
+
+
+def apply_changes(
+    layer: Layer, changes: Iterable[Change], *, budget: int = APPLY_BUDGET
+) -> ApplyReport:
     """Apply ``changes`` (from :func:`plan_changes`, in its order) to the project.
 
     Each change is applied, refused (:func:`refusal`, or a symlink on its path in
-    the project) or a conflict (the project's entry is not what was copied). An
-    error that is not about one change (disk full, read-only filesystem) stops it:
+    the project) or a conflict (the project's entry is not what was copied, or a
+    file past what is left of ``budget`` bytes: the layer is kept). An error that is
+    not about one change (disk full, read-only filesystem) stops it:
     :attr:`ApplyReport.error` says why, and the changes after it are not applied.
     """
     outcomes: list[Outcome] = []
     layer_fd = _open_dir(layer.root)
     project_fd = _open_dir(layer.project)
     error = ""
+    left = budget
     try:
         for change in changes:
             why = refusal(layer, change)
             if why:
                 outcomes.append(Outcome(change.path, change.action, "refused", why))
                 continue
+            new = change.new
+            if new is not None and new.kind == "file" and change.action != "mode":
+                if new.size > left:
+                    outcomes.append(
+                        Outcome(
+                            change.path,
+                            change.action,
+                            "conflict",
+                            f"{new.size} bytes, more than --rw writes into the project in one "
+                            f"run ({budget >> 20} MiB, {max(left, 0) >> 20} MiB left)",
+                        )
+                    )
+                    continue
+                left -= new.size
             try:
                 outcomes.append(_apply_one(layer, layer_fd, project_fd, change))
             except ApplyError as exc:

@@ -295,3 +295,16 @@ def test_a_link_through_the_projects_own_link_that_leaves_is_refused(
     (project / "out").symlink_to("../..")  # made on the host after the copy
     (layer.root / "through").symlink_to("out/etc")
     assert _apply(layer)["through"][0] == "refused"
+
+
+def test_a_sparse_giant_is_not_written_into_the_project(project: Path, tmp_path: Path) -> None:
+    layer = _layer(project, tmp_path)
+    with (layer.root / "big.bin").open("wb") as handle:
+        handle.truncate(4 << 30)  # 4 GiB that take no blocks in the layer
+    (layer.root / "small.txt").write_text("fits\n")
+    report = apply_changes(layer, plan_changes(layer), budget=1 << 20)
+    outcomes = {o.path: (o.result, o.reason) for o in report.outcomes}
+    assert outcomes["big.bin"][0] == "conflict"
+    assert "more than --rw writes" in outcomes["big.bin"][1]
+    assert outcomes["small.txt"][0] == "applied"
+    assert not (project / "big.bin").exists()
