@@ -141,13 +141,14 @@ def _wheel_file(package: str, version: str, entry: Any, indexes: Sequence[str]) 
     from packaging.utils import InvalidWheelFilename, parse_wheel_filename
     from packaging.version import InvalidVersion, Version
 
+    label = f"{package} {version}"
     if not isinstance(entry, dict):
-        raise _Refusal(package, "a wheel entry", "it is not a table")
+        raise _Refusal(label, "a wheel entry", "it is not a table")
     if "path" in entry:
-        raise _Refusal(package, f"path = {entry['path']!r}", "a local path, not the index")
+        raise _Refusal(label, f"path = {entry['path']!r}", "a local path, not the index")
     url = entry.get("url")
     if not isinstance(url, str) or not url:
-        raise _Refusal(package, "a wheel entry", "it has no url")
+        raise _Refusal(label, "a wheel entry", "it has no url")
     parts = urlsplit(url)
     # Plain http only from the host of an index the user configured as plain http
     # (a local mirror): the user's choice, never the lock's.
@@ -155,24 +156,24 @@ def _wheel_file(package: str, version: str, entry: Any, indexes: Sequence[str]) 
     if parts.scheme != "https" and not (
         parts.scheme == "http" and parts.netloc in plain_http_hosts
     ):
-        raise _Refusal(package, url, "not an https URL")
+        raise _Refusal(label, url, "not an https URL")
     if parts.username is not None or parts.password is not None or parts.fragment:
-        raise _Refusal(package, url, "a URL with credentials or a fragment")
+        raise _Refusal(label, url, "a URL with credentials or a fragment")
     filename = _filename_of(url)
     named = entry.get("name")
     if named is not None and named != filename:
-        raise _Refusal(package, url, f"its name {named!r} is not the URL's file name")
+        raise _Refusal(label, url, f"its name {named!r} is not the URL's file name")
     try:
         wheel_name, wheel_version, _, _ = parse_wheel_filename(filename)
         same_version = wheel_version == Version(version)
     except (InvalidWheelFilename, InvalidVersion):
-        raise _Refusal(package, url, "not a wheel file name for this package") from None
+        raise _Refusal(label, url, "not a wheel file name for this package") from None
     if _canonical(wheel_name) != package or not same_version:
-        raise _Refusal(package, url, f"the file is not {package} {version}")
+        raise _Refusal(label, url, f"the file is not {package} {version}")
     hashes = entry.get("hashes")
     sha256 = hashes.get("sha256") if isinstance(hashes, dict) else None
     if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256.lower()):
-        raise _Refusal(package, url, "no sha256 digest")
+        raise _Refusal(label, url, "no sha256 digest")
     return LockedFile(package, version, filename, sha256.lower(), url)
 
 
