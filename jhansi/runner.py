@@ -698,6 +698,7 @@ class Runner:
             exclude_newer=request.exclude_newer,
             reporter=self.reporter,
             fix_command=f"jhansi lock {script.display}",
+            cache_dir=self.paths.cache,
         )
         supply = self._policy(locked, policy)
         checked = Dependencies(plan=decided, target=target, lock=locked, supply=supply)

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from jhansi.deps.lock import LockResult, canonical_name, jsonable, no_wheel_error, parse_lock
+from jhansi.deps.origin import check_origin
 from jhansi.deps.target import Target
 from jhansi.deps.uv import host_python, run_uv
 from jhansi.errors import DependencyError, ToolError
@@ -126,6 +127,9 @@ def install(
         logger.debug("environment %s reused", key)
         return Environment(key=key, path=final, reused=True)
 
+    # Whoever made this LockResult, uv fetches exactly the files the lock names: only
+    # files the user's index serves (verified once, then from the cache).
+    check_origin(document, lock.path, cache_dir=cache_dir)
     envs.mkdir(parents=True, exist_ok=True)
     _sweep(envs)
     if final.exists():
@@ -147,6 +151,10 @@ def install(
             "--target",
             staged,
             "--no-build",
+            # The lock names every file (checked by check_origin): uv asks no index
+            # and no find-links, and refuses a file without its digest.
+            "--no-index",
+            "--require-hashes",
             "--python-version",
             target.python_minor,
             "--python-platform",

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from jhansi.deps.origin import check_origin
 from jhansi.deps.target import Target
 from jhansi.deps.uv import host_python, no_wheel, not_found, run_uv
 from jhansi.errors import DependencyError, ToolError, UsageError
@@ -327,6 +328,7 @@ def lock(
     frozen: bool = False,
     upgrade: bool = False,
     exclude_newer: str | None = None,
+    cache_dir: Path | None = None,
 ) -> LockResult:
     """Lock ``requirements`` (PEP 508, validated by the caller) for ``target`` into ``lock_file``.
 
@@ -336,6 +338,12 @@ def lock(
     the lock's header as the command that regenerates it). ``upgrade``:
     resolve again, ignoring the existing pins. A package with no wheel for
     the target raises :class:`DependencyError` naming it and the target.
+
+    Every lock returned, reused or just resolved, installs only files the
+    user's package index serves (:func:`jhansi.deps.origin.check_origin`): a
+    lock beside a script is a project file, and may pin versions but never
+    choose where files come from. ``cache_dir`` holds what was verified
+    (default: the user's cache).
     """
     if not requirements:
         raise ValueError("lock() needs at least one requirement; a script without any has no lock")
@@ -369,10 +377,23 @@ def lock(
             existing = None
         else:
             if _recorded_inputs(document) == inputs and not upgrade:
+                check_origin(
+                    document, lock_file, cache_dir=_cache(cache_dir), fix_command=fix_command
+                )
                 return _result(lock_file, existing, document, reused=True, inputs=inputs)
             stale_because = (
                 f"{lock_file} is out of date: {_what_changed(document, normalized, target)}"
             )
+            if not upgrade and not frozen:
+                # uv is shown the old lock to keep its pins: only a lock whose files are
+                # the index's own (a project file may name any URL or host path).
+                try:
+                    check_origin(
+                        document, lock_file, cache_dir=_cache(cache_dir), fix_command=fix_command
+                    )
+                except DependencyError as exc:
+                    reporter.warning(f"not keeping the pins of {lock_file.name}: {exc.message}")
+                    existing = None
     if frozen:
         raise DependencyError(
             f"--frozen: {stale_because}", hint=f"Run `{fix_command}` to update the lock."
@@ -398,8 +419,19 @@ def lock(
         + _tool_table(inputs, normalized, target, exclude_newer).encode()
     )
     document = parse_lock(content, lock_file)
+    # What uv resolved comes from the user's indexes, but it was shown the old lock as
+    # preferences: checked like any other lock, before it replaces anything.
+    check_origin(document, lock_file, cache_dir=_cache(cache_dir), fix_command=fix_command)
     write_atomically(lock_file, content)
     return _result(lock_file, content, document, reused=False, inputs=inputs)
+
+
+def _cache(cache_dir: Path | None) -> Path:
+    if cache_dir is not None:
+        return cache_dir
+    from jhansi.paths import Paths
+
+    return Paths.from_environment().cache
 
 
 def _what_changed(document: dict[str, Any], requirements: Sequence[str], target: Target) -> str:

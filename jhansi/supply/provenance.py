@@ -27,11 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from jhansi._cache import write_cache_file
 from jhansi.deps.lock import LockedPackage, canonical_name
 from jhansi.errors import PolicyError
+
+if TYPE_CHECKING:
+    from pypi_simple import ProjectPage
 
 Rule = Literal["package-age", "not-popular", "provenance-unavailable"]
 
@@ -128,7 +131,13 @@ def _from_json_api(name: str, index_url: str, timeout: float) -> datetime | None
     return _aware(min(times)) if times else None
 
 
-def _fetch_first_release(name: str, index_url: str, timeout: float) -> datetime | None:
+def project_page(name: str, index_url: str, timeout: float) -> ProjectPage | None:
+    """The index's simple-API page for ``name`` (``None``: the index has no such project).
+
+    The one client jhansi asks the index with, about provenance and about where a
+    lock's files come from (:mod:`jhansi.deps.origin`). Raises
+    :class:`ProvenanceUnavailable` when the index cannot be asked.
+    """
     import requests
     from pypi_simple import ACCEPT_JSON_PREFERRED, PyPISimple
     from pypi_simple.errors import NoSuchProjectError
@@ -136,15 +145,55 @@ def _fetch_first_release(name: str, index_url: str, timeout: float) -> datetime 
     try:
         with PyPISimple(endpoint=index_url, accept=ACCEPT_JSON_PREFERRED) as client:
             try:
-                page = client.get_project_page(name, timeout=timeout)
+                return client.get_project_page(name, timeout=timeout)
             except NoSuchProjectError:
                 return None
-            times = [p.upload_time for p in page.packages if p.upload_time is not None]
-            if times:
-                return _aware(min(times))
-            if not page.packages:
-                return None
+    except (requests.RequestException, OSError, ValueError, KeyError, TypeError) as exc:
+        raise ProvenanceUnavailable(
+            f"cannot read {name}'s files from the package index ({exc.__class__.__name__})",
+            hint="Check the network and your uv or pip index settings, then try again.",
+        ) from exc
+
+
+def _earliest_upload(page: ProjectPage) -> datetime | None:
+    times = [p.upload_time for p in page.packages if p.upload_time is not None]
+    return _aware(min(times)) if times else None
+
+
+def remember_first_release(name: str, page: ProjectPage, *, cache_dir: Path) -> None:
+    """Cache ``name``'s first release from a page fetched for another reason.
+
+    Only a page with upload times answers (a release date never changes); one
+    without leaves the question to :func:`first_release`. Called with the
+    configured index's pages, so that the provenance check asks nothing again.
+    """
+    first = _earliest_upload(page)
+    name = canonical_name(name)
+    path = _cache_path(cache_dir, name)
+    if first is not None and not _read_cache(path)[0]:
+        _write_cache(path, first)
+
+
+def _fetch_first_release(name: str, index_url: str, timeout: float) -> datetime | None:
+    import requests
+
+    try:
+        page = project_page(name, index_url, timeout)
+        if page is None:
+            return None
+        first = _earliest_upload(page)
+        if first is not None:
+            return first
+        if not page.packages:
+            return None
         return _from_json_api(name, index_url, timeout)
+    except ProvenanceUnavailable as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise ProvenanceUnavailable(
+            f"cannot read {name}'s release history from the package index "
+            f"({cause.__class__.__name__})",
+            hint=exc.hint,
+        ) from cause
     except (requests.RequestException, OSError, ValueError, KeyError, TypeError) as exc:
         raise ProvenanceUnavailable(
             f"cannot read {name}'s release history from the package index "

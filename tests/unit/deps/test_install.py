@@ -116,6 +116,15 @@ class FakeUv:
         return subprocess.CompletedProcess(argv, 0, b"", b"")
 
 
+@pytest.fixture(autouse=True)
+def origin_checks(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The canned lock names invented files no index serves: the origin check (tested in
+    test_origin.py against a real HTTP index) is replaced here by a recorder of its calls."""
+    calls: list[Path] = []
+    monkeypatch.setattr(install_module, "check_origin", lambda doc, path, **kw: calls.append(path))
+    return calls
+
+
 @pytest.fixture
 def fake_uv(monkeypatch: pytest.MonkeyPatch) -> FakeUv:
     fake = FakeUv()
@@ -143,11 +152,18 @@ def test_install_then_reuse_without_uv(tmp_path: Path, fake_uv: FakeUv) -> None:
     assert sorted(p.name for p in (cache / "envs").iterdir()) == [env.key]  # nothing left over
 
 
-def test_uv_is_asked_for_wheels_for_the_target(tmp_path: Path, fake_uv: FakeUv) -> None:
+def test_uv_is_asked_for_wheels_for_the_target(
+    tmp_path: Path, fake_uv: FakeUv, origin_checks: list[Path]
+) -> None:
     _install(make_lock(tmp_path / "pylock.toml"), tmp_path / "cache")
     (argv,) = fake_uv.calls
     assert argv[:2] == ["pip", "install"]
     assert "--no-build" in argv
+    # Exactly the lock's files, each checked against the index before uv runs: uv asks
+    # no index and no find-links, and refuses a file without a digest.
+    assert origin_checks == [tmp_path / "pylock.toml"]
+    assert "--no-index" in argv
+    assert "--require-hashes" in argv
     assert argv[argv.index("--python-version") + 1] == TARGET.python_minor
     assert argv[argv.index("--python-platform") + 1] == TARGET.uv_platform
     assert argv[argv.index("--link-mode") + 1] == "hardlink"

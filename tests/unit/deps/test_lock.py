@@ -94,6 +94,15 @@ class FakeUv:
         return subprocess.CompletedProcess(argv, 0, b"", b"")
 
 
+@pytest.fixture(autouse=True)
+def origin_checks(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The canned lock names invented files no index serves: the origin check (tested in
+    test_origin.py against a real HTTP index) is replaced here by a recorder of its calls."""
+    calls: list[Path] = []
+    monkeypatch.setattr(lock_module, "check_origin", lambda doc, path, **kw: calls.append(path))
+    return calls
+
+
 @pytest.fixture
 def fake_uv(monkeypatch: pytest.MonkeyPatch) -> FakeUv:
     fake = FakeUv()
@@ -184,11 +193,15 @@ def test_lock_asks_uv_for_wheels_only_for_the_target(tmp_path: Path, fake_uv: Fa
     assert fake_uv.inputs == ["requests\npyyaml\n"]
 
 
-def test_same_inputs_reuse_the_lock_without_uv(tmp_path: Path, fake_uv: FakeUv) -> None:
+def test_same_inputs_reuse_the_lock_without_uv(
+    tmp_path: Path, fake_uv: FakeUv, origin_checks: list[Path]
+) -> None:
     path = tmp_path / "pylock.toml"
     first = _lock(path)
     again = _lock(path, ["PyYAML", "requests"])
     assert len(fake_uv.calls) == 1
+    # Both the lock jhansi wrote and the one it reused were checked against the index.
+    assert origin_checks == [path, path]
     assert again.reused is True
     assert (again.digest, again.packages) == (first.digest, first.packages)
     frozen = _lock(path, frozen=True)
