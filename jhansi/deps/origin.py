@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,26 +88,21 @@ def configured_index_urls(environ: Mapping[str, str] | None = None) -> tuple[str
     A project's configuration is never read (uv runs with ``UV_NO_CONFIG``).
     """
     from jhansi.deps.uv import uv_environment
-    from jhansi.supply.metadata import configured_index_url
+    from jhansi.supply.metadata import configured_index_url, uv_config
 
     env = uv_environment(environ)
     urls = [configured_index_url(environ)]
     for name in ("UV_INDEX", "UV_EXTRA_INDEX_URL"):
         urls.extend(_index_entry(item) for item in env.get(name, "").split())
-    config = env.get("UV_CONFIG_FILE")
-    if config:
-        try:
-            document = tomllib.loads(Path(config).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            document = {}
-        for index in document.get("index") or ():
-            if isinstance(index, dict) and isinstance(index.get("url"), str):
-                urls.append(index["url"])
-        for table in (document, document.get("pip") or {}):
-            extra = table.get("extra-index-url") if isinstance(table, dict) else None
-            if isinstance(extra, str):
-                extra = [extra]
-            urls.extend(str(u) for u in extra or () if isinstance(u, str))
+    document = uv_config(env)
+    for index in document.get("index") or ():
+        if isinstance(index, dict) and isinstance(index.get("url"), str):
+            urls.append(index["url"])
+    for table in (document, document.get("pip") or {}):
+        extra = table.get("extra-index-url") if isinstance(table, dict) else None
+        if isinstance(extra, str):
+            extra = [extra]
+        urls.extend(str(u) for u in extra or () if isinstance(u, str))
     return tuple(dict.fromkeys(u.strip() for u in urls if u.strip()))
 
 

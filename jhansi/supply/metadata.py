@@ -129,6 +129,19 @@ def _from_json_api(info: Mapping[str, Any], name: str, version: str) -> PackageM
 # -- the index ------------------------------------------------------------------------------
 
 
+def uv_config(env: Mapping[str, str]) -> dict[str, Any]:
+    """The user's uv configuration file (``UV_CONFIG_FILE``, as :func:`jhansi.deps.uv.
+    uv_environment` sets it) as a table; empty when there is none or it does not read."""
+    config = env.get("UV_CONFIG_FILE")
+    if not config:
+        return {}
+    try:
+        document = tomllib.loads(Path(config).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+    return document
+
+
 def configured_index_url(environ: Mapping[str, str] | None = None) -> str:
     """The primary index uv locks from, as the user configured it (never a literal host).
 
@@ -144,18 +157,13 @@ def configured_index_url(environ: Mapping[str, str] | None = None) -> str:
         value = env.get(name, "").strip()
         if value:
             return value
-    config = env.get("UV_CONFIG_FILE")
-    if config:
-        try:
-            document = tomllib.loads(Path(config).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            document = {}
-        for index in document.get("index") or ():
-            if isinstance(index, dict) and index.get("default") and index.get("url"):
-                return str(index["url"])
-        for table in (document, document.get("pip") or {}):
-            if isinstance(table, dict) and table.get("index-url"):
-                return str(table["index-url"])
+    document = uv_config(env)
+    for index in document.get("index") or ():
+        if isinstance(index, dict) and index.get("default") and index.get("url"):
+            return str(index["url"])
+    for table in (document, document.get("pip") or {}):
+        if isinstance(table, dict) and table.get("index-url"):
+            return str(table["index-url"])
     from pypi_simple import PYPI_SIMPLE_ENDPOINT
 
     return str(PYPI_SIMPLE_ENDPOINT)
