@@ -1102,13 +1102,11 @@ class EgressProxy:
         first: list[bytes] = []
         ended = False
         while not ended and sum(map(len, first)) < SNIFF:
-            part = await _next_event(upstream, up_reader, self._timeouts.idle)
-            if isinstance(part, h11.Data):
-                first.append(part.data)
-            elif isinstance(part, h11.EndOfMessage):
+            data = await _body_part(upstream, up_reader, self._timeouts.idle)
+            if data is None:
                 ended = True
             else:
-                raise _Refused("the upstream closed mid-response", 502, "failed")
+                first.append(data)
         encodings = [v for n, v in event.headers if n == b"content-encoding"]
         kind = b"".join(v for n, v in event.headers if n == b"content-type")
         try:
@@ -1147,13 +1145,11 @@ class EgressProxy:
             try:
                 body = first
                 while not ended:
-                    part = await _next_event(upstream, up_reader, self._timeouts.idle)
-                    if isinstance(part, h11.Data):
-                        body.append(part.data)
-                    elif isinstance(part, h11.EndOfMessage):
+                    data = await _body_part(upstream, up_reader, self._timeouts.idle)
+                    if data is None:
                         ended = True
                     else:
-                        raise _Refused("the upstream closed mid-response", 502, "failed")
+                        body.append(data)
                 clean = scrub.scrub(b"".join(body))
                 del body[:]
             finally:
@@ -1213,6 +1209,18 @@ def _basic_credentials(value: bytes) -> bytes | None:
         return base64.b64decode(rest.strip(), validate=True)
     except (binascii.Error, ValueError):
         return None
+
+
+async def _body_part(
+    conn: h11.Connection, reader: asyncio.StreamReader, timeout: float
+) -> bytes | None:
+    """The next piece of a response body from the upstream, ``None`` at its end."""
+    part = await _next_event(conn, reader, timeout)
+    if isinstance(part, h11.Data):
+        return bytes(part.data)
+    if isinstance(part, h11.EndOfMessage):
+        return None
+    raise _Refused("the upstream closed mid-response", 502, "failed")
 
 
 async def _next_event(
