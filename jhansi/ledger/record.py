@@ -91,24 +91,6 @@ BLOB_REF: Final = re.compile(rb'"blob":"([0-9a-f]{64})"')
 """A blob reference in a canonical line (a quote inside a string is always escaped,
 so this only ever matches a real member named ``blob``)."""
 
-_HEX64_MATCH = HEX64.fullmatch
-_TIME_MATCH = TIME.fullmatch
-_last_digest = ""
-"""The hash :func:`parse_object` last verified: usually the next record's ``prev``."""
-#: Ledger ids and kinds already seen valid: few distinct values, each checked once.
-_VALID_IDS: set[str] = set()
-_VALID_KINDS: set[str] = set()
-
-
-def _valid_once(seen: set[str], pattern: re.Pattern[str], value: str) -> bool:
-    if not pattern.fullmatch(value):
-        return False
-    if len(seen) > 4096:
-        seen.clear()
-    seen.add(value)
-    return True
-
-
 _NON_BMP_BYTES = re.compile(rb"[\xf0-\xf4]")
 _NON_BMP_STR = re.compile("[\U00010000-\U0010ffff]")
 _ENCODER = json.JSONEncoder(
@@ -405,59 +387,96 @@ def _parse_checked(raw: bytes) -> dict[str, Any]:
     return obj
 
 
+_BODY_OPEN: Final = '{"body":{'
+_HASH_MEMBER: Final = ',"hash":"'
+#: Everything after the body of a record line as the writer produces it: the members
+#: sorted, no whitespace, and values whose form the pattern itself checks (none of them
+#: can hold a character that JSON escapes).
+_TAIL = re.compile(
+    r',"hash":"([0-9a-f]{64})","kind":"([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*)",'
+    r'"ledger_id":"([0-9a-f]{32})","prev":"([0-9a-f]{64})","seq":(0|[1-9][0-9]{0,15}),'
+    r'"time":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)","v":1\}'
+)
+_TAIL_MATCH = _TAIL.fullmatch
+#: The length of ``,"hash":"<64 hex>"``: what the hash does not cover.
+_HASH_MEMBER_LEN: Final = len(_HASH_MEMBER) + 64 + 1
+
+Fields = tuple[int, str, str, str, str, str, dict[str, Any]]
+"""``(seq, kind, ledger_id, prev, hash, time, body)`` of a valid record."""
+
+
+def split_record(raw: bytes) -> Fields | None:
+    """The fields of ``raw`` when it is a valid record line exactly as the writer makes it;
+    ``None`` means "not shown valid here": the caller asks :func:`parse_object`.
+
+    The hot path of verification, which never parses or re-encodes the members
+    after ``body``: a canonical record is ``{"body":`` + the canonical body +
+    a tail whose layout is fixed (members in sorted order, no whitespace, hex
+    digests, a kind, an integer, a time, ``"v":1``), which one regular
+    expression checks, form of every value included. So only the body goes
+    through the JSON decoder and encoder (canonical iff re-encoding gives the
+    same text), and the hash is BLAKE3 over the line minus its hash member.
+    Whatever this accepts, the reference (:func:`load_canonical`,
+    :func:`check_fields`, :func:`check_hash`) accepts with the same values;
+    anything unusual (a non-BMP character, an integer past 2**53, any
+    deviation from the layout) is left to the reference, which says what is
+    wrong. The tests compare both on mutated lines.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    # A quote inside a string is escaped, so the last ``,"hash":"`` is structural; the
+    # tail pattern then proves it is the top-level member.
+    at = text.rfind(_HASH_MEMBER)
+    if at < 0 or not text.startswith(_BODY_OPEN):
+        return None
+    tail = _TAIL_MATCH(text, at)
+    if tail is None:
+        return None
+    body_text = text[8:at]
+    try:
+        body, end = _SCAN(body_text, 0)
+        if end != len(body_text) or type(body) is not dict or _encode(body) != body_text:
+            return None
+    except (StopIteration, ValueError, TypeError, RecursionError):
+        return None
+    if not raw.isascii():
+        # Beyond U+FFFF, RFC 8785 orders keys differently (by UTF-16 code units).
+        if _NON_BMP_BYTES.search(raw):
+            return None
+        at += len(raw) - len(text)  # the tail is ASCII: only the body has wide characters
+    digest, kind, lid, prev, seq_text, time = tail.groups()
+    seq = int(seq_text)
+    if seq > MAX_SAFE_INT:
+        return None
+    unhashed = RECORD_DOMAIN + raw[:at] + raw[at + _HASH_MEMBER_LEN :]
+    if blake3.blake3(unhashed).hexdigest() != digest:
+        return None
+    return seq, kind, lid, prev, digest, time, body
+
+
 def parse_object(raw: bytes) -> dict[str, Any]:
     """Parse and fully check one record line (without its newline); return the object.
 
-    The hot path of verification: every check of :func:`load_canonical`,
-    :func:`check_fields` and :func:`check_hash` in one function, as plain
-    boolean tests. Anything it does not accept goes through those functions,
-    which raise the precise error (and are the reference the tests compare
-    this with).
+    :func:`split_record` for the lines the writer makes; anything it does not
+    accept goes through the reference checks, which raise the precise
+    :class:`RecordError`.
     """
-    global _last_digest
-    try:
-        text = raw.decode("utf-8")
-        obj, end = _SCAN(text, 0)
-        # Eight members, these eight among them (checked below), means exactly KEYS.
-        digest, prev, lid, kind = obj["hash"], obj["prev"], obj["ledger_id"], obj["kind"]
-        seq, time, v, body = obj["seq"], obj["time"], obj["v"], obj["body"]
-    except (UnicodeDecodeError, StopIteration, ValueError, RecursionError, KeyError, TypeError):
+    fields = split_record(raw)
+    if fields is None:
         return _parse_checked(raw)
-    if (
-        end != len(text)
-        or type(obj) is not dict
-        or len(obj) != len(KEYS)
-        or _encode(obj) != text
-        # Beyond U+FFFF, RFC 8785 orders keys differently (by UTF-16 code units).
-        or (not raw.isascii() and _NON_BMP_BYTES.search(raw))
-    ):
-        return _parse_checked(raw)
-    if not (
-        type(digest) is str
-        and type(seq) is int
-        and seq >= 0
-        and type(v) is int
-        and v == SCHEMA_VERSION
-        and type(lid) is str
-        and (lid in _VALID_IDS or _valid_once(_VALID_IDS, HEX32, lid))
-        and type(kind) is str
-        and (kind in _VALID_KINDS or _valid_once(_VALID_KINDS, KIND, kind))
-        and type(prev) is str
-        and (prev == _last_digest or _HEX64_MATCH(prev))
-        and type(time) is str
-        and _TIME_MATCH(time)
-        and type(body) is dict
-    ):
-        return _parse_checked(raw)
-    # ``hash`` needs no check of form: it must equal a freshly computed hex digest.
-    member = b',"hash":"' + digest.encode() + b'"'
-    at = raw.rfind(member)
-    if at < 0:
-        return _parse_checked(raw)
-    if blake3.blake3(RECORD_DOMAIN + raw[:at] + raw[at + len(member) :]).hexdigest() != digest:
-        return _parse_checked(raw)
-    _last_digest = digest  # the next record's prev, usually: no need to match it again
-    return obj
+    seq, kind, lid, prev, digest, time, body = fields
+    return {
+        "body": body,
+        "hash": digest,
+        "kind": kind,
+        "ledger_id": lid,
+        "prev": prev,
+        "seq": seq,
+        "time": time,
+        "v": SCHEMA_VERSION,
+    }
 
 
 def parse_line(raw: bytes) -> Record:
