@@ -91,6 +91,27 @@ BLOB_REF: Final = re.compile(rb'"blob":"([0-9a-f]{64})"')
 """A blob reference in a canonical line (a quote inside a string is always escaped,
 so this only ever matches a real member named ``blob``)."""
 
+_HEX64_MATCH = HEX64.fullmatch
+_HEX32_MATCH = HEX32.fullmatch
+_last_digest = ""
+"""The hash :func:`split_record` last verified (so: 64 hex digits): usually the next
+record's ``prev``, which then needs no pattern. Any value it may hold is valid hex, so
+threads racing on it can only cost a pattern match."""
+_valid_ids: set[str] = set()
+"""Ledger ids already matched as 32 hex digits (a ledger has one)."""
+
+
+def _valid_id(value: str) -> bool:
+    if value in _valid_ids:
+        return True
+    if not _HEX32_MATCH(value):
+        return False
+    if len(_valid_ids) > 64:
+        _valid_ids.clear()
+    _valid_ids.add(value)
+    return True
+
+
 _NON_BMP_BYTES = re.compile(rb"[\xf0-\xf4]")
 _NON_BMP_STR = re.compile("[\U00010000-\U0010ffff]")
 _ENCODER = json.JSONEncoder(
@@ -390,11 +411,14 @@ def _parse_checked(raw: bytes) -> dict[str, Any]:
 _BODY_OPEN: Final = '{"body":{'
 _HASH_MEMBER: Final = ',"hash":"'
 #: Everything after the body of a record line as the writer produces it: the members
-#: sorted, no whitespace, and values whose form the pattern itself checks (none of them
-#: can hold a character that JSON escapes).
+#: sorted, no whitespace. The pattern checks the form of ``kind``, ``seq`` and ``time``;
+#: it takes the three digests as any 64 or 32 characters (a pattern checking hex digits
+#: costs a step per character), which :func:`split_record` then checks: ``hash`` by
+#: equality with the computed digest, ``prev`` and ``ledger_id`` against values already
+#: shown to be hex, or a hex pattern. None of these values can hold a character JSON escapes.
 _TAIL = re.compile(
-    r',"hash":"([0-9a-f]{64})","kind":"([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*)",'
-    r'"ledger_id":"([0-9a-f]{32})","prev":"([0-9a-f]{64})","seq":(0|[1-9][0-9]{0,15}),'
+    r'(?s),"hash":"(.{64})","kind":"([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*)",'
+    r'"ledger_id":"(.{32})","prev":"(.{64})","seq":(0|[1-9][0-9]{0,15}),'
     r'"time":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)","v":1\}'
 )
 _TAIL_MATCH = _TAIL.fullmatch
@@ -422,6 +446,7 @@ def split_record(raw: bytes) -> Fields | None:
     deviation from the layout) is left to the reference, which says what is
     wrong. The tests compare both on mutated lines.
     """
+    global _last_digest
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -448,11 +473,12 @@ def split_record(raw: bytes) -> Fields | None:
         at += len(raw) - len(text)  # the tail is ASCII: only the body has wide characters
     digest, kind, lid, prev, seq_text, time = tail.groups()
     seq = int(seq_text)
-    if seq > MAX_SAFE_INT:
+    if seq > MAX_SAFE_INT or not (prev == _last_digest or _HEX64_MATCH(prev)) or not _valid_id(lid):
         return None
     unhashed = RECORD_DOMAIN + raw[:at] + raw[at + _HASH_MEMBER_LEN :]
     if blake3.blake3(unhashed).hexdigest() != digest:
         return None
+    _last_digest = digest
     return seq, kind, lid, prev, digest, time, body
 
 
