@@ -45,6 +45,9 @@ character beyond U+FFFF), and RFC 8785 refuses integers beyond ±(2**53 - 1).
 reject out-of-range integers and floats while parsing or checking, and hand
 anything containing a character beyond U+FFFF to ``rfc8785`` itself. The tests
 check the equivalence with Hypothesis (``tests/unit/ledger/test_record.py``).
+Verification goes further (:func:`split_record`): the members after ``body``
+have a fixed layout, so one pattern checks them and only the body is decoded
+and re-encoded.
 """
 
 from __future__ import annotations

@@ -24,12 +24,18 @@ covers, followed by signed ones), ``symlink``. Warning kinds: ``recovered``,
 ``torn-tail``, ``crashed-run``, ``unsigned-tail``, ``key-unpinned``.
 
 Speed matters (a ledger grows by three records a run). Verification runs in
-two stages: :func:`scan_chunk` checks each line on its own (canonical form,
-schema, hash, checkpoint signature: the C JSON decoder and encoder, one
-BLAKE3, see :mod:`jhansi.ledger.record`), in worker processes for large
-ledgers; :func:`verify_ledger` then walks the small per-line results in order
-for everything that relates lines to each other. ``bench/ledger.py`` measures
-it.
+two stages. Stage one, in worker processes for large ledgers, takes the file
+in chunks of whole lines: :func:`summarize_chunk` checks each line on its own
+(canonical form, schema, hash, checkpoint signature: only the body goes
+through the C JSON decoder and encoder, see
+:func:`jhansi.ledger.record.split_record`) and, for a chunk that simply
+continues itself (contiguous seqs, chained hashes, runs that pair up), also
+what relates its lines to each other, returning a :class:`ChunkSummary`.
+Stage two, in order, joins each summary to what came before; a chunk with
+anything unusual in it (any finding at all, a recovery, a run that pairs with
+one outside it in a way a summary cannot tell) is walked record by record from
+:func:`scan_chunk`'s per-line results instead, the reference the tests compare
+summaries with. ``bench/ledger.py`` measures it.
 """
 
 from __future__ import annotations
