@@ -142,6 +142,24 @@ _DECODER = json.JSONDecoder(
 )
 #: The C scanner behind ``_DECODER`` (no whitespace skipping: canonical lines have none).
 _SCAN = _DECODER.scan_once  # type: ignore[attr-defined]
+#: The same without the integer hook, a Python call per integer (the fast path checks
+#: integers on the bytes instead, see :func:`split_record`). Floats and NaN still fail.
+_SCAN_INTS_UNCHECKED = json.JSONDecoder(
+    parse_float=_no_float, parse_constant=_no_constant
+).scan_once  # type: ignore[attr-defined]
+#: For finding a number of 16 digits or more in canonical JSON: every number there follows
+#: ``:``, ``,`` or ``[`` (mapped to ``:``), digits map to ``0``, ``-`` stays, all else ``x``.
+_NUMBER_SHAPES: Final = bytes(
+    ord("0")
+    if chr(b).isdigit() and b < 128
+    else ord(":")
+    if b in b":,["
+    else ord("-")
+    if b == ord("-")
+    else ord("x")
+    for b in range(256)
+)
+_LONG_NUMBERS: Final = (b":" + b"0" * 16, b":-" + b"0" * 16)
 
 
 def _unsupported(value: object) -> object:
@@ -464,10 +482,15 @@ def split_record(raw: bytes) -> Fields | None:
         return None
     body_text = text[8:at]
     try:
-        body, end = _SCAN(body_text, 0)
+        body, end = _SCAN_INTS_UNCHECKED(body_text, 0)
         if end != len(body_text) or type(body) is not dict or _encode(body) != body_text:
             return None
     except (StopIteration, ValueError, TypeError, RecursionError):
+        return None
+    # The body is canonical, so an integer beyond ±(2**53 - 1) (16 digits or more) shows
+    # as one of _LONG_NUMBERS here; so may a string (rarely): the reference decides.
+    shapes = raw.translate(_NUMBER_SHAPES)
+    if _LONG_NUMBERS[0] in shapes or _LONG_NUMBERS[1] in shapes:
         return None
     if not raw.isascii():
         # Beyond U+FFFF, RFC 8785 orders keys differently (by UTF-16 code units).

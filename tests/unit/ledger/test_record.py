@@ -349,6 +349,40 @@ def test_what_the_fast_path_leaves_goes_to_the_reference() -> None:
     assert parse_line(record.line) == record
 
 
+@pytest.mark.parametrize(
+    ("member", "valid"),
+    [
+        ({"n": MAX_SAFE_INT, "m": -MAX_SAFE_INT}, True),  # 16 digits, in range
+        ({"note": "at 12:1234567890123456789"}, True),  # digits in a string
+        ({"n": [1, MAX_SAFE_INT + 1]}, False),
+        ({"n": {"a": -(MAX_SAFE_INT + 2)}}, False),
+    ],
+)
+def test_long_numbers_leave_the_fast_path(member: dict[str, Any], valid: bool) -> None:
+    """Integers are checked on the bytes there: anything of 16 digits goes to the reference."""
+    body: dict[str, Any] = {"run_id": "r", **member}
+    text = json.dumps(
+        {
+            "body": body,
+            "kind": "exec.end",
+            "ledger_id": LEDGER_ID,
+            "prev": ZERO_HASH,
+            "seq": 1,
+            "time": "2025-01-31T12:00:00.000000Z",
+            "v": 1,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    at = text.index(b',"kind"')
+    raw = _rehashed(text[:at] + b',"hash":"' + b"0" * 64 + b'"' + text[at:])
+    assert split_record(raw) is None
+    expected = _reference(raw)
+    assert isinstance(expected, dict) == valid, expected
+    if valid:
+        assert parse_object(raw) == expected
+
+
 def test_a_cached_prev_never_vouches_for_another_line() -> None:
     """``prev`` equal to the hash just verified skips its pattern; any other is checked."""
     assert split_record(_TAGGED) is not None
