@@ -45,6 +45,9 @@ character beyond U+FFFF), and RFC 8785 refuses integers beyond ±(2**53 - 1).
 reject out-of-range integers and floats while parsing or checking, and hand
 anything containing a character beyond U+FFFF to ``rfc8785`` itself. The tests
 check the equivalence with Hypothesis (``tests/unit/ledger/test_record.py``).
+Verification goes further (:func:`split_record`): the members after ``body``
+have a fixed layout, so one pattern checks them and only the body is decoded
+and re-encoded.
 """
 
 from __future__ import annotations
@@ -92,20 +95,23 @@ BLOB_REF: Final = re.compile(rb'"blob":"([0-9a-f]{64})"')
 so this only ever matches a real member named ``blob``)."""
 
 _HEX64_MATCH = HEX64.fullmatch
-_TIME_MATCH = TIME.fullmatch
+_HEX32_MATCH = HEX32.fullmatch
 _last_digest = ""
-"""The hash :func:`parse_object` last verified: usually the next record's ``prev``."""
-#: Ledger ids and kinds already seen valid: few distinct values, each checked once.
-_VALID_IDS: set[str] = set()
-_VALID_KINDS: set[str] = set()
+"""The hash :func:`split_record` last verified (so: 64 hex digits): usually the next
+record's ``prev``, which then needs no pattern. Any value it may hold is valid hex, so
+threads racing on it can only cost a pattern match."""
+_valid_ids: set[str] = set()
+"""Ledger ids already matched as 32 hex digits (a ledger has one)."""
 
 
-def _valid_once(seen: set[str], pattern: re.Pattern[str], value: str) -> bool:
-    if not pattern.fullmatch(value):
+def _valid_id(value: str) -> bool:
+    if value in _valid_ids:
+        return True
+    if not _HEX32_MATCH(value):
         return False
-    if len(seen) > 4096:
-        seen.clear()
-    seen.add(value)
+    if len(_valid_ids) > 64:
+        _valid_ids.clear()
+    _valid_ids.add(value)
     return True
 
 
@@ -136,6 +142,24 @@ _DECODER = json.JSONDecoder(
 )
 #: The C scanner behind ``_DECODER`` (no whitespace skipping: canonical lines have none).
 _SCAN = _DECODER.scan_once  # type: ignore[attr-defined]
+#: The same without the integer hook, a Python call per integer (the fast path checks
+#: integers on the bytes instead, see :func:`split_record`). Floats and NaN still fail.
+_SCAN_INTS_UNCHECKED = json.JSONDecoder(
+    parse_float=_no_float, parse_constant=_no_constant
+).scan_once  # type: ignore[attr-defined]
+#: For finding a number of 16 digits or more in canonical JSON: every number there follows
+#: ``:``, ``,`` or ``[`` (mapped to ``:``), digits map to ``0``, ``-`` stays, all else ``x``.
+_NUMBER_SHAPES: Final = bytes(
+    ord("0")
+    if chr(b).isdigit() and b < 128
+    else ord(":")
+    if b in b":,["
+    else ord("-")
+    if b == ord("-")
+    else ord("x")
+    for b in range(256)
+)
+_LONG_NUMBERS: Final = (b":" + b"0" * 16, b":-" + b"0" * 16)
 
 
 def _unsupported(value: object) -> object:
@@ -405,59 +429,106 @@ def _parse_checked(raw: bytes) -> dict[str, Any]:
     return obj
 
 
-def parse_object(raw: bytes) -> dict[str, Any]:
-    """Parse and fully check one record line (without its newline); return the object.
+_BODY_OPEN: Final = '{"body":{'
+_HASH_MEMBER: Final = ',"hash":"'
+#: Everything after the body of a record line as the writer produces it: the members
+#: sorted, no whitespace. The pattern checks the form of ``kind``, ``seq`` and ``time``;
+#: it takes the three digests as any 64 or 32 characters (a pattern checking hex digits
+#: costs a step per character), which :func:`split_record` then checks: ``hash`` by
+#: equality with the computed digest, ``prev`` and ``ledger_id`` against values already
+#: shown to be hex, or a hex pattern. None of these values can hold a character JSON escapes.
+_TAIL = re.compile(
+    r'(?s),"hash":"(.{64})","kind":"([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*)",'
+    r'"ledger_id":"(.{32})","prev":"(.{64})","seq":(0|[1-9][0-9]{0,15}),'
+    r'"time":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)","v":1\}'
+)
+_TAIL_MATCH = _TAIL.fullmatch
+#: The length of ``,"hash":"<64 hex>"``: what the hash does not cover.
+_HASH_MEMBER_LEN: Final = len(_HASH_MEMBER) + 64 + 1
 
-    The hot path of verification: every check of :func:`load_canonical`,
-    :func:`check_fields` and :func:`check_hash` in one function, as plain
-    boolean tests. Anything it does not accept goes through those functions,
-    which raise the precise error (and are the reference the tests compare
-    this with).
+Fields = tuple[int, str, str, str, str, str, dict[str, Any]]
+"""``(seq, kind, ledger_id, prev, hash, time, body)`` of a valid record."""
+
+
+def split_record(raw: bytes) -> Fields | None:
+    """The fields of ``raw`` when it is a valid record line exactly as the writer makes it;
+    ``None`` means "not shown valid here": the caller asks :func:`parse_object`.
+
+    The hot path of verification, which never parses or re-encodes the members
+    after ``body``: a canonical record is ``{"body":`` + the canonical body +
+    a tail whose layout is fixed (members in sorted order, no whitespace, hex
+    digests, a kind, an integer, a time, ``"v":1``), which one regular
+    expression checks, form of every value included. So only the body goes
+    through the JSON decoder and encoder (canonical iff re-encoding gives the
+    same text), and the hash is BLAKE3 over the line minus its hash member.
+    Whatever this accepts, the reference (:func:`load_canonical`,
+    :func:`check_fields`, :func:`check_hash`) accepts with the same values;
+    anything unusual (a non-BMP character, an integer past 2**53, any
+    deviation from the layout) is left to the reference, which says what is
+    wrong. The tests compare both on mutated lines.
     """
     global _last_digest
     try:
         text = raw.decode("utf-8")
-        obj, end = _SCAN(text, 0)
-        # Eight members, these eight among them (checked below), means exactly KEYS.
-        digest, prev, lid, kind = obj["hash"], obj["prev"], obj["ledger_id"], obj["kind"]
-        seq, time, v, body = obj["seq"], obj["time"], obj["v"], obj["body"]
-    except (UnicodeDecodeError, StopIteration, ValueError, RecursionError, KeyError, TypeError):
-        return _parse_checked(raw)
-    if (
-        end != len(text)
-        or type(obj) is not dict
-        or len(obj) != len(KEYS)
-        or _encode(obj) != text
+    except UnicodeDecodeError:
+        return None
+    # A quote inside a string is escaped, so the last ``,"hash":"`` is structural; the
+    # tail pattern then proves it is the top-level member.
+    at = text.rfind(_HASH_MEMBER)
+    if at < 0 or not text.startswith(_BODY_OPEN):
+        return None
+    tail = _TAIL_MATCH(text, at)
+    if tail is None:
+        return None
+    body_text = text[8:at]
+    try:
+        body, end = _SCAN_INTS_UNCHECKED(body_text, 0)
+        if end != len(body_text) or type(body) is not dict or _encode(body) != body_text:
+            return None
+    except (StopIteration, ValueError, TypeError, RecursionError):
+        return None
+    # The body is canonical, so an integer beyond ±(2**53 - 1) (16 digits or more) shows
+    # as one of _LONG_NUMBERS here; so may a string (rarely): the reference decides.
+    shapes = raw.translate(_NUMBER_SHAPES)
+    if _LONG_NUMBERS[0] in shapes or _LONG_NUMBERS[1] in shapes:
+        return None
+    if not raw.isascii():
         # Beyond U+FFFF, RFC 8785 orders keys differently (by UTF-16 code units).
-        or (not raw.isascii() and _NON_BMP_BYTES.search(raw))
-    ):
+        if _NON_BMP_BYTES.search(raw):
+            return None
+        at += len(raw) - len(text)  # the tail is ASCII: only the body has wide characters
+    digest, kind, lid, prev, seq_text, time = tail.groups()
+    seq = int(seq_text)
+    if seq > MAX_SAFE_INT or not (prev == _last_digest or _HEX64_MATCH(prev)) or not _valid_id(lid):
+        return None
+    unhashed = RECORD_DOMAIN + raw[:at] + raw[at + _HASH_MEMBER_LEN :]
+    if blake3.blake3(unhashed).hexdigest() != digest:
+        return None
+    _last_digest = digest
+    return seq, kind, lid, prev, digest, time, body
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """Parse and fully check one record line (without its newline); return the object.
+
+    :func:`split_record` for the lines the writer makes; anything it does not
+    accept goes through the reference checks, which raise the precise
+    :class:`RecordError`.
+    """
+    fields = split_record(raw)
+    if fields is None:
         return _parse_checked(raw)
-    if not (
-        type(digest) is str
-        and type(seq) is int
-        and seq >= 0
-        and type(v) is int
-        and v == SCHEMA_VERSION
-        and type(lid) is str
-        and (lid in _VALID_IDS or _valid_once(_VALID_IDS, HEX32, lid))
-        and type(kind) is str
-        and (kind in _VALID_KINDS or _valid_once(_VALID_KINDS, KIND, kind))
-        and type(prev) is str
-        and (prev == _last_digest or _HEX64_MATCH(prev))
-        and type(time) is str
-        and _TIME_MATCH(time)
-        and type(body) is dict
-    ):
-        return _parse_checked(raw)
-    # ``hash`` needs no check of form: it must equal a freshly computed hex digest.
-    member = b',"hash":"' + digest.encode() + b'"'
-    at = raw.rfind(member)
-    if at < 0:
-        return _parse_checked(raw)
-    if blake3.blake3(RECORD_DOMAIN + raw[:at] + raw[at + len(member) :]).hexdigest() != digest:
-        return _parse_checked(raw)
-    _last_digest = digest  # the next record's prev, usually: no need to match it again
-    return obj
+    seq, kind, lid, prev, digest, time, body = fields
+    return {
+        "body": body,
+        "hash": digest,
+        "kind": kind,
+        "ledger_id": lid,
+        "prev": prev,
+        "seq": seq,
+        "time": time,
+        "v": SCHEMA_VERSION,
+    }
 
 
 def parse_line(raw: bytes) -> Record:

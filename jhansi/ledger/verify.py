@@ -24,12 +24,18 @@ covers, followed by signed ones), ``symlink``. Warning kinds: ``recovered``,
 ``torn-tail``, ``crashed-run``, ``unsigned-tail``, ``key-unpinned``.
 
 Speed matters (a ledger grows by three records a run). Verification runs in
-two stages: :func:`scan_chunk` checks each line on its own (canonical form,
-schema, hash, checkpoint signature: the C JSON decoder and encoder, one
-BLAKE3, see :mod:`jhansi.ledger.record`), in worker processes for large
-ledgers; :func:`verify_ledger` then walks the small per-line results in order
-for everything that relates lines to each other. ``bench/ledger.py`` measures
-it.
+two stages. Stage one, in worker processes for large ledgers, takes the file
+in chunks of whole lines: :func:`summarize_chunk` checks each line on its own
+(canonical form, schema, hash, checkpoint signature: only the body goes
+through the C JSON decoder and encoder, see
+:func:`jhansi.ledger.record.split_record`) and, for a chunk that simply
+continues itself (contiguous seqs, chained hashes, runs that pair up), also
+what relates its lines to each other, returning a :class:`ChunkSummary`.
+Stage two, in order, joins each summary to what came before; a chunk with
+anything unusual in it (any finding at all, a recovery, a run that pairs with
+one outside it in a way a summary cannot tell) is walked record by record from
+:func:`scan_chunk`'s per-line results instead, the reference the tests compare
+summaries with. ``bench/ledger.py`` measures it.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import blake3
 
@@ -66,6 +72,7 @@ from jhansi.ledger.record import (
     ZERO_HASH,
     RecordError,
     parse_object,
+    split_record,
 )
 from jhansi.ledger.store import TORN_MARKER, LedgerLayout
 
@@ -354,24 +361,167 @@ class _Reader:
                 yield chunk[:cut]
 
 
-def _stage_one(chunks: Iterator[bytes], workers: int) -> Iterator[list[tuple[Any, ...]]]:
-    """:func:`scan_chunk` over ``chunks``, in order; in ``workers`` processes when > 1."""
+class ChunkSummary(NamedTuple):
+    """Stage one's result for a chunk of records that relate to each other as they should.
+
+    Every line is a valid record (:func:`jhansi.ledger.record.split_record`) of one
+    ledger, seqs are contiguous and each ``prev`` is the hash before it; no
+    recovery, no second genesis, every checkpoint signature verifies, and runs
+    pair up inside the chunk or name a run started before it. What remains for
+    stage two is only what relates the chunk to the rest: how it joins the
+    record before it, which runs it ends or leaves open, which keys signed what,
+    the head and anchors it holds, the blobs it names. So the per-record walk of
+    stage two (and pickling one tuple per record between processes) is skipped
+    for the usual chunk; a chunk stage two cannot join as a whole is checked
+    again line by line (:func:`scan_chunk`), so every finding stays the same.
+    """
+
+    lines: int
+    genesis: bool
+    """The chunk starts with a genesis record (only the chunk at offset 0 may)."""
+    ledger_id: str
+    first_seq: int
+    first_prev: str
+    last_hash: str
+    started: frozenset[str]
+    """The run ids of every ``exec.start`` in the chunk."""
+    open_starts: tuple[tuple[str, int, int], ...]
+    """``(run_id, index, seq)`` of the starts the chunk does not end, in order."""
+    ended: tuple[str, ...]
+    """The run ids of the ``exec.end`` records whose start precedes the chunk."""
+    runs: int
+    denied: int
+    events: tuple[tuple[Any, ...], ...]
+    """In order: ``(index, seq, hash)`` of a record at a head or anchor seq;
+    ``(index, seq, key, ranges)`` of a checkpoint (its signature verified)."""
+    refs: frozenset[bytes]
+
+
+def summarize_chunk(
+    chunk: bytes, first: bool = False, targets: Collection[int] = ()
+) -> ChunkSummary | list[tuple[Any, ...]]:
+    """Stage one of verification for ``chunk`` (whole lines): a :class:`ChunkSummary`
+    when it holds nothing unusual, else :func:`scan_chunk`'s per-line results.
+
+    ``first``: the chunk starts the file. ``targets``: the seqs of the signed
+    head and the anchors (stage two checks their hashes).
+    """
+    summary = _summarize(chunk, first, targets)
+    return scan_chunk(chunk) if summary is None else summary
+
+
+def _summarize(chunk: bytes, first: bool, targets: Collection[int]) -> ChunkSummary | None:
+    """The :class:`ChunkSummary` of ``chunk``; ``None`` at the first thing out of the ordinary."""
+    split = split_record
+    marker = b'"blob":"'
+    find_blobs = BLOB_REF.findall
+    exec_kinds = EXEC_KINDS
+    lines = chunk.split(b"\n")
+    lines.pop()  # what follows the last newline: nothing
+    open_runs: dict[str, tuple[int, int]] = {}
+    started: set[str] = set()
+    seen: set[str] = set()  # run ids started or ended in the chunk
+    ended: list[str] = []
+    events: list[tuple[Any, ...]] = []
+    refs: set[bytes] = set()
+    runs = denied = 0
+    genesis = False
+    first_seq, first_prev, ledger_id = -1, "", ""
+    expected, last = -1, ""
+    for index, raw in enumerate(lines):
+        fields = split(raw)
+        if fields is None:
+            return None
+        seq, kind, record_id, prev, digest, _, body = fields
+        if seq != expected or prev != last or record_id != ledger_id:
+            if index:
+                return None
+            first_seq, first_prev, ledger_id = seq, prev, record_id
+        expected = seq + 1
+        last = digest
+        if seq in targets:
+            events.append((index, seq, digest))
+        if kind in exec_kinds:
+            run_id = body.get("run_id")
+            if type(run_id) is not str or not run_id:
+                return None
+            if kind == EXEC_START:
+                if run_id in seen:
+                    return None
+                seen.add(run_id)
+                started.add(run_id)
+                open_runs[run_id] = (index, seq)
+                runs += 1
+            elif kind == EXEC_END:
+                if open_runs.pop(run_id, None) is None:
+                    if run_id in seen:
+                        return None
+                    seen.add(run_id)
+                    ended.append(run_id)
+            else:
+                denied += 1
+        elif kind == CHECKPOINT:
+            if check_checkpoint(record_id, seq, prev, body) is not None:
+                return None
+            events.append((index, seq, body["key"], checkpoint_ranges(seq, body)))
+        elif kind == GENESIS:
+            if not (first and index == 0 and seq == 0 and prev == ZERO_HASH):
+                return None
+            genesis = True
+        elif kind == RECOVERY:
+            return None
+        if marker in raw:
+            refs.update(find_blobs(raw))
+    if not lines or (first and not genesis):
+        return None
+    return ChunkSummary(
+        lines=len(lines),
+        genesis=genesis,
+        ledger_id=ledger_id,
+        first_seq=first_seq,
+        first_prev=first_prev,
+        last_hash=last,
+        started=frozenset(started),
+        open_starts=tuple((run_id, i, seq) for run_id, (i, seq) in open_runs.items()),
+        ended=tuple(ended),
+        runs=runs,
+        denied=denied,
+        events=tuple(events),
+        refs=frozenset(refs),
+    )
+
+
+_StageOne = ChunkSummary | list[tuple[Any, ...]]
+
+
+def _stage_one(
+    chunks: Iterator[bytes], workers: int, targets: Collection[int]
+) -> Iterator[tuple[bytes, _StageOne]]:
+    """``(chunk, summarize_chunk(chunk))`` over ``chunks``, in order; in ``workers``
+    processes when > 1 (a summary pickles to little: the runs and keys, not the records)."""
+    targets = frozenset(targets)
     if workers <= 1:
+        first = True
         for chunk in chunks:
-            yield scan_chunk(chunk)
+            yield chunk, summarize_chunk(chunk, first, targets)
+            first = False
         return
     import multiprocessing
     from concurrent.futures import Future, ProcessPoolExecutor
 
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending: deque[Future[list[tuple[Any, ...]]]] = deque()
+        pending: deque[tuple[bytes, Future[_StageOne]]] = deque()
+        first = True
         for chunk in chunks:
-            pending.append(pool.submit(scan_chunk, chunk))
+            pending.append((chunk, pool.submit(summarize_chunk, chunk, first, targets)))
+            first = False
             if len(pending) > 2 * workers:  # bounded read-ahead: memory stays flat
-                yield pending.popleft().result()
+                chunk, future = pending.popleft()
+                yield chunk, future.result()
         while pending:
-            yield pending.popleft().result()
+            chunk, future = pending.popleft()
+            yield chunk, future.result()
 
 
 def _auto_workers(size: int) -> int:
@@ -503,6 +653,256 @@ def _verify(
             got,
         )
 
+    def walk(results: list[tuple[Any, ...]]) -> None:
+        """Stage two, record by record: everything that relates lines to each other."""
+        nonlocal lineno, offset, ledger_id, expected, last_hash, gap, garbage, garbage_start
+        nonlocal garbage_problem, records, runs, denied, checkpoints, recoveries, last_checkpoint
+        for item in results:
+            lineno += 1
+            line_start = offset
+            offset += item[0] + 1
+            seq = item[1]
+            if seq is None:  # not a valid record
+                _, _, problem_kind, message, claimed_seq, claimed_hash, claimed_id, raw = item
+                if raw is not None:  # maybe a torn write: a recovery record must follow
+                    if not garbage:
+                        garbage_start = line_start
+                        garbage_problem = Problem(
+                            problem_kind,
+                            f"{message}; no ledger.recovery record accounts for this line",
+                            lineno,
+                        )
+                    garbage.append(raw + b"\n")
+                    continue
+                error(
+                    problem_kind,
+                    message,
+                    lineno,
+                    claimed_seq if type(claimed_seq) is int else None,
+                )
+                # Follow the chain with what the damaged record claims, so that
+                # one damaged record is reported once.
+                if (
+                    type(claimed_seq) is int
+                    and claimed_seq >= expected
+                    and isinstance(claimed_hash, str)
+                    and claimed_id == ledger_id
+                ):
+                    expected = claimed_seq + 1
+                    last_hash = claimed_hash
+                continue
+
+            _, seq, kind, record_id, prev, digest, extra, found_refs, sig_problem = item
+            records += 1
+
+            if garbage or kind == RECOVERY:
+                if not garbage:
+                    error(
+                        "bad-recovery",
+                        "recovers nothing: no torn bytes precede it",
+                        lineno,
+                        seq,
+                    )
+                elif kind == RECOVERY and _covers(extra, garbage_start, b"".join(garbage)):
+                    recoveries += 1
+                    warn(
+                        "recovered",
+                        f"{sum(map(len, garbage))} byte(s) at offset {garbage_start} left "
+                        "by a write that did not finish, kept in place and recorded here",
+                        lineno,
+                        seq,
+                    )
+                else:
+                    if garbage_problem is not None:
+                        error(
+                            garbage_problem.kind,
+                            garbage_problem.message,
+                            garbage_problem.line,
+                        )
+                    if kind == RECOVERY:
+                        error("bad-recovery", "does not match the bytes before it", lineno, seq)
+                garbage = []
+
+            if record_id != ledger_id:
+                if ledger_id is not None:
+                    error(
+                        "foreign-record",
+                        f"belongs to ledger {record_id}, not {ledger_id}: spliced in",
+                        lineno,
+                        seq,
+                    )
+                    continue
+                ledger_id = record_id
+                if lineno != 1 or kind != GENESIS or seq != 0 or prev != ZERO_HASH:
+                    error(
+                        "bad-genesis",
+                        "the first line must be the ledger.genesis record (seq 0, prev zeros)",
+                        lineno,
+                        seq,
+                    )
+            elif kind == GENESIS:
+                error("bad-genesis", "a second genesis record", lineno, seq)
+
+            at_gap = False
+            if seq != expected or gap is not None or prev != last_hash:
+                if seq == expected:
+                    if gap is not None:
+                        gap_missing(gap)
+                        gap = None
+                    if prev != last_hash:
+                        error(
+                            "broken-chain",
+                            "prev is not the hash of the record before it: that record "
+                            "was changed (its hash recomputed) or replaced",
+                            lineno,
+                            seq,
+                        )
+                elif seq > expected:
+                    if gap is not None:
+                        gap_missing(gap)
+                    gap = (lineno, expected, seq)
+                    at_gap = True
+                else:
+                    if gap is not None and seq == gap[1]:
+                        error(
+                            "out-of-order",
+                            f"seq {gap[2]} comes before seq {seq} (line {lineno}): records swapped",
+                            gap[0],
+                            gap[2],
+                        )
+                        gap = None
+                    elif seq == expected - 1 and digest == last_hash:
+                        error("duplicate-record", f"a second copy of seq {seq}", lineno, seq)
+                    else:
+                        error(
+                            "out-of-order",
+                            f"seq {seq} comes after seq {expected - 1}: moved or duplicated",
+                            lineno,
+                            seq,
+                        )
+                    continue
+            expected = seq + 1
+            last_hash = digest
+
+            if seq in targets:
+                for target in targets[seq]:
+                    target.found = True
+                    if target.hash != digest:
+                        error(
+                            "head-mismatch" if target.label == "head" else "anchor-mismatch",
+                            f"the {target.label} names hash {target.hash}, the ledger has {digest}",
+                            lineno,
+                            seq,
+                        )
+
+            if kind in EXEC_KINDS:
+                run_id = extra
+                if type(run_id) is not str or not run_id:
+                    error("bad-body", f"a {kind} record needs a run_id string", lineno, seq)
+                elif at_gap:
+                    pass  # its partner may be what is missing: the gap is the finding
+                elif kind == EXEC_START:
+                    if run_id in open_runs:
+                        error("duplicate-run", f"run {run_id} starts twice", lineno, seq)
+                    open_runs[run_id] = (lineno, seq)
+                    runs += 1
+                elif kind == EXEC_END:
+                    if open_runs.pop(run_id, None) is None:
+                        error(
+                            "unpaired-end",
+                            f"run {run_id} ends but never started (its exec.start is missing)",
+                            lineno,
+                            seq,
+                        )
+                else:
+                    denied += 1
+            elif kind == CHECKPOINT:
+                checkpoints += 1
+                last_checkpoint = seq
+                if sig_problem is not None:
+                    error(sig_problem[0], sig_problem[1], lineno, seq)
+                else:
+                    signer_key, vouched = extra
+                    keys.add(signer_key)
+                    if trusted is not None and signer_key not in trusted:
+                        error(
+                            "untrusted-key",
+                            f"signed by {signer_key}, which is not a trusted key "
+                            "(pass it with --key if you trust it)",
+                            lineno,
+                            seq,
+                        )
+                    else:
+                        signed.extend(vouched)
+                        signed.append((seq, seq))  # a valid signature speaks for itself
+            if found_refs is not None:
+                refs.update(found_refs)
+
+    def join(summary: ChunkSummary, size: int) -> bool:
+        """Stage two for a whole chunk that stage one summarised: what :func:`walk` would do
+        with its records, or ``False`` (nothing changed) when the chunk does not simply
+        continue the ledger so far (then it is walked record by record)."""
+        nonlocal lineno, offset, ledger_id, expected, last_hash, records, runs, denied
+        nonlocal checkpoints, last_checkpoint
+        if summary.genesis:  # the chunk at offset 0: it starts the ledger
+            if ledger_id is not None or lineno != 0:
+                return False
+        elif summary.ledger_id != ledger_id:
+            return False
+        if (
+            garbage
+            or gap is not None
+            or summary.first_seq != expected
+            or summary.first_prev != last_hash
+            # Runs it ends were open, runs it starts were not (else: unpaired, duplicate).
+            or not all(run_id in open_runs for run_id in summary.ended)
+            or not open_runs.keys().isdisjoint(summary.started)
+        ):
+            return False
+        base = lineno + 1  # the line number of the chunk's first line
+        ledger_id = summary.ledger_id
+        for run_id in summary.ended:
+            del open_runs[run_id]
+        for run_id, index, seq in summary.open_starts:
+            open_runs[run_id] = (base + index, seq)
+        for event in summary.events:
+            if len(event) == 3:  # a record the head or an anchor names
+                index, seq, digest = event
+                for target in targets[seq]:
+                    target.found = True
+                    if target.hash != digest:
+                        error(
+                            "head-mismatch" if target.label == "head" else "anchor-mismatch",
+                            f"the {target.label} names hash {target.hash}, the ledger has {digest}",
+                            base + index,
+                            seq,
+                        )
+                continue
+            index, seq, signer_key, vouched = event
+            checkpoints += 1
+            last_checkpoint = seq
+            keys.add(signer_key)
+            if trusted is not None and signer_key not in trusted:
+                error(
+                    "untrusted-key",
+                    f"signed by {signer_key}, which is not a trusted key "
+                    "(pass it with --key if you trust it)",
+                    base + index,
+                    seq,
+                )
+            else:
+                signed.extend(vouched)
+                signed.append((seq, seq))  # a valid signature speaks for itself
+        refs.update(summary.refs)
+        runs += summary.runs
+        denied += summary.denied
+        records += summary.lines
+        lineno += summary.lines
+        offset += size
+        expected = summary.first_seq + summary.lines
+        last_hash = summary.last_hash
+        return True
+
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -513,190 +913,11 @@ def _verify(
         workers = _auto_workers(path.stat().st_size)
     reader = _Reader(handle)
     with handle, _gc_paused():
-        for results in _stage_one(reader.chunks(), workers):
-            for item in results:
-                lineno += 1
-                line_start = offset
-                offset += item[0] + 1
-                seq = item[1]
-                if seq is None:  # not a valid record
-                    _, _, problem_kind, message, claimed_seq, claimed_hash, claimed_id, raw = item
-                    if raw is not None:  # maybe a torn write: a recovery record must follow
-                        if not garbage:
-                            garbage_start = line_start
-                            garbage_problem = Problem(
-                                problem_kind,
-                                f"{message}; no ledger.recovery record accounts for this line",
-                                lineno,
-                            )
-                        garbage.append(raw + b"\n")
-                        continue
-                    error(
-                        problem_kind,
-                        message,
-                        lineno,
-                        claimed_seq if type(claimed_seq) is int else None,
-                    )
-                    # Follow the chain with what the damaged record claims, so that
-                    # one damaged record is reported once.
-                    if (
-                        type(claimed_seq) is int
-                        and claimed_seq >= expected
-                        and isinstance(claimed_hash, str)
-                        and claimed_id == ledger_id
-                    ):
-                        expected = claimed_seq + 1
-                        last_hash = claimed_hash
-                    continue
-
-                _, seq, kind, record_id, prev, digest, extra, found_refs, sig_problem = item
-                records += 1
-
-                if garbage or kind == RECOVERY:
-                    if not garbage:
-                        error(
-                            "bad-recovery",
-                            "recovers nothing: no torn bytes precede it",
-                            lineno,
-                            seq,
-                        )
-                    elif kind == RECOVERY and _covers(extra, garbage_start, b"".join(garbage)):
-                        recoveries += 1
-                        warn(
-                            "recovered",
-                            f"{sum(map(len, garbage))} byte(s) at offset {garbage_start} left "
-                            "by a write that did not finish, kept in place and recorded here",
-                            lineno,
-                            seq,
-                        )
-                    else:
-                        if garbage_problem is not None:
-                            error(
-                                garbage_problem.kind,
-                                garbage_problem.message,
-                                garbage_problem.line,
-                            )
-                        if kind == RECOVERY:
-                            error("bad-recovery", "does not match the bytes before it", lineno, seq)
-                    garbage = []
-
-                if record_id != ledger_id:
-                    if ledger_id is not None:
-                        error(
-                            "foreign-record",
-                            f"belongs to ledger {record_id}, not {ledger_id}: spliced in",
-                            lineno,
-                            seq,
-                        )
-                        continue
-                    ledger_id = record_id
-                    if lineno != 1 or kind != GENESIS or seq != 0 or prev != ZERO_HASH:
-                        error(
-                            "bad-genesis",
-                            "the first line must be the ledger.genesis record (seq 0, prev zeros)",
-                            lineno,
-                            seq,
-                        )
-                elif kind == GENESIS:
-                    error("bad-genesis", "a second genesis record", lineno, seq)
-
-                at_gap = False
-                if seq != expected or gap is not None or prev != last_hash:
-                    if seq == expected:
-                        if gap is not None:
-                            gap_missing(gap)
-                            gap = None
-                        if prev != last_hash:
-                            error(
-                                "broken-chain",
-                                "prev is not the hash of the record before it: that record "
-                                "was changed (its hash recomputed) or replaced",
-                                lineno,
-                                seq,
-                            )
-                    elif seq > expected:
-                        if gap is not None:
-                            gap_missing(gap)
-                        gap = (lineno, expected, seq)
-                        at_gap = True
-                    else:
-                        if gap is not None and seq == gap[1]:
-                            error(
-                                "out-of-order",
-                                f"seq {gap[2]} comes before seq {seq} (line {lineno}): "
-                                "records swapped",
-                                gap[0],
-                                gap[2],
-                            )
-                            gap = None
-                        elif seq == expected - 1 and digest == last_hash:
-                            error("duplicate-record", f"a second copy of seq {seq}", lineno, seq)
-                        else:
-                            error(
-                                "out-of-order",
-                                f"seq {seq} comes after seq {expected - 1}: moved or duplicated",
-                                lineno,
-                                seq,
-                            )
-                        continue
-                expected = seq + 1
-                last_hash = digest
-
-                if seq in targets:
-                    for target in targets[seq]:
-                        target.found = True
-                        if target.hash != digest:
-                            error(
-                                "head-mismatch" if target.label == "head" else "anchor-mismatch",
-                                f"the {target.label} names hash {target.hash}, the ledger has "
-                                f"{digest}",
-                                lineno,
-                                seq,
-                            )
-
-                if kind in EXEC_KINDS:
-                    run_id = extra
-                    if type(run_id) is not str or not run_id:
-                        error("bad-body", f"a {kind} record needs a run_id string", lineno, seq)
-                    elif at_gap:
-                        pass  # its partner may be what is missing: the gap is the finding
-                    elif kind == EXEC_START:
-                        if run_id in open_runs:
-                            error("duplicate-run", f"run {run_id} starts twice", lineno, seq)
-                        open_runs[run_id] = (lineno, seq)
-                        runs += 1
-                    elif kind == EXEC_END:
-                        if open_runs.pop(run_id, None) is None:
-                            error(
-                                "unpaired-end",
-                                f"run {run_id} ends but never started (its exec.start is missing)",
-                                lineno,
-                                seq,
-                            )
-                    else:
-                        denied += 1
-                elif kind == CHECKPOINT:
-                    checkpoints += 1
-                    last_checkpoint = seq
-                    if sig_problem is not None:
-                        error(sig_problem[0], sig_problem[1], lineno, seq)
-                    else:
-                        signer_key, vouched = extra
-                        keys.add(signer_key)
-                        if trusted is not None and signer_key not in trusted:
-                            error(
-                                "untrusted-key",
-                                f"signed by {signer_key}, which is not a trusted key "
-                                "(pass it with --key if you trust it)",
-                                lineno,
-                                seq,
-                            )
-                        else:
-                            signed.extend(vouched)
-                            signed.append((seq, seq))  # a valid signature speaks for itself
-                if found_refs is not None:
-                    refs.update(found_refs)
-
+        for chunk, result in _stage_one(reader.chunks(), workers, targets):
+            if isinstance(result, list):
+                walk(result)
+            elif not join(result, len(chunk)):
+                walk(scan_chunk(chunk))
         if reader.tail:  # the last line has no newline: what a torn write leaves
             lineno += 1
             if not garbage:

@@ -6,6 +6,8 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -406,3 +408,168 @@ def test_fuzz_every_mutation_is_detected_or_a_no_op(
         assert not report.ok or "torn-tail" in [w.kind for w in report.warnings]
     else:
         assert not report.ok, (mutation, report.warnings)
+
+
+# -- stage one's summaries against the record-by-record walk ------------------------------------
+
+
+def _comparable(report: VerifyReport) -> dict[str, object]:
+    found = report.as_dict()
+    found["summary"].pop("seconds")
+    return found
+
+
+def _both_ways(directory: Path, chunk: int, **kwargs: Any) -> tuple[dict, dict]:
+    """The report as verify makes it, and with every chunk walked record by record (stage
+    one's summaries turned off), both reading ``chunk`` bytes at a time."""
+    with mock.patch("jhansi.ledger.verify._CHUNK", chunk):
+        summarised = _comparable(verify_ledger(directory, workers=1, **kwargs))
+        with mock.patch("jhansi.ledger.verify._summarize", return_value=None):
+            walked = _comparable(verify_ledger(directory, workers=1, **kwargs))
+    return summarised, walked
+
+
+_SPANNING: dict[str, bytes] = {}
+
+
+def _spanning_ledger() -> tuple[bytes, bytes, str]:
+    """A ledger (made once) whose runs overlap, so that small chunks split them: two
+    appenders, a crashed run, a denied one, checkpoints every two records."""
+    if not _SPANNING:
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp) / "home"
+            paths = Paths(home / "data", home / "config", home / "cache", home / "run")
+            where = Path(tmp) / "ledger"
+            with (
+                Ledger.open(where, paths=paths, checkpoint_interval=2) as one,
+                Ledger.open(where, paths=paths, checkpoint_interval=2) as two,
+            ):
+                one.preflight()
+                one.append("exec.start", {"run_id": "long"})
+                for n in range(3):
+                    record_run(two, n)
+                two.append("exec.start", {"run_id": "crashed"})
+                one.append("exec.denied", {"run_id": "d", "reason": "policy"})
+                one.append("exec.end", {"run_id": "long"})
+                record_run(one, 7)
+                key = one.head()
+            assert key is not None
+            _SPANNING["ledger"] = (where / "ledger.jsonl").read_bytes()
+            _SPANNING["head"] = (where / "head.json").read_bytes()
+            _SPANNING["key"] = key.key.encode()
+    return _SPANNING["ledger"], _SPANNING["head"], _SPANNING["key"].decode()
+
+
+@pytest.mark.parametrize("chunk", [1, 200, 700, 1 << 22])
+def test_summaries_and_the_walk_agree_on_an_untouched_ledger(chunk: int, tmp_path: Path) -> None:
+    ledger, head, key = _spanning_ledger()
+    (tmp_path / "ledger.jsonl").write_bytes(ledger)
+    (tmp_path / "head.json").write_bytes(head)
+    walking = mock.patch("jhansi.ledger.verify.scan_chunk", side_effect=AssertionError("walked"))
+    with walking, mock.patch("jhansi.ledger.verify._CHUNK", chunk):
+        # Nothing unusual: every chunk is summarised and joined, none walked.
+        verify_ledger(tmp_path, workers=1, trusted_keys={key}, check_blobs=False)
+    summarised, walked = _both_ways(tmp_path, chunk, trusted_keys={key}, check_blobs=False)
+    assert summarised == walked
+    assert summarised["valid"], summarised["errors"]
+    assert summarised["summary"]["crashed_runs"] == ["crashed"]
+
+
+def _chain(tmp_path: Path, events: list[tuple[str, str]]) -> None:
+    """A ledger of ``events`` ((kind, run id) after a genesis), chained and hashed, unsigned."""
+    ledger_id = "ab" * 16
+    record = make_record(
+        ledger_id=ledger_id,  # type: ignore[arg-type]
+        seq=0,
+        prev="0" * 64,  # type: ignore[arg-type]
+        kind="ledger.genesis",
+        body={},
+    )
+    out = [record.line + b"\n"]
+    for kind, run_id in events:
+        record = make_record(
+            ledger_id=record.ledger_id,
+            seq=record.seq + 1,
+            prev=record.hash,
+            kind=kind,
+            body={"run_id": run_id},
+        )
+        out.append(record.line + b"\n")
+    write_lines(tmp_path, out)
+
+
+@pytest.mark.parametrize("chunk", [1, 300, 1 << 22])
+@pytest.mark.parametrize(
+    ("events", "kind"),
+    [
+        # started twice while open: in one chunk, or in two
+        ([("exec.start", "x"), ("exec.start", "a"), ("exec.start", "x")], "duplicate-run"),
+        # ended without a start, or ended twice
+        ([("exec.start", "a"), ("exec.end", "a"), ("exec.end", "y")], "unpaired-end"),
+        ([("exec.start", "a"), ("exec.end", "a"), ("exec.end", "a")], "unpaired-end"),
+        ([("exec.end", "a"), ("exec.start", "a")], "unpaired-end"),
+        ([("exec.start", "a"), ("exec.end", "")], "bad-body"),
+    ],
+)
+def test_runs_that_do_not_pair_are_found_in_any_chunking(
+    events: list[tuple[str, str]], kind: str, chunk: int, tmp_path: Path
+) -> None:
+    _chain(tmp_path, events)
+    summarised, walked = _both_ways(tmp_path, chunk, check_blobs=False)
+    assert summarised == walked
+    assert kind in [e["kind"] for e in summarised["errors"]]  # type: ignore[index, union-attr]
+
+
+def test_runs_that_pair_across_chunks_verify(tmp_path: Path) -> None:
+    overlapping = [("exec.start", "a"), ("exec.start", "b"), ("exec.end", "a")]
+    again = [("exec.start", "a"), ("exec.end", "b"), ("exec.end", "a")]
+    _chain(tmp_path, [*overlapping, *again, ("exec.denied", "c"), ("exec.start", "z")])
+    summarised, walked = _both_ways(tmp_path, 1, check_blobs=False)
+    assert summarised == walked
+    assert [e["kind"] for e in summarised["errors"]] == ["head-missing"]  # type: ignore[index, union-attr]
+    assert summarised["summary"]["crashed_runs"] == ["z"]  # type: ignore[index]
+    assert summarised["summary"]["runs"] == 4  # type: ignore[index]
+
+
+@settings(
+    max_examples=120,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    mutation=mutations,
+    chunk=st.sampled_from([1, 250, 800, 1 << 22]),
+    trust=st.sampled_from(["none", "right", "wrong"]),
+    anchor=st.integers(min_value=-1, max_value=40),
+)
+def test_fuzz_summaries_and_the_walk_report_the_same(
+    mutation: tuple[str, int, object], chunk: int, trust: str, anchor: int
+) -> None:
+    ledger, head, key = _spanning_ledger()
+    mutated = _mutate(ledger, mutation)
+    trusted = {"none": None, "right": {key}, "wrong": {"cd" * 32}}[trust]
+    anchors = [(anchor, "ef" * 32)] if anchor >= 0 else []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        (directory / "ledger.jsonl").write_bytes(mutated)
+        (directory / "head.json").write_bytes(head)
+        summarised, walked = _both_ways(
+            directory, chunk, trusted_keys=trusted, anchors=anchors, check_blobs=False
+        )
+    assert summarised == walked
+    if mutated != ledger:
+        assert not summarised["valid"] or summarised["warnings"]
+
+
+def test_parallel_summaries_agree_with_one_process(tmp_path: Path) -> None:
+    ledger, head, key = _spanning_ledger()
+    content = ledger.splitlines(keepends=True)
+    content[9] = content[9].replace(b'"exit_code":0', b'"exit_code":2')
+    (tmp_path / "ledger.jsonl").write_bytes(b"".join(content))
+    (tmp_path / "head.json").write_bytes(head)
+    with mock.patch("jhansi.ledger.verify._CHUNK", 600):
+        parallel = _comparable(verify_ledger(tmp_path, workers=2, trusted_keys={key}))
+        single = _comparable(verify_ledger(tmp_path, workers=1, trusted_keys={key}))
+    assert parallel == single
+    assert not parallel["valid"]
