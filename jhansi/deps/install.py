@@ -141,7 +141,7 @@ def install(
     scratch = Path(tempfile.mkdtemp(prefix=".tmp-lock-", dir=envs))
     try:
         lock_copy = scratch / "pylock.toml"
-        lock_copy.write_bytes(_for_install(content))
+        lock_copy.write_bytes(_for_install(document))
         reporter.step("install", f"{len(packages)} package(s) for {target.describe()}")
         reporter.progress("install", 0, len(packages))
         compiled = _can_compile_for(target)
@@ -200,21 +200,42 @@ def install(
 
 # -- the lock, as uv gets it ----------------------------------------------------------------
 
-_REQUIRES_PYTHON = re.compile(rb"^requires-python\s*=.*$", re.MULTILINE)
 _CLAUSE = re.compile(r"^\s*(===|==|!=|>=|<=|~=|>|<)\s*([0-9]+(?:\.[0-9]+)*)(\.\*)?\s*$")
 
 
-def _for_install(content: bytes) -> bytes:
-    """The lock without its top-level ``requires-python``.
+def _toml_string(value: object) -> str:
+    """A TOML basic string (JSON's escapes are TOML's; DEL must be escaped too)."""
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
-    uv checks that value against the interpreter it runs with, not against
-    ``--python-version``, so a lock for 3.12 could not be installed by a jhansi
-    running on 3.11. :func:`_check_target` checks it against the real target
-    instead; wheel tags are still checked by uv against ``--python-version``.
+
+def _for_install(document: dict[str, Any]) -> bytes:
+    """The lock uv installs, written anew from the parsed and checked ``document``.
+
+    Never the lock's own text with something cut out: a text edit can change how
+    the rest parses (a multi-line string opened on the edited line), so that uv would
+    install packages jhansi never saw. Only what installing needs is written: each
+    package's name, version and marker, and its wheels' URLs and sha256 (the files
+    :func:`check_origin` verified). The lock's ``requires-python`` is left out: uv
+    checks it against the interpreter uv runs with, not ``--python-version``;
+    :func:`_check_target` checks it against the real target instead.
     """
-    first_table = re.search(rb"^\[", content, re.MULTILINE)
-    end = first_table.start() if first_table else len(content)
-    return _REQUIRES_PYTHON.sub(b"", content[:end]) + content[end:]
+    lines = ['lock-version = "1.0"', 'created-by = "jhansi"']
+    for package in document.get("packages") or ():
+        lines += ["", "[[packages]]"]
+        lines.append(f"name = {_toml_string(package['name'])}")
+        lines.append(f"version = {_toml_string(package['version'])}")
+        if package.get("marker"):
+            lines.append(f"marker = {_toml_string(package['marker'])}")
+        wheels = []
+        for wheel in package.get("wheels") or ():
+            sha256 = (wheel.get("hashes") or {}).get("sha256", "")
+            fields = [f"url = {_toml_string(wheel['url'])}"]
+            if wheel.get("name"):
+                fields.append(f"name = {_toml_string(wheel['name'])}")
+            fields.append(f"hashes = {{ sha256 = {_toml_string(sha256)} }}")
+            wheels.append("    { " + ", ".join(fields) + " },")
+        lines += ["wheels = [", *wheels, "]"]
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

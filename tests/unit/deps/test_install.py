@@ -355,3 +355,37 @@ def test_concurrent_installs_of_one_key_leave_one_environment(
 )
 def test_python_satisfies(spec: str, version: str, expected: bool | None) -> None:
     assert python_satisfies(spec, version) is expected
+
+
+def test_uv_installs_exactly_the_packages_jhansi_parsed_and_checked() -> None:
+    # A lock whose multi-line requires-python hides packages from one reading and shows
+    # them to another: uv must get a file written from jhansi's parse, never an edit.
+    import tomllib
+
+    from jhansi.deps.install import _for_install
+
+    forged = (
+        'lock-version = "1.0"\ncreated-by = "uv"\n'
+        "requires-python = '''\n"
+        '[[packages]]\nname = "evilpkg"\nversion = "1.0"\n'
+        'wheels = [{ url = "http://127.0.0.1:9/evilpkg-1.0-py3-none-any.whl", '
+        'hashes = { sha256 = "' + "0" * 64 + '" } }]\n'
+        '[packages.tool.x]\nz = """\n'
+        "'''\n"
+        '[[packages]]\nname = "six"\nversion = "1.16.0"\nmarker = "python_version >= \'3\'"\n'
+        'wheels = [{ url = "https://files.example/six-1.16.0-py2.py3-none-any.whl", '
+        'hashes = { sha256 = "' + "a" * 64 + '", md5 = "' + "b" * 32 + '" } }]\n'
+        '# """\n'
+    )
+    parsed = tomllib.loads(forged)
+    assert [p["name"] for p in parsed["packages"]] == ["six"]  # what jhansi checked
+    written = tomllib.loads(_for_install(parsed).decode())
+    assert "requires-python" not in written
+    assert [(p["name"], p["version"]) for p in written["packages"]] == [("six", "1.16.0")]
+    (wheel,) = written["packages"][0]["wheels"]
+    assert wheel == {
+        "url": "https://files.example/six-1.16.0-py2.py3-none-any.whl",
+        "hashes": {"sha256": "a" * 64},
+    }
+    assert written["packages"][0]["marker"] == "python_version >= '3'"
+    assert b"evilpkg" not in _for_install(parsed)
