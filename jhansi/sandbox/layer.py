@@ -737,7 +737,39 @@ def apply_changes(
             except ApplyError as exc:
                 error = str(exc.strerror)
                 break
+        outcomes = _recheck_links(layer, project_fd, outcomes)
     finally:
         os.close(layer_fd)
         os.close(project_fd)
     return ApplyReport(outcomes=tuple(outcomes), error=error)
+
+
+def _recheck_links(layer: Layer, project_fd: int, outcomes: list[Outcome]) -> list[Outcome]:
+    """Each link applied, checked again in the project as it now is, and removed (its
+    outcome refused) if it leads outside.
+
+    Before the apply a link was checked in the layer and in the project apart; the
+    project after it is a mix of both (a refused or conflicting change keeps the
+    project's entry), which only now exists to be checked.
+    """
+    checked: list[Outcome] = []
+    for outcome in outcomes:
+        if outcome.result != "applied" or outcome.action == "deleted":
+            checked.append(outcome)
+            continue
+        try:
+            with _parent(project_fd, outcome.path) as (parent, name):
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode):
+                    checked.append(outcome)
+                    continue
+                target = os.readlink(name, dir_fd=parent)
+                if not _leaves(layer.project, outcome.path, target):
+                    checked.append(outcome)
+                    continue
+                os.unlink(name, dir_fd=parent)
+        except OSError:
+            pass  # gone or unreachable: nothing of it is left to lead anywhere
+        why = f"the link points outside the project once the rest is applied ({outcome.path})"
+        checked.append(Outcome(outcome.path, outcome.action, "refused", why))
+    return checked

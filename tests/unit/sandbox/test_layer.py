@@ -308,3 +308,24 @@ def test_a_sparse_giant_is_not_written_into_the_project(project: Path, tmp_path:
     assert "more than --rw writes" in outcomes["big.bin"][1]
     assert outcomes["small.txt"][0] == "applied"
     assert not (project / "big.bin").exists()
+
+
+def test_a_link_that_leaves_only_in_the_mix_of_layer_and_project_is_removed(
+    project: Path, tmp_path: Path
+) -> None:
+    # The project keeps its own link (the layer's replacement is a conflict: too big),
+    # and the sandbox's link leads out only through it: neither tree alone shows that.
+    (project / "a" / "b" / "c").mkdir(parents=True)
+    (project / "a" / "b" / "c" / "up").symlink_to("../../..")
+    layer = _layer(project, tmp_path)
+    (layer.root / "a" / "b" / "c" / "up").unlink()
+    (layer.root / "a" / "b" / "c" / "up").write_bytes(b"x" * 4096)
+    (layer.root / "s" / "t" / "u").mkdir(parents=True)
+    (layer.root / "s" / "t" / "u" / "up2").symlink_to("../../..")
+    (layer.root / "L").symlink_to("a/b/c/up/s/t/u/up2/../../../etc")
+    report = apply_changes(layer, plan_changes(layer), budget=1024)
+    outcomes = {o.path: (o.result, o.reason) for o in report.outcomes}
+    assert outcomes["a/b/c/up"][0] == "conflict"
+    assert outcomes["L"][0] == "refused"
+    assert not (project / "L").is_symlink()
+    assert (project / "s" / "t" / "u" / "up2").is_symlink()  # inside: applied
