@@ -1025,24 +1025,53 @@ def _tool_table(pyproject: Path, data: Mapping[str, Any]) -> Mapping[str, Any] |
 
 
 def _shared(directory: Path) -> bool:
-    """Whether users other than its owner may create files in ``directory``."""
+    """Whether anyone may create files in ``directory`` (``/tmp``): no project lives
+    there, and nothing found in or above it configures a run."""
     try:
         return bool(directory.stat().st_mode & stat.S_IWOTH)
     except OSError:
         return False
 
 
-def _check_not_shared(file: Path) -> None:
-    """Refuse a configuration file that anyone may write."""
+def _others_write(path: Path) -> str | None:
+    """Who besides the invoking user (and root) may write ``path``, or ``None``."""
     try:
-        writable = bool(file.stat().st_mode & stat.S_IWOTH)
+        st = path.stat()
     except OSError:
-        return  # reading it says what is wrong
-    if writable:
-        raise ConfigError(
-            f"{file} can be written by any user of this machine, so it cannot configure jhansi",
-            hint=f"Take away others' write permission: chmod o-w {file}",
-        )
+        return None  # reading it says what is wrong
+    me = os.getuid()
+    if st.st_uid not in (me, 0):
+        return f"it belongs to uid {st.st_uid}"
+    if st.st_mode & stat.S_IWOTH:
+        return "any user may write it"
+    if st.st_mode & stat.S_IWGRP:
+        import grp
+
+        try:
+            group = grp.getgrgid(st.st_gid)
+        except KeyError:
+            return f"group {st.st_gid} may write it"
+        import pwd
+
+        mine = {pwd.getpwuid(me).pw_name} if me else {"root"}
+        others = set(group.gr_mem) - mine
+        primary = [u.pw_name for u in pwd.getpwall() if u.pw_gid == st.st_gid and u.pw_uid != me]
+        if others or primary:
+            return f"group {group.gr_name} may write it"
+    return None
+
+
+def _check_not_shared(file: Path) -> None:
+    """Refuse a configuration file, or the directory holding it, that another user may
+    write: whoever can change it would configure this run (or plant it)."""
+    for path in (file, file.parent):
+        who = _others_write(path)
+        if who is not None:
+            raise ConfigError(
+                f"{path} cannot configure jhansi: {who}",
+                hint=f"Make {path} writable by you alone (chown/chmod g-w,o-w), or run the "
+                "script from a directory of your own.",
+            )
 
 
 def find_project_config(start: Path) -> tuple[Path, Mapping[str, Any], bytes] | None:
@@ -1061,11 +1090,11 @@ def find_project_config(start: Path) -> tuple[Path, Mapping[str, Any], bytes] | 
             return candidate, _parse_toml(candidate, raw), raw
         pyproject = directory / "pyproject.toml"
         if pyproject.is_file():
-            _check_not_shared(pyproject)
             raw = _read_bytes(pyproject)
             table = _tool_table(pyproject, _parse_toml(pyproject, raw))
             if table is None:
                 return None
+            _check_not_shared(pyproject)
             return pyproject, table, raw
     return None
 

@@ -4,6 +4,7 @@ executable paths and the provenance each load records."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -385,3 +386,18 @@ def test_a_config_in_or_above_a_directory_anyone_writes_is_not_read(
     (mine / "jhansi.toml").chmod(0o666)
     with pytest.raises(ConfigError, match="any user"):
         load_settings(start=mine, environ={}, paths=paths)
+
+
+def test_a_config_another_user_can_write_is_refused(tmp_path: Path, paths: Paths) -> None:
+    # A file another uid owns (here: nobody's; handing it over needs root, as CI runs).
+    project = _project(tmp_path, '[sandbox]\ntimeout = "3s"\n')
+    if os.getuid() == 0:
+        os.chown(project / "jhansi.toml", 65534, -1)
+        with pytest.raises(ConfigError, match="belongs to uid 65534"):
+            load_settings(start=project, environ={}, paths=paths)
+    # A pyproject.toml without [tool.jhansi] configures nothing: whoever owns it.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    (other / "pyproject.toml").chmod(0o666)
+    assert load_settings(start=other, environ={}, paths=paths).provenance == ()
