@@ -56,8 +56,9 @@ from jhansi.sandbox.interface import (
     GATE_FD,
     HOME,
     PYTHON,
-    ROOT_SANDBOX_HOST_GID,
     ROOT_SANDBOX_HOST_UID,
+    ROOT_SANDBOX_ID_BASE,
+    ROOT_SANDBOX_ID_SPAN,
     SANDBOX_UID,
     SANDBOX_USER,
     Backend,
@@ -70,13 +71,14 @@ from jhansi.sandbox.interface import (
     SandboxSpec,
     Stream,
     TailBuffer,
+    spec_root_id,
     thread_env,
     threads_enforcement,
     without_gate,
 )
 from jhansi.sandbox.limits import RunLimits, plan_limits, prune_cgroups
 from jhansi.sandbox.masks import check_mounts, masks_directory
-from jhansi.sandbox.ownership import check_dedicated_id, hand_over
+from jhansi.sandbox.ownership import check_dedicated_range, hand_over
 from jhansi.sandbox.probe import binary_key, cached
 from jhansi.sandbox.sources import Staging, check_own
 
@@ -1342,25 +1344,28 @@ class HostUser:
     reason: str
 
 
-def sandbox_host_user(uid: int | None = None, gid: int | None = None) -> HostUser:
+def sandbox_host_user(
+    uid: int | None = None, gid: int | None = None, *, root_id: int = ROOT_SANDBOX_HOST_UID
+) -> HostUser:
     """Who the sandbox is on the host when ``uid`` (default: this process) runs jhansi.
 
-    Never root: root's sandbox runs as :data:`ROOT_SANDBOX_HOST_UID`, so that a
-    read-only bind shows it nothing root-only and a kernel bug reached from it
-    does not land as root. Anyone else's sandbox is that user.
+    Never root: root's sandbox runs as ``root_id`` (:func:`spec_root_id`: one id of a
+    range no account holds, per sandbox), so that a read-only bind shows it nothing
+    root-only, a kernel bug reached from it does not land as root, and no other
+    sandbox shares its uid. Anyone else's sandbox is that user.
     """
     uid = os.getuid() if uid is None else uid
     gid = os.getgid() if gid is None else gid
     if uid == 0:
-        check_dedicated_id(ROOT_SANDBOX_HOST_UID, ROOT_SANDBOX_HOST_GID)
+        check_dedicated_range(ROOT_SANDBOX_ID_BASE, ROOT_SANDBOX_ID_SPAN)
         return HostUser(
-            ROOT_SANDBOX_HOST_UID,
-            ROOT_SANDBOX_HOST_GID,
+            root_id,
+            root_id,
             drop=True,
-            reason=f"host uid {ROOT_SANDBOX_HOST_UID}, gid {ROOT_SANDBOX_HOST_GID}, no "
-            "supplementary groups (jhansi runs as root: bwrap is started as that unprivileged "
-            "uid, which no account holds and rootful Docker gives the sandbox too, and makes "
-            f"an unprivileged user namespace in which the sandbox is uid {SANDBOX_UID})",
+            reason=f"host uid {root_id}, gid {root_id}, no supplementary groups (jhansi runs "
+            "as root: bwrap is started as that unprivileged uid, this sandbox's own, which no "
+            "account holds and rootful Docker gives it too, and makes an unprivileged user "
+            f"namespace in which the sandbox is uid {SANDBOX_UID})",
         )
     return HostUser(uid, gid, drop=False, reason=f"host uid {uid} (the user who runs jhansi)")
 
@@ -1440,7 +1445,7 @@ class BwrapBackend(Backend):
                 "python_version": interpreter.version,
                 "python_implementation": interpreter.implementation,
                 "host_uid": str(os.getuid()),
-                "user": sandbox_host_user().reason,
+                "user": sandbox_host_user(root_id=spec_root_id(spec)).reason,
                 "nested_userns": "refused" if features.disable_userns else "allowed (bwrap < 0.8)",
                 "seccomp": f"denies {', '.join(DENIED_SYSCALLS)}, openat2, setuid/setgid "
                 "modes, and foreign ABIs"
@@ -1474,7 +1479,7 @@ class BwrapBackend(Backend):
         features = bwrap_features(self.bwrap.path, self.cache_dir)
         _require(self.bwrap, features)
         root = _cached_host_root(interpreter, self.cache_dir)
-        user = sandbox_host_user()
+        user = sandbox_host_user(root_id=spec_root_id(spec))
         for mount in spec.mounts:
             if mount.owned:
                 _hand_over(mount.source, user)

@@ -56,8 +56,9 @@ from jhansi.sandbox.engine import (
 )
 from jhansi.sandbox.interface import (
     PYTHON,
-    ROOT_SANDBOX_HOST_GID,
     ROOT_SANDBOX_HOST_UID,
+    ROOT_SANDBOX_ID_BASE,
+    ROOT_SANDBOX_ID_SPAN,
     Backend,
     BackendInfo,
     ExecResult,
@@ -68,12 +69,13 @@ from jhansi.sandbox.interface import (
     SandboxSpec,
     Stream,
     TailBuffer,
+    spec_root_id,
     thread_env,
     threads_enforcement,
     without_gate,
 )
 from jhansi.sandbox.masks import check_mounts, masks_directory
-from jhansi.sandbox.ownership import check_dedicated_id, hand_over
+from jhansi.sandbox.ownership import check_dedicated_range, hand_over
 from jhansi.sandbox.probe import cached
 
 if TYPE_CHECKING:
@@ -154,10 +156,13 @@ def sandbox_identity(
     *,
     invoker_uid: int | None = None,
     invoker_gid: int | None = None,
+    root_id: int = ROOT_SANDBOX_HOST_UID,
 ) -> Identity:
     """Who the sandbox is for ``engine`` when ``invoker_uid`` runs jhansi (see the module doc).
 
-    ``uid``/``gid`` are the spec's (what a sandbox is when nothing forces otherwise).
+    ``uid``/``gid`` are the spec's (what a sandbox is when nothing forces otherwise);
+    ``root_id`` the host id root's sandbox runs as on a rootful engine (its own:
+    :func:`~jhansi.sandbox.interface.spec_root_id`).
     """
     me = os.getuid() if invoker_uid is None else invoker_uid
     my_gid = os.getgid() if invoker_gid is None else invoker_gid
@@ -223,15 +228,15 @@ def sandbox_identity(
     elif me == 0:
         # Not the spec's 1000 (often a person's account, whose processes could trace the
         # container's): the id no one holds, the same bwrap gives root's sandboxes.
-        check_dedicated_id(ROOT_SANDBOX_HOST_UID, ROOT_SANDBOX_HOST_GID)
+        check_dedicated_range(ROOT_SANDBOX_ID_BASE, ROOT_SANDBOX_ID_SPAN)
         identity = Identity(
-            ROOT_SANDBOX_HOST_UID,
-            ROOT_SANDBOX_HOST_GID,
-            ROOT_SANDBOX_HOST_UID,
-            ROOT_SANDBOX_HOST_GID,
+            root_id,
+            root_id,
+            root_id,
+            root_id,
             None,
             None,
-            f"uid {ROOT_SANDBOX_HOST_UID} (an id no host account holds)",
+            f"uid {root_id} (this sandbox's own host id, which no account holds)",
         )
     else:
         identity = Identity(me, my_gid, me, my_gid, None, None, f"uid {me} (yours)")
@@ -1073,7 +1078,7 @@ class DockerBackend(Backend):
         self._check_runtime(spec)
         self._check_egress(spec)
         image = self.image(spec.image)
-        identity = sandbox_identity(self.engine, spec.uid, spec.gid)
+        identity = sandbox_identity(self.engine, spec.uid, spec.gid, root_id=spec_root_id(spec))
         self._prepare_mounts(spec, identity)
         needs_masks = any(m.kind == "empty" for m in spec.mounts)
         with _mask_sources(needs_masks) as masks:

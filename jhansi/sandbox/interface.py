@@ -35,15 +35,36 @@ ENTRY_DIR: Final = "/opt/jhansi"
 SANDBOX_UID: Final = 1000
 SANDBOX_GID: Final = 1000
 SANDBOX_USER: Final = "sandbox"
-#: The host uid/gid a sandbox runs as when root runs jhansi, never root itself: bwrap
-#: drops to it before it makes the sandbox (inside, the sandbox is still
-#: :data:`SANDBOX_UID`), and rootful Docker runs the container as it, so that one
-#: sandbox's home works on both. Not 1000: that is usually a person's account, and any
-#: process of the sandbox's host uid may signal, trace or enter it (``/proc/PID/root``).
-#: An id no account, group or subordinate range holds (checked before each run:
-#: :func:`jhansi.sandbox.ownership.check_dedicated_id`).
-ROOT_SANDBOX_HOST_UID: Final = 2_000_000_000
-ROOT_SANDBOX_HOST_GID: Final = 2_000_000_000
+#: When root runs jhansi, each sandbox runs as a host uid (and gid) of its own from
+#: this range, never root: bwrap drops to it before it makes the sandbox (inside, the
+#: sandbox is still :data:`SANDBOX_UID`) and rootful Docker runs the container as it,
+#: so that one sandbox's home works on both. A range no account, group or subordinate
+#: range holds (checked: :func:`jhansi.sandbox.ownership.check_dedicated_range`), and
+#: one id per sandbox: any process of a sandbox's host uid may signal, trace or enter
+#: it (``/proc/PID/root``), so a setuid file one sandbox leaves behind must not open
+#: another sandbox to whoever runs it.
+ROOT_SANDBOX_ID_BASE: Final = 2_000_000_000
+ROOT_SANDBOX_ID_SPAN: Final = 1 << 24
+#: The range's first id (what a spec without a sandbox name would hash to is random).
+ROOT_SANDBOX_HOST_UID: Final = ROOT_SANDBOX_ID_BASE
+ROOT_SANDBOX_HOST_GID: Final = ROOT_SANDBOX_ID_BASE
+
+
+def root_sandbox_id(name: str) -> int:
+    """The host uid and gid of the sandbox ``name`` when root runs jhansi (stable for a
+    named sandbox, so its home keeps its owner; an ephemeral name is random, so is its
+    id). Two of the 16 million ids collide only by chance."""
+    import hashlib
+
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()
+    return ROOT_SANDBOX_ID_BASE + int.from_bytes(digest[:4], "big") % ROOT_SANDBOX_ID_SPAN
+
+
+def spec_root_id(spec: SandboxSpec) -> int:
+    """:func:`root_sandbox_id` for the sandbox ``spec`` runs in (its ``jhansi.sandbox``
+    label; a spec without one is a throwaway: its run id)."""
+    return root_sandbox_id(spec.labels.get("jhansi.sandbox") or spec.run_id)
+
 
 Stream = Literal["stdout", "stderr"]
 

@@ -48,6 +48,7 @@ from jhansi.sandbox.interface import (
     Mount,
     SandboxSpec,
     Stream,
+    spec_root_id,
 )
 from tests.conftest import PODMAN_HOST, RUNSC, TEST_IMAGE, Engine
 
@@ -217,7 +218,9 @@ def test_runs_as_non_root_and_streams_output_live(target: Target, shared_dir: Pa
     result, sink = run(target, sandbox)
     assert result.status is ExecStatus.SUCCEEDED, err(result)
     assert result.exit_code == 0
-    identity = sandbox_identity(target.info, sandbox.spec.uid, sandbox.spec.gid)
+    identity = sandbox_identity(
+        target.info, sandbox.spec.uid, sandbox.spec.gid, root_id=spec_root_id(sandbox.spec)
+    )
     assert identity.uid != 0
     assert f"uid {identity.uid} gid {identity.gid} cwd /work" in out(result)
     assert out(result).endswith("done\n")
@@ -285,7 +288,9 @@ def test_work_is_read_only_unless_asked(target: Target, shared_dir: Path, read_o
 
 def test_rw_project_the_sandbox_cannot_write_is_refused(target: Target, shared_dir: Path) -> None:
     sandbox = make_sandbox(target, shared_dir, "print(1)\n", project_read_only=False)
-    identity = sandbox_identity(target.info, sandbox.spec.uid, sandbox.spec.gid)
+    identity = sandbox_identity(
+        target.info, sandbox.spec.uid, sandbox.spec.gid, root_id=spec_root_id(sandbox.spec)
+    )
     if identity.host_uid == os.getuid():
         pytest.skip("the sandbox is the invoking user here: it can write its own project")
     with pytest.raises(SandboxError, match=r"cannot write .*project") as raised:
@@ -519,7 +524,9 @@ def test_home_files_belong_to_the_sandbox_user_and_root_can_delete_them(
     )
     result, _ = run(target, sandbox)
     assert result.status is ExecStatus.SUCCEEDED, err(result)
-    identity = sandbox_identity(target.info, sandbox.spec.uid, sandbox.spec.gid)
+    identity = sandbox_identity(
+        target.info, sandbox.spec.uid, sandbox.spec.gid, root_id=spec_root_id(sandbox.spec)
+    )
     written = sandbox.home / "deep" / "er" / "file.txt"
     assert written.read_text() == "kept"
     assert written.stat().st_uid == identity.host_uid

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from jhansi.sandbox.interface import ROOT_SANDBOX_HOST_GID, ROOT_SANDBOX_HOST_UID
+from jhansi.sandbox.interface import root_sandbox_id
 from tests.conftest import absent, backend_env, run_jhansi
 
 SECRET = "jhansi-root-only-5c1e"  # noqa: S105 (a canary, not a password)
@@ -133,22 +133,23 @@ def test_the_sandbox_is_a_host_uid_no_account_holds_and_its_home_stays_root_dele
     )
     watcher.join(70)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    own_id = root_sandbox_id("rootcheck")  # this sandbox's own, no other's
     # Every uid of the sandbox's process (real, effective, saved, fs) is the dedicated id,
     # which no account holds (1000 is often a person's: its processes could trace ours).
     assert found, "the watcher never ran"
     import pwd
 
     with pytest.raises(KeyError):
-        pwd.getpwuid(ROOT_SANDBOX_HOST_UID)
-    assert found[0] == [str(ROOT_SANDBOX_HOST_UID)] * 4, found
+        pwd.getpwuid(own_id)
+    assert found[0] == [str(own_id)] * 4, found
     # The run's result says so, and why.
     doc = json.loads(proc.stdout)
-    assert doc["enforcement"]["user"].startswith(f"host uid {ROOT_SANDBOX_HOST_UID}")
+    assert doc["enforcement"]["user"].startswith(f"host uid {own_id}")
     assert "root" in doc["enforcement"]["user"]
     sandbox_home = home / "data" / "sandboxes" / "rootcheck" / "home"
     st = sandbox_home.stat()
-    assert (st.st_uid, st.st_gid) == (ROOT_SANDBOX_HOST_UID, ROOT_SANDBOX_HOST_GID)
-    assert (sandbox_home / "private" / "f.txt").stat().st_uid == ROOT_SANDBOX_HOST_UID
+    assert (st.st_uid, st.st_gid) == (own_id, own_id)
+    assert (sandbox_home / "private" / "f.txt").stat().st_uid == own_id
     assert (sandbox_home / "private" / "f.txt").read_text() == "x"  # root reads it
     removed = run_jhansi("sandbox", "rm", "rootcheck", env=_env(home))
     assert removed.returncode == 0, removed.stdout + removed.stderr

@@ -123,20 +123,67 @@ def test_every_bind_goes_through_the_source_mapping(tmp_path: Path) -> None:
     assert all((p, True) in asked for p in owned)
 
 
-def test_the_dedicated_id_is_refused_when_an_account_or_range_holds_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_the_dedicated_range_is_refused_when_an_account_or_range_holds_an_id(
+    tmp_path: Path,
 ) -> None:
     from jhansi.errors import SandboxError
     from jhansi.sandbox import ownership
-    from jhansi.sandbox.interface import ROOT_SANDBOX_HOST_GID, ROOT_SANDBOX_HOST_UID
+    from jhansi.sandbox.interface import ROOT_SANDBOX_ID_BASE, ROOT_SANDBOX_ID_SPAN
 
-    # The real id is free on this machine (no account, group or range holds it)...
-    ownership.check_dedicated_id(ROOT_SANDBOX_HOST_UID, ROOT_SANDBOX_HOST_GID)
-    # ...and an id an account holds is refused, naming it (uid 0 is always root's).
+    # The real range is free on this machine (no account, group or range holds an id)...
+    ownership.check_dedicated_range(ROOT_SANDBOX_ID_BASE, ROOT_SANDBOX_ID_SPAN)
+    # ...and a range holding an account's id is refused, naming it (uid 0 is root's).
     with pytest.raises(SandboxError, match="user root"):
-        ownership.check_dedicated_id(0, ROOT_SANDBOX_HOST_GID)
-    # A subordinate range (a rootless engine's user) holding it is refused too.
+        ownership.check_dedicated_range(0, 10)
+    # A subordinate range (a rootless engine's user) overlapping it is refused too.
     ranges = tmp_path / "subuid"
-    ranges.write_text(f"someone:{ROOT_SANDBOX_HOST_UID - 10}:65536\n")
-    assert ownership._in_subordinate_ranges(ROOT_SANDBOX_HOST_UID, ranges) == "someone"
-    assert ownership._in_subordinate_ranges(ROOT_SANDBOX_HOST_UID - 11, ranges) is None
+    ranges.write_text(f"someone:{ROOT_SANDBOX_ID_BASE - 10}:65536\n")
+    base, span = ROOT_SANDBOX_ID_BASE, ROOT_SANDBOX_ID_SPAN
+    assert ownership._overlapping_range(base, span, ranges) == "someone"
+    assert ownership._overlapping_range(base - 20, 10, ranges) is None
+
+
+def test_each_sandbox_has_its_own_host_id_in_the_range() -> None:
+    from jhansi.sandbox.interface import ROOT_SANDBOX_ID_BASE, ROOT_SANDBOX_ID_SPAN, root_sandbox_id
+
+    ids = {root_sandbox_id(f"sandbox-{n}") for n in range(200)}
+    assert len(ids) == 200  # no two of these share an id
+    assert all(0 <= i - ROOT_SANDBOX_ID_BASE < ROOT_SANDBOX_ID_SPAN for i in ids)
+    assert root_sandbox_id("a") == root_sandbox_id("a")  # a named sandbox keeps its id
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="handing a home to another uid needs root")
+def test_hand_over_clears_setid_bits_and_closes_the_home(tmp_path: Path) -> None:
+    from jhansi.sandbox.ownership import hand_over
+
+    home = tmp_path / "home"
+    (home / "sub").mkdir(parents=True)
+    planted = home / "sub" / "suid"
+    planted.write_text("#!/bin/sh\n")
+    planted.chmod(0o6755)
+    home.chmod(0o755)
+    uid = os.getuid()
+    hand_over(home, uid, os.getgid())  # same owner: still cleared, every run
+    assert planted.stat().st_mode & 0o7777 == 0o755
+    assert home.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="running a process as another uid needs root")
+def test_a_process_left_with_a_sandbox_id_is_evicted_before_its_next_run(tmp_path: Path) -> None:
+    # Someone ran a setuid file a sandbox had left: their process holds the sandbox's id
+    # and would wait to enter its next run. No account holds the id: it is killed.
+    import subprocess
+
+    from jhansi.sandbox.interface import root_sandbox_id
+    from jhansi.sandbox.ownership import hand_over
+
+    uid = root_sandbox_id("evict-test")
+    lurker = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: (os.setgid(uid), os.setuid(uid)))
+    home = tmp_path / "home"
+    home.mkdir()
+    try:
+        hand_over(home, uid, uid)
+        assert lurker.wait(timeout=10) == -9
+    finally:
+        if lurker.poll() is None:
+            lurker.kill()

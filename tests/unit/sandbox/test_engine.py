@@ -524,8 +524,8 @@ def test_rootless_podman_driven_by_root_maps_to_a_subordinate_uid() -> None:
 
 def test_the_sandbox_never_runs_as_root() -> None:
     # Root asking for uid 0 on a rootful engine still gets the dedicated unprivileged id.
-    identity = sandbox_identity(ROOTFUL, 0, 0, invoker_uid=0, invoker_gid=0)
-    assert identity.uid == identity.host_uid == ROOT_SANDBOX_HOST_UID
+    identity = sandbox_identity(ROOTFUL, 0, 0, invoker_uid=0, invoker_gid=0, root_id=2_000_000_007)
+    assert identity.uid == identity.host_uid == 2_000_000_007
     # Where the spec's uid is used as it is (rootless Podman's mapping), 0 is refused.
     with pytest.raises(SandboxError, match="never"):
         sandbox_identity(PODMAN, 0, 0, invoker_uid=0, invoker_gid=0)
