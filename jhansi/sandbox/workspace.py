@@ -15,7 +15,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import stat
 import tempfile
 import time
@@ -86,29 +85,104 @@ class OpenSandbox:
 
 
 def _dir_size(path: Path) -> int:
-    total = 0
-    for root, dirs, files in os.walk(path):
-        for name in files + dirs:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size  # noqa: PTH118
-    return total
+    """The bytes below ``path`` (bounded like a run's snapshot: iterative, depth-limited)."""
+    from jhansi.sandbox.changes import snapshot
+
+    return sum(st[0] for st in snapshot(path, "").files.values())
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def remove_tree(path: Path) -> None:
-    """Delete ``path`` even where the sandbox made directories read-only."""
+    """Delete ``path`` even where the sandbox made directories read-only.
 
-    def make_writable_and_retry(func: Callable[..., Any], target: str, _exc: object) -> None:
-        parent = os.path.dirname(target)  # noqa: PTH120
-        with contextlib.suppress(OSError):
-            os.chmod(parent, stat.S_IRWXU)  # noqa: PTH101
-        with contextlib.suppress(OSError):
-            if os.path.isdir(target) and not os.path.islink(target):  # noqa: PTH112, PTH114
-                os.chmod(target, stat.S_IRWXU)  # noqa: PTH101
-        func(target)
+    Iterative, whatever the depth (a sandbox can nest directories thousands deep: a
+    recursive delete would exhaust Python's stack, one descriptor per level the
+    process's): one directory descriptor is held at a time; going back up opens
+    ``..`` and checks it is the directory that was come down from (device and inode),
+    so a directory moved meanwhile stops the delete instead of leading it elsewhere.
+    Symlinks are removed, never followed.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        path.unlink()
+        return
+    fd = _open_writable_dir(str(path), None)
+    # Each frame: (device, inode, subdirectory names still to remove) of one level;
+    # ``names`` holds the name of each level in its parent.
+    frames: list[tuple[int, int, list[str]]] = []
+    names: list[str] = []
+    try:
+        frames.append((*_identity(fd), _clear_files(fd)))
+        while frames:
+            _dev, _ino, pending = frames[-1]
+            if pending:
+                name = pending.pop()
+                try:
+                    child = _open_writable_dir(name, fd)
+                except FileNotFoundError:
+                    continue
+                except NotADirectoryError:
+                    os.unlink(name, dir_fd=fd)
+                    continue
+                os.close(fd)
+                fd = child
+                names.append(name)
+                frames.append((*_identity(fd), _clear_files(fd)))
+                continue
+            frames.pop()
+            if not frames:
+                break
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            if _identity(parent) != frames[-1][:2]:
+                os.close(parent)
+                raise OSError(errno.ESTALE, f"{path}: a directory moved while it was deleted")
+            os.close(fd)
+            fd = parent
+            os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    path.rmdir()
 
-    if path.exists() or path.is_symlink():
-        # onerror, not onexc: the latter is Python 3.12+.
-        shutil.rmtree(path, onerror=make_writable_and_retry)
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _open_writable_dir(name: str, dir_fd: int | None) -> int:
+    """Open the directory ``name`` (never through a symlink) and make it u+rwx."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        os.chmod(name, stat.S_IRWXU, dir_fd=dir_fd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & stat.S_IRWXU != stat.S_IRWXU:
+            os.fchmod(fd, stat.S_IRWXU)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink every entry of the directory ``fd`` that is not a directory; return the
+    names of its subdirectories."""
+    subdirs: list[str] = []
+    with os.scandir(fd) as scan:
+        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in scan]
+    for name, is_dir in entries:
+        if is_dir:
+            subdirs.append(name)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=fd)
+    return subdirs
 
 
 class Workspace:
@@ -138,11 +212,23 @@ class Workspace:
         return data if isinstance(data, dict) else {}
 
     def _write_meta(self, name: str, meta: dict[str, Any]) -> None:
+        """Replace ``meta.json`` atomically; a failure (disk full) is a
+        :class:`SandboxError` and leaves no temporary file behind."""
         target = self._dir(name) / "meta.json"
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".meta-")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(meta, handle, indent=2, sort_keys=True)
-        Path(tmp).replace(target)
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".meta-")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(meta, handle, indent=2, sort_keys=True)
+            Path(tmp).replace(target)
+        except OSError as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # noqa: PTH108
+            raise SandboxError(
+                f"cannot update {target}: {exc.strerror or exc}",
+                hint="Free space in jhansi's data directory.",
+            ) from None
 
     @contextlib.contextmanager
     def open(
@@ -151,8 +237,10 @@ class Workspace:
         *,
         project: Path | None,
         on_wait: Callable[[str], None] | None = None,
+        on_warning: Callable[[str], None] | None = None,
     ) -> Iterator[OpenSandbox]:
-        """Create ``name`` if needed and hold its lock for the duration of a run."""
+        """Create ``name`` if needed and hold its lock for the duration of a run
+        (``on_warning`` hears of bookkeeping that failed, such as ``meta.json``)."""
         directory = self._dir(name)
         ensure_private_dir(self.root)
         # Traversable, not listable: an engine running as another user (rootless
@@ -174,7 +262,13 @@ class Workspace:
             finally:
                 meta["last_used"] = now_rfc3339()
                 meta["runs"] = int(meta.get("runs", 0)) + 1
-                self._write_meta(name, meta)
+                # Bookkeeping only (``sandbox ls``, ``prune``): failing to write it (disk
+                # full) must never replace the run's outcome, recorded or raised.
+                try:
+                    self._write_meta(name, meta)
+                except SandboxError as exc:
+                    if on_warning is not None:
+                        on_warning(exc.message)
 
     @contextlib.contextmanager
     def ephemeral(self) -> Iterator[OpenSandbox]:
