@@ -23,11 +23,88 @@ if TYPE_CHECKING:
 
 PutBlob = Callable[[bytes], str]
 
+#: A list in a record keeps at most this many items in the record itself ...
+LIST_HEAD_ITEMS = 100
+#: ... and at most this many bytes of them (canonical JSON); the whole list is a blob.
+LIST_HEAD_BYTES = 64 << 10
+#: Longest error text kept in a record (the engine's message; the rest is cut).
+MAX_ERROR_CHARS = 4096
+
 
 def _blob(put: PutBlob, data: bytes) -> dict[str, Any]:
     import blake3
 
     return {"blob": put(data), "size": len(data), "blake3": blake3.blake3(data).hexdigest()}
+
+
+def recordable(value: Any) -> Any:
+    """``value`` with every string that is not UTF-8 made recordable, reversibly.
+
+    Names from the file system (a script's file name, a file the script made, a
+    path in an error message) and arguments arrive as :func:`os.fsdecode` gives
+    them: bytes that are not UTF-8 are lone surrogates, which the ledger's canonical
+    JSON cannot hold. In a dict, such a string ``key`` becomes its ``\\xNN``-escaped
+    text and ``key_b64`` holds the exact bytes (:func:`jhansi.sandbox.changes.name_fields`);
+    in a list, the item becomes ``{"text": ..., "text_b64": ...}``. Anything else is
+    returned as it is.
+    """
+    from jhansi.sandbox.changes import name_fields
+
+    if isinstance(value, str):
+        return value if _utf8(value) else name_fields("text", value)
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if isinstance(item, str) and not _utf8(item):
+                out.update(name_fields(str(key), item))
+            else:
+                out[key] = recordable(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [recordable(item) for item in value]
+    return value
+
+
+def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def bounded_list(name: str, items: list[Any], put: PutBlob) -> dict[str, Any]:
+    """``{name: items}`` for a short list; else its head, its count and the whole list.
+
+    A script decides how long these lists are (the files it makes, the connections
+    it opens); a record must stay small whatever it did. Past :data:`LIST_HEAD_ITEMS`
+    items or :data:`LIST_HEAD_BYTES` bytes, ``name`` holds the first items that fit,
+    ``name_count`` the length of the whole list, and ``name_full`` a blob of the whole
+    list as JSON Lines (one canonical JSON item per line, in order): nothing is lost.
+    """
+    from jhansi.ledger.record import canonical
+
+    items = [recordable(item) for item in items]
+    head: list[Any] = []
+    used = 2
+    for item in items:
+        if len(head) >= LIST_HEAD_ITEMS:
+            break
+        size = len(canonical(item)) + 1
+        if used + size > LIST_HEAD_BYTES:
+            break
+        head.append(item)
+        used += size
+    if len(head) == len(items):
+        return {name: items}
+    lines = b"".join(canonical(item) + b"\n" for item in items)
+    return {
+        name: head,
+        f"{name}_count": len(items),
+        f"{name}_full": {**_blob(put, lines), "format": "jsonl"},
+    }
 
 
 def who() -> dict[str, Any]:
@@ -39,7 +116,7 @@ def who() -> dict[str, Any]:
 
 def script_fields(script: Script, put: PutBlob) -> dict[str, Any]:
     """The code that ran (or was refused), by reference."""
-    return {"path": script.display, **_blob(put, script.text.encode("utf-8"))}
+    return {"path": script.display, **_blob(put, script.text.encode("utf-8", "surrogateescape"))}
 
 
 def prompt_fields(request: RunRequest, put: PutBlob) -> dict[str, Any] | None:
@@ -139,7 +216,7 @@ def start_body(
     the hosts the sandbox may reach through the proxy; ``config``: the configuration
     files that applied (:meth:`jhansi.config.ConfigFile.as_record`).
     """
-    return {
+    body = {
         "run_id": run_id,
         **who(),
         "jhansi": __version__,
@@ -157,6 +234,7 @@ def start_body(
         "egress": egress,
         "config": config or [],
     }
+    return dict(recordable(body))
 
 
 def _tail(tail: OutputTail, put: PutBlob) -> dict[str, Any]:
@@ -169,23 +247,69 @@ def end_body(result: RunResult, put: PutBlob) -> dict[str, Any]:
     ``rw`` (``--rw`` runs only): the changes to /work applied to the project, those
     refused (with why: configuration, ``.git``, masked ...), those that conflicted with
     changes made on the host, and where the layer was kept, if it was.
+
+    Bounded whatever the script did: long lists keep a head and a blob of the whole
+    (:func:`bounded_list`), ``files_incomplete`` says why the file list may miss
+    changes (a budget ran out), ``egress_dropped`` counts connections past the
+    proxy's event cap, and names that are not UTF-8 are kept reversibly
+    (:func:`recordable`).
     """
-    return {
+    body = {
         "run_id": result.run_id,
         "result": {
             "status": result.status,
             "exit_code": result.exit_code,
             "signal": result.signal,
             "duration_ms": result.duration_ms,
-            "error": result.error,
+            "error": result.error[:MAX_ERROR_CHARS],
         },
         "stdout": _tail(result.stdout, put),
         "stderr": _tail(result.stderr, put),
         "enforcement": dict(result.enforcement),
-        "files_changed": [c.as_dict() for c in result.files_changed],
-        "egress": [dict(e) for e in result.egress],
-        **({"rw": result.rw.as_dict()} if result.rw is not None else {}),
+        **bounded_list("files_changed", [c.as_dict() for c in result.files_changed], put),
+        **({"files_incomplete": result.files_incomplete} if result.files_incomplete else {}),
+        **bounded_list("egress", [dict(e) for e in result.egress], put),
+        **({"egress_dropped": result.egress_dropped} if result.egress_dropped else {}),
+        **({"rw": rw_fields(result.rw.as_dict(), put)} if result.rw is not None else {}),
     }
+    return dict(recordable(body))
+
+
+def fallback_end_body(result: RunResult, put: PutBlob, problem: str) -> dict[str, Any]:
+    """A minimal ``exec.end`` for when :func:`end_body` cannot be recorded: how the run
+    ended, and everything else as one JSON blob (``full``), with why (``fallback``)."""
+    import json
+
+    from jhansi.cli._execute import result_document
+
+    document = json.dumps(result_document(result), ensure_ascii=True, default=str)
+    return dict(
+        recordable(
+            {
+                "run_id": result.run_id,
+                "result": {
+                    "status": result.status,
+                    "exit_code": result.exit_code,
+                    "signal": result.signal,
+                    "duration_ms": result.duration_ms,
+                    "error": result.error[:MAX_ERROR_CHARS],
+                },
+                "fallback": problem[:MAX_ERROR_CHARS],
+                "full": {**_blob(put, document.encode("ascii")), "format": "json"},
+            }
+        )
+    )
+
+
+def rw_fields(report: dict[str, Any], put: PutBlob) -> dict[str, Any]:
+    """The ``rw`` part of ``exec.end``: each of its lists bounded (:func:`bounded_list`)."""
+    out: dict[str, Any] = {}
+    for key, value in report.items():
+        if isinstance(value, list):
+            out.update(bounded_list(key, value, put))
+        else:
+            out[key] = value
+    return out
 
 
 def denied_body(
@@ -225,4 +349,4 @@ def denied_body(
         body["unresolved"] = [
             {"import": d.name, "lines": list(d.lines)} for d in deps.plan.unresolved
         ]
-    return body
+    return dict(recordable(body))

@@ -30,7 +30,7 @@ from jhansi.deps.target import Target
 from jhansi.errors import InputError, JhansiError, LedgerError, SandboxError, UsageError
 from jhansi.paths import Paths, ensure_private_dir
 from jhansi.report import NullReporter, Reporter, Stream
-from jhansi.sandbox.changes import FileChange, Snapshot, diff, snapshot
+from jhansi.sandbox.changes import FileChange, Snapshot, budget_for, compare, shown_name, snapshot
 from jhansi.sandbox.interface import (
     ENTRY_DIR,
     GATE_FD,
@@ -68,6 +68,9 @@ STDIN_NAME = "stdin.py"
 #: ``[sandbox] max_script_size``'s default.
 DEFAULT_MAX_SCRIPT_SIZE = 1 << 20
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Warnings of one kind shown per run (refused egress, refused --rw changes); the rest
+#: are counted in one more line and listed in the ledger.
+_WARNED = 20
 #: Variables jhansi sets itself; ``--env`` may not replace them.
 _RESERVED_ENV = frozenset({"HOME", "PATH", "PYTHONUNBUFFERED", "USER", "LOGNAME"})
 
@@ -155,6 +158,11 @@ class RunResult:
     rw: ApplyReport | None = None
     """With ``--rw``: which of the script's changes to /work were applied to the project,
     which refused and why, which conflicted with changes made on the host."""
+    files_incomplete: str = ""
+    """Why ``files_changed`` may miss changes (a snapshot's entry, depth or time budget
+    ran out, or it failed); empty when the list is complete."""
+    egress_dropped: int = 0
+    """Connections through the proxy past its event cap: counted, not listed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -764,6 +772,7 @@ class Runner:
                 name or default_name(project or (script.host_path.parent)),
                 project=project,
                 on_wait=lambda message: self.reporter.step("waiting", message),
+                on_warning=self.reporter.warning,
             )
         )
         egress = self._egress(request)
@@ -777,13 +786,24 @@ class Runner:
     def _report_refusals(self, egress: EgressSession) -> None:
         """Say what the proxy refused: a client library shows only "403 Forbidden"."""
         seen: set[str] = set()
+        more = 0
         for event in egress.events():
             if event.get("decision") != "refused":
                 continue
-            line = f"egress refused {event.get('host')}:{event.get('port')}: {event.get('reason')}"
-            if line not in seen:
-                seen.add(line)
-                self.reporter.warning(line)
+            host = str(event.get("host"))
+            host = host if len(host) <= 100 else host[:100] + "…"
+            line = f"egress refused {host}:{event.get('port')}: {str(event.get('reason'))[:300]}"
+            if line in seen:
+                continue
+            if len(seen) >= _WARNED:
+                more += 1
+                continue
+            seen.add(line)
+            self.reporter.warning(line)
+        if more:
+            self.reporter.warning(
+                f"egress refused {more} more connection(s); `jhansi ledger show` lists them all"
+            )
 
     def _egress(self, request: RunRequest) -> EgressSession | None:
         """The run's egress proxy, started; ``None`` when nothing may leave the sandbox."""
@@ -1002,7 +1022,12 @@ class Runner:
             from jhansi.records import sandbox_fields, start_body
 
             try:
-                before[:] = [snapshot(root, area, skip=skip) for root, area, skip in watched]
+                # Bounded (entries, depth, time): the home may hold what an earlier run
+                # left to make this one slow; past the budget the list is incomplete.
+                budget = budget_for(spec.limits.timeout)
+                before[:] = [
+                    snapshot(root, area, skip=skip, budget=budget) for root, area, skip in watched
+                ]
                 ledger = self.ledger
                 where = sandbox_fields(sandbox.name, sandbox.ephemeral, spec, info)
                 sbom = self._sbom(script, deps, info) if deps is not None else None
@@ -1052,18 +1077,65 @@ class Runner:
                 else (ExecStatus.ENGINE_ERROR)
             )
             ended = ExecResult(status, None, None, 0, empty, empty, error=why)
-            self._record_end(run_id, script, project, sandbox, info, ended, [], deps, egress)
+            self._record_end(run_id, script, project, sandbox, info, ended, [], deps, egress, None)
             # (the layer, if any, is kept or removed by _run_in: nothing is applied)
             if isinstance(stopped, JhansiError):
                 stopped.recorded = True
             raise
-        changes: list[FileChange] = []
-        for old, (root, area, skip) in zip(before, watched, strict=True):
-            changes += diff(old, snapshot(root, area, skip=skip))
-        applied = self._apply_layer(layer, sandbox, run_id) if layer is not None else None
+        changes, incomplete = self._changes(before, watched, spec.limits.timeout)
+        applied = None
+        if layer is not None:
+            try:
+                applied = self._apply_layer(layer, sandbox, run_id)
+            except OSError as exc:  # keeping the layer failed (disk full): it stays put
+                from jhansi.sandbox.layer import ApplyReport
+
+                applied = ApplyReport(kept=layer.root, error=f"{exc.strerror or exc}")
         return self._record_end(
-            run_id, script, project, sandbox, info, result, changes, deps, egress, applied
+            run_id,
+            script,
+            project,
+            sandbox,
+            info,
+            result,
+            changes,
+            deps,
+            egress,
+            applied,
+            incomplete=incomplete,
         )
+
+    def _changes(
+        self,
+        before: list[Snapshot],
+        watched: list[tuple[Path, str, tuple[str, ...]]],
+        timeout: float,
+    ) -> tuple[list[FileChange], str]:
+        """What the run changed in the watched directories, and why that list may be
+        incomplete. Within one budget (:func:`~jhansi.sandbox.changes.budget_for`: a
+        quarter of the timeout, 5-60 s) for the snapshots, the diff and the hashing;
+        never raises for what the script left behind (the run must still be recorded).
+        """
+        budget = budget_for(timeout)
+        changes: list[FileChange] = []
+        reasons: list[str] = []
+        for old, (root, area, skip) in zip(before, watched, strict=True):
+            try:
+                found = compare(old, snapshot(root, area, skip=skip, budget=budget), budget)
+            except (OSError, ValueError, RecursionError, MemoryError) as exc:
+                reasons.append(f"{area}: the changes could not be listed ({exc})")
+                continue
+            changes += found.changes
+            if found.incomplete:
+                reasons.append(f"{area}: {found.incomplete}")
+            if found.not_hashed:
+                self.reporter.warning(
+                    f"{area}: {found.not_hashed} changed file(s) not hashed (over the hashing "
+                    "budget, or changed while read): recorded with their size and why"
+                )
+        if reasons:
+            self.reporter.warning("the list of changed files is incomplete: " + "; ".join(reasons))
+        return changes, "; ".join(reasons)
 
     def _layer_dir(self, sandbox: OpenSandbox, run_id: str) -> Path:
         if sandbox.directory is None:  # pragma: no cover - every OpenSandbox has one
@@ -1143,17 +1215,30 @@ class Runner:
             report = apply_changes(layer, plan_changes(layer))
         except OSError as exc:
             report = ApplyReport(error=f"{exc.strerror or exc}")
-        for outcome in report.by("refused"):
-            self.reporter.warning(f"--rw: not applied: {outcome.path} ({outcome.reason})")
+        refused = report.by("refused")
+        for outcome in refused[:_WARNED]:
+            self.reporter.warning(
+                f"--rw: not applied: {shown_name(outcome.path)} ({outcome.reason})"
+            )
+        if len(refused) > _WARNED:
+            self.reporter.warning(
+                f"--rw: {len(refused) - _WARNED} more change(s) not applied (refused); "
+                "`jhansi ledger show` lists them all"
+            )
         conflicts = report.by("conflict")
         if not conflicts and not report.error:
             remove_tree(layer.root)
             return report
         where = self._keep(layer, sandbox, run_id)
-        for outcome in conflicts:
+        for outcome in conflicts[:_WARNED]:
             self.reporter.warning(
-                f"--rw: not applied: {outcome.path} ({outcome.reason}); the sandbox's "
-                f"version is in {where / outcome.path}"
+                f"--rw: not applied: {shown_name(outcome.path)} ({outcome.reason}); the "
+                f"sandbox's version is in {shown_name(str(where / outcome.path))}"
+            )
+        if len(conflicts) > _WARNED:
+            self.reporter.warning(
+                f"--rw: {len(conflicts) - _WARNED} more conflict(s); the sandbox's versions "
+                f"are in {shown_name(str(where))}"
             )
         if report.error:
             self.reporter.warning(
@@ -1174,9 +1259,17 @@ class Runner:
         deps: Dependencies | None,
         egress: EgressSession | None = None,
         rw: ApplyReport | None = None,
+        *,
+        incomplete: str = "",
     ) -> RunResult:
-        """The result, once its ``exec.end`` record and a signed checkpoint are on disk."""
-        from jhansi.records import end_body
+        """The result, once its ``exec.end`` record and a signed checkpoint are on disk.
+
+        Whatever the script did, the record is written or this raises a
+        :class:`LedgerError` (two lines, exit 5): a body that still cannot be recorded
+        (a bug: :func:`~jhansi.records.end_body` bounds lists and escapes names) is
+        stored whole as a blob, referenced from a minimal ``exec.end``.
+        """
+        from jhansi.records import end_body, fallback_end_body
 
         outcome = RunResult(
             run_id=run_id,
@@ -1199,10 +1292,17 @@ class Runner:
             ledger=str(self.ledger.directory),
             egress=tuple(egress.events()) if egress is not None else (),
             rw=rw,
+            files_incomplete=incomplete,
+            egress_dropped=egress.dropped_events() if egress is not None else 0,
         )
         ledger = self.ledger
         try:
-            record = ledger.append("exec.end", end_body(outcome, ledger.put_blob))
+            try:
+                record = ledger.append("exec.end", end_body(outcome, ledger.put_blob))
+            except (ValueError, TypeError) as problem:
+                record = ledger.append(
+                    "exec.end", fallback_end_body(outcome, ledger.put_blob, str(problem))
+                )
             ledger.checkpoint()
         except JhansiError as exc:
             raise LedgerError(
@@ -1211,6 +1311,13 @@ class Runner:
                 hint="The ledger has an unpaired exec.start for run "
                 f"{run_id}; fix the ledger's disk ({exc.hint}) before running again.",
             ) from exc
+        except OSError as exc:  # a write the ledger did not wrap (disk full mid-append)
+            raise LedgerError(
+                f"the run finished ({outcome.status}, exit {outcome.exit_code}) but its end "
+                f"record could not be written: {exc.strerror or exc}",
+                hint="The ledger has an unpaired exec.start for run "
+                f"{run_id}; free space on the ledger's disk, then run `jhansi ledger verify`.",
+            ) from None
         return replace(outcome, record=record.hash)
 
 

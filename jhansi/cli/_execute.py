@@ -193,6 +193,7 @@ def result_document(result: RunResult) -> dict[str, Any]:
         "stdout": tail(result.stdout),
         "stderr": tail(result.stderr),
         "files_changed": [c.as_dict() for c in result.files_changed],
+        "files_incomplete": result.files_incomplete,
         **({"rw": result.rw.as_dict()} if result.rw is not None else {}),
         "error": result.error,
         "dependencies": dependencies_document(result.dependencies),
@@ -202,6 +203,7 @@ def result_document(result: RunResult) -> dict[str, Any]:
             else None
         ),
         "egress": [dict(e) for e in result.egress],
+        "egress_dropped": result.egress_dropped,
         "ledger": result.ledger,
         "record": result.record,
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -293,7 +293,9 @@ def show(
     directory = _directory(ledger)
     _require(directory)
     full_id, records = run_records(directory, run_id)
-    texts = run_texts(records, BlobStore(LedgerLayout(directory).blobs_dir))
+    blobs = BlobStore(LedgerLayout(directory).blobs_dir)
+    texts = run_texts(records, blobs)
+    lists = _full_lists(records, blobs)
     if json_output:
         print_json(
             {
@@ -310,6 +312,7 @@ def show(
                     for r in records
                 ],
                 "blobs": [text.as_dict() for text in texts],
+                "lists": lists,
             }
         )
         return
@@ -337,6 +340,55 @@ def show(
             console.print(terminal_safe(text.text), soft_wrap=True, markup=False, highlight=False)
         else:
             console.print(f"[yellow]({escape(text.problem or 'unreadable')})[/]")
+    for found in lists:
+        console.print(
+            f"\n[bold]── {escape(found['label'])}[/]: {found['count']} item(s) "
+            f"(blob {escape(found['blob'][:16])}…)",
+            soft_wrap=True,
+        )
+        if found["problem"]:
+            console.print(f"[yellow]({escape(found['problem'])})[/]")
+        for item in found["items"]:
+            console.print(
+                escape(json.dumps(item, ensure_ascii=False, sort_keys=True)), soft_wrap=True
+            )
+
+
+def _full_lists(records: list[Any], blobs: Any) -> list[dict[str, Any]]:
+    """The whole of each list an ``exec.end`` keeps only the head of (``NAME_full``:
+    a JSON Lines blob, :func:`jhansi.records.bounded_list`), read and checked."""
+    import json
+
+    from jhansi.errors import LedgerError
+
+    found: list[dict[str, Any]] = []
+
+    def visit(body: dict[str, Any], where: str) -> None:
+        for key, value in body.items():
+            if isinstance(value, dict) and key.endswith("_full") and "blob" in value:
+                label = f"{where}{key[: -len('_full')]}"
+                entry: dict[str, Any] = {
+                    "label": label,
+                    "blob": str(value["blob"]),
+                    "count": body.get(f"{key[: -len('_full')]}_count"),
+                    "items": [],
+                    "problem": None,
+                }
+                try:
+                    data = blobs.get(str(value["blob"]))
+                    entry["items"] = [json.loads(line) for line in data.splitlines() if line]
+                except LedgerError as exc:
+                    entry["problem"] = exc.message
+                except ValueError:
+                    entry["problem"] = "not a JSON Lines list"
+                found.append(entry)
+            elif isinstance(value, dict):
+                visit(value, f"{where}{key}.")
+
+    for record in records:
+        if record.kind == "exec.end" and isinstance(record.body, dict):
+            visit(record.body, "")
+    return found
 
 
 @app.command()

@@ -365,7 +365,8 @@ class EgressProxy:
         )
 
     def events(self) -> tuple[EgressEvent, ...]:
-        """What happened so far, in order (at most ``max_events``; see :attr:`dropped_events`).
+        """What happened so far, in order (at most ``max_events``, and as many again of
+        connections that were not refused; see :attr:`dropped_events`).
 
         Connections refused because ``max_connections`` were open are one event at the
         end, whose reason counts them (``N connections refused: ...``).
@@ -397,6 +398,10 @@ class EgressProxy:
     def scrubber(self) -> Scrubber:
         """A fresh scrubber for this run's secrets (for the script's stdout and stderr)."""
         return self._scrubber.fresh()
+
+    def _past_cap_allowance(self) -> int:
+        """Events kept past ``max_events`` (connections that were not refused)."""
+        return self._max_events
 
     @property
     def dropped_events(self) -> int:
@@ -439,7 +444,13 @@ class EgressProxy:
             started=started,
         )
         with self._events_lock:
-            if len(self._events) < self._max_events:
+            # Refusals are what a flood is made of; a connection that reached a host is
+            # what an auditor needs. Past the cap, refusals are only counted, and other
+            # events have a second allowance of the same size before they are too.
+            kept = len(self._events)
+            if kept < self._max_events or (
+                decision != "refused" and kept - self._max_events < self._past_cap_allowance()
+            ):
                 self._events.append(event)
             else:
                 self._dropped += 1

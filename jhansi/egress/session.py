@@ -166,6 +166,11 @@ class EgressSession:
         """Every connection the proxy saw (for the ``exec.end`` record)."""
         return [_integers(e.as_dict()) for e in self.proxy.events()]
 
+    def dropped_events(self) -> int:
+        """Connections not in :meth:`events` because the proxy's event cap was reached
+        (counted in ``exec.end`` as ``egress_dropped``: never silently lost)."""
+        return self.proxy.dropped_events
+
     def close(self) -> None:
         """Stop the proxy and remove the run's directory (idempotent)."""
         if self._closed:

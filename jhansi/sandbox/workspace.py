@@ -129,11 +129,23 @@ class Workspace:
         return data if isinstance(data, dict) else {}
 
     def _write_meta(self, name: str, meta: dict[str, Any]) -> None:
+        """Replace ``meta.json`` atomically; a failure (disk full) is a
+        :class:`SandboxError` and leaves no temporary file behind."""
         target = self._dir(name) / "meta.json"
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".meta-")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(meta, handle, indent=2, sort_keys=True)
-        Path(tmp).replace(target)
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".meta-")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(meta, handle, indent=2, sort_keys=True)
+            Path(tmp).replace(target)
+        except OSError as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # noqa: PTH108
+            raise SandboxError(
+                f"cannot update {target}: {exc.strerror or exc}",
+                hint="Free space in jhansi's data directory.",
+            ) from None
 
     @contextlib.contextmanager
     def open(
@@ -142,8 +154,10 @@ class Workspace:
         *,
         project: Path | None,
         on_wait: Callable[[str], None] | None = None,
+        on_warning: Callable[[str], None] | None = None,
     ) -> Iterator[OpenSandbox]:
-        """Create ``name`` if needed and hold its lock for the duration of a run."""
+        """Create ``name`` if needed and hold its lock for the duration of a run
+        (``on_warning`` hears of bookkeeping that failed, such as ``meta.json``)."""
         directory = self._dir(name)
         ensure_private_dir(self.root)
         # Traversable, not listable: an engine running as another user (rootless
@@ -165,7 +179,13 @@ class Workspace:
             finally:
                 meta["last_used"] = now_rfc3339()
                 meta["runs"] = int(meta.get("runs", 0)) + 1
-                self._write_meta(name, meta)
+                # Bookkeeping only (``sandbox ls``, ``prune``): failing to write it (disk
+                # full) must never replace the run's outcome, recorded or raised.
+                try:
+                    self._write_meta(name, meta)
+                except SandboxError as exc:
+                    if on_warning is not None:
+                        on_warning(exc.message)
 
     @contextlib.contextmanager
     def ephemeral(self) -> Iterator[OpenSandbox]:
