@@ -54,6 +54,9 @@ def jhansi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # a helper outliving the test would hold pipes and outlast CI. The helper has its
     # own tests (tests/integration/test_helper.py), which turn it on in a private dir.
     monkeypatch.setenv("JHANSI_HELPER", "off")
+    # A checkout is 0755; pytest makes its directories 0700. As root the sandbox runs as
+    # an id of its own, which must read the project the way it reads a real checkout.
+    tmp_path.chmod(0o755)
     return home
 
 

@@ -16,7 +16,9 @@
 3. Runs ``jhansi run --secret DEMO_TOKEN@HOST:PORT examples/secret_api/call.py URL``.
    The sandbox's DEMO_TOKEN is a placeholder; the egress proxy swaps in the real
    token only on requests to HOST:PORT, and scrubs it from the answer.
-   jhansi.toml beside this file allows the loopback address and trusts the demo CA.
+   jhansi.toml beside this file allows the loopback address and trusts the demo CA;
+   the demo first runs ``jhansi trust`` on it, as a project file may open the
+   network only once its content is trusted.
 4. Stops the API and says whether it received the real token.
 
 Arguments are passed on to `jhansi run` (for example ``--backend docker``).
@@ -172,10 +174,16 @@ def main(jhansi_args: list[str]) -> int:
         f"https://{host}:{port}/hello",
     ]
     print(f"demo API on https://{host}:{port} ({address}); DEMO_TOKEN is in jhansi's environment")
-    print("+ jhansi " + " ".join(command), flush=True)
     try:
         env = {**os.environ, "DEMO_TOKEN": DemoAPI.token}
-        code = subprocess.run([sys.executable, "-m", "jhansi", *command], env=env).returncode
+        # The example's jhansi.toml opens the network (a loopback address, the demo CA):
+        # a project file may do that only once you trust its exact content.
+        trust = ["trust", os.path.relpath(HERE / "jhansi.toml")]
+        print("+ jhansi " + " ".join(trust), flush=True)
+        code = subprocess.run([sys.executable, "-m", "jhansi", *trust], env=env).returncode
+        if code == 0:
+            print("+ jhansi " + " ".join(command), flush=True)
+            code = subprocess.run([sys.executable, "-m", "jhansi", *command], env=env).returncode
     finally:
         server.shutdown()
         server.server_close()

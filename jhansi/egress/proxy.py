@@ -477,6 +477,11 @@ class EgressProxy:
                     )
                 )
                 await asyncio.wait_for(writer.drain(), self._timeouts.head)
+                # Read what the client sent before closing: closing a unix socket with
+                # unread data resets the peer, which may then lose the 503 it was sent.
+                writer.write_eof()
+                with contextlib.suppress(TimeoutError, OSError):
+                    await asyncio.wait_for(reader.read(1 << 16), 1.0)
                 return
             self._peak = max(self._peak, len(self._tasks))
             await self._serve(reader, writer)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from jhansi.sandbox.interface import ROOT_SANDBOX_ID_BASE, ROOT_SANDBOX_ID_SPAN
 from tests.conftest import backend_env, require_backend, run_jhansi
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +96,14 @@ def test_hello(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> 
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert re.fullmatch(r"Hello from Python 3\.\d+\.\d+ in a jhansi sandbox\.", lines[0]), lines
-    assert lines[1] == "user id: 1000, home: /home/sandbox, working directory: /work"
+    # uid 1000 inside; rootful Docker driven by root has no user namespace, so there
+    # the sandbox is its own host id (never root, never a host account's).
+    uid = int(lines[1].split(",")[0].removeprefix("user id: "))
+    if backend == "docker" and os.getuid() == 0:
+        assert 0 <= uid - ROOT_SANDBOX_ID_BASE < ROOT_SANDBOX_ID_SPAN, lines
+    else:
+        assert uid == 1000, lines
+    assert lines[1].endswith(", home: /home/sandbox, working directory: /work"), lines
     assert lines[2] == "network interfaces: lo"
     assert len(lines) == 3
     summary = proc.stderr.strip().splitlines()[-1]
@@ -198,6 +206,10 @@ def test_secret_api_demo(checkout: Checkout, short_home: Path) -> None:
     proc = checkout.python(in_readme("python examples/secret_api/demo.py"), {"DEMO_TOKEN": token})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
+    # The demo trusts the example's jhansi.toml first (it opens the network), then runs.
+    start = next(i for i, line in enumerate(lines) if line.startswith("+ jhansi run"))
+    assert "+ jhansi trust examples/secret_api/jhansi.toml" in lines[:start], lines
+    lines = [lines[0], *lines[start:]]
     placeholder = re.fullmatch(
         r"my DEMO_TOKEN: (jhansi-placeholder-DEMO_TOKEN-[0-9a-f]+)", lines[2]
     )

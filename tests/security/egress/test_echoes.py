@@ -73,6 +73,9 @@ def test_disguised_echoes_never_reach_the_script(
         key = "sk-live/" + secrets.token_urlsafe(30)  # a slash: JSON writes it as \/
         env = clean_env(base, home, backend) | {KEY_NAME: key, "JHANSI_HELPER": "off"}
         config = json.dumps({"a": server.port, "key": KEY_NAME})
+        # Its network keys need trust: the user gives it, as a user would.
+        trusted = run_cli("trust", str(project / "jhansi.toml"), env=env, cwd=project)
+        assert trusted.returncode == 0, trusted.stderr
         run = run_cli(
             "run", "--json", "--sandbox", "echoes", "--secret",
             f"{KEY_NAME}@localhost:{server.port}", "echo_probe.py", config,

@@ -32,7 +32,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import prepare_jhansi_home, require_backend
-from tests.security.egress.conftest import KEY_NAME, _shared_base, clean_env, find_secret
+from tests.security.egress.conftest import (
+    KEY_NAME,
+    _shared_base,
+    clean_env,
+    find_secret,
+    run_cli,
+)
 from tests.tls_server import TLSServer
 
 PROBE = Path(__file__).with_name("load_probe.py")
@@ -99,6 +105,9 @@ def load(request: pytest.FixtureRequest) -> Iterator[Load]:
         shutil.copy(PROBE, project / "load_probe.py")
         key = "sk-load-" + "0123456789abcdef" * 2
         env = clean_env(base, home, "bwrap") | {KEY_NAME: key, "JHANSI_HELPER": "off"}
+        # Its network keys need trust: the user gives it, as a user would.
+        trusted = run_cli("trust", str(project / "jhansi.toml"), env=env, cwd=project)
+        assert trusted.returncode == 0, trusted.stderr
         yield Load(base, home, project, env, key, a, c)
     finally:
         for server in servers:
