@@ -9,8 +9,9 @@ descriptors), arguments, environment, working directory and umask, and runs
 same sandbox, the same ledger records. The child tells the client its pid (so
 that Ctrl-C reaches it) and, at the end, its exit status.
 
-The helper only imports modules: it calls nothing that reads the environment,
-the configuration or the disk, so each child starts from a clean slate. It serves
+The helper only imports modules (and parses jhansi's own bundled import map, which
+is part of its code): it calls nothing that reads the environment, the
+configuration or the user's files, so each child starts from a clean slate. It serves
 only its own user (``SO_PEERCRED``) and only clients whose key (interpreter,
 jhansi's code, process context) equals its own, and it exits after
 ``JHANSI_HELPER_IDLE`` seconds (default 600) without a request. One helper runs
@@ -98,6 +99,12 @@ def main() -> None:
     for name in PRELOAD:
         with contextlib.suppress(Exception):  # a module that cannot load is loaded per run
             importlib.import_module(name)
+    # jhansi's own bundled import map (part of its code, in the key below): every run
+    # of new code looks its imports up in it, so it is parsed once, here.
+    with contextlib.suppress(Exception):
+        from jhansi.deps.mapping import bundled
+
+        bundled()
     key = client.helper_key()
     if key != before:
         return  # jhansi changed while it loaded: the next run starts a fresh helper

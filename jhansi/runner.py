@@ -605,55 +605,80 @@ class Runner:
         )
         if request.project is not None:
             roots = (*roots, request.project)
-        # A warm run of an unchanged script reuses the whole decision (deps/warm.py).
-        warm = install and policy == "enforce" and not request.upgrade
-        if warm:
-            from jhansi.deps import warm as warm_cache
-
-            today = time.strftime("%Y-%m-%d", time.gmtime())
-            lock_path = self._lock_path(request, script)
-            try:
-                lock_bytes: bytes | None = lock_path.read_bytes()
-            except OSError:
-                lock_bytes = None
-
-            def key_for(content: bytes | None) -> str | None:
-                return warm_cache.decision_key(
-                    script_name=script.display,
-                    script_text=script.text,
-                    local_roots=roots,
-                    target=target,
-                    with_requirements=request.with_requirements,
-                    requirements_file=request.requirements_file,
-                    lock_file=lock_path,
-                    lock_bytes=content,
-                    frozen=request.frozen,
-                    exclude_newer=request.exclude_newer,
-                    policy=self.settings.policy,
-                    today=today,
-                )
-
-            key = key_for(lock_bytes)
-            reused = (
-                warm_cache.load(self.paths.cache, key, target=target, lock_bytes=lock_bytes)
-                if key is not None
-                else None
-            )
-            if reused is not None:
-                self._replay(reused)
-                return reused
-            checked = self._decide(
-                request, script, run_id, target, roots, install, refuse_unresolved, policy
-            )
-            if key is not None and today == time.strftime("%Y-%m-%d", time.gmtime()):
-                after = checked.lock.content if checked.lock is not None else lock_bytes
-                stored_key = key if after == lock_bytes else key_for(after)
-                if stored_key is not None:
-                    warm_cache.store(self.paths.cache, stored_key, checked)
-            return checked
-        return self._decide(
-            request, script, run_id, target, roots, install, refuse_unresolved, policy
+        # The script's own part: the only per-script work when its needs were met before.
+        decided = plan(
+            script.text,
+            where=script.display,
+            target=target,
+            local_roots=roots,
+            with_requirements=request.with_requirements,
+            requirements_file=request.requirements_file,
         )
+        warm = (
+            install
+            and policy == "enforce"
+            and not request.upgrade
+            and decided.requirements
+            and not decided.unresolved
+        )
+        if not warm:
+            return self._decide(
+                request, script, decided, target, install, refuse_unresolved, policy
+            )
+        # What it needs was decided before (for this script or another): the lock, the
+        # verdict and the environment are reused with no uv call (deps/warm.py).
+        from jhansi.deps import warm as warm_cache
+        from jhansi.deps.uv import resolver_settings
+
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        lock_path = self._lock_path(request, script, decided, target)
+        try:
+            lock_bytes: bytes | None = lock_path.read_bytes()
+        except OSError:
+            lock_bytes = None
+        resolver = resolver_settings()
+
+        def key_for(content: bytes | None) -> str:
+            return warm_cache.decision_key(
+                requirements=decided.specs,
+                target=target,
+                lock_bytes=content,
+                frozen=request.frozen,
+                exclude_newer=request.exclude_newer,
+                resolver=resolver,
+                policy=self.settings.policy,
+                today=today,
+            )
+
+        key = key_for(lock_bytes)
+        reused = warm_cache.load(
+            self.paths.cache,
+            key,
+            plan=decided,
+            target=target,
+            lock_path=lock_path,
+            lock_bytes=lock_bytes,
+        )
+        if reused is not None and lock_bytes is None and reused.lock is not None:
+            # A new script: the lock made before for the same needs, where it expects it.
+            from jhansi.deps.lock import write_atomically
+
+            try:
+                write_atomically(lock_path, reused.lock.content)
+            except OSError:
+                reused = None  # the slow way says what is wrong with the place
+        if reused is not None:
+            self._replay(reused)
+            return reused
+        checked = self._decide(
+            request, script, decided, target, install, refuse_unresolved, policy, lock_path
+        )
+        if today == time.strftime("%Y-%m-%d", time.gmtime()):
+            after = checked.lock.content if checked.lock is not None else lock_bytes
+            warm_cache.store(self.paths.cache, key, checked, with_lock=lock_bytes is None)
+            if after != lock_bytes:
+                warm_cache.store(self.paths.cache, key_for(after), checked)
+        return checked
 
     def _replay(self, deps: Dependencies) -> None:
         """Tell the reporter what deciding ``deps`` anew would have told it."""
@@ -670,22 +695,14 @@ class Runner:
         self,
         request: RunRequest,
         script: Script,
-        run_id: str,
+        decided: DependencyPlan,
         target: Target,
-        roots: tuple[Path, ...],
         install: bool,
         refuse_unresolved: bool,
         policy: Literal["enforce", "report", "skip"],
+        lock_path: Path | None = None,
     ) -> Dependencies:
-        """Plan, lock, check and install (the slow way, every step done)."""
-        decided = plan(
-            script.text,
-            where=script.display,
-            target=target,
-            local_roots=roots,
-            with_requirements=request.with_requirements,
-            requirements_file=request.requirements_file,
-        )
+        """Lock, check and install what ``decided`` needs (the slow way, every step done)."""
         if decided.unresolved:
             if refuse_unresolved:
                 raise unresolved_error(decided, script.display)
@@ -700,7 +717,7 @@ class Runner:
         locked = lock(
             decided.specs,
             target,
-            lock_file=self._lock_path(request, script),
+            lock_file=lock_path or self._lock_path(request, script, decided, target),
             frozen=request.frozen,
             upgrade=request.upgrade,
             exclude_newer=request.exclude_newer,
@@ -743,13 +760,18 @@ class Runner:
             reporter=self.reporter,
         )
 
-    def _lock_path(self, request: RunRequest, script: Script) -> Path:
+    def _lock_path(
+        self, request: RunRequest, script: Script, decided: DependencyPlan, target: Target
+    ) -> Path:
         if request.lock_file is not None:
             return request.lock_file.absolute()
         if script.from_stdin:
-            import blake3
+            # Code from stdin has no place of its own: its lock is kept in the cache, one
+            # per requirement set and target (every new snippet that needs numpy shares it).
+            from jhansi.deps.lock import inputs_digest, normalize_requirement
 
-            digest = blake3.blake3(script.text.encode()).hexdigest()[:16]
+            needs = sorted({normalize_requirement(r) for r in decided.specs})
+            digest = inputs_digest(needs, target, request.exclude_newer)[:16]
             return ensure_private_dir(self.paths.cache / "locks") / f"pylock.stdin-{digest}.toml"
         # PEP 751 names are pylock.<name>.toml with no dots in <name>.
         name = script.host_path.stem.replace(".", "-")

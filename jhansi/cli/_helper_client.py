@@ -99,13 +99,13 @@ def private_dir(path: str, *, create: bool) -> bool:
 
 
 def _tree_stat(top: str, parts: list[str]) -> None:
-    """Each Python file's path, size and time under ``top`` (jhansi's own code)."""
+    """Each Python or data file's path, size and time under ``top`` (jhansi's own code)."""
     with os.scandir(top) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 if entry.name != "__pycache__":
                     _tree_stat(entry.path, parts)
-            elif entry.name.endswith(".py"):
+            elif entry.name.endswith((".py", ".json", ".toml")):  # code, bundled data
                 st = entry.stat()
                 parts.append(f"{entry.path}:{st.st_size}:{st.st_mtime_ns}")
 
@@ -121,7 +121,8 @@ def _read(path: str) -> str:
 def helper_key() -> str:
     """What a helper must share with this process to run for it.
 
-    The interpreter and its flags, jhansi's code (every module's size and time),
+    The interpreter and its flags, jhansi's code (every module's and bundled data
+    file's size and time),
     the import path (each directory's time, so installing or upgrading a package
     changes it), the variables Python reads at start-up (``PYTHON*``, the
     locale), and the process context a child inherits from the helper rather than

@@ -43,7 +43,7 @@ from urllib.parse import unquote, urlsplit
 from jhansi.deps.origin import check_origin
 from jhansi.deps.target import Target
 from jhansi.deps.uv import host_python, no_wheel, not_found, run_uv
-from jhansi.errors import DependencyError, ToolError, UsageError
+from jhansi.errors import DependencyError, SandboxError, ToolError, UsageError
 from jhansi.report import Reporter
 
 _INPUTS_DOMAIN = b"jhansi/lock-inputs/v1\x00"
@@ -398,6 +398,16 @@ def lock(
         raise DependencyError(
             f"--frozen: {stale_because}", hint=f"Run `{fix_command}` to update the lock."
         )
+    kept = _resolution_path(_cache(cache_dir), inputs)
+    if existing is None and not upgrade:
+        # No lock here yet (a new script): the same inputs resolved before, with the same
+        # resolver settings, give the same lock without asking uv again.
+        shared = _kept_resolution(kept, inputs, lock_file)
+        if shared is not None:
+            document = parse_lock(shared, lock_file)
+            check_origin(document, lock_file, cache_dir=_cache(cache_dir), fix_command=fix_command)
+            write_atomically(lock_file, shared)
+            return _result(lock_file, shared, document, reused=True, inputs=inputs)
 
     content = _resolve(
         checked,
@@ -423,7 +433,43 @@ def lock(
     # preferences: checked like any other lock, before it replaces anything.
     check_origin(document, lock_file, cache_dir=_cache(cache_dir), fix_command=fix_command)
     write_atomically(lock_file, content)
+    if existing is None or upgrade:  # resolved from scratch: what a new script gets
+        _keep_resolution(kept, content)
     return _result(lock_file, content, document, reused=False, inputs=inputs)
+
+
+#: Where resolutions made from scratch are kept, by inputs and resolver settings.
+RESOLVED_DIRECTORY = "resolved"
+
+
+def _resolution_path(cache_dir: Path, inputs: str) -> Path:
+    import blake3
+
+    from jhansi.deps.uv import resolver_settings
+
+    key = blake3.blake3(f"{inputs}\0{resolver_settings()}".encode()).hexdigest()
+    return cache_dir / RESOLVED_DIRECTORY / f"pylock.{key[:40]}.toml"
+
+
+def _kept_resolution(path: Path, inputs: str, lock_file: Path) -> bytes | None:
+    """The kept lock at ``path`` if it reads back as a lock of ``inputs``, else ``None``."""
+    try:
+        content = path.read_bytes()
+        document = parse_lock(content, lock_file)
+    except (OSError, DependencyError):
+        return None
+    return content if _recorded_inputs(document) == inputs else None
+
+
+def _keep_resolution(path: Path, content: bytes) -> None:
+    from jhansi.paths import ensure_private_dir
+
+    try:
+        ensure_private_dir(path.parent)
+        write_atomically(path, content)
+        path.chmod(0o600)
+    except (OSError, SandboxError):
+        pass  # an unwritable (or unsafe) cache only costs time
 
 
 def _cache(cache_dir: Path | None) -> Path:

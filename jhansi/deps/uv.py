@@ -159,6 +159,27 @@ def uv_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def resolver_settings(base: Mapping[str, str] | None = None) -> str:
+    """What, besides the requirements and the target, decides what uv resolves.
+
+    uv's and pip's variables as uv gets them (:func:`uv_environment`: the user's
+    indexes, ``UV_PRERELEASE``, ``UV_RESOLUTION``...) and the bytes of the config file
+    it reads, as one string: two lock decisions with equal settings resolve alike.
+    Keys only; it holds index credentials, so it is hashed, never stored.
+    """
+    import json
+
+    env = uv_environment(base)
+    names = sorted(k for k in env if k.startswith(("UV_", "PIP_")))
+    config: str | None = None
+    if env.get("UV_CONFIG_FILE"):
+        try:
+            config = Path(env["UV_CONFIG_FILE"]).read_bytes().hex()
+        except OSError:
+            config = "unreadable"
+    return json.dumps([[k, env[k]] for k in names] + [config], ensure_ascii=True)
+
+
 @dataclass(frozen=True, slots=True)
 class NoWheel:
     """uv refused a package because no wheel of it fits the target (jhansi never builds)."""

@@ -1,22 +1,27 @@
-"""A warm run's whole dependency decision, reused: no planning, locking or policy work.
+"""A run's dependency decision, reused: no locking, policy or install work when nothing changed.
 
-A run of a script that ran before usually plans the same requirements, reuses the
-same lock and environment, and gets the same policy verdict. Working that out again
-costs tens of milliseconds (the import map, the AST scan, the lock's TOML, the
-provenance data and the policy's modules), a good part of a warm run. So the runner
-keeps the decision of an allowed run under a key made of **everything it depends on**
-(:func:`decision_key`):
+Agents send new code every time, and new code usually needs what earlier code
+needed. So the decision is keyed by **what it depends on, never by the script's
+bytes** (:func:`decision_key`); the script's own part, the plan (the AST scan,
+PEP 723 block, import map), is made fresh for each run, and its requirement set
+is what the key holds:
 
 * jhansi's version, and the bundled data's files (size, mtime, inode): the import
   map, its overrides, the popular-projects list, the licence classifiers;
-* the script's name and text, and each directory its local imports are looked up in
-  (path, inode and modification time: adding or removing a module there changes it);
+* the requirement set (the plan's PEP 508 strings, sorted: after detection,
+  mapping, PEP 723, ``--with`` and ``--requirements``);
 * the target (interpreter version, platform, standard-library names);
-* ``--with``, the ``--requirements`` file's bytes, the lock file's path and bytes,
-  ``--frozen`` and ``--exclude-newer``;
+* the lock file's bytes, or its absence (not its path: a new script has a new
+  lock path, and the lock it would get is the one made before for the same set);
+* ``--frozen`` and ``--exclude-newer``, and the resolver's settings (the user's
+  indexes, uv's and pip's ``UV_*``/``PIP_*`` variables, uv's config file);
 * the policy settings (every field, ``ignore`` entries with their dates), the online
   audit's service address, the offline advisory data's fingerprint;
 * today's date (UTC): an ``ignore`` entry's expiry, and "days ago" in evidence.
+
+A decision made where no lock file existed carries the lock's bytes, so that a new
+script with the same requirements gets the same lock written where it expects it
+(:func:`load` returns them; the runner writes them), with no uv call.
 
 An entry also carries the moment its evidence stops being reusable
 (:attr:`~jhansi.supply.policy.SupplyCheck.reuse_until`: when the online audit's
@@ -25,9 +30,9 @@ is made again from scratch. A refused run (unresolved imports, a policy denial) 
 never stored, so a refusal is always decided anew. ``--upgrade`` never uses an entry.
 
 Entries are JSON under ``<cache>/warm/``, written atomically; anything that does not
-read back exactly (a torn or edited file, an unknown class) is ignored and the
-decision is made the slow way. Only the result classes listed in :data:`_CLASSES` can
-be built from an entry.
+read back exactly (a torn or edited file, an unknown class, lock bytes that are not
+the ones recorded) is ignored and the decision is made the slow way. Only the result
+classes listed in :data:`_CLASSES` can be built from an entry.
 """
 
 from __future__ import annotations
@@ -42,15 +47,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jhansi.config import PolicySettings
+    from jhansi.deps.plan import DependencyPlan
     from jhansi.deps.target import Target
     from jhansi.runner import Dependencies
 
-FORMAT = "jhansi/warm-deps/v1"
+FORMAT = "jhansi/warm-deps/v2"
 DIRECTORY = "warm"
 
 #: The only classes an entry may name: ``module`` -> class names.
 _CLASSES: Mapping[str, frozenset[str]] = {
-    "jhansi.deps.plan": frozenset({"DependencyPlan", "Requirement", "ImportDecision"}),
     "jhansi.deps.lock": frozenset({"LockResult", "LockedPackage", "LockedWheel"}),
     "jhansi.deps.install": frozenset({"Environment"}),
     "jhansi.supply.policy": frozenset({"SupplyCheck", "PolicyReport", "Finding"}),
@@ -64,14 +69,6 @@ class CorruptEntry(ValueError):
 
 
 # -- the key --------------------------------------------------------------------------------
-
-
-def _directory_state(path: Path) -> list[Any]:
-    try:
-        st = path.stat()
-    except OSError:
-        return [str(path), None]
-    return [str(path), st.st_ino, st.st_mtime_ns]
 
 
 #: Data shipped with jhansi that decisions come from: the import map and its overrides,
@@ -134,44 +131,35 @@ def _advisory_fingerprint(settings: PolicySettings) -> str | None:
 
 def decision_key(
     *,
-    script_name: str,
-    script_text: str,
-    local_roots: tuple[Path, ...],
+    requirements: tuple[str, ...],
     target: Target,
-    with_requirements: tuple[str, ...],
-    requirements_file: Path | None,
-    lock_file: Path,
     lock_bytes: bytes | None,
     frozen: bool,
     exclude_newer: str | None,
+    resolver: str,
     policy: PolicySettings,
     today: str,
-) -> str | None:
-    """The key of the decision for these inputs, or ``None`` when one cannot be made."""
+) -> str:
+    """The key of the decision for these inputs.
+
+    ``requirements`` are the plan's PEP 508 strings; ``lock_bytes`` the lock file's
+    content (``None``: no lock file yet); ``resolver`` what
+    :func:`jhansi.deps.uv.resolver_settings` gives.
+    """
     import blake3
 
     from jhansi._version import __version__
 
-    requirements_digest = None
-    if requirements_file is not None:
-        try:
-            requirements_digest = blake3.blake3(requirements_file.read_bytes()).hexdigest()
-        except OSError:
-            return None  # the slow path explains what is wrong with it
     document = [
         FORMAT,
         __version__,
         _data_state(),
-        script_name,
-        blake3.blake3(script_text.encode("utf-8", "surrogatepass")).hexdigest(),
-        [_directory_state(root.absolute()) for root in local_roots],
+        sorted(requirements),
         _target_fields(target),
-        list(with_requirements),
-        [str(requirements_file) if requirements_file else None, requirements_digest],
-        str(lock_file),
         None if lock_bytes is None else blake3.blake3(lock_bytes).hexdigest(),
         frozen,
         exclude_newer,
+        resolver,
         _policy_fields(policy),
         os.environ.get("PIP_AUDIT_OSV_URL"),
         _advisory_fingerprint(policy),
@@ -247,11 +235,20 @@ def _path(cache_dir: Path, key: str) -> Path:
     return cache_dir / DIRECTORY / f"{key[:48]}.json"
 
 
-def store(cache_dir: Path, key: str, deps: Dependencies, *, now: datetime | None = None) -> bool:
+def store(
+    cache_dir: Path,
+    key: str,
+    deps: Dependencies,
+    *,
+    with_lock: bool = False,
+    now: datetime | None = None,
+) -> bool:
     """Keep ``deps`` (an allowed, installed decision) under ``key``; ``False`` if not kept.
 
     Not kept: a decision with unresolved imports or denied by the policy, one without
     a policy verdict, and one whose evidence may not be reused (a time-bound finding).
+    The plan is not kept (each run makes its own). ``with_lock``: keep the lock's bytes
+    too, for a key made where no lock file existed (the lock a new script gets).
     """
     now = now or datetime.now(UTC)
     supply = deps.supply
@@ -263,14 +260,15 @@ def store(cache_dir: Path, key: str, deps: Dependencies, *, now: datetime | None
     if until is not None and until <= now.timestamp():
         return False
     path = _path(cache_dir, key)
+    lock = deps.lock
     try:
         entry = {
             "format": FORMAT,
             "key": key,
             "reuse_until": until,
-            "plan": _encode(deps.plan),
-            # The lock's bytes are the file's, read again (and keyed) by every run.
-            "lock": _encode(replace(deps.lock, content=b"")) if deps.lock is not None else None,
+            # Otherwise the lock's bytes are the file's, read again (and keyed) by each run.
+            "lock": _encode(replace(lock, content=b"")) if lock is not None else None,
+            "lock_content": _encode(lock.content) if lock is not None and with_lock else None,
             "environment": _encode(deps.environment),
             "supply": _encode(supply),
         }
@@ -289,26 +287,38 @@ def load(
     cache_dir: Path,
     key: str,
     *,
+    plan: DependencyPlan,
     target: Target,
+    lock_path: Path,
     lock_bytes: bytes | None,
     now: datetime | None = None,
 ) -> Dependencies | None:
-    """The decision stored under ``key``, still valid now, or ``None``."""
+    """The decision stored under ``key``, still valid now, for this run's ``plan``, or ``None``.
+
+    Its lock is at ``lock_path`` with ``lock_bytes``; where those are ``None`` (no lock
+    file yet) the entry's own bytes are returned in :attr:`LockResult.content` for the
+    caller to write there.
+    """
     path = _path(cache_dir, key)
     try:
         entry = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
     try:
-        return _rebuild(entry, key, target, lock_bytes, now or datetime.now(UTC))
+        return _rebuild(entry, key, plan, target, lock_path, lock_bytes, now or datetime.now(UTC))
     except (CorruptEntry, TypeError, ValueError, KeyError, AttributeError, ImportError):
         return None
 
 
 def _rebuild(
-    entry: Any, key: str, target: Target, lock_bytes: bytes | None, now: datetime
+    entry: Any,
+    key: str,
+    plan: DependencyPlan,
+    target: Target,
+    lock_path: Path,
+    lock_bytes: bytes | None,
+    now: datetime,
 ) -> Dependencies | None:
-    from jhansi.deps.plan import DependencyPlan
     from jhansi.supply.policy import SupplyCheck
 
     if not isinstance(entry, dict) or entry.get("format") != FORMAT or entry.get("key") != key:
@@ -316,21 +326,28 @@ def _rebuild(
     until = entry["reuse_until"]
     if until is not None and float(until) <= now.timestamp():
         return None
-    plan = _decode(entry["plan"])
     lock = _decode(entry["lock"]) if entry["lock"] is not None else None
     environment = _decode(entry["environment"])
     supply = _decode(entry["supply"])
-    if not isinstance(plan, DependencyPlan) or not isinstance(supply, SupplyCheck):
+    if not isinstance(supply, SupplyCheck):
         raise CorruptEntry("not a decision")
     if lock is not None:  # the lock's and environment's modules are loaded by decoding them
+        import blake3
+
         from jhansi.deps.install import is_complete
         from jhansi.deps.lock import LockResult
 
-        if not isinstance(lock, LockResult) or environment is None or lock_bytes is None:
+        if not isinstance(lock, LockResult) or environment is None:
             raise CorruptEntry("not a decision")
+        content = lock_bytes
+        if content is None:
+            kept = entry.get("lock_content")
+            content = _decode(kept) if kept is not None else None
+            if not isinstance(content, bytes) or blake3.blake3(content).hexdigest() != lock.digest:
+                raise CorruptEntry("no lock bytes for a new lock file")
         if not is_complete(environment.path):
             return None  # removed (pruned): installed again the slow way
-        lock = replace(lock, content=lock_bytes, reused=True)
+        lock = replace(lock, path=lock_path, content=content, reused=True)
         environment = replace(environment, reused=True)
     from jhansi.runner import Dependencies
 

@@ -110,6 +110,39 @@ def test_third_party_script_runs_and_the_second_run_makes_no_uv_call(
     assert again["environment_reused"] is True
     assert again["environment"] == deps["environment"]
 
+    # New code (what an agent sends) that needs what the first script needed: the only
+    # per-script work is its scan; the lock, verdict and environment are reused, and the
+    # lock is written where the user expects it, with no uv call.
+    new = project / "agent_new.py"
+    new.write_text("import yaml, requests\nimport numpy\nprint(numpy.arange(4).sum())\n")
+    third = run_jhansi("--debug", "run", "--json", str(new), env=env, cwd=project)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert _uv_calls(third.stderr) == 0, third.stderr
+    doc = json.loads(third.stdout)
+    assert doc["stdout"]["text"] == "6\n"
+    fresh = doc["dependencies"]
+    assert [d["lines"] for d in fresh["imports"] if d["import"] == "numpy"] == [[2]]
+    assert fresh["lock_file"] == str(project / "pylock.agent_new.toml")
+    assert (project / "pylock.agent_new.toml").read_bytes() == lock.read_bytes()
+    assert fresh["lock_reused"] is True
+    assert fresh["environment"] == deps["environment"]
+    assert fresh["environment_reused"] is True
+    # The same from stdin: no lock beside anything, none per snippet, no uv call.
+    code = "import numpy, yaml, requests\nprint(numpy.arange(5).sum())\n"
+    piped = run_jhansi("--debug", "run", "--json", "-", env=env, cwd=project, input=code)
+    assert piped.returncode == 0, piped.stderr[-3000:]
+    assert _uv_calls(piped.stderr) == 0, piped.stderr
+    assert json.loads(piped.stdout)["stdout"]["text"] == "10\n"
+    # Past the decision's day (its entries gone), a new script still gets the lock
+    # resolved before for the same inputs: the policy is asked again, uv is not.
+    shutil.rmtree(home / "cache" / "warm")
+    newer = project / "agent_newer.py"
+    newer.write_text("import requests\nimport yaml\nimport numpy as n\nprint(n.ones(3).sum())\n")
+    fourth = run_jhansi("--debug", "run", "--json", str(newer), env=env, cwd=project)
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert _uv_calls(fourth.stderr) == 0, fourth.stderr
+    assert (project / "pylock.agent_newer.toml").read_bytes() == lock.read_bytes()
+
 
 @pytest.mark.network
 def test_frozen_with_a_stale_lock_names_the_fix(project: Path, bwrap_path: Path) -> None:

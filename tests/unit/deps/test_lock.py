@@ -175,7 +175,8 @@ def test_lock_writes_uv_output_plus_the_inputs_table(tmp_path: Path, fake_uv: Fa
     assert charset.hashes == ("sha256:2a", "sha256:96")
     assert charset.wheels[0].size == 263382
     assert path.stat().st_mode & 0o777 == 0o644
-    assert not [p for p in tmp_path.iterdir() if p != path]  # no temporary file left
+    leftovers = [p for p in tmp_path.iterdir() if p != path and p.name != "jhansi-home"]
+    assert not leftovers  # no temporary file left
 
 
 def test_lock_asks_uv_for_wheels_only_for_the_target(tmp_path: Path, fake_uv: FakeUv) -> None:
@@ -207,6 +208,41 @@ def test_same_inputs_reuse_the_lock_without_uv(
     frozen = _lock(path, frozen=True)
     assert frozen.reused is True
     assert len(fake_uv.calls) == 1
+
+
+def test_a_new_lock_file_for_inputs_resolved_before_needs_no_uv(
+    tmp_path: Path, fake_uv: FakeUv, origin_checks: list[Path]
+) -> None:
+    """A new script's lock: the same inputs were resolved for another, so the kept
+    resolution (the user's cache) is written at the new path, checked like any lock."""
+    first = _lock(tmp_path / "pylock.a.toml")
+    other = tmp_path / "pylock.b.toml"
+    again = _lock(other, ["pyyaml", "Requests"])
+    assert len(fake_uv.calls) == 1
+    assert again.reused is True
+    assert other.read_bytes() == first.content
+    assert origin_checks[-1] == other
+    assert other.stat().st_mode & 0o777 == 0o644
+
+
+def test_the_kept_resolution_is_for_the_same_resolver_settings_only(
+    tmp_path: Path, fake_uv: FakeUv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _lock(tmp_path / "pylock.a.toml")
+    monkeypatch.setenv("UV_INDEX_URL", "https://index.invalid/simple")
+    _lock(tmp_path / "pylock.b.toml")
+    assert len(fake_uv.calls) == 2
+
+
+def test_upgrade_and_damage_skip_the_kept_resolution(tmp_path: Path, fake_uv: FakeUv) -> None:
+    _lock(tmp_path / "pylock.a.toml")
+    _lock(tmp_path / "pylock.b.toml", upgrade=True)
+    assert len(fake_uv.calls) == 2
+    (kept,) = (tmp_path / "jhansi-home").rglob(f"{lock_module.RESOLVED_DIRECTORY}/pylock.*")
+    assert kept.stat().st_mode & 0o777 == 0o600
+    kept.write_text("not = [a lock")
+    _lock(tmp_path / "pylock.c.toml")
+    assert len(fake_uv.calls) == 3
 
 
 def test_changed_inputs_relock_keeping_the_old_pins_as_preferences(

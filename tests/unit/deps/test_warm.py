@@ -1,4 +1,7 @@
-"""jhansi.deps.warm: a warm run's whole dependency decision, reused only when nothing changed.
+"""jhansi.deps.warm: a dependency decision, reused when what it depends on is unchanged.
+
+The key holds the requirement set, never the script: new code that needs what earlier
+code needed reuses the lock, the verdict and the environment.
 
 The objects stored are built by hand (a real lock, plan and policy verdict need the
 package index; the integration tests run those for real); the cache itself is real:
@@ -81,26 +84,39 @@ def _deps(tmp_path: Path, target: Target, *, until: float | None = None) -> Depe
     )
 
 
-def _key(
-    tmp_path: Path, base_target: Target, base_policy: PolicySettings, /, **change: Any
-) -> str | None:
-    target, policy = base_target, base_policy
+def _key(tmp_path: Path, base_target: Target, base_policy: PolicySettings, /, **change: Any) -> str:
     inputs: dict[str, Any] = {
-        "script_name": "s.py",
-        "script_text": "import yaml\n",
-        "local_roots": (tmp_path,),
-        "target": target,
-        "with_requirements": (),
-        "requirements_file": None,
-        "lock_file": tmp_path / "pylock.s.toml",
+        "requirements": ("pyyaml",),
+        "target": base_target,
         "lock_bytes": LOCK,
         "frozen": False,
         "exclude_newer": None,
-        "policy": policy,
+        "resolver": "[]",
+        "policy": base_policy,
         "today": "2026-11-26",
     }
     inputs.update(change)
     return warm.decision_key(**inputs)
+
+
+def _load(
+    tmp_path: Path,
+    key: str,
+    deps: Dependencies,
+    *,
+    lock_bytes: bytes | None = LOCK,
+    lock_path: Path | None = None,
+    now: datetime = NOW,
+) -> Dependencies | None:
+    return warm.load(
+        tmp_path / "cache",
+        key,
+        plan=deps.plan,
+        target=deps.target,
+        lock_path=lock_path or tmp_path / "pylock.s.toml",
+        lock_bytes=lock_bytes,
+        now=now,
+    )
 
 
 def test_a_stored_decision_reads_back_whole(
@@ -108,11 +124,10 @@ def test_a_stored_decision_reads_back_whole(
 ) -> None:
     deps = _deps(tmp_path, target, until=NOW.timestamp() + 600)
     key = _key(tmp_path, target, policy)
-    assert key is not None
     assert warm.store(tmp_path / "cache", key, deps, now=NOW)
-    again = warm.load(tmp_path / "cache", key, target=target, lock_bytes=LOCK, now=NOW)
+    again = _load(tmp_path, key, deps)
     assert again is not None
-    assert again.plan == deps.plan
+    assert again.plan is deps.plan  # the run's own plan, never a stored one
     assert again.supply == deps.supply
     assert again.target is target
     assert again.lock is not None
@@ -124,14 +139,57 @@ def test_a_stored_decision_reads_back_whole(
     assert again.environment == replace(deps.environment, reused=True)  # type: ignore[type-var]
 
 
+def test_another_script_with_the_same_needs_gets_the_decision_at_its_own_lock_path(
+    tmp_path: Path, target: Target, policy: PolicySettings
+) -> None:
+    """What a new script needs was decided for another: its plan (other imports, other
+    lines) is its own, the lock is the same one, at the new script's path."""
+    deps = _deps(tmp_path, target)
+    key = _key(tmp_path, target, policy)
+    assert warm.store(tmp_path / "cache", key, deps, now=NOW)
+    other_plan = replace(
+        deps.plan, imports=(ImportDecision("yaml", "requirement", (7,), "pyyaml", "rank 20"),)
+    )
+    other = replace(deps, plan=other_plan)
+    again = _load(tmp_path, key, other, lock_path=tmp_path / "pylock.other.toml")
+    assert again is not None
+    assert again.plan is other_plan
+    assert again.lock is not None
+    assert again.lock.path == tmp_path / "pylock.other.toml"
+
+
+def test_a_decision_made_without_a_lock_file_carries_the_lock(
+    tmp_path: Path, target: Target, policy: PolicySettings
+) -> None:
+    """Keyed where no lock file existed, the entry holds the lock's bytes (a new script's
+    lock file is written from them); without them, or with other bytes, it is not used."""
+    import blake3
+
+    deps = _deps(tmp_path, target)
+    assert deps.lock is not None
+    deps = replace(deps, lock=replace(deps.lock, digest=blake3.blake3(LOCK).hexdigest()))
+    key = _key(tmp_path, target, policy, lock_bytes=None)
+    assert warm.store(tmp_path / "cache", key, deps, with_lock=True, now=NOW)
+    again = _load(tmp_path, key, deps, lock_bytes=None)
+    assert again is not None
+    assert again.lock is not None
+    assert again.lock.content == LOCK
+    # Stored without its bytes: nothing to write, so not reused.
+    assert warm.store(tmp_path / "cache", key, deps, with_lock=False, now=NOW)
+    assert _load(tmp_path, key, deps, lock_bytes=None) is None
+    # Bytes that are not the lock it recorded: not reused.
+    forged = replace(deps, lock=replace(deps.lock, content=LOCK + b"# other\n"))
+    assert warm.store(tmp_path / "cache", key, forged, with_lock=True, now=NOW)
+    assert _load(tmp_path, key, deps, lock_bytes=None) is None
+
+
 def test_a_decision_without_requirements_reads_back(
     tmp_path: Path, target: Target, policy: PolicySettings
 ) -> None:
     deps = replace(_deps(tmp_path, target), lock=None, environment=None)
-    key = _key(tmp_path, target, policy, lock_bytes=None)
-    assert key is not None
+    key = _key(tmp_path, target, policy, requirements=(), lock_bytes=None)
     assert warm.store(tmp_path / "cache", key, deps, now=NOW)
-    again = warm.load(tmp_path / "cache", key, target=target, lock_bytes=None, now=NOW)
+    again = _load(tmp_path, key, deps, lock_bytes=None)
     assert again == deps
 
 
@@ -139,20 +197,16 @@ def test_every_input_changes_the_key(
     tmp_path: Path, target: Target, policy: PolicySettings
 ) -> None:
     base = _key(tmp_path, target, policy)
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("pyyaml\n")
     changes: dict[str, Any] = {
-        "script text": {"script_text": "import yaml  # changed\n"},
-        "script name": {"script_name": "other.py"},
+        "requirements": {"requirements": ("pyyaml", "rich")},
+        "a pin": {"requirements": ("pyyaml==6.0.2",)},
         "target": {"target": replace(target, python_version="3.12.1")},
         "stdlib": {"target": replace(target, stdlib=frozenset({"os"}))},
-        "--with": {"with_requirements": ("rich",)},
-        "--requirements": {"requirements_file": requirements},
-        "lock path": {"lock_file": tmp_path / "other.toml"},
         "lock bytes": {"lock_bytes": LOCK + b"\n"},
         "no lock": {"lock_bytes": None},
         "--frozen": {"frozen": True},
         "--exclude-newer": {"exclude_newer": "2026-01-01"},
+        "resolver": {"resolver": '[["UV_INDEX_URL", "https://index.invalid/simple"]]'},
         "policy": {"policy": replace(policy, vulnerabilities="warn")},
         "policy allow": {"policy": replace(policy, allow=("pyyaml",))},
         "policy ignore": {
@@ -163,22 +217,34 @@ def test_every_input_changes_the_key(
     keys = {name: _key(tmp_path, target, policy, **change) for name, change in changes.items()}
     assert base not in keys.values()
     assert len(set(keys.values())) == len(keys)
-    # The --requirements file's bytes count, not only its name.
-    requirements.write_text("pyyaml>=6\n")
-    assert _key(tmp_path, target, policy, requirements_file=requirements) != keys["--requirements"]
-    # So does an ignore entry's expiry date.
+    # An ignore entry's expiry date counts.
     later = replace(policy, ignore=(IgnoreRule("CVE-1", "ok", date(2026, 12, 2)),))
     assert _key(tmp_path, target, policy, policy=later) != keys["policy ignore"]
 
 
-def test_a_new_local_module_changes_the_key(
+def test_the_key_is_the_requirement_set_not_its_order(
     tmp_path: Path, target: Target, policy: PolicySettings
 ) -> None:
-    root = tmp_path / "project"
-    root.mkdir()
-    before = _key(tmp_path, target, policy, local_roots=(root,))
-    (root / "yaml.py").write_text("")  # now `import yaml` is the project's own module
-    assert _key(tmp_path, target, policy, local_roots=(root,)) != before
+    one = _key(tmp_path, target, policy, requirements=("numpy", "pyyaml"))
+    assert _key(tmp_path, target, policy, requirements=("pyyaml", "numpy")) == one
+
+
+def test_the_resolver_settings_are_the_users_indexes_and_uv_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jhansi.deps.uv import resolver_settings
+
+    config = tmp_path / "uv.toml"
+    config.write_text("[pip]\nprerelease = 'allow'\n")
+    base = {"UV_CONFIG_FILE": str(config), "HOME": str(tmp_path)}
+    first = resolver_settings(base)
+    assert resolver_settings({**base, "PATH": "/elsewhere"}) == first  # not every variable
+    assert resolver_settings({**base, "PIP_INDEX_URL": "https://index.invalid/simple"}) != first
+    assert resolver_settings({**base, "UV_INDEX_STRATEGY": "unsafe-best-match"}) != first
+    # What jhansi sets for uv itself is not the user's to change: not in the key.
+    assert resolver_settings({**base, "UV_RESOLUTION": "lowest"}) == first
+    config.write_text("[pip]\nprerelease = 'disallow'\n")
+    assert resolver_settings(base) != first
 
 
 def test_the_online_audit_and_osv_data_change_the_key(
@@ -202,10 +268,9 @@ def test_expired_evidence_is_not_reused(
 ) -> None:
     deps = _deps(tmp_path, target, until=NOW.timestamp() + 600)
     key = _key(tmp_path, target, policy)
-    assert key is not None
     assert warm.store(tmp_path / "cache", key, deps, now=NOW)
     later = NOW + timedelta(seconds=601)
-    assert warm.load(tmp_path / "cache", key, target=target, lock_bytes=LOCK, now=later) is None
+    assert _load(tmp_path, key, deps, now=later) is None
 
 
 def test_a_removed_environment_is_not_reused(
@@ -213,11 +278,10 @@ def test_a_removed_environment_is_not_reused(
 ) -> None:
     deps = _deps(tmp_path, target)
     key = _key(tmp_path, target, policy)
-    assert key is not None
     assert warm.store(tmp_path / "cache", key, deps, now=NOW)
     assert deps.environment is not None
     (deps.environment.path / MARKER).unlink()
-    assert warm.load(tmp_path / "cache", key, target=target, lock_bytes=LOCK, now=NOW) is None
+    assert _load(tmp_path, key, deps) is None
 
 
 @pytest.mark.parametrize(
@@ -241,14 +305,12 @@ def test_refusals_and_volatile_verdicts_are_not_stored(
     else:
         deps = replace(deps, supply=None)
     key = _key(tmp_path, target, policy)
-    assert key is not None
     assert not warm.store(tmp_path / "cache", key, deps, now=NOW)
     assert not (tmp_path / "cache" / warm.DIRECTORY).exists()
 
 
 def _stored(tmp_path: Path, target: Target, policy: PolicySettings) -> tuple[str, Path]:
     key = _key(tmp_path, target, policy)
-    assert key is not None
     assert warm.store(tmp_path / "cache", key, _deps(tmp_path, target), now=NOW)
     (path,) = (tmp_path / "cache" / warm.DIRECTORY).iterdir()
     return key, path
@@ -272,19 +334,13 @@ def test_a_corrupt_entry_is_ignored(
     else:
         entry = json.loads(text)
         if damage == "unknown class":
-            entry["plan"]["$"] = "os:system"
+            entry["supply"]["$"] = "os:system"
         elif damage == "other key":
             entry["key"] = "0" * 64
         else:
-            entry["supply"] = entry["plan"]
+            entry["supply"] = entry["environment"]
         path.write_text(json.dumps(entry))
-    assert warm.load(tmp_path / "cache", key, target=target, lock_bytes=LOCK, now=NOW) is None
-
-
-def test_no_key_without_a_readable_requirements_file(
-    tmp_path: Path, target: Target, policy: PolicySettings
-) -> None:
-    assert _key(tmp_path, target, policy, requirements_file=tmp_path / "missing.txt") is None
+    assert _load(tmp_path, key, _deps(tmp_path, target)) is None
 
 
 def test_entries_are_private(tmp_path: Path, target: Target, policy: PolicySettings) -> None:
