@@ -7,12 +7,14 @@
    most 1.25x. Measured as a user gets it (the helper, ``jhansi.helper``, running:
    the first run starts it, and the bench waits for it), and also with
    ``JHANSI_HELPER=off`` (every run starts Python and imports jhansi afresh).
-2. **Cold**: the same run with an empty environment cache and no lock (uv's own
-   cache warm), against doing the same work by hand: ``uv pip compile`` + ``uv pip
-   install --target`` for the same requirements and target, with the flags jhansi
-   installs with (``--link-mode hardlink``, and ``--compile-bytecode`` when jhansi's
-   environment has bytecode, which warm runs need), then running the script in the
-   same raw bwrap as in 1. Target: at most 1.3x.
+2. **Cold**: the same run with an empty environment cache, no lock and no kept
+   decision or resolution (uv's own cache warm), against doing the same work by
+   hand: ``uv pip compile`` + ``uv pip install --target`` for the same requirements
+   and target, with the flags jhansi installs with (``--link-mode hardlink``, and
+   ``--compile-bytecode`` when jhansi's environment has bytecode, which warm runs need), then running the script in the
+   same raw bwrap as in 1. Target: at most 1.3x. Also printed: where a cold run's
+   time goes (uv's calls, timed by jhansi's ``--debug`` log; the sandboxed run; and
+   jhansi's own share, the rest).
 
 Run: ``uv run python bench/deps.py [--runs N]``. Needs the package index once (to
 warm uv's cache); prints medians and ratios.
@@ -46,6 +48,15 @@ def _time(argv: list[str], env: dict[str, str], preexec: Callable[[], None] | No
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(argv)}\n{proc.stderr.decode(errors='replace')[-2000:]}")
     return elapsed
+
+
+def _uv_seconds(debug: str) -> float:
+    """The time jhansi's uv calls took, from its ``--debug`` lines (``uv took S s``)."""
+    return sum(
+        float(line.split("uv took ", 1)[1].split()[0])
+        for line in debug.splitlines()
+        if "uv took " in line
+    )
 
 
 def main() -> None:
@@ -126,12 +137,18 @@ def main() -> None:
             install_flags.append("--compile-bytecode")
         cgroup = Cgroup() if cgroup else None
         pre = cgroup.preexec if cgroup else None
-        cold, manual, manual_run = [], [], []
+        cold, manual, manual_run, in_uv = [], [], [], []
         try:
             for i in range(max(3, args.runs // 3)):
-                shutil.rmtree(scratch / "jhansi-home" / "cache" / "envs", ignore_errors=True)
+                for kept in ("envs", "warm", "resolved"):  # no environment, decision, lock
+                    shutil.rmtree(scratch / "jhansi-home" / "cache" / kept, ignore_errors=True)
                 lock.unlink(missing_ok=True)
-                cold.append(_time(run, env))
+                start = time.perf_counter()
+                proc = subprocess.run(
+                    [jhansi, "--debug", *run[1:]], capture_output=True, env=env, check=True
+                )
+                cold.append(time.perf_counter() - start)
+                in_uv.append(_uv_seconds(proc.stderr.decode(errors="replace")))
                 by_hand = scratch / f"by-hand-{i}"
                 compiled = scratch / f"pylock.manual-{i}.toml"
                 start = time.perf_counter()
@@ -191,6 +208,12 @@ def main() -> None:
             f"cold: jhansi run {m_cold * 1000:.0f} ms, by hand (uv compile + uv install "
             f"{' '.join(install_flags)} + raw bwrap run {statistics.median(manual_run) * 1000:.0f}"
             f" ms) {m_manual * 1000:.0f} ms, ratio {m_cold / m_manual:.2f}x (target <= 1.3x)"
+        )
+        m_uv, m_ran = statistics.median(in_uv), statistics.median(manual_run)
+        print(
+            f"cold, where the time goes: uv {m_uv * 1000:.0f} ms (its calls, from --debug), "
+            f"the sandboxed run {m_ran * 1000:.0f} ms (as raw bwrap), jhansi's own share "
+            f"{(m_cold - m_uv - m_ran) * 1000:.0f} ms ({(m_cold - m_uv - m_ran) / m_cold:.0%})"
         )
     finally:
         subprocess.run([jhansi, "helper", "stop"], env=env, capture_output=True, check=False)

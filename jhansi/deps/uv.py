@@ -42,6 +42,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,6 +286,7 @@ def run_uv(
     """
     argv = [str(a) for a in args]
     logger.debug("uv call: %s", shlex.join(argv))
+    started = time.perf_counter()
     try:
         proc = run_tool(
             [uv_binary(), *argv],
@@ -300,6 +302,7 @@ def run_uv(
         raise ToolError(
             exc.message, hint=exc.hint, stderr=exc.stderr, exit_code=ExitCode.DEPENDENCIES
         ) from None
+    logger.debug("uv took %.3f s (%s)", time.perf_counter() - started, what)
     stderr = proc.stderr.decode("utf-8", "replace")
     if reporter is not None:
         for line in _paragraphs(_ANSI.sub("", stderr)):
