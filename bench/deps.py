@@ -11,10 +11,10 @@
    decision or resolution (uv's own cache warm), against doing the same work by
    hand: ``uv pip compile`` + ``uv pip install --target`` for the same requirements
    and target, with the flags jhansi installs with (``--link-mode hardlink``, and
-   ``--compile-bytecode`` when jhansi's environment has bytecode, which warm runs need), then running the script in the
-   same raw bwrap as in 1. Target: at most 1.3x. Also printed: where a cold run's
-   time goes (uv's calls, timed by jhansi's ``--debug`` log; the sandboxed run; and
-   jhansi's own share, the rest).
+   ``--compile-bytecode`` when jhansi's environment has bytecode, which warm runs
+   need), then running the script in the same raw bwrap as in 1. Target: at most
+   1.3x. Also printed: where a cold run's time goes (uv's calls, timed by jhansi's
+   ``--debug`` log; the sandboxed run; and jhansi's own share, the rest).
 
 Run: ``uv run python bench/deps.py [--runs N]``. Needs the package index once (to
 warm uv's cache); prints medians and ratios.
