@@ -18,6 +18,12 @@ inputs re-lock, keeping the existing pins where they still fit (uv reads the
 old lock as preferences) unless ``upgrade`` is asked for. ``frozen`` never
 calls uv: a missing or stale lock is an error naming the command that fixes it.
 
+A lock resolved from scratch is also kept in the user's cache (``<cache>/resolved/``),
+under its inputs and the resolver's settings (:func:`jhansi.deps.uv.resolver_settings`:
+the user's indexes, uv's and pip's variables, uv's config file). Where no lock file
+exists yet (a new script), the kept one for the same inputs is written there, checked
+like any lock, without calling uv.
+
 The Python *minor* version is what is locked for (``--python-version 3.11``),
 not the patch release: uv writes it as the lock's ``requires-python``, and a
 lock made for ``3.11.7`` would refuse the ``3.11.2`` in a Debian image. For the
@@ -88,7 +94,8 @@ class LockResult:
     """BLAKE3 (hex) of the lock file's bytes, exactly as written."""
     packages: tuple[LockedPackage, ...]
     reused: bool
-    """True when the existing file's inputs matched and uv was not called."""
+    """True when uv was not called: the existing file's inputs matched, or the same
+    inputs were resolved before (the user's cache) and that lock was written here."""
     inputs_digest: str
     """BLAKE3 (hex, domain-separated) of the inputs the lock was resolved from."""
     requirements: tuple[str, ...] = ()
