@@ -111,14 +111,16 @@ def test_a_warm_run_reuses_its_decision_until_the_advisory_data_changes(
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["dependencies"]["lock_reused"] is False
     warm = jhansi_home / "cache" / "warm"
-    assert len(list(warm.iterdir())) == 1
+    # Kept under the key made before the lock existed and under the one made with it.
+    decided = sorted(warm.iterdir())
+    assert len(decided) == 2
     again = run_jhansi("run", "--json", "vulnerable.py", cwd=project)
     assert again.returncode == 0, again.stderr
     document = json.loads(again.stdout)
     assert document["dependencies"]["lock_reused"] is True
     assert document["dependencies"]["environment_reused"] is True
     assert [f["id"] for f in document["policy"]["ignored"]] == ["PYSEC-2018-28"]
-    assert len(list(warm.iterdir())) == 1  # reused, not decided again
+    assert sorted(warm.iterdir()) == decided  # reused, not decided again
 
     newer = ADVISORIES / "vulns" / "requests" / "PYSEC-2023-74.yaml"
     (project / "osv" / "requests" / newer.name).write_bytes(newer.read_bytes())
