@@ -554,7 +554,9 @@ class Runner:
     def _sbom(self, script: Script, deps: Dependencies, info: BackendInfo | None) -> bytes:
         from jhansi.supply.sbom_cache import cached_sbom
 
-        kept = cached_sbom(  # a warm run: the document built before, without the builder
+        # The document kept for these inputs, or made from the template kept for the same
+        # dependencies (a new script): without the builder or the CycloneDX library.
+        kept = cached_sbom(
             script_name=script.display,
             script_bytes=script.text.encode("utf-8"),
             deps=deps,

@@ -13,11 +13,15 @@
   not evaluated: an edge names a locked package the metadata declares);
 * ``vulnerabilities``: each affecting the package's bom-ref, with the fix.
 
-The document is checked with the strict CycloneDX 1.6 JSON schema validator
-before it is returned: an invalid SBOM is a bug in jhansi, and fails loudly.
+The document is valid CycloneDX 1.6 by construction: cyclonedx-python-lib builds
+and writes it from its model. It is not checked against the schema when a run
+makes it (the strict JSON schema validator alone costs a second or more to
+import); the test suite checks every kind of document jhansi writes with it.
 Given ``serial`` and ``timestamp`` the bytes are deterministic.
 
-cyclonedx-python-lib is a heavy import: it is imported inside :func:`build_sbom`.
+cyclonedx-python-lib is a heavy import: it is imported inside :func:`build_sbom`,
+and a run on known dependencies does not need it at all
+(:mod:`jhansi.supply.sbom_cache`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from jhansi.deps.lock import LockResult, canonical_name
 from jhansi.supply.licenses import license_of
 from jhansi.supply.metadata import PackageMetadata
+from jhansi.supply.sbom_cache import SCRIPT_REF as _SCRIPT_REF
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,7 +49,6 @@ if TYPE_CHECKING:
     from jhansi.runner import Dependencies
     from jhansi.sandbox.interface import BackendInfo
 
-_SCRIPT_REF = "jhansi:script"
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
@@ -179,7 +183,7 @@ def build_sbom(
     serial: str | None = None,
     timestamp: datetime | None = None,
 ) -> bytes:
-    """The run's SBOM as CycloneDX 1.6 JSON (validated; see the module docstring).
+    """The run's SBOM as CycloneDX 1.6 JSON (see the module docstring).
 
     ``metadata`` is keyed by normalized name (:func:`jhansi.supply.metadata.metadata_for`);
     ``tools`` maps a tool's name to its version (jhansi, uv); ``dependencies``
@@ -203,7 +207,6 @@ def build_sbom(
     )
     from cyclonedx.output import make_outputter
     from cyclonedx.schema import OutputFormat, SchemaVersion
-    from cyclonedx.validation.json import JsonStrictValidator
     from packageurl import PackageURL
 
     script = Component(
@@ -340,9 +343,6 @@ def build_sbom(
         vulnerabilities=vulns,
     )
     text = make_outputter(bom, OutputFormat.JSON, SchemaVersion.V1_6).output_as_string(indent=2)
-    error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
-    if error is not None:
-        raise RuntimeError(f"internal error: jhansi made an invalid CycloneDX 1.6 SBOM: {error}")
     return text.encode("utf-8")
 
 
@@ -380,47 +380,51 @@ def sbom_for_run(
 ) -> bytes:
     """The SBOM of one run (or of what a script would run), built once per distinct input.
 
-    Building and validating an SBOM costs a few hundred milliseconds (the CycloneDX
-    library and its schema); a warm run of the same script on the same lock, target
-    and findings reuses the document built the first time, byte for byte. The
-    document's serial number is derived from its inputs, so the same inputs always
-    describe themselves with the same SBOM.
+    Building an SBOM costs a second or more (the CycloneDX library); a run of the same
+    script on the same lock, target and findings reuses the document built the first
+    time, byte for byte, and a new script on them gets the document made from the
+    template kept then (:mod:`jhansi.supply.sbom_cache`). The document's serial number
+    is derived from its inputs, so the same inputs always describe themselves with the
+    same SBOM.
     """
     from jhansi._version import __version__
-    from jhansi.supply.sbom_cache import cache_path, read_cached, sbom_key, target_fields
+    from jhansi.supply.sbom_cache import (
+        cache_path,
+        cached_sbom,
+        sbom_key,
+        serial_of,
+        store,
+        target_fields,
+        template_key,
+        template_path,
+    )
 
-    supply = deps.supply
-    target = _target_component(deps, backend, image)
-    metadata = supply.metadata if supply is not None else {}
-    key = sbom_key(
+    kept = cached_sbom(
         script_name=script_name,
         script_bytes=script_bytes,
         deps=deps,
-        target=target_fields(deps, backend, image),
+        backend=backend,
+        image=image,
+        cache_dir=cache_dir,
     )
-    cached = cache_path(cache_dir, key)
-    kept = read_cached(cache_dir, key)
     if kept is not None:
         return kept
+    supply = deps.supply
+    fields = target_fields(deps, backend, image)
+    key = sbom_key(script_name=script_name, script_bytes=script_bytes, deps=deps, target=fields)
     document = build_sbom(
         script_name=script_name,
         script_bytes=script_bytes,
         lock=deps.lock,
-        metadata=metadata,
-        target_component=target,
+        metadata=supply.metadata if supply is not None else {},
+        target_component=_target_component(deps, backend, image),
         vulnerabilities=supply.audit.vulnerabilities if supply and supply.audit else (),
         tools={"jhansi": __version__, "uv": _uv_version()},
-        serial=str(uuid.UUID(bytes=bytes.fromhex(key[:32]), version=4)),
+        serial=serial_of(key),
     )
-    from jhansi.paths import ensure_private_dir
-
-    try:
-        directory = ensure_private_dir(cached.parent)
-        partial = directory / f".{cached.name}.{uuid.uuid4().hex}"
-        partial.write_bytes(document)
-        partial.replace(cached)
-    except OSError:
-        pass  # a cache that cannot be written only costs time
+    store(cache_path(cache_dir, key), document)
+    # The same document is the template of every other script on the same inputs.
+    store(template_path(cache_dir, template_key(deps=deps, target=fields)), document)
     return document
 
 

@@ -201,7 +201,15 @@ def test_sbom_of_a_run_and_of_a_script_validate(tmp_path: Path, bwrap_path: Path
     assert start["policy"]["audit"]["source"] == "offline-osv"
     assert start["policy"]["audit"]["data_date"]  # the offline data's date is recorded
     assert [f["id"] for f in start["policy"]["ignored"]] == ["PYSEC-2018-28"]
-    for name in ("run.cdx.json", "script.cdx.json"):
+    # A new script on the same dependencies (its own lock file, naming it, pins the
+    # same packages): its document is made from the template the run kept, not built.
+    odd = 'na\u00efve "quoted" \\ \u2603.py'
+    (project / odd).write_text(VULNERABLE + 'print("another script")\n')
+    other = run_jhansi("sbom", odd, "-o", "other.cdx.json", cwd=project)
+    assert other.returncode == 0, other.stderr
+    (template,) = (tmp_path / "jhansi-home" / "cache" / "sbom").glob("*.template.cdx.json")
+    assert json.loads(template.read_text())["metadata"]["component"]["name"] == "vulnerable.py"
+    for name in ("run.cdx.json", "script.cdx.json", "other.cdx.json"):
         text = (project / name).read_text()
         assert validator.validate_str(text) is None, name
         bom = json.loads(text)
@@ -209,6 +217,10 @@ def test_sbom_of_a_run_and_of_a_script_validate(tmp_path: Path, bwrap_path: Path
         purls = {c.get("purl") for c in bom["components"]}
         assert "pkg:pypi/requests@2.19.1" in purls
         assert any(v["id"] == "PYSEC-2018-28" for v in bom.get("vulnerabilities", []))
+    made = json.loads((project / "other.cdx.json").read_text())
+    assert made["metadata"]["component"]["name"] == odd
+    assert made["serialNumber"] != json.loads(recorded)["serialNumber"]
+    assert made["components"] == json.loads(recorded)["components"]
 
 
 def test_pip_audit_path_against_a_loopback_osv_server_finds_the_same(
