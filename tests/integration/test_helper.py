@@ -147,8 +147,19 @@ SCRIPTS = {
         (["run", "--json", "-q", "ok.py"], None),
         (["run", "-q", "-"], "print('from stdin')\n"),
         (["run", "-q", "--memory", "banana", "ok.py"], None),
+        (["run", "--debug", "-q", "missing.py"], None),
+        (["run", "--frobnicate", "ok.py"], None),
     ],
-    ids=["exit-code", "syntax-error", "missing", "json", "stdin", "bad-option"],
+    ids=[
+        "exit-code",
+        "syntax-error",
+        "missing",
+        "json",
+        "stdin",
+        "bad-option",
+        "debug-after-run",
+        "unknown-option",
+    ],
 )
 def test_a_run_through_the_helper_is_the_run_without_it(
     helper_env: dict[str, str], tmp_path: Path, args: list[str], stdin: str | None

@@ -263,6 +263,45 @@ def test_json_error_document(tmp_path: Path) -> None:
     assert doc["error"]["exit_code"] == 6
 
 
+def _recorded_scripts(env: Env) -> list[str]:
+    proc = env.jhansi("ledger", "log", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return [run["script"] for run in json.loads(proc.stdout)["runs"]]
+
+
+@pytest.mark.bwrap
+def test_debug_after_run_is_debug_before_it(bwrap_path: Path, shared_dir: Path) -> None:
+    env = Env(shared_dir, "bwrap")
+    env.script("ok.py", "print('ran')\n")
+    after = env.jhansi("run", "--debug", "-q", "ok.py")
+    before = env.jhansi("--debug", "run", "-q", "ok.py")
+    assert (after.returncode, after.stdout) == (0, "ran\n"), after.stderr
+    assert (before.returncode, before.stdout) == (0, "ran\n"), before.stderr
+    # Debug shows the traceback of a refusal, after the command as before it.
+    missing = env.jhansi("run", "--debug", "missing.py")
+    assert missing.returncode == 6
+    assert "Traceback (most recent call last)" in missing.stderr
+    assert "jhansi.errors.InputError: no such file" in missing.stderr
+    assert _recorded_scripts(env) == ["ok.py", "ok.py", "missing.py"]
+
+
+@pytest.mark.bwrap
+def test_unknown_options_are_usage_and_a_dashed_name_follows_double_dash(
+    bwrap_path: Path, shared_dir: Path
+) -> None:
+    env = Env(shared_dir, "bwrap")
+    for argv in (["--frobnicate", "ok.py"], ["--version", "ok.py"], ["-x"]):
+        proc = env.jhansi("run", *argv)
+        assert proc.returncode == 2, proc.stderr
+        assert "No such option" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (env.home / "data" / "ledger").exists()  # none of them was recorded
+    env.script("--debug", "import sys\nprint('named --debug', sys.argv[1:])\n")
+    proc = env.jhansi("run", "-q", "--", "--debug", "--json")
+    assert (proc.returncode, proc.stdout) == (0, "named --debug ['--json']\n"), proc.stderr
+    assert _recorded_scripts(env) == ["--debug"]
+
+
 @pytest.mark.bwrap
 def test_runs_in_one_sandbox_wait_for_each_other(bwrap_path: Path, shared_dir: Path) -> None:
     env = Env(shared_dir, "bwrap")
