@@ -50,6 +50,21 @@ def stdout_console() -> Console:
     return Console(highlight=False, width=_width(sys.stdout))
 
 
+def human_size(size: int) -> str:
+    """``size`` bytes for a person to read: ``0 B``, ``512 B``, ``12.3 MiB``.
+
+    Binary units with one decimal (``--json`` keeps the exact bytes).
+    """
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if round(value, 1) < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} PiB"
+
+
 def print_json(document: dict[str, Any]) -> None:
     """Print exactly one JSON document on stdout."""
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")

@@ -79,6 +79,28 @@ def test_named_sandbox_home_persists(env: Env) -> None:
     assert not home.exists()
 
 
+@pytest.mark.bwrap
+def test_sandbox_ls_shows_sizes_in_units_and_json_in_bytes(
+    bwrap_path: Path, shared_dir: Path
+) -> None:
+    from jhansi.cli._output import human_size
+
+    env = Env(shared_dir, "bwrap")
+    script = env.script(
+        "blob.py", "import os\nopen(os.path.expanduser('~/blob'), 'wb').write(b'x' * 1500000)\n"
+    )
+    assert env.jhansi("run", "-q", "--sandbox", "sized", str(script)).returncode == 0
+    listed = json.loads(env.jhansi("sandbox", "ls", "--json").stdout)
+    size = {s["name"]: s for s in listed["sandboxes"]}["sized"]["size"]
+    assert isinstance(size, int)
+    assert size >= 1_500_000
+    table = env.jhansi("sandbox", "ls")
+    assert table.returncode == 0, table.stderr
+    [row] = [line for line in table.stdout.splitlines() if " sized " in line]
+    assert f" {human_size(size)} " in row
+    assert " MiB " in row
+
+
 def test_default_sandbox_is_the_projects_own(env: Env) -> None:
     script = env.script("counter.py", COUNTER)
     first = json.loads(env.jhansi("run", "--json", str(script)).stdout)
