@@ -98,6 +98,11 @@ def test_tampering_is_exit_5_as_a_subprocess(tmp_path: Path) -> None:
     pristine = ledger_file.read_bytes()
     anchor = _json(("ledger", "head", "--ledger", str(directory)), 0)["anchor"]
     assert isinstance(anchor, str)
+    matched = run_jhansi("ledger", "verify", "--ledger", str(directory), "--anchor", anchor)
+    assert matched.returncode == 0, matched.stderr
+    assert f"anchor matches: {anchor} (the ledger still holds that record" in matched.stdout
+    plain = run_jhansi("ledger", "verify", "--ledger", str(directory))
+    assert "anchor" not in plain.stdout
 
     ledger_file.write_bytes(pristine.replace(b'"exit_code":0', b'"exit_code":7', 1))
     report = _json(("ledger", "verify", "--ledger", str(directory)), 5)
@@ -113,6 +118,9 @@ def test_tampering_is_exit_5_as_a_subprocess(tmp_path: Path) -> None:
     assert _json(("ledger", "verify", "--ledger", str(directory)), 0)["status"] == "ok"
     report = _json(("ledger", "verify", "--ledger", str(directory), "--anchor", anchor), 5)
     assert report["first_error"]["kind"] == "truncated"  # type: ignore[index]
+    cut = run_jhansi("ledger", "verify", "--ledger", str(directory), "--anchor", anchor)
+    assert cut.returncode == 5
+    assert "anchor matches" not in cut.stdout
 
 
 def test_no_ledger_is_exit_5_with_a_hint(tmp_path: Path) -> None:
