@@ -363,14 +363,25 @@ def list_helpers(directory: str | None = None) -> list[HelperInfo]:
     return found
 
 
-def stop_helpers(directory: str | None = None) -> list[HelperInfo]:
-    """Ask every running helper to exit (SIGTERM); return those asked.
+def own_helper_name() -> str:
+    """The name of the helper this process's ``jhansi run`` would use (or start).
+
+    Other names in the same directory belong to other installations or checkouts,
+    other interpreters, or other sessions of this user (another cgroup or namespace):
+    their runs, not this one's.
+    """
+    return client.socket_name(client.helper_key())
+
+
+def stop_helpers(directory: str | None = None, *, only: str | None = None) -> list[HelperInfo]:
+    """Ask the running helpers (the one named ``only``, else all) to exit (SIGTERM);
+    return those asked.
 
     Runs in progress in a helper's children are not affected.
     """
     stopped: list[HelperInfo] = []
     for helper in list_helpers(directory):
-        if helper.pid is None:
+        if helper.pid is None or (only is not None and helper.name != only):
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(helper.pid, signal.SIGTERM)

@@ -92,17 +92,21 @@ def lock(scripts: Sequence[str]) -> tuple[int, list[LockChange]]:
     for script in scripts:
         before = _locks_near(script)
         proc = _jhansi("lock", "--json", script, capture=True)
-        if proc.stderr:
-            sys.stderr.write(proc.stderr)
+        # jhansi's own lines (an error is two: `error:`, `hint:`), each naming the
+        # script: the hook may be handed several.
+        for line in proc.stderr.splitlines():
+            sys.stderr.write(f"{script}: {line}\n")
         try:
             document = json.loads(proc.stdout)
         except ValueError:
             document = {}
         if proc.returncode != 0:
-            error = document.get("error") or {}
-            print(f"{script}: {error.get('message', 'jhansi lock failed')}")
-            if error.get("hint"):
-                print(f"{script}: hint: {error['hint']}")
+            if not proc.stderr.strip():  # said nothing on stderr: what the JSON says
+                error = document.get("error") or {}
+                message = error.get("message") or f"jhansi lock failed (exit {proc.returncode})"
+                sys.stderr.write(f"{script}: error: {message}\n")
+                if error.get("hint"):
+                    sys.stderr.write(f"{script}: hint: {error['hint']}\n")
             code = code or proc.returncode
             continue
         lock_file = document.get("lock_file")

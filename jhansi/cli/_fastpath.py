@@ -6,6 +6,8 @@ that command (options before SCRIPT, everything after SCRIPT for the script)
 using :data:`RUN_OPTIONS`, and gives up (``None``) on anything it does not know
 for certain — ``--help``, an unknown or abbreviated option, joined short
 options, a missing value or script — so that Typer handles it, errors and all.
+The root's options that ``jhansi run`` also takes (``--debug``, see
+:mod:`jhansi.cli.app`) are left to Typer too: a debug run need not be fast.
 
 The options are declared once, in :mod:`jhansi.cli.run`. :data:`RUN_OPTIONS` is
 derived from them (``python -m jhansi.cli._fastpath`` prints it), and
@@ -164,8 +166,8 @@ def derive_options() -> dict[str, tuple[str, Kind]]:
     command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
     table: dict[str, tuple[str, Kind]] = {}
     for param in command.params:
-        if param.param_type_name != "option" or param.name == "help":
-            continue
+        if param.param_type_name != "option" or param.name == "help" or not param.expose_value:
+            continue  # help, and the root's options taken after the command (--debug)
         kind: Kind
         if param.is_flag:
             kind = "flag"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from jhansi.errors import JhansiError
 
@@ -15,18 +15,54 @@ if TYPE_CHECKING:
     from jhansi.cli._state import CliState
 
 
+#: The width of a console that is not a terminal (a file, a pipe): lines as long as
+#: they need to be, so that a log or ``grep`` gets whole lines, not text wrapped at
+#: Rich's default of 80 columns. Tables are still as narrow as their content.
+UNWRAPPED_WIDTH = 1 << 16
+
+
+def _width(stream: TextIO) -> int | None:
+    """``None`` (Rich decides: the terminal's width, or ``COLUMNS``) unless ``stream``
+    is not a terminal and ``COLUMNS`` chooses no width."""
+    import os
+
+    if os.environ.get("COLUMNS", "").strip().isdigit():
+        return None
+    try:
+        if stream.isatty():
+            return None
+    except ValueError:  # closed
+        return None
+    return UNWRAPPED_WIDTH
+
+
 def stderr_console() -> Console:
     """The console for progress, warnings and errors (never stdout)."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 
 def stdout_console() -> Console:
     """The console for a command's human-readable result."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, width=_width(sys.stdout))
+
+
+def human_size(size: int) -> str:
+    """``size`` bytes for a person to read: ``0 B``, ``512 B``, ``12.3 MiB``.
+
+    Binary units with one decimal (``--json`` keeps the exact bytes).
+    """
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if round(value, 1) < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} PiB"
 
 
 def print_json(document: dict[str, Any]) -> None:

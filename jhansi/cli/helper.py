@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
 
@@ -16,16 +17,18 @@ app = typer.Typer(
 
 @app.command()
 def status(json_output: JsonFlag = False) -> None:
-    """List this user's helpers and whether they are running."""
+    """List this user's helpers and whether they are running; mark this jhansi's own."""
     from jhansi.cli._helper_client import enabled, helper_dir
-    from jhansi.helper import list_helpers
+    from jhansi.helper import list_helpers, own_helper_name
 
     helpers = list_helpers()
+    own = own_helper_name()
     if json_output:
         document = {
             "enabled": enabled(),
             "directory": helper_dir(),
-            "helpers": [h.as_dict() for h in helpers],
+            "own": own,
+            "helpers": [{**h.as_dict(), "own": h.name == own} for h in helpers],
         }
         print(json.dumps(document, indent=2))
         return
@@ -33,16 +36,45 @@ def status(json_output: JsonFlag = False) -> None:
     if not helpers:
         print("no helper running")
     for helper in helpers:
-        print(f"{helper.name}: running, pid {helper.pid}, {helper.served} run(s) served")
+        mine = " (this jhansi's)" if helper.name == own else ""
+        print(f"{helper.name}: running, pid {helper.pid}, {helper.served} run(s) served{mine}")
 
 
 @app.command()
-def stop(json_output: JsonFlag = False) -> None:
-    """Stop this user's helpers (runs already in progress finish)."""
-    from jhansi.helper import stop_helpers
+def stop(
+    all_helpers: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Stop every helper of this user: other checkouts', interpreters' and "
+            "sessions' too.",
+        ),
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Stop this jhansi's helper (runs already in progress finish)."""
+    from jhansi.helper import list_helpers, own_helper_name, stop_helpers
 
-    stopped = stop_helpers()
+    stopped = stop_helpers(only=None if all_helpers else own_helper_name())
+    asked = {h.name for h in stopped}
+    others = [h for h in list_helpers() if h.running and h.name not in asked]
     if json_output:
-        print(json.dumps({"stopped": [h.as_dict() for h in stopped]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "stopped": [h.as_dict() for h in stopped],
+                    "left_running": [h.as_dict() for h in others],
+                },
+                indent=2,
+            )
+        )
         return
-    print(f"stopped {len(stopped)} helper(s)")
+    if all_helpers:
+        print(f"stopped {len(stopped)} helper(s)")
+        return
+    print("stopped this jhansi's helper" if stopped else "this jhansi has no helper running")
+    if others:
+        print(
+            f"{len(others)} other helper(s) left running (other checkouts, interpreters or "
+            "sessions): `jhansi helper stop --all` stops them too"
+        )

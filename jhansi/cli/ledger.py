@@ -110,6 +110,13 @@ def _render_report(report: VerifyReport) -> None:
     )
     if report.ok:
         console.print(f"[bold green]ledger verifies[/]: {escape(report.path)}", soft_wrap=True)
+        # A mismatched or missing anchor is an error: in a report without one, each matched.
+        for anchor in report.anchors:
+            console.print(
+                f"[bold green]anchor matches[/]: {escape(anchor)} (the ledger still holds "
+                "that record, unchanged)",
+                soft_wrap=True,
+            )
     else:
         first = report.first_error
         console.print(f"[bold red]ledger does NOT verify[/]: {escape(report.path)}", soft_wrap=True)

@@ -25,9 +25,8 @@ def _workspace() -> Workspace:
 
 @app.command("ls")
 def list_sandboxes(ctx: typer.Context, json_output: JsonFlag = False) -> None:
-    """List named sandboxes: size of the home, runs, last use."""
-    from jhansi.cli._output import print_json, stdout_console
-    from jhansi.config import format_size
+    """List named sandboxes: size of the home (--json: in bytes), runs, last use."""
+    from jhansi.cli._output import human_size, print_json, stdout_console
 
     ctx.ensure_object(CliState).json = json_output
     sandboxes = _workspace().entries()
@@ -54,13 +53,16 @@ def list_sandboxes(ctx: typer.Context, json_output: JsonFlag = False) -> None:
     from rich.table import Table
 
     table = Table(title="sandboxes", title_justify="left")
-    for column in ("name", "runs", "size", "last used", "project"):
-        table.add_column(column, overflow="fold")
+    table.add_column("name", overflow="fold")
+    table.add_column("runs", justify="right")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("last used", overflow="fold")
+    table.add_column("project", overflow="fold")
     for s in sandboxes:
         table.add_row(
             escape(s.name),
             str(s.runs),
-            format_size(s.size) if s.size else "0",
+            human_size(s.size),
             s.last_used[:19].replace("T", " "),
             escape(s.project or ""),
         )

@@ -51,7 +51,7 @@ def helper_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[
     try:
         yield env
     finally:
-        jhansi(["helper", "stop"], env, tmp_path)
+        jhansi(["helper", "stop", "--all"], env, tmp_path)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -147,8 +147,19 @@ SCRIPTS = {
         (["run", "--json", "-q", "ok.py"], None),
         (["run", "-q", "-"], "print('from stdin')\n"),
         (["run", "-q", "--memory", "banana", "ok.py"], None),
+        (["run", "--debug", "-q", "missing.py"], None),
+        (["run", "--frobnicate", "ok.py"], None),
     ],
-    ids=["exit-code", "syntax-error", "missing", "json", "stdin", "bad-option"],
+    ids=[
+        "exit-code",
+        "syntax-error",
+        "missing",
+        "json",
+        "stdin",
+        "bad-option",
+        "debug-after-run",
+        "unknown-option",
+    ],
 )
 def test_a_run_through_the_helper_is_the_run_without_it(
     helper_env: dict[str, str], tmp_path: Path, args: list[str], stdin: str | None
@@ -303,6 +314,57 @@ def test_the_helper_exits_when_idle_and_when_stopped(
         time.sleep(0.1)
     assert not Path(f"/proc/{pid}").exists()
     assert not list(Path(helper_env["JHANSI_HELPER_DIR"]).glob("*.sock"))
+
+
+def test_stop_stops_only_this_jhansis_helper_unless_all(
+    helper_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Another checkout, interpreter or session has a helper of its own (another key):
+    here a client whose start-up differs (PYTHON* variables)."""
+    ours = start_helper(helper_env, tmp_path)
+    other_env = {**helper_env, "PYTHONWARNINGS": "default"}
+    theirs = None
+    for _ in range(10):
+        assert jhansi(["run", "-q", "warmup.py"], other_env, tmp_path).returncode == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            others = [h["pid"] for h in helpers(helper_env, tmp_path) if h["pid"] != ours]
+            if others:
+                theirs = others[0]
+                break
+            time.sleep(0.1)
+        if theirs is not None:
+            break
+    assert isinstance(theirs, int), "no second helper started"
+    status = json.loads(jhansi(["helper", "status", "--json"], helper_env, tmp_path).stdout)
+    assert {h["pid"]: h["own"] for h in status["helpers"]} == {ours: True, theirs: False}
+    text = jhansi(["helper", "status"], helper_env, tmp_path).stdout
+    assert f"pid {ours}, " in text
+    assert "(this jhansi's)" in next(line for line in text.splitlines() if f"pid {ours}," in line)
+
+    stopped = jhansi(["helper", "stop", "--json"], helper_env, tmp_path)
+    document = json.loads(stopped.stdout)
+    assert [h["pid"] for h in document["stopped"]] == [ours]
+    assert [h["pid"] for h in document["left_running"]] == [theirs]
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{ours}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{ours}").exists()
+    assert Path(f"/proc/{theirs}").exists()
+    assert [h["pid"] for h in helpers(helper_env, tmp_path)] == [theirs]
+
+    again = jhansi(["helper", "stop"], helper_env, tmp_path)
+    assert again.stdout.splitlines() == [
+        "this jhansi has no helper running",
+        "1 other helper(s) left running (other checkouts, interpreters or sessions): "
+        "`jhansi helper stop --all` stops them too",
+    ]
+    everything = jhansi(["helper", "stop", "--all"], helper_env, tmp_path)
+    assert everything.stdout == "stopped 1 helper(s)\n"
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{theirs}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{theirs}").exists()
 
 
 def test_a_helper_directory_others_can_enter_is_not_used(

@@ -19,7 +19,7 @@ from jhansi.paths import Paths
 from tests.conftest import backend_env, run_jhansi
 
 
-def _write_runs(directory: Path, paths: Paths, count: int) -> list[str]:
+def _write_runs(directory: Path, paths: Paths, count: int, script: str = "a.py") -> list[str]:
     run_ids = []
     with Ledger.open(directory, paths=paths) as ledger:
         ledger.preflight()
@@ -28,7 +28,7 @@ def _write_runs(directory: Path, paths: Paths, count: int) -> list[str]:
             code = ledger.put_blob(f"print({n})\n".encode())
             ledger.append(
                 "exec.start",
-                {"run_id": run_id, "sandbox": "default", "script": {"path": "a.py", "blob": code}},
+                {"run_id": run_id, "sandbox": "default", "script": {"path": script, "blob": code}},
             )
             ledger.append(
                 "exec.end",
@@ -70,6 +70,24 @@ def test_read_and_verify_the_default_ledger(tmp_path: Path) -> None:
     assert len(key.stdout.strip()) == 64
 
 
+def test_log_to_a_file_or_a_pipe_is_one_whole_line_per_run(tmp_path: Path) -> None:
+    directory = tmp_path / "ledger"
+    script = "examples/" + "a_script_name_long_enough_to_wrap_at_eighty_columns" * 2 + ".py"
+    run_ids = _write_runs(directory, Paths.from_environment(), 2, script=script)
+    proc = run_jhansi("ledger", "log", "--ledger", str(directory))  # stdout is a pipe
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 + len(run_ids), proc.stdout  # title, header, one line per run
+    for line, run_id in zip(lines[2:], run_ids, strict=True):
+        assert run_id in line  # whole, not shortened for a narrow terminal
+        assert script in line
+        assert line.split()[-2:] == ["succeeded", "0"]
+    # A width the user chose still applies.
+    narrow = run_jhansi("ledger", "log", "--ledger", str(directory), env={"COLUMNS": "80"})
+    assert len(narrow.stdout.splitlines()) > len(lines)
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
+
+
 def test_tampering_is_exit_5_as_a_subprocess(tmp_path: Path) -> None:
     paths = Paths.from_environment()
     directory = tmp_path / "ledger"
@@ -80,6 +98,11 @@ def test_tampering_is_exit_5_as_a_subprocess(tmp_path: Path) -> None:
     pristine = ledger_file.read_bytes()
     anchor = _json(("ledger", "head", "--ledger", str(directory)), 0)["anchor"]
     assert isinstance(anchor, str)
+    matched = run_jhansi("ledger", "verify", "--ledger", str(directory), "--anchor", anchor)
+    assert matched.returncode == 0, matched.stderr
+    assert f"anchor matches: {anchor} (the ledger still holds that record" in matched.stdout
+    plain = run_jhansi("ledger", "verify", "--ledger", str(directory))
+    assert "anchor" not in plain.stdout
 
     ledger_file.write_bytes(pristine.replace(b'"exit_code":0', b'"exit_code":7', 1))
     report = _json(("ledger", "verify", "--ledger", str(directory)), 5)
@@ -95,6 +118,9 @@ def test_tampering_is_exit_5_as_a_subprocess(tmp_path: Path) -> None:
     assert _json(("ledger", "verify", "--ledger", str(directory)), 0)["status"] == "ok"
     report = _json(("ledger", "verify", "--ledger", str(directory), "--anchor", anchor), 5)
     assert report["first_error"]["kind"] == "truncated"  # type: ignore[index]
+    cut = run_jhansi("ledger", "verify", "--ledger", str(directory), "--anchor", anchor)
+    assert cut.returncode == 5
+    assert "anchor matches" not in cut.stdout
 
 
 def test_no_ledger_is_exit_5_with_a_hint(tmp_path: Path) -> None:

@@ -182,6 +182,17 @@ def test_missing_lock_then_lock_hook_then_commit(project: Project) -> None:
     assert "pylock.tool.toml" in project.git("show", "--name-only", "HEAD")
 
 
+def test_the_lock_hook_says_an_error_once(project: Project) -> None:
+    project.write("broken.py", "# /// script\n# dependencies = []\n# ///\nx = (\n")
+    project.git("add", "broken.py")
+    ran = project.pre_commit("run", "jhansi-lock", "--files", "broken.py")
+    output = ran.stdout + ran.stderr
+    assert ran.returncode != 0, output
+    assert output.count("syntax error") == 1, output
+    assert "broken.py: error: broken.py:4:5: syntax error" in output
+    assert output.count("hint: Fix the script") == 1, output
+
+
 def test_stdlib_only_script_passes(project: Project) -> None:
     project.write("std.py", STDLIB)
     project.git("add", "std.py")

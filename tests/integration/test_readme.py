@@ -148,20 +148,23 @@ def checkout(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return root
 
 
-def _env() -> dict[str, str]:
+def _env(checkout: Path) -> dict[str, str]:
     bin_dir = Path(sys.executable).parent
     assert (bin_dir / "jhansi").is_file(), f"no jhansi command beside {sys.executable}"
     return {
         **os.environ,
         **backend_env("bwrap"),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        # `jhansi helper status|stop` look here, not at the helpers of the user running
+        # the tests.
+        "JHANSI_HELPER_DIR": str(checkout.parent / "helper"),
     }
 
 
 @pytest.mark.bwrap
 @pytest.mark.network
 def test_runs_blocks_run_as_written(checkout: Path) -> None:
-    env = _env()
+    env = _env(checkout)
     ran = 0
     for block in marked_blocks():
         if block.kind != "runs":
@@ -190,7 +193,7 @@ def test_python_example_runs(checkout: Path) -> None:
         [sys.executable, "-c", block.body],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=_env(checkout),
         cwd=checkout,
         timeout=300,
         check=False,

@@ -79,6 +79,28 @@ def test_named_sandbox_home_persists(env: Env) -> None:
     assert not home.exists()
 
 
+@pytest.mark.bwrap
+def test_sandbox_ls_shows_sizes_in_units_and_json_in_bytes(
+    bwrap_path: Path, shared_dir: Path
+) -> None:
+    from jhansi.cli._output import human_size
+
+    env = Env(shared_dir, "bwrap")
+    script = env.script(
+        "blob.py", "import os\nopen(os.path.expanduser('~/blob'), 'wb').write(b'x' * 1500000)\n"
+    )
+    assert env.jhansi("run", "-q", "--sandbox", "sized", str(script)).returncode == 0
+    listed = json.loads(env.jhansi("sandbox", "ls", "--json").stdout)
+    size = {s["name"]: s for s in listed["sandboxes"]}["sized"]["size"]
+    assert isinstance(size, int)
+    assert size >= 1_500_000
+    table = env.jhansi("sandbox", "ls")
+    assert table.returncode == 0, table.stderr
+    [row] = [line for line in table.stdout.splitlines() if " sized " in line]
+    assert f" {human_size(size)} " in row
+    assert " MiB " in row
+
+
 def test_default_sandbox_is_the_projects_own(env: Env) -> None:
     script = env.script("counter.py", COUNTER)
     first = json.loads(env.jhansi("run", "--json", str(script)).stdout)
@@ -261,6 +283,45 @@ def test_json_error_document(tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     assert doc["status"] == "error"
     assert doc["error"]["exit_code"] == 6
+
+
+def _recorded_scripts(env: Env) -> list[str]:
+    proc = env.jhansi("ledger", "log", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return [run["script"] for run in json.loads(proc.stdout)["runs"]]
+
+
+@pytest.mark.bwrap
+def test_debug_after_run_is_debug_before_it(bwrap_path: Path, shared_dir: Path) -> None:
+    env = Env(shared_dir, "bwrap")
+    env.script("ok.py", "print('ran')\n")
+    after = env.jhansi("run", "--debug", "-q", "ok.py")
+    before = env.jhansi("--debug", "run", "-q", "ok.py")
+    assert (after.returncode, after.stdout) == (0, "ran\n"), after.stderr
+    assert (before.returncode, before.stdout) == (0, "ran\n"), before.stderr
+    # Debug shows the traceback of a refusal, after the command as before it.
+    missing = env.jhansi("run", "--debug", "missing.py")
+    assert missing.returncode == 6
+    assert "Traceback (most recent call last)" in missing.stderr
+    assert "jhansi.errors.InputError: no such file" in missing.stderr
+    assert _recorded_scripts(env) == ["ok.py", "ok.py", "missing.py"]
+
+
+@pytest.mark.bwrap
+def test_unknown_options_are_usage_and_a_dashed_name_follows_double_dash(
+    bwrap_path: Path, shared_dir: Path
+) -> None:
+    env = Env(shared_dir, "bwrap")
+    for argv in (["--frobnicate", "ok.py"], ["--version", "ok.py"], ["-x"]):
+        proc = env.jhansi("run", *argv)
+        assert proc.returncode == 2, proc.stderr
+        assert "No such option" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (env.home / "data" / "ledger").exists()  # none of them was recorded
+    env.script("--debug", "import sys\nprint('named --debug', sys.argv[1:])\n")
+    proc = env.jhansi("run", "-q", "--", "--debug", "--json")
+    assert (proc.returncode, proc.stdout) == (0, "named --debug ['--json']\n"), proc.stderr
+    assert _recorded_scripts(env) == ["--debug"]
 
 
 @pytest.mark.bwrap

@@ -1,4 +1,5 @@
-"""jhansi.ci.github (escaping, lines, summary, outputs) and jhansi.ci.precommit (selection).
+"""jhansi.ci.github (escaping, lines, summary, outputs) and jhansi.ci.precommit (selection,
+what the lock hook prints).
 
 Documents here have the shapes ``jhansi run --json`` and ``jhansi check --json``
 print (jhansi/cli/run.py ``result_document``, jhansi/cli/_output.py
@@ -9,12 +10,13 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jhansi.ci import github
+from jhansi.ci import github, precommit
 from jhansi.ci.github import (
     Annotation,
     ScriptSource,
@@ -334,3 +336,37 @@ def test_precommit_selects_scripts(tmp_path: Path) -> None:
     assert select(names, include=r"module\.py$") == [str(script), str(module)]
     assert has_script_block(SCRIPT)
     assert not has_script_block("# /// script\n# dependencies = []\n")  # unclosed
+
+
+def test_the_lock_hook_prints_an_error_once_naming_the_script(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real ``jhansi lock`` (a subprocess), refusing a script it cannot parse."""
+    broken = tmp_path / "broken.py"
+    broken.write_text("# /// script\n# dependencies = []\n# ///\nx = (\n")
+    assert precommit.main(["lock", str(broken)]) == 6
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"{broken}: error: ")
+    assert "syntax error" in lines[0]
+    assert lines[1].startswith(f"{broken}: hint: ")
+    assert err.count("syntax error") == 1
+
+
+def test_the_lock_hook_says_what_the_json_says_when_jhansi_said_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A jhansi that failed without a word on stderr (a crash cannot be provoked on
+    demand, so its result is made up here): the hook still says why, once."""
+    script = tmp_path / "tool.py"
+    script.write_text("# /// script\n# dependencies = []\n# ///\n")
+    document = '{"status": "error", "error": {"message": "it broke", "hint": "try again"}}'
+    monkeypatch.setattr(
+        precommit,
+        "_jhansi",
+        lambda *args, capture=False: subprocess.CompletedProcess(args, 7, document, ""),
+    )
+    assert precommit.main(["lock", str(script)]) == 7
+    assert capsys.readouterr().err == f"{script}: error: it broke\n{script}: hint: try again\n"
