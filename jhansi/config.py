@@ -460,7 +460,7 @@ SCHEMA: Final[dict[str, dict[str, Option]]] = {
             "auto",
             "one of auto, docker, bwrap",
             "Which sandbox runs scripts: a Docker Engine API endpoint, bubblewrap, "
-            "or auto (a reachable engine, else bubblewrap).",
+            "or auto (a reachable engine that has or can pull the image, else bubblewrap).",
             trust=NEUTRAL,
         ),
         "engine_url": Option(
@@ -480,7 +480,8 @@ SCHEMA: Final[dict[str, dict[str, Option]]] = {
             _string,
             DEFAULT_IMAGE,
             "a container image reference such as python:3.12-slim",
-            "The container image for the docker backend.",
+            "The container image for the docker backend (pulled when missing; where that "
+            "fails, auto runs on bubblewrap).",
         ),
         "bwrap": Option(
             _bwrap_choice,

@@ -149,12 +149,17 @@ def check_engines(settings: Settings) -> list[Check]:
         None, {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
     )
     present = [e for e in defaults if Path(e.url.removeprefix("unix://")).exists()]
+    image = settings.sandbox.image
     if wanted[0].explicit:
         selected, _ = _engine_check(wanted[0].url, wanted[0].reason, runtime, selected=True)
-        return [selected] + [
-            _engine_check(e.url, e.reason, runtime, selected=False)[0]
-            for e in present
-            if e.url != wanted[0].url
+        return [
+            selected,
+            *([check_image(wanted[0].url, image)] if selected.ok else []),
+            *(
+                _engine_check(e.url, e.reason, runtime, selected=False)[0]
+                for e in present
+                if e.url != wanted[0].url
+            ),
         ]
     probed = [_engine_check(e.url, e.reason, runtime, selected=False) for e in present]
     checks = [check for check, _ in probed]
@@ -171,7 +176,38 @@ def check_engines(settings: Settings) -> list[Check]:
         )
         return [none, *checks]
     chosen = replace(checks.pop(first_ok), name="docker", backend="docker")
-    return [chosen, *checks]
+    if not chosen.ok:
+        return [chosen, *checks]
+    return [chosen, check_image(present[first_ok].url, image), *checks]
+
+
+def check_image(url: str, image: str) -> Check:
+    """Whether the engine ``run`` would use has the image (asked, never pulled).
+
+    Not a backend check: without the image a run pulls it, and where that fails
+    (no registry) ``auto`` runs on bubblewrap instead, with a warning.
+    """
+    from jhansi.sandbox.engine import connect
+
+    tool = "docker"
+    try:
+        client = connect(url, timeout=5)
+        found = client.image_inspect(image)
+    except JhansiError as exc:
+        return Check("image", False, f"{image}: {exc.message}", exc.hint)
+    if "libpod-api-version" in client.ping_headers or client.server.lower().startswith("libpod"):
+        tool = "podman"
+    if found is None:
+        return Check(
+            "image",
+            False,
+            f"{image} is not in the engine at {url} ([sandbox] image)",
+            f"Pull or load it (`{tool} pull {image}`, `{tool} load`). Without it a run "
+            "pulls it first; where that fails (no registry), the default backend (auto) runs "
+            "on bwrap with a warning, and --backend docker fails.",
+        )
+    digest = str(found.get("Id", ""))
+    return Check("image", True, f"{image} ({digest[:19] or 'no id'}) is in the engine at {url}")
 
 
 def check_data_dir(paths: Paths) -> Check:

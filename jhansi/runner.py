@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import tokenize
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NoReturn
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from jhansi.deps.lock import LockResult
     from jhansi.egress.session import EgressSession
     from jhansi.ledger.store import Ledger
+    from jhansi.sandbox.docker import DockerBackend
     from jhansi.sandbox.layer import ApplyReport, Layer
     from jhansi.supply.policy import SupplyCheck
 
@@ -71,6 +72,9 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Warnings of one kind shown per run (refused egress, refused --rw changes); the rest
 #: are counted in one more line and listed in the ledger.
 _WARNED = 20
+#: Seconds during which ``auto`` does not try again to pull an image whose pull failed
+#: (it runs on bubblewrap meanwhile): an unreachable registry may take long to fail.
+PULL_RETRY_AFTER = 600.0
 #: Variables jhansi sets itself; ``--env`` may not replace them.
 _RESERVED_ENV = frozenset({"HOME", "PATH", "PYTHONUNBUFFERED", "USER", "LOGNAME"})
 
@@ -317,25 +321,74 @@ def sandbox_env(extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
     return env
 
 
-def select_backend(settings: Settings, reporter: Reporter, paths: Paths) -> Backend:
-    """The backend named by ``[sandbox] backend``; ``auto``: an engine, else bubblewrap."""
+def select_backend(
+    settings: Settings,
+    reporter: Reporter,
+    paths: Paths,
+    *,
+    make_engine: Callable[[], DockerBackend] | None = None,
+    make_bwrap: Callable[[], Backend] | None = None,
+) -> Backend:
+    """The backend named by ``[sandbox] backend``; ``auto``: an engine that has (or can
+    pull) the image, else bubblewrap.
+
+    ``auto`` says why in :attr:`Backend.selection` (recorded with each run). An engine
+    that answers but cannot provide the image (not present, and the pull fails: no
+    registry here) is passed over with one warning, since the user may well have
+    expected it; having no engine at all is the ordinary bubblewrap case and is one
+    step line. Asking for the image costs nothing on the warm path: the engine's
+    answer is kept by the backend, which asks for it on every run anyway. A failed
+    pull is not tried again for :data:`PULL_RETRY_AFTER` seconds.
+
+    ``make_engine`` and ``make_bwrap`` build the backends (default: from ``settings``).
+    """
+    engine_backend = make_engine or (lambda: _docker(settings, paths))
+    bwrap_backend = make_bwrap or (lambda: _bwrap(settings, paths))
     choice = settings.sandbox.backend
     if choice == "bwrap":
-        return _bwrap(settings, paths)
+        return bwrap_backend()
     if choice == "docker":
-        return _docker(settings, paths)
+        return engine_backend()
     try:
-        return _docker(settings, paths)
+        engine = engine_backend()
     except SandboxError as engine_error:
-        try:
-            backend = _bwrap(settings, paths)
-        except SandboxError as bwrap_error:
-            raise SandboxError(
-                f"no sandbox backend is usable: {engine_error.message}; {bwrap_error.message}",
-                hint=f"{bwrap_error.hint} Or: {engine_error.hint} (`jhansi doctor` checks both.)",
-            ) from None
+        backend = _bwrap_instead(bwrap_backend, engine_error)
         reporter.step("backend", f"no container engine ({engine_error.message}); using bwrap")
+        backend.selection = f"auto: {engine_error.message}"
         return backend
+    image = settings.sandbox.image
+    where = f"{engine.engine.description} at {engine.engine.url}"
+    try:
+        engine.image(image, skip_pull_failed_within=PULL_RETRY_AFTER)
+    except SandboxError as image_error:
+        from jhansi.sandbox.docker import BWRAP_ALTERNATIVE
+
+        detail = image_error.message
+        pulled = f"cannot pull the image {image}: "
+        if detail.startswith(pulled):
+            detail = "the pull failed: " + detail.removeprefix(pulled)
+        why = f"the container engine ({where}) cannot provide the image {image}: {detail}"
+        hint = image_error.hint.replace(BWRAP_ALTERNATIVE, "").strip()
+        backend = _bwrap_instead(bwrap_backend, SandboxError(why, hint=hint))
+        reporter.warning(
+            f"{why}; running on bwrap instead (--backend docker insists on the engine, "
+            '[sandbox] backend = "bwrap" makes bwrap the choice, or pull or load the image)'
+        )
+        backend.selection = f"auto: {why}"
+        return backend
+    engine.selection = f"auto: the container engine ({where}) has the image {image}"
+    return engine
+
+
+def _bwrap_instead(make_bwrap: Callable[[], Backend], engine_error: SandboxError) -> Backend:
+    """bubblewrap, since the engine cannot serve (``engine_error``); both reasons if neither."""
+    try:
+        return make_bwrap()
+    except SandboxError as bwrap_error:
+        raise SandboxError(
+            f"no sandbox backend is usable: {engine_error.message}; {bwrap_error.message}",
+            hint=f"{bwrap_error.hint} Or: {engine_error.hint} (`jhansi doctor` checks both.)",
+        ) from None
 
 
 def _bwrap(settings: Settings, paths: Paths) -> Backend:
@@ -346,7 +399,7 @@ def _bwrap(settings: Settings, paths: Paths) -> Backend:
     )
 
 
-def _docker(settings: Settings, paths: Paths) -> Backend:
+def _docker(settings: Settings, paths: Paths) -> DockerBackend:
     from jhansi.sandbox.docker import DockerBackend
 
     return DockerBackend.from_settings(settings.sandbox.engine_url, cache_dir=paths.cache)
@@ -1027,6 +1080,8 @@ class Runner:
             interactive=request.interactive,
         )
         info = backend.info(spec)
+        if backend.selection:
+            info = replace(info, details={**info.details, "selected": backend.selection})
         self.reporter.step(
             "sandbox",
             f"{sandbox.name}{' (ephemeral)' if sandbox.ephemeral else ''} on {info.backend}",

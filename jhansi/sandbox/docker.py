@@ -104,6 +104,13 @@ _OUTPUT_DRAIN: Final = 10.0
 _SIGKILL: Final = 9
 
 PullPolicy = Literal["missing", "never"]
+#: The cache file (under the cache directory) where failed pulls are remembered.
+PULL_FAILURES: Final = "pull-failures.json"
+#: The alternative every "the engine cannot provide the image" error names.
+BWRAP_ALTERNATIVE: Final = (
+    "Or run on bubblewrap instead, which needs no image: --backend bwrap "
+    '([sandbox] backend = "bwrap"; `jhansi doctor` says whether it works here).'
+)
 
 
 # ------------------------------------------------------------------ identity --
@@ -868,33 +875,98 @@ class DockerBackend(Backend):
 
     # -- images -----------------------------------------------------------------
 
-    def image(self, image: str) -> dict[str, Any]:
+    def image(self, image: str, *, skip_pull_failed_within: float = 0) -> dict[str, Any]:
         """The engine's description of ``image``, pulled first if missing and allowed.
 
         Remembered for the backend's lifetime, so that :meth:`info` and :meth:`run`
         agree on the exact image (the run uses its id, not the tag, which could move).
+
+        A failed pull is remembered in the cache directory. ``skip_pull_failed_within``
+        (seconds): when a pull of ``image`` from this engine failed that recently, its
+        error is raised again at once instead of pulling, so that ``auto``, which falls
+        back to bubblewrap meanwhile, does not wait on an unreachable registry every
+        run. The engine is still asked first: an image pulled or loaded since is used.
         """
         found = self._images.get(image)
         if found is not None:
             return found
         found = self.client.image_inspect(image)
         if found is None:
+            tool = "podman" if self.engine.name == "podman" else "docker"
             if self.pull == "never":
-                tool = "podman" if self.engine.name == "podman" else "docker"
                 raise SandboxError(
                     f"image {image} is not in the engine ({self.engine.description} at "
                     f"{self.engine.url})",
-                    hint=f"Fetch it (`{tool} pull {image}`), or pass another with --image.",
+                    hint=f"Fetch it (`{tool} pull {image}`), or pass another with --image. "
+                    f"{BWRAP_ALTERNATIVE}",
                 )
-            self.client.image_pull(image, self.on_pull)
+            if skip_pull_failed_within > 0:
+                failed = self._failed_pull(image, skip_pull_failed_within)
+                if failed is not None:
+                    raise failed
+            try:
+                self.client.image_pull(image, self.on_pull)
+            except SandboxError as exc:
+                self._remember_pull(image, exc.message)
+                raise SandboxError(exc.message, hint=f"{exc.hint} {BWRAP_ALTERNATIVE}") from None
+            self._remember_pull(image, None)
             found = self.client.image_inspect(image)
             if found is None:
                 raise SandboxError(
                     f"image {image} is still not in the engine after pulling it",
-                    hint=f"Pull it yourself (`docker pull {image}`) and check its name.",
+                    hint=f"Pull it yourself (`{tool} pull {image}`) and check its name. "
+                    f"{BWRAP_ALTERNATIVE}",
                 )
         self._images[image] = found
         return found
+
+    def _pull_key(self, image: str) -> str:
+        return f"{self.engine.url}|{image}"
+
+    def _failed_pulls(self) -> dict[str, Any]:
+        if self.cache_dir is None:
+            return {}
+        try:
+            known = json.loads((self.cache_dir / PULL_FAILURES).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return known if isinstance(known, dict) else {}
+
+    def _failed_pull(self, image: str, within: float) -> SandboxError | None:
+        """The error of a pull of ``image`` that failed less than ``within`` seconds ago."""
+        entry = self._failed_pulls().get(self._pull_key(image))
+        if not isinstance(entry, dict):
+            return None
+        at, error = entry.get("at"), entry.get("error")
+        if not isinstance(at, (int, float)) or not isinstance(error, str):
+            return None
+        now = time.time()
+        if not 0 <= now - at < within:
+            return None
+        when = time.strftime("%H:%M:%S UTC", time.gmtime(at))
+        retry = time.strftime("%H:%M:%S UTC", time.gmtime(at + within))
+        tool = "podman" if self.engine.name == "podman" else "docker"
+        return SandboxError(
+            f"{error} (at {when}; not tried again before {retry})",
+            hint=f"Pull or load it yourself (`{tool} pull {image}`, `{tool} load`), or insist "
+            f"on the engine with --backend docker, which pulls again. {BWRAP_ALTERNATIVE}",
+        )
+
+    def _remember_pull(self, image: str, error: str | None) -> None:
+        """Note that a pull of ``image`` failed with ``error`` (``None``: it worked)."""
+        if self.cache_dir is None:
+            return
+        from jhansi._cache import write_cache_file
+
+        known = self._failed_pulls()
+        key = self._pull_key(image)
+        if error is None:
+            if key not in known:
+                return
+            del known[key]
+        else:
+            known[key] = {"at": time.time(), "error": error}
+        write_cache_file(self.cache_dir / PULL_FAILURES, json.dumps(known).encode("utf-8"))
 
     def target(self, spec: SandboxSpec) -> Target:
         """The image's interpreter, probed in a hardened container once per image id."""

@@ -236,7 +236,8 @@ class BackendInfo:
     backend: Literal["docker", "bwrap"]
     details: Mapping[str, str]
     """docker: engine, version, rootless, url, runtime, image, image_digest;
-    bwrap: bwrap path, version, origin, python."""
+    bwrap: bwrap path, version, origin, python; and ``selected``, why ``auto`` chose
+    it (added by the runner, when ``auto`` chose)."""
 
 
 class OutputSink(Protocol):
@@ -274,6 +275,8 @@ class Backend(ABC):
     """A way to run a :class:`SandboxSpec`."""
 
     name: str
+    selection: str = ""
+    """Why ``auto`` chose this backend (recorded with every run); empty when it was named."""
 
     @abstractmethod
     def info(self, spec: SandboxSpec) -> BackendInfo:

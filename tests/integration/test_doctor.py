@@ -55,6 +55,23 @@ def test_unregistered_runtime_is_named_with_the_fix(docker_engine: Engine) -> No
     assert "daemon.json" in str(docker["hint"])
 
 
+@pytest.mark.docker
+def test_doctor_says_whether_the_engine_has_the_image(docker_engine: Engine) -> None:
+    env = {"DOCKER_HOST": docker_engine.url, "JHANSI_SANDBOX_IMAGE": docker_engine.image}
+    present = _checks(run_jhansi("doctor", "--json", env=env).stdout)["image"]
+    assert present["ok"] is True, present
+    assert f"{docker_engine.image} (sha256:" in str(present["detail"])
+    missing = "jhansi-test-missing/none:0"
+    proc = run_jhansi("doctor", "--json", env={**env, "JHANSI_SANDBOX_IMAGE": missing})
+    assert proc.returncode == 0  # the image decides no backend: without it, auto uses bwrap
+    image = _checks(proc.stdout)["image"]
+    assert image["ok"] is False
+    assert image["backend"] is None
+    assert f"{missing} is not in the engine" in str(image["detail"])
+    assert f"docker pull {missing}" in str(image["hint"])
+    assert "bwrap" in str(image["hint"])
+
+
 def test_stopped_engine_gets_the_start_hint(tmp_path: Path) -> None:
     # dockerd removes its socket when it stops: nothing is at the path.
     gone = tmp_path / "docker.sock"

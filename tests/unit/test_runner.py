@@ -17,10 +17,12 @@ import pytest
 
 from jhansi.config import load_settings
 from jhansi.deps.target import Target
-from jhansi.errors import ExitCode, InputError, UsageError
+from jhansi.errors import ExitCode, InputError, SandboxError, UsageError
 from jhansi.paths import Paths
 from jhansi.report import NullReporter
 from jhansi.runner import Runner, RunRequest, find_project
+from jhansi.sandbox.docker import DockerBackend
+from jhansi.sandbox.engine import EngineClient, EngineInfo
 from jhansi.sandbox.interface import (
     HOME,
     PYTHON,
@@ -324,3 +326,171 @@ def test_no_start_record_means_nothing_runs(
     kinds = [record.kind for record in iter_records(ledger.directory)]
     assert "exec.start" not in kinds
     assert "exec.end" not in kinds
+
+
+# -- choosing the backend -----------------------------------------------------------
+
+
+class Notes(NullReporter):
+    """A reporter that keeps jhansi's own lines."""
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+        self.warnings: list[str] = []
+
+    def step(self, name: str, detail: str = "") -> None:
+        self.steps.append(f"{name}: {detail}")
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+class RegistryLessClient(EngineClient):
+    """An engine's client whose engine has only ``present`` and reaches no registry.
+
+    A stand-in for the wire (the real engine with no registry is in
+    tests/integration/test_backend_choice.py): these tests are about the decision.
+    """
+
+    def __init__(self, present: set[str]) -> None:
+        super().__init__("unix:///nowhere/engine.sock")
+        self.present = present
+        self.inspected: list[str] = []
+        self.pulled: list[str] = []
+
+    def image_inspect(self, image: str) -> dict[str, object] | None:
+        self.inspected.append(image)
+        return {"Id": f"sha256:{image}"} if image in self.present else None
+
+    def image_pull(self, image: str, progress: object = None) -> None:
+        self.pulled.append(image)
+        raise SandboxError(
+            f"cannot pull the image {image}: dial tcp: lookup registry: no such host",
+            hint=f"Check the image name and your network (`docker pull {image}`).",
+        )
+
+
+ENGINE = EngineInfo(
+    url="unix:///nowhere/engine.sock",
+    name="docker",
+    version="24.0",
+    api_version="1.41",
+    rootless=False,
+    runtimes=("runc",),
+    default_runtime="runc",
+    security_options=(),
+    cgroup_version="2",
+)
+
+
+def _choose(
+    tmp_path: Path,
+    client: RegistryLessClient,
+    *,
+    backend: str = "auto",
+    bwrap: Callable[[], Backend] = RecordingBackend,
+    reporter: Notes | None = None,
+) -> tuple[Backend, Notes]:
+    from jhansi.runner import select_backend
+
+    paths = Paths.from_environment({"JHANSI_HOME": str(tmp_path / "home")})
+    settings = load_settings(
+        start=tmp_path,
+        environ={"JHANSI_SANDBOX_BACKEND": backend, "JHANSI_SANDBOX_IMAGE": "python:3.12-slim"},
+        paths=paths,
+    )
+    notes = reporter or Notes()
+    chosen = select_backend(
+        settings,
+        notes,
+        paths,
+        make_engine=lambda: DockerBackend(client, ENGINE, cache_dir=paths.cache),
+        make_bwrap=bwrap,
+    )
+    return chosen, notes
+
+
+def test_auto_takes_the_engine_that_has_the_image_asking_once(tmp_path: Path) -> None:
+    client = RegistryLessClient({"python:3.12-slim"})
+    chosen, notes = _choose(tmp_path, client)
+    assert chosen.name == "docker"
+    assert notes.warnings == []
+    assert "has the image python:3.12-slim" in chosen.selection
+    # The answer is kept: the run's own questions about the image cost no more calls.
+    assert isinstance(chosen, DockerBackend)
+    chosen.image("python:3.12-slim")
+    assert client.inspected == ["python:3.12-slim"]
+    assert client.pulled == []
+
+
+def test_auto_runs_on_bwrap_when_the_engine_cannot_get_the_image(tmp_path: Path) -> None:
+    client = RegistryLessClient(set())
+    chosen, notes = _choose(tmp_path, client)
+    assert isinstance(chosen, RecordingBackend)
+    assert client.pulled == ["python:3.12-slim"]
+    assert len(notes.warnings) == 1
+    warning = notes.warnings[0]
+    assert "cannot provide the image python:3.12-slim" in warning
+    assert "no such host" in warning
+    assert "--backend docker" in warning
+    assert '[sandbox] backend = "bwrap"' in warning
+    assert chosen.selection.startswith("auto: the container engine (docker 24.0 (rootful) at ")
+    assert "no such host" in chosen.selection
+
+
+def test_a_failed_pull_is_not_tried_again_soon_but_a_loaded_image_is_used(
+    tmp_path: Path,
+) -> None:
+    client = RegistryLessClient(set())
+    _choose(tmp_path, client)
+    again, notes = _choose(tmp_path, client)
+    assert isinstance(again, RecordingBackend)
+    assert client.pulled == ["python:3.12-slim"]  # remembered, not pulled twice
+    assert "not tried again before" in notes.warnings[0]
+    # The engine is still asked first: an image loaded since is used at once.
+    client.present.add("python:3.12-slim")
+    loaded, notes = _choose(tmp_path, client)
+    assert loaded.name == "docker"
+    assert notes.warnings == []
+
+
+def test_docker_named_is_strict_and_its_error_names_bwrap(tmp_path: Path) -> None:
+    client = RegistryLessClient(set())
+    _choose(tmp_path, client)  # auto remembered a failed pull: --backend docker pulls again
+    chosen, notes = _choose(tmp_path, client, backend="docker")
+    assert chosen.name == "docker"
+    assert chosen.selection == ""
+    assert isinstance(chosen, DockerBackend)
+    with pytest.raises(SandboxError, match=r"cannot pull the image python:3\.12-slim") as raised:
+        chosen.image("python:3.12-slim")  # what the run's target and info ask first
+    assert raised.value.exit_code == ExitCode.SANDBOX
+    assert "--backend bwrap" in raised.value.hint
+    assert client.pulled == ["python:3.12-slim", "python:3.12-slim"]
+    assert notes.warnings == []
+
+
+def test_neither_backend_gives_both_reasons(tmp_path: Path) -> None:
+    def no_bwrap() -> Backend:
+        raise SandboxError("bubblewrap (bwrap) is not installed", hint="Install bubblewrap.")
+
+    with pytest.raises(SandboxError) as raised:
+        _choose(tmp_path, RegistryLessClient(set()), bwrap=no_bwrap)
+    message = raised.value.message
+    assert message.startswith("no sandbox backend is usable: ")
+    assert "cannot provide the image python:3.12-slim" in message
+    assert "bwrap) is not installed" in message
+    assert "Install bubblewrap." in raised.value.hint
+    assert "docker pull python:3.12-slim" in raised.value.hint
+    assert "--backend bwrap" not in raised.value.hint  # the one alternative that failed
+
+
+def test_why_auto_chose_is_recorded_with_the_run(project: Path, tmp_path: Path) -> None:
+    from jhansi.ledger.read import iter_records
+
+    backend = RecordingBackend()
+    backend.selection = "auto: the container engine cannot provide the image x: no registry"
+    runner = _runner(backend, tmp_path)
+    result = runner.run(RunRequest(script=project / "main.py"))
+    assert result.backend.details["selected"] == backend.selection
+    start = next(r for r in iter_records(runner.ledger.directory) if r.kind == "exec.start")
+    assert start.body["sandbox"]["details"]["selected"] == backend.selection
