@@ -78,7 +78,7 @@ class Checkout:
 
 def in_readme(command: str) -> str:
     """``command`` as the README shows it (after ``$ `` or ``$ uv run ``)."""
-    pattern = rf"\$ (?:pip install uv && )?(?:uv run )?{re.escape(command)}(?:\s|$)"
+    pattern = rf"\$ (?:pip install uv && )?(?:uv run (?:--no-dev )?)?{re.escape(command)}(?:\s|$)"
     assert re.search(pattern, README), f"the README does not show `{command}`"
     return command
 

@@ -128,7 +128,7 @@ def test_every_example_command_is_run() -> None:
         if "examples/" not in line or line in run_here:
             continue
         command = EXITS.sub("", line)
-        command = re.sub(r"^(pip install uv && )?(uv run )?", "", command)
+        command = re.sub(r"^(pip install uv && )?(uv run (--no-dev )?)?", "", command)
         command = re.sub(r"\s+# .*$", "", command)
         assert f'"{command}"' in EXAMPLES_TEST, (
             f"`{line}` is neither in a runs block nor exercised by test_examples.py"
