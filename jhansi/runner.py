@@ -353,7 +353,12 @@ def select_backend(
         engine = engine_backend()
     except SandboxError as engine_error:
         backend = _bwrap_instead(bwrap_backend, engine_error)
-        reporter.step("backend", f"no container engine ({engine_error.message}); using bwrap")
+        why = engine_error.message
+        from jhansi.sandbox.engine import NO_ENGINE_RUNNING
+
+        if why.startswith(NO_ENGINE_RUNNING):
+            why = NO_ENGINE_RUNNING  # where it looked is in the record and in `jhansi doctor`
+        reporter.step("backend", f"bwrap ({why})")
         backend.selection = f"auto: {engine_error.message}"
         return backend
     image = settings.sandbox.image

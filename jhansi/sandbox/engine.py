@@ -33,6 +33,9 @@ from urllib.parse import quote, urlencode
 
 from jhansi.errors import SandboxError
 
+NO_ENGINE_RUNNING = "no container engine is running"
+"""How the error that no endpoint answered begins (``auto`` then uses bubblewrap)."""
+
 START_HINT = (
     "Start the engine (Docker: `sudo systemctl start docker`, rootless Docker: "
     "`systemctl --user start docker`, Podman: `systemctl --user start podman.socket`), "
@@ -1020,6 +1023,6 @@ def find_engine(
             continue
         return client, describe(client, endpoint.url)
     raise SandboxError(
-        "no container engine is running (tried " + ", ".join(failures) + ")",
+        f"{NO_ENGINE_RUNNING} (tried " + ", ".join(failures) + ")",
         hint=START_HINT,
     )
