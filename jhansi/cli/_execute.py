@@ -335,7 +335,24 @@ def finish(
             f"{result.backend.backend} · {changed} file{'s' if changed != 1 else ''} changed"
             f"{_rw_summary(result)}\n"
         )
+    _network_hints(result)
     sys.exit(code)  # like typer.Exit(code), which Typer turns into sys.exit
+
+
+def _network_hints(result: RunResult) -> None:
+    """Last, whatever the output mode: what a run with no network tried to reach, and the
+    ``--allow-host`` that would allow it (the script itself saw only a refusal)."""
+    if not result.egress:
+        return
+    from jhansi.egress.attempts import attempts, hint_lines
+
+    found = attempts(result.egress)
+    if not found:
+        return
+    more = f"`jhansi ledger show {result.run_id}` lists them all"
+    for line in hint_lines(found, more=more, dropped=result.egress_dropped):
+        sys.stderr.write(f"jhansi: {line}\n")
+    sys.stderr.flush()
 
 
 def _rw_summary(result: RunResult) -> str:
