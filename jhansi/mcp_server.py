@@ -157,11 +157,10 @@ def run_error(result: RunResult) -> str:
     reach and how to allow it (the code itself saw only a refusal from the proxy)."""
     if not result.egress:
         return result.error
-    from jhansi.egress.attempts import attempts, hint_lines
+    from jhansi.egress.attempts import run_hints
 
-    found = attempts(result.egress)
-    lines = hint_lines(
-        found,
+    lines = run_hints(
+        result.egress,
         allowed_hosts_fix,
         who="the code",
         more="the run's ledger record lists them all",

@@ -141,3 +141,17 @@ def hint_lines(
             + (f"; {more}" if more else "")
         )
     return lines
+
+
+def run_hints(
+    events: Iterable[Mapping[str, object]],
+    allow: Callable[[list[str]], str] = cli_allow,
+    *,
+    who: str = "the script",
+    more: str = "",
+    dropped: int = 0,
+) -> list[str]:
+    """:func:`hint_lines` for a run's egress ``events``: none unless it tried the network
+    with no host allowed."""
+    found = attempts(events)
+    return hint_lines(found, allow, who=who, more=more, dropped=dropped) if found else []

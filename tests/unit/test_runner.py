@@ -395,6 +395,36 @@ def test_a_run_with_no_network_gets_a_proxy_that_refuses_and_records(
     assert [e["host"] for e in end["egress"]] == ["api.github.com"] * 2 + ["pypi.example"]
 
 
+def test_what_a_run_with_no_network_tried_is_its_error_in_each_front_end(
+    project: Path, tmp_path: Path
+) -> None:
+    """``--json``'s ``error`` in the CLI's words, the MCP tool's in its own; past five
+    destinations the rest are counted."""
+    from jhansi.cli._execute import result_document
+    from jhansi.mcp_server import run_error
+
+    backend = KnockingBackend(tuple(f"h{i}.example:443" for i in range(7)))
+    result = _runner(backend, tmp_path).run(RunRequest(script=project / "main.py"))
+    assert result.error == ""  # the sandbox itself had nothing to say
+    cli = result_document(result)["error"].splitlines()
+    assert cli[0] == (
+        "the script tried to reach h0.example:443 (refused: no network); "
+        "allow it with --allow-host h0.example"
+    )
+    assert cli[5] == (
+        "the script tried 2 more destinations (refused: no network); "
+        f"`jhansi ledger show {result.run_id}` lists them all"
+    )
+    assert len(cli) == 6
+    mcp = run_error(result).splitlines()
+    assert mcp[0] == (
+        "the code tried to reach h0.example:443 (refused: no network); "
+        'allow it with allowed_hosts=["h0.example"]'
+    )
+    assert "--allow-host" not in run_error(result)
+    assert mcp[5].endswith("the run's ledger record lists them all")
+
+
 def test_a_run_that_never_connects_builds_no_proxy(project: Path, tmp_path: Path) -> None:
     backend = KnockingBackend(())
     result = _runner(backend, tmp_path).run(RunRequest(script=project / "main.py"))
