@@ -592,6 +592,10 @@ class EgressProxy:
         self, target: HostPort
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         """Resolve once, check every answer, connect to a checked address."""
+        if not self.policy.enabled:
+            # Unreachable (a policy that allows nothing routes nothing): the one place
+            # that resolves and connects says so itself, whatever calls it.
+            raise _Refused(f"{NO_NETWORK}: this run allows no host; nothing is connected to")
         if target.is_ip:
             addresses: Sequence[str] = [target.host]
         else:

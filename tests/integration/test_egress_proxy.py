@@ -867,6 +867,24 @@ def test_with_no_host_allowed_the_reason_names_the_flag(dns: FakeDNS) -> None:
     assert events[1].reason.startswith("no network: this is jhansi's egress proxy")
 
 
+@pytest.mark.parametrize("host", ["api.test.example", "127.0.0.1"])
+def test_with_no_host_allowed_the_upstream_is_never_opened_whoever_asks(
+    server: TLSServer, dns: FakeDNS, host: str
+) -> None:
+    """Defence in depth: should a request ever get past the routing with a policy that
+    allows nothing, the one method that resolves and connects refuses by itself."""
+    import asyncio
+
+    from jhansi.egress.proxy import _Refused
+
+    proxy = EgressProxy(EgressPolicy(), resolver=dns)
+    seen = len(server.seen)
+    with pytest.raises(_Refused, match=r"^no network: "):
+        asyncio.run(proxy._open_upstream(HostPort(host, server.port)))
+    assert dns.calls == []
+    assert len(server.seen) == seen
+
+
 def test_the_lazy_proxy_is_built_on_the_first_connection_and_loses_none(
     tmp_path: Path,
 ) -> None:
