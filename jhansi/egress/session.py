@@ -226,6 +226,7 @@ class LazyProxy:
     @property
     def started(self) -> bool:
         """Whether the sandbox connected at least once (and the proxy was built)."""
+        self._settle()
         return self._proxy is not None
 
     @property
@@ -242,6 +243,7 @@ class LazyProxy:
     @property
     def dropped_events(self) -> int:
         """Events past the proxy's cap (see :attr:`EgressProxy.dropped_events`)."""
+        self._settle()
         return self._proxy.dropped_events if self._proxy is not None else 0
 
     def scrubber(self) -> Scrubber:
