@@ -145,6 +145,30 @@ def _tail(tail: OutputTail) -> tuple[str, bool]:
     return text, tail.truncated
 
 
+def allowed_hosts_fix(rules: list[str]) -> str:
+    """How an agent allows ``rules``: the tool's own argument, not a CLI flag."""
+    import json
+
+    return f"allowed_hosts={json.dumps(rules)}"
+
+
+def run_error(result: RunResult) -> str:
+    """The result's ``error``: the sandbox's own, then what code with no network tried to
+    reach and how to allow it (the code itself saw only a refusal from the proxy)."""
+    if not result.egress:
+        return result.error
+    from jhansi.egress.attempts import run_hints
+
+    lines = run_hints(
+        result.egress,
+        allowed_hosts_fix,
+        who="the code",
+        more="the run's ledger record lists them all",
+        dropped=result.egress_dropped,
+    )
+    return "\n".join(part for part in (result.error, *lines) if part)
+
+
 def run_result(result: RunResult) -> RunPythonResult:
     """The tool result of one run."""
     stdout, stdout_cut = _tail(result.stdout)
@@ -171,7 +195,7 @@ def run_result(result: RunResult) -> RunPythonResult:
         "ledger_record": result.record,
         "sandbox": result.sandbox,
         "backend": result.backend.backend,
-        "error": result.error,
+        "error": run_error(result),
     }
 
 
@@ -460,13 +484,15 @@ def build_server(tools: AgentTools) -> MCPServer[Any]:
     ) -> RunPythonResult:
         """Run Python code in a hardened jhansi sandbox and return how it ended.
 
-        No network; $HOME (/home/sandbox) persists per named sandbox (default
+        No network unless asked for; $HOME (/home/sandbox) persists per named sandbox (default
         "mcp"); third-party imports are detected and installed, and
         `requirements` (e.g. ["requests>=2.32"]) declares packages explicitly. A
         script's failure is a result (status "failed", its exit code, stderr);
         a refusal (unresolved import, syntax error, policy) is a tool error.
         `allowed_hosts` (e.g. ["api.example.com"]) may be reached over HTTPS
-        through jhansi's egress proxy; `secrets` (e.g. ["API_KEY@api.example.com"],
+        through jhansi's egress proxy (code that tries the network without them
+        fails, and `error` names each host it tried and the `allowed_hosts` value
+        that allows it); `secrets` (e.g. ["API_KEY@api.example.com"],
         or names bound in the user's configuration) appear in the sandbox as
         placeholders that the proxy replaces with the real key only on requests
         to their hosts: the code never sees a key.

@@ -51,6 +51,8 @@ from jhansi.sandbox.masks import find_masked
 from jhansi.sandbox.workspace import OpenSandbox, Workspace, default_name, validate_name
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from jhansi.deps.install import Environment
     from jhansi.deps.lock import LockResult
     from jhansi.egress.session import EgressSession
@@ -857,24 +859,34 @@ class Runner:
                 on_warning=self.reporter.warning,
             )
         )
-        egress = self._egress(request)
+        egress, egress_note = self._egress(request)
         try:
             with opener as sandbox:
-                return self._run_in(request, run_id, script, project, sandbox, deps, egress)
+                return self._run_in(
+                    request, run_id, script, project, sandbox, deps, egress, egress_note
+                )
         finally:
             if egress is not None:
                 egress.close()
 
     def _report_refusals(self, egress: EgressSession) -> None:
-        """Say what the proxy refused: a client library shows only "403 Forbidden"."""
+        """Say what the proxy refused: a client library shows only "403 Forbidden".
+
+        Not for a run with no network: what it tried is said once the run is over, in
+        the front end's own words (:mod:`jhansi.egress.attempts`).
+        """
+        if egress.no_network:
+            return
+        from jhansi.egress.attempts import shown
+
         seen: set[str] = set()
         more = 0
         for event in egress.events():
             if event.get("decision") != "refused":
                 continue
-            host = str(event.get("host"))
-            host = host if len(host) <= 100 else host[:100] + "…"
-            line = f"egress refused {host}:{event.get('port')}: {str(event.get('reason'))[:300]}"
+            host = shown(str(event.get("host")), 100)
+            reason = shown(str(event.get("reason")), 300)
+            line = f"egress refused {host}:{event.get('port')}: {reason}"
             if line in seen:
                 continue
             if len(seen) >= _WARNED:
@@ -887,13 +899,20 @@ class Runner:
                 f"egress refused {more} more connection(s); `jhansi ledger show` lists them all"
             )
 
-    def _egress(self, request: RunRequest) -> EgressSession | None:
-        """The run's egress proxy, started; ``None`` when nothing may leave the sandbox."""
-        wanted = request.secrets or request.allow_hosts
-        if not (wanted or self.settings.secrets or self.settings.network.allow):
-            return None
+    def _egress(self, request: RunRequest) -> tuple[EgressSession | None, str]:
+        """The run's egress proxy, started, and what ``enforcement`` says of egress.
+
+        With no host allowed, the proxy refuses and records every attempt
+        (:func:`~jhansi.egress.session.open_no_network`); where that cannot be set up
+        (a gVisor runtime that cannot reach a host socket), the run goes on without it,
+        as one with no network always did, and ``enforcement`` says so.
+        """
         from datetime import timedelta
 
+        lifetime = timedelta(seconds=self.settings.sandbox.timeout + 600)
+        wanted = request.secrets or request.allow_hosts
+        if not (wanted or self.settings.secrets or self.settings.network.allow):
+            return self._no_network(lifetime)
         from jhansi.egress.session import build_policy, open_session, parse_secret_flag
 
         policy = build_policy(
@@ -903,14 +922,41 @@ class Runner:
             paths=self.paths,
         )
         if policy is None:
-            return None
-        lifetime = timedelta(seconds=self.settings.sandbox.timeout + 600)
+            return self._no_network(lifetime)
         session = open_session(policy, runtime_dir=self.paths.runtime, lifetime=lifetime)
         hosts = [str(h) for h in policy.allow] + [
             f"{s.name}@{','.join(s.hosts)}" for s in policy.secrets
         ]
         self.reporter.step("egress", "through the proxy to " + ", ".join(hosts))
-        return session
+        return session, ""
+
+    def _no_network(self, lifetime: timedelta) -> tuple[EgressSession | None, str]:
+        """The proxy that only refuses and records, unless it cannot be had (then the
+        run goes on with no network, its attempts unrecorded, and says why)."""
+        unseen = "no host allowed; what the script tries is not recorded"
+        try:
+            from jhansi.egress.session import open_no_network
+
+            session = open_no_network(runtime_dir=self.paths.runtime, lifetime=lifetime)
+        except (JhansiError, OSError) as exc:
+            why = exc.message if isinstance(exc, JhansiError) else (exc.strerror or str(exc))
+            return None, f"{unseen} (the proxy could not be set up: {why})"
+        try:
+            reached = self.backend.reaches_host_sockets(
+                self.settings.sandbox.runtime, session.socket
+            )
+        except (JhansiError, OSError):
+            reached = False  # the run itself will say what is wrong with the backend
+        except BaseException:
+            session.close()
+            raise
+        if not reached:
+            session.close()
+            return None, f"{unseen} (the sandbox could not reach the proxy's socket here)"
+        return session, (
+            "no host allowed; clients that use the proxy variables (HTTPS_PROXY ...) reach "
+            "jhansi's proxy on the host, which refuses and records each destination"
+        )
 
     def _prepare_script(self, request: RunRequest, run_id: str) -> tuple[Script, Path | None]:
         if request.interactive:
@@ -1019,6 +1065,7 @@ class Runner:
         sandbox: OpenSandbox,
         deps: Dependencies | None,
         egress: EgressSession | None = None,
+        egress_note: str = "",
     ) -> RunResult:
         backend = self.backend
         runtime = self.settings.sandbox.runtime
@@ -1035,7 +1082,7 @@ class Runner:
         )
         try:
             return self._run_with(
-                request, run_id, script, project, sandbox, deps, egress, backend, layer
+                request, run_id, script, project, sandbox, deps, egress, backend, layer, egress_note
             )
         except BaseException:
             if layer is not None:
@@ -1053,6 +1100,7 @@ class Runner:
         egress: EgressSession | None,
         backend: Backend,
         layer: Layer | None,
+        egress_note: str = "",
     ) -> RunResult:
         runtime = self.settings.sandbox.runtime
         mounts, inside, masked_top = self._mounts(request, script, project, sandbox.home, layer)
@@ -1128,7 +1176,7 @@ class Runner:
                         ledger.put_blob,
                         sbom=sbom,
                         secrets=egress.secrets() if egress else [],
-                        egress=egress.record() if egress else None,
+                        egress=egress.record() if egress and not egress.no_network else None,
                         config=[f.as_record() for f in self.settings.provenance],
                     ),
                 )
@@ -1137,15 +1185,20 @@ class Runner:
                 raise
             state["started"] = True
 
-        sink = _Sink(self.reporter, egress)
+        # Nothing to scrub where no secret is bound (a run with no network, or hosts only).
+        scrub = egress if egress is not None and egress.has_secrets else None
+        sink = _Sink(self.reporter, scrub)
         try:
             result: ExecResult = backend.run(spec, sink, stdin=stdin, before_start=record_start)
             # A backend that gave up before starting anything (an engine error) still
             # ran through the ledger: its start and its end are recorded.
             record_start()
             sink.flush()
+            if egress_note:
+                result = replace(result, enforcement={**result.enforcement, "egress": egress_note})
+            if scrub is not None:
+                result = _scrub_result(result, scrub)
             if egress is not None:
-                result = _scrub_result(result, egress)
                 self._report_refusals(egress)
         except (KeyboardInterrupt, JhansiError) as stopped:
             if state["failed"]:

@@ -212,7 +212,13 @@ def prepare_jhansi_home(backend: str, home: Path) -> None:
     """
     if backend != "podman":
         return
-    for directory in (home, home / "data", home / "data" / "sandboxes", home / "run"):
+    for directory in (
+        home,
+        home / "data",
+        home / "data" / "sandboxes",
+        home / "run",
+        home / "cache",
+    ):
         directory.mkdir(exist_ok=True)
         directory.chmod(0o711)
 

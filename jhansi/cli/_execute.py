@@ -195,7 +195,7 @@ def result_document(result: RunResult) -> dict[str, Any]:
         "files_changed": [c.as_dict() for c in result.files_changed],
         "files_incomplete": result.files_incomplete,
         **({"rw": result.rw.as_dict()} if result.rw is not None else {}),
-        "error": result.error,
+        "error": "\n".join(part for part in (result.error, *network_hints(result)) if part),
         "dependencies": dependencies_document(result.dependencies),
         "policy": (
             result.dependencies.supply.report.as_dict()
@@ -335,7 +335,28 @@ def finish(
             f"{result.backend.backend} · {changed} file{'s' if changed != 1 else ''} changed"
             f"{_rw_summary(result)}\n"
         )
+    _network_hints(result)
     sys.exit(code)  # like typer.Exit(code), which Typer turns into sys.exit
+
+
+def network_hints(result: RunResult) -> list[str]:
+    """What a run with no network tried to reach, one line per destination, and the
+    ``--allow-host`` that would allow it (the script itself saw only a refusal)."""
+    if not result.egress:
+        return []
+    from jhansi.egress.attempts import run_hints
+
+    more = f"`jhansi ledger show {result.run_id}` lists them all"
+    return run_hints(result.egress, more=more, dropped=result.egress_dropped)
+
+
+def _network_hints(result: RunResult) -> None:
+    """:func:`network_hints`, last on stderr whatever the output mode."""
+    lines = network_hints(result)
+    for line in lines:
+        sys.stderr.write(f"jhansi: {line}\n")
+    if lines:
+        sys.stderr.flush()
 
 
 def _rw_summary(result: RunResult) -> str:

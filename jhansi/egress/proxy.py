@@ -26,6 +26,11 @@ absolute-form ``GET http://host/...``
     Plain HTTP, only for hosts in ``allow_http``; secrets are never substituted into
     plain HTTP (a placeholder there is refused). One request per client connection.
 
+With a policy that allows nothing (a run with no network), every request is refused
+as above, before any lookup or connection, and each reason starts with
+:data:`~jhansi.egress.attempts.NO_NETWORK` (how the run's hint finds them); no run
+CA is made.
+
 Every refusal is a ``403`` with a one-line ``text/plain`` reason and an
 ``X-Jhansi-Refusal`` header, and every connection or request is an
 :class:`EgressEvent`. If the proxy stops, every connection through it fails: there is
@@ -54,6 +59,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 import h11
 
+from jhansi.egress.attempts import NO_NETWORK
 from jhansi.egress.ca import RunCA
 from jhansi.egress.codec import SNIFF, Decoder, Unreadable, choose
 from jhansi.egress.hostpolicy import (
@@ -176,11 +182,14 @@ class _Refused(Exception):
 _PHRASES = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
-def _refusal_bytes(reason: str, status: int) -> bytes:
+def _refusal_bytes(reason: str, status: int, note: str = "") -> bytes:
+    """A refusal; ``note`` (ASCII) is added to the reason phrase, which client libraries
+    show in their exception (``Tunnel connection failed: 403 Forbidden (...)``)."""
     header = "".join(c if " " <= c <= "~" else "?" for c in reason)[:400]
     body = f"jhansi egress: {reason}\n".encode()
+    phrase = _PHRASES.get(status, "Error") + (f" ({note})" if note else "")
     return (
-        f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\n"
+        f"HTTP/1.1 {status} {phrase}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
         f"X-Jhansi-Refusal: {header}\r\n"
@@ -240,8 +249,9 @@ class EgressProxy:
         max_events: int = 10_000,
     ) -> None:
         self.policy = policy
-        self._ca = RunCA.create(policy.intercepted_hosts(), lifetime)
-        self.ca_pem: bytes = self._ca.ca_pem
+        # Nothing is ever intercepted (or even connected to) when nothing is allowed.
+        self._ca = RunCA.create(policy.intercepted_hosts(), lifetime) if policy.enabled else None
+        self.ca_pem: bytes = self._ca.ca_pem if self._ca is not None else b""
         self.placeholders: dict[str, str] = policy.placeholders()
         self._resolver: Resolver = resolver or system_resolver
         self._timeouts = timeouts or ProxyTimeouts()
@@ -278,6 +288,15 @@ class EgressProxy:
             path.unlink()
         self._unix_path = path
         self._start(lambda: asyncio.start_unix_server(self._accept, path=str(path)), str(path))
+
+    def serve_listener(self, listener: socket.socket, path: Path | None = None) -> None:
+        """Serve on ``listener``, a unix socket already bound and listening (connections
+        made before this call wait in its backlog); ``path`` is removed on :meth:`stop`."""
+        self._unix_path = path
+        self._start(
+            lambda: asyncio.start_unix_server(self._accept, sock=listener),
+            str(path) if path is not None else "a listening socket",
+        )
 
     def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on TCP (tests and benchmarks); returns the port."""
@@ -413,7 +432,14 @@ class EgressProxy:
         return self._scrubber.scrub(text.encode("utf-8", "replace")).decode("utf-8", "replace")
 
     def _refusal(self, reason: str, status: int) -> bytes:
-        return _refusal_bytes(self._clean(reason), status)
+        note = "jhansi: no network" if reason.startswith(NO_NETWORK + ":") else ""
+        return _refusal_bytes(self._clean(reason), status, note)
+
+    def _no_network(self, reason: str) -> str:
+        """``reason``, marked as a refusal of a run with no network when that is one."""
+        if self.policy.enabled or reason.startswith(NO_NETWORK + ":"):
+            return reason
+        return f"{NO_NETWORK}: {reason}"
 
     def _record(
         self,
@@ -506,12 +532,14 @@ class EgressProxy:
             head = self._timeouts.head
             event = await _next_event(conn, reader, head, deadline=time.monotonic() + head)
         except h11.RemoteProtocolError as exc:
-            self._record(None, "refused", started=started, reason=f"malformed request: {exc}")
-            writer.write(self._refusal(f"malformed request: {exc}", 400))
+            reason = self._no_network(f"malformed request: {exc}")
+            self._record(None, "refused", started=started, reason=reason)
+            writer.write(self._refusal(reason, 400))
             return
         if not isinstance(event, h11.Request):
             return
         raw = event.target.decode("ascii", "replace")
+        method = event.method.decode("ascii", "replace")
         try:
             if event.method == b"CONNECT":
                 await self._connect(reader, writer, conn, raw, started)
@@ -524,17 +552,24 @@ class EgressProxy:
                     400,
                 )
         except _Refused as refusal:
+            reason = self._no_network(refusal.reason)
             self._record(
                 refusal.target,
                 refusal.decision,
                 started=started,
-                reason=refusal.reason,
+                reason=reason,
                 raw_target=raw,
+                exchange=_Exchange(method=method),
             )
-            writer.write(self._refusal(refusal.reason, refusal.status))
+            writer.write(self._refusal(reason, refusal.status))
             await writer.drain()
 
     def _not_allowed(self, target: HostPort) -> _Refused:
+        if not self.policy.enabled:
+            return _Refused(
+                f"{NO_NETWORK}: this run allows no host; run with --allow-host "
+                f"{target.authority()} to allow this one"
+            )
         host = target.host
         ports = sorted(
             {t.port for t in self.policy.allow if t.host == host}
@@ -557,6 +592,10 @@ class EgressProxy:
         self, target: HostPort
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         """Resolve once, check every answer, connect to a checked address."""
+        if not self.policy.enabled:
+            # Unreachable (a policy that allows nothing routes nothing): the one place
+            # that resolves and connects says so itself, whatever calls it.
+            raise _Refused(f"{NO_NETWORK}: this run allows no host; nothing is connected to")
         if target.is_ip:
             addresses: Sequence[str] = [target.host]
         else:
@@ -759,6 +798,9 @@ class EgressProxy:
         if up_ssl is not None and up_ssl.selected_alpn_protocol() not in (None, "http/1.1"):
             writer.write(refuse(f"{target.host} did not agree to HTTP/1.1", 502, "failed"))
             return
+        if self._ca is None:  # pragma: no cover - routed only when a secret is bound
+            writer.write(refuse("no run CA: nothing is intercepted in this run"))
+            return
         context = self._ca.leaf_context(target.host)
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await writer.drain()
@@ -831,6 +873,12 @@ class EgressProxy:
             raise _Refused(exc.reason) from None
         if not self.policy.allows_http(target):
             shown = target.authority(default_port=80)
+            if not self.policy.enabled:
+                raise _Refused(
+                    f"{NO_NETWORK}: this run allows no host; use https://, or run with "
+                    f"--allow-host http://{shown} to allow plain http to this one",
+                    target=target,
+                )
             raise _Refused(
                 f"plain http://{shown} is not allowed; use https:// or run with "
                 f"--allow-host http://{shown}",

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from jhansi.egress.secrets import NAME_PATTERN
 from jhansi.errors import SandboxError, UsageError
 from jhansi.paths import ensure_private_dir
 from jhansi.sandbox.interface import ENTRY_DIR, Mount
@@ -61,6 +60,10 @@ NO_PROXY_VARS: Final = ("NO_PROXY", "no_proxy")
 #: ``allow_private``, is a real need); a bypass list would send it to the sandbox's own
 #: loopback instead, where nothing can answer.
 NO_PROXY: Final = ""
+#: With no host allowed there is no host loopback to reach either: the sandbox's own
+#: loopback stays direct (a script talking to a server it started itself), and every
+#: other name goes to the proxy, which refuses and records it.
+NO_PROXY_NO_NETWORK: Final = "localhost,127.0.0.1,::1,127.0.0.0/8"
 CA_VARS: Final = (
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
@@ -131,8 +134,8 @@ class EgressMounts:
     mounts: tuple[Mount, ...]
     env: Mapping[str, str]
     entry_args: tuple[str, ...]
-    bundle: Path
-    """The CA bundle on the host (inside: :data:`BUNDLE_TARGET`)."""
+    bundle: Path | None
+    """The CA bundle on the host (inside: :data:`BUNDLE_TARGET`); ``None`` with no network."""
     roots: Path | None
     """The host bundle of trusted roots it starts with (``None``: none was found, so only
     intercepted hosts verify)."""
@@ -153,17 +156,7 @@ class EgressMounts:
         ``roots`` is the bundle of trusted roots to include (default:
         :func:`find_system_roots`).
         """
-        socket_path = directory / SOCKET_NAME
-        _check_directory(directory)
-        try:
-            is_socket = stat.S_ISSOCK(socket_path.lstat().st_mode)
-        except FileNotFoundError:
-            is_socket = False
-        if not is_socket:
-            raise SandboxError(
-                f"the egress proxy's socket {socket_path} is missing",
-                hint="This is a bug in jhansi: the proxy must listen before the sandbox starts.",
-            )
+        socket_path = _check_socket(directory)
         if _PEM_CERT not in ca_pem:
             raise SandboxError(
                 "the egress proxy's CA is not a PEM certificate",
@@ -186,6 +179,39 @@ class EgressMounts:
             roots=roots,
         )
 
+    @classmethod
+    def prepare_no_network(cls, directory: Path, *, port: int = EGRESS_PORT) -> EgressMounts:
+        """The same for a run that allows no host: the socket and the proxy variables
+        only (no CA bundle, no CA variables: nothing is ever tunnelled or intercepted)."""
+        socket_path = _check_socket(directory)
+        env = dict.fromkeys(PROXY_VARS, f"http://127.0.0.1:{port}")
+        env.update(dict.fromkeys(NO_PROXY_VARS, NO_PROXY_NO_NETWORK))
+        socket_path.chmod(0o666)
+        directory.chmod(0o711)
+        return cls(
+            mounts=(Mount(socket_path, SOCKET_TARGET, read_only=True, kind="socket"),),
+            env=env,
+            entry_args=("--egress-socket", SOCKET_TARGET, "--egress-port", str(port)),
+            bundle=None,
+            roots=None,
+        )
+
+
+def _check_socket(directory: Path) -> Path:
+    """The proxy's socket in ``directory``, checked (the directory too)."""
+    socket_path = directory / SOCKET_NAME
+    _check_directory(directory)
+    try:
+        is_socket = stat.S_ISSOCK(socket_path.lstat().st_mode)
+    except FileNotFoundError:
+        is_socket = False
+    if not is_socket:
+        raise SandboxError(
+            f"the egress proxy's socket {socket_path} is missing",
+            hint="This is a bug in jhansi: the proxy must listen before the sandbox starts.",
+        )
+    return socket_path
+
 
 def _check_directory(directory: Path) -> None:
     """The run's directory must be a real directory of ours that nobody else can enter yet."""
@@ -204,6 +230,8 @@ def _check_directory(directory: Path) -> None:
 
 
 def _environment(placeholders: Mapping[str, str], port: int) -> dict[str, str]:
+    from jhansi.egress.secrets import NAME_PATTERN  # not needed by a run with no network
+
     proxy = f"http://127.0.0.1:{port}"
     env = dict.fromkeys(PROXY_VARS, proxy)
     env.update(dict.fromkeys(NO_PROXY_VARS, NO_PROXY))

@@ -1,11 +1,17 @@
 """One run's egress: the policy from settings and flags, the proxy, and what the sandbox gets.
 
-With no secret bound and no host allowed there is no session at all: the sandbox
-has no way out, as always. Otherwise :func:`open_session` reads the secrets' values
-(keyring, else the host environment), starts an :class:`EgressProxy` on a unix
-socket in a private per-run directory, and says what to mount and set; the
-session's ``close`` stops the proxy (the sandbox loses its way out: fail closed)
-and removes the directory.
+:func:`open_session` reads the secrets' values (keyring, else the host environment),
+starts an :class:`EgressProxy` on a unix socket in a private per-run directory, and
+says what to mount and set; the session's ``close`` stops the proxy (the sandbox
+loses its way out: fail closed) and removes the directory.
+
+With no secret bound and no host allowed, :func:`open_no_network` gives the sandbox
+the same socket and proxy variables, but the proxy behind them allows nothing: it
+refuses every request before any lookup or connection and records its destination,
+so that jhansi can say what the script tried and how to allow it. It is built only
+when the sandbox first connects (:class:`LazyProxy`): until then a run pays for one
+listening socket and one waiting thread, not for the proxy's imports, its event loop
+or a CA (there is none: nothing is intercepted).
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 from jhansi.errors import UsageError
 
 if TYPE_CHECKING:
+    import socket
+
     from jhansi.config import Settings
     from jhansi.egress.hostpolicy import EgressPolicy
-    from jhansi.egress.proxy import EgressProxy
+    from jhansi.egress.proxy import EgressEvent, EgressProxy
     from jhansi.egress.sandboxside import EgressMounts
     from jhansi.egress.scrub import Scrubber
     from jhansi.paths import Paths
@@ -129,17 +137,182 @@ def build_policy(
     )
 
 
+class LazyProxy:
+    """A proxy that allows nothing, built only when the sandbox first connects.
+
+    The unix socket is bound and listening at once (the sandbox binds it in before it
+    starts); one thread waits for the first connection, then builds the
+    :class:`EgressProxy` and hands it the listening socket: connections made meanwhile
+    wait in its backlog, so none is lost. Should building it fail, the socket is closed
+    (the sandbox's connections end: fail closed) and the failure is an event.
+    """
+
+    def __init__(self, path: Path, lifetime: timedelta) -> None:
+        import os
+        import socket
+        import threading
+
+        from jhansi.errors import SandboxError
+
+        self._path = path
+        self._lifetime = lifetime
+        self._proxy: EgressProxy | None = None
+        self._failure = ""
+        self._failed_at = 0.0
+        self._state = "waiting"  # → building → serving | failed, or → stopped
+        self._lock = threading.Lock()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(path))
+            listener.listen(128)
+        except OSError as exc:
+            listener.close()
+            raise SandboxError(
+                f"the egress proxy cannot listen on {path}: {exc.strerror or exc}",
+                hint="check that the directory exists and is writable",
+            ) from None
+        self._listener: socket.socket | None = listener
+        self._wake = os.pipe()
+        self._thread = threading.Thread(target=self._watch, name="jhansi-egress", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import select
+
+        listener = self._listener
+        if listener is None:  # pragma: no cover - set before the thread starts
+            return
+        poller = select.poll()
+        poller.register(listener.fileno(), select.POLLIN)
+        poller.register(self._wake[0], select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            with self._lock:
+                if self._state != "waiting":
+                    return  # stopped
+                if listener.fileno() in ready:
+                    self._state = "building"
+                    break
+        try:
+            self._serve(listener)
+        except BaseException as exc:  # recorded as an event; the library never prints
+            import time
+
+            with self._lock:
+                self._failure = f"the egress proxy could not start: {type(exc).__name__}: {exc}"
+                self._failed_at = time.time()
+                self._state = "failed"
+                self._listener = None
+            listener.close()
+
+    def _serve(self, listener: socket.socket) -> None:
+        from jhansi.egress.hostpolicy import EgressPolicy
+        from jhansi.egress.proxy import EgressProxy
+
+        proxy = EgressProxy(EgressPolicy(), lifetime=self._lifetime)
+        proxy.serve_listener(listener, self._path)
+        with self._lock:
+            self._proxy = proxy
+            self._state = "serving"
+            self._listener = None  # the proxy's now
+
+    def _settle(self, timeout: float = 10.0) -> None:
+        """Wait for a proxy being built (so that what reached it is in its events)."""
+        with self._lock:
+            building = self._state == "building"
+        if building:
+            self._thread.join(timeout)
+
+    @property
+    def started(self) -> bool:
+        """Whether the sandbox connected at least once (and the proxy was built)."""
+        self._settle()
+        return self._proxy is not None
+
+    @property
+    def failure(self) -> tuple[str, float] | None:
+        """Why the proxy could not be built, and when (``None``: it was not, or it was)."""
+        self._settle()
+        return (self._failure, self._failed_at) if self._failure else None
+
+    def events(self) -> tuple[EgressEvent, ...]:
+        """What the proxy saw (nothing if the sandbox never connected)."""
+        self._settle()
+        return self._proxy.events() if self._proxy is not None else ()
+
+    @property
+    def dropped_events(self) -> int:
+        """Events past the proxy's cap (see :attr:`EgressProxy.dropped_events`)."""
+        self._settle()
+        return self._proxy.dropped_events if self._proxy is not None else 0
+
+    def scrubber(self) -> Scrubber:
+        """No secrets, nothing to scrub."""
+        from jhansi.egress.scrub import Scrubber
+
+        return Scrubber((), {})
+
+    def stop(self) -> None:
+        """Stop waiting (or stop the proxy) and close the socket; idempotent."""
+        import contextlib
+        import os
+
+        with self._lock:
+            waiting = self._state == "waiting"
+            if waiting:
+                self._state = "stopped"
+        if waiting:
+            with contextlib.suppress(OSError):
+                os.write(self._wake[1], b"x")
+        self._thread.join(10)
+        with self._lock:
+            proxy, listener = self._proxy, self._listener
+            self._listener = None
+        if proxy is not None:
+            proxy.stop()
+        if listener is not None:
+            listener.close()
+        for fd in self._wake:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake = (-1, -1)
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+
 class EgressSession:
     """A running proxy for one run, and what the sandbox needs to reach it."""
 
     def __init__(
-        self, policy: EgressPolicy, proxy: EgressProxy, directory: Path, mounts: EgressMounts
+        self,
+        policy: EgressPolicy | None,
+        proxy: EgressProxy | LazyProxy,
+        directory: Path,
+        mounts: EgressMounts,
     ) -> None:
         self.policy = policy
+        """``None`` for a run that allows no host (its proxy only refuses and records)."""
         self.proxy = proxy
         self.directory = directory
         self.mounts = mounts
         self._closed = False
+
+    @property
+    def no_network(self) -> bool:
+        """Whether this run allows no host (the proxy only refuses and records)."""
+        return self.policy is None or not self.policy.enabled
+
+    @property
+    def socket(self) -> Path:
+        """The proxy's unix socket on the host."""
+        from jhansi.egress.sandboxside import SOCKET_NAME
+
+        return self.directory / SOCKET_NAME
+
+    @property
+    def has_secrets(self) -> bool:
+        """Whether a secret is bound (then the run's output is scrubbed of its value)."""
+        return self.policy is not None and bool(self.policy.secrets)
 
     def scrubber(self) -> Scrubber:
         """A fresh scrubber of the real values (for one output stream)."""
@@ -148,6 +321,8 @@ class EgressSession:
     def record(self) -> dict[str, Any]:
         """What the ledger keeps about the run's egress settings: names and hosts only."""
         p = self.policy
+        if p is None:
+            return {"allow": [], "allow_http": [], "allow_private": [], "upstream_ca": None}
         return {
             "allow": [str(h) for h in p.allow],
             "allow_http": [str(h) for h in p.allow_http],
@@ -159,12 +334,24 @@ class EgressSession:
         """The secrets bound for the run: name, hosts, header, scheme — never a value."""
         return [
             {"name": s.name, "hosts": list(s.hosts), "header": s.header, "scheme": s.scheme}
-            for s in self.policy.secrets
+            for s in (self.policy.secrets if self.policy is not None else ())
         ]
 
     def events(self) -> list[dict[str, Any]]:
         """Every connection the proxy saw (for the ``exec.end`` record)."""
-        return [_integers(e.as_dict()) for e in self.proxy.events()]
+        found = [_integers(e.as_dict()) for e in self.proxy.events()]
+        failure = self.proxy.failure if isinstance(self.proxy, LazyProxy) else None
+        if failure is not None:
+            reason, when = failure
+            found.append(
+                {
+                    "host": "", "port": 0, "address": None, "method": None,
+                    "path_hash": None, "status": None, "bytes_up": 0, "bytes_down": 0,
+                    "decision": "failed", "reason": reason[:300], "secrets": [],
+                    "started_ms": round(when * 1000),
+                }
+            )  # fmt: skip
+        return found
 
     def dropped_events(self) -> int:
         """Connections not in :meth:`events` because the proxy's event cap was reached
@@ -249,3 +436,23 @@ def open_session(policy: EgressPolicy, *, runtime_dir: Path, lifetime: timedelta
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return EgressSession(policy, proxy, directory, mounts)
+
+
+def open_no_network(*, runtime_dir: Path, lifetime: timedelta) -> EgressSession:
+    """The session of a run that allows no host: a socket and proxy variables for the
+    sandbox, and a proxy behind them, built on first use, that refuses and records."""
+    from jhansi.egress.sandboxside import SOCKET_NAME, EgressMounts, make_egress_dir
+
+    directory = make_egress_dir(_socket_parent(runtime_dir))
+    try:
+        proxy = LazyProxy(directory / SOCKET_NAME, lifetime)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    try:
+        mounts = EgressMounts.prepare_no_network(directory)
+    except BaseException:
+        proxy.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return EgressSession(None, proxy, directory, mounts)

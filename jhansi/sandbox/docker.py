@@ -1034,6 +1034,22 @@ class DockerBackend(Backend):
                 '/etc/docker/daemon.json "runtimes") and restart it, or unset [sandbox] runtime.',
             )
 
+    def reaches_host_sockets(self, runtime: str | None, socket: Path | None = None) -> bool:
+        """False where the engine's user (another unprivileged user) cannot reach
+        ``socket``, or on a gVisor runtime registered without ``--host-uds=open`` (asks
+        the engine for the runtime's arguments only then, so other runs cost no call)."""
+        owner = self.engine.engine_uid
+        if socket is not None and owner is not None and owner not in (0, os.getuid()):
+            try:
+                _check_traversable(socket, owner, "the engine's user")
+            except (SandboxError, OSError):
+                return False
+        chosen = runtime or self.engine.default_runtime or "runc"
+        if not is_gvisor(chosen):
+            return True
+        registered = (self.client.info().get("Runtimes") or {}).get(chosen) or {}
+        return gvisor_connects_host_sockets(registered.get("runtimeArgs") or ())
+
     def _check_egress(self, spec: SandboxSpec) -> None:
         """Refuse egress (a bound unix socket) on a gVisor runtime that cannot connect to it.
 
@@ -1043,10 +1059,7 @@ class DockerBackend(Backend):
         if not any(m.kind == "socket" for m in spec.mounts):
             return
         runtime = spec.runtime or self.engine.default_runtime or "runc"
-        if not is_gvisor(runtime):
-            return
-        registered = (self.client.info().get("Runtimes") or {}).get(runtime) or {}
-        if not gvisor_connects_host_sockets(registered.get("runtimeArgs") or ()):
+        if not self.reaches_host_sockets(runtime):
             raise SandboxError(
                 f"gVisor (runtime {runtime!r}) cannot reach the egress proxy: it is registered "
                 "without --host-uds=open, so the sandbox cannot connect to the proxy's socket",

@@ -12,7 +12,7 @@ does), and each ``--path`` (a locked environment; its ``.pth`` files are process
 With ``--egress-socket``, a forwarder listens on ``127.0.0.1:PORT`` before the
 script starts and relays every connection to the host's egress proxy through the
 unix socket bind-mounted at ``PATH`` (the sandbox has no other network). It runs
-in one daemon thread, so the process ends when the script does; a connection
+in one background thread, so the process ends when the script does; a connection
 that cannot reach the proxy is closed (fail closed). Without the option nothing
 of it is imported.
 
@@ -34,12 +34,18 @@ exit status. The script can read the token and forge the marker; that gains it
 nothing, since it already chooses its own exit status.
 
 It must run on every interpreter a sandbox may have: the standard library only,
-and nothing newer than Python 3.8.
+and nothing newer than Python 3.8. It imports nothing it does not use: ``typing``
+alone would cost every run about 8 ms, so the annotations are never evaluated.
 """
+
+from __future__ import annotations
 
 import os
 import sys
-from typing import Any, List
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # read by type checkers only
+    from typing import Any, Dict, List
 
 
 def _clean_path() -> None:
@@ -99,10 +105,72 @@ def _parse(argv: List[str]) -> _Args:
 
 
 # -- egress forwarder ------------------------------------------------------------------------
+#
+# Built on ``_socket``, ``_thread`` and ``select.poll`` rather than ``socket``,
+# ``threading`` and ``selectors``: those pull in ``enum``, ``collections`` and more
+# (about 7 ms here) before a script that never touches the network starts; these
+# cost well under one. Every run sets the forwarder up (with no host allowed, the
+# host proxy refuses and records what the script tried), so that is paid by every run.
 
 _CHUNK = 65536
 #: The forwarder's thread needs little stack; a small one keeps it out of RLIMIT_AS's way.
 _STACK = 256 * 1024
+_READ = 1
+_WRITE = 2
+
+
+class _Poller:
+    """The little of a selector that :class:`_Link` needs, over ``select.poll``.
+
+    ``select`` yields ``(sock, data, mask)``; as in ``selectors``, a hang-up or an
+    error counts as both readable and writable, so the next ``recv`` or ``send`` meets it.
+    """
+
+    def __init__(self) -> None:
+        import select
+
+        self._poll = select.poll()
+        self._in = select.POLLIN
+        self._out = select.POLLOUT
+        self._entries: Dict[int, Any] = {}
+
+    def _flags(self, events: int) -> int:
+        return (self._in if events & _READ else 0) | (self._out if events & _WRITE else 0)
+
+    def register(self, sock: Any, events: int, data: Any) -> None:
+        """Watch ``sock`` for ``events`` (``_READ``/``_WRITE``); ``data`` comes back with it."""
+        fd = sock.fileno()
+        self._poll.register(fd, self._flags(events))
+        self._entries[fd] = (sock, data)
+
+    def modify(self, sock: Any, events: int, data: Any) -> None:
+        """Watch ``sock`` for other ``events``."""
+        fd = sock.fileno()
+        if fd not in self._entries:
+            raise KeyError(fd)
+        self._poll.modify(fd, self._flags(events))
+        self._entries[fd] = (sock, data)
+
+    def unregister(self, sock: Any) -> None:
+        """Stop watching ``sock`` (KeyError if it was not watched)."""
+        fd = sock.fileno()
+        del self._entries[fd]
+        self._poll.unregister(fd)
+
+    def select(self) -> List[Any]:
+        """Wait for at least one event; ``(sock, data, mask)`` for each."""
+        ready = []
+        for fd, flags in self._poll.poll():
+            entry = self._entries.get(fd)
+            if entry is None:
+                continue
+            mask = 0
+            if flags & ~self._out:
+                mask |= _READ
+            if flags & ~self._in:
+                mask |= _WRITE
+            ready.append((entry[0], entry[1], mask))
+        return ready
 
 
 class _Link:
@@ -127,14 +195,12 @@ class _Link:
         self._update()
 
     def _update(self) -> None:
-        import selectors
-
         for i, sock in enumerate(self.socks):
             want = 0
             if not self.eof[i] and not self.pending[i]:
-                want |= selectors.EVENT_READ
+                want |= _READ
             if self.pending[1 - i]:
-                want |= selectors.EVENT_WRITE
+                want |= _WRITE
             if want == self.events[i]:
                 continue
             if self.events[i] == 0:
@@ -157,14 +223,13 @@ class _Link:
 
     def handle(self, sock: Any, mask: int) -> None:
         """React to ``sock`` being readable and/or writable."""
-        import selectors
-        import socket
+        import _socket
 
         i = 0 if sock is self.socks[0] else 1
         try:
-            if mask & selectors.EVENT_WRITE:
+            if mask & _WRITE:
                 self._flush(1 - i)
-            if mask & selectors.EVENT_READ and not self.eof[i]:
+            if mask & _READ and not self.eof[i]:
                 try:
                     data = sock.recv(_CHUNK)
                 except (BlockingIOError, InterruptedError):
@@ -176,7 +241,7 @@ class _Link:
                     self.eof[i] = True
             for j in (0, 1):
                 if self.eof[j] and not self.pending[j] and not self.shut[1 - j]:
-                    self.socks[1 - j].shutdown(socket.SHUT_WR)
+                    self.socks[1 - j].shutdown(_socket.SHUT_WR)
                     self.shut[1 - j] = True
             if self.shut[0] and self.shut[1]:
                 self.close()
@@ -187,11 +252,11 @@ class _Link:
 
     def close(self) -> None:
         """Drop both sides (the peer of a reset sees its connection end)."""
-        import contextlib
+        import contextlib  # only once a connection was made
 
         for i, sock in enumerate(self.socks):
             if self.events[i]:
-                with contextlib.suppress(KeyError, ValueError):
+                with contextlib.suppress(KeyError, ValueError, OSError):
                     self.selector.unregister(sock)
                 self.events[i] = 0
             with contextlib.suppress(OSError):
@@ -200,19 +265,19 @@ class _Link:
 
 def _relay(listener: Any, path: str) -> None:
     """Accept connections on ``listener`` and relay each to the unix socket ``path``."""
-    import selectors
-    import socket
+    import _socket
 
-    selector = selectors.DefaultSelector()
-    selector.register(listener, selectors.EVENT_READ, None)
+    selector = _Poller()
+    selector.register(listener, _READ, None)
     while True:
-        for key, mask in selector.select():
-            if key.data is None:
+        for sock, data, mask in selector.select():
+            if data is None:
                 try:
-                    client, _ = listener.accept()
+                    fd, _ = listener._accept()
                 except OSError:
                     continue
-                upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                client = _socket.socket(fileno=fd)
+                upstream = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
                 try:
                     upstream.settimeout(5.0)
                     upstream.connect(path)
@@ -223,19 +288,20 @@ def _relay(listener: Any, path: str) -> None:
                     client.close()
             else:
                 try:
-                    key.data.handle(key.fileobj, mask)
+                    data.handle(sock, mask)
                 except Exception:  # one broken link must not stop the others
-                    key.data.close()
+                    data.close()
 
 
 def _start_forwarder(path: str, port: int) -> None:
-    """Listen on ``127.0.0.1:port`` now, and relay to ``path`` from a daemon thread."""
-    import socket
-    import threading
+    """Listen on ``127.0.0.1:port`` now, and relay to ``path`` from a background thread
+    (a bare ``_thread`` one: the process ends when the script does, as with a daemon)."""
+    import _socket
+    import _thread
 
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", port))
         listener.listen(64)
         listener.setblocking(False)
@@ -245,20 +311,18 @@ def _start_forwarder(path: str, port: int) -> None:
             "jhansi entry: cannot listen on 127.0.0.1:%d for egress: %s\n" % (port, exc)
         )
         sys.exit(2)
-    thread = threading.Thread(target=_relay, args=(listener, path), name="jhansi-egress")
-    thread.daemon = True
     changed = False
     previous = 0
     try:
-        previous = threading.stack_size(_STACK)
+        previous = _thread.stack_size(_STACK)
         changed = True
     except (ValueError, RuntimeError):
         pass
     try:
-        thread.start()
+        _thread.start_new_thread(_relay, (listener, path))
     finally:
         if changed:
-            threading.stack_size(previous)
+            _thread.stack_size(previous)
 
 
 def _run_script(script: str, args: List[str], path0: str) -> None:

@@ -306,6 +306,12 @@ class Backend(ABC):
         ``KeyboardInterrupt``, which is re-raised afterwards.
         """
 
+    def reaches_host_sockets(self, runtime: str | None, socket: Path | None = None) -> bool:
+        """Whether a sandbox (on OCI ``runtime``, if any) can connect to a unix socket
+        bound in from the host, as the egress proxy's is (``socket``, when given, is
+        that socket: whoever mounts it must be able to reach it)."""
+        return True
+
     def prune(self) -> int:
         """Remove what crashed runs left behind (containers); return how many."""
         return 0

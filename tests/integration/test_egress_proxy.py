@@ -796,3 +796,150 @@ def test_a_gzip_body_comes_back_scrubbed_and_still_gzip(
     assert status == 200
     assert got["content-type"] == "application/gzip"
     assert gzip.decompress(body) == f"echo: Bearer {proxy.placeholders['KEY']}\n".encode()
+
+
+# -- a run with no network (issue 16): refuse everything, record the destination ----------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "api.github.com:443",
+        "api.test.example:{port}",  # the fake DNS would answer 127.0.0.1: never asked
+        "localhost:{port}",
+        "127.0.0.1:{port}",
+        "[::1]:{port}",
+        "169.254.169.254:80",
+        "127.0.0.1.nip.io:{port}",  # rebinding-style name: refused by name, never resolved
+        "x" * 70 + ".example:443",
+    ],
+)
+def test_with_no_host_allowed_nothing_is_resolved_or_connected(
+    server: TLSServer, dns: FakeDNS, target: str
+) -> None:
+    proxy = EgressProxy(EgressPolicy(), resolver=dns)
+    assert proxy.ca_pem == b""  # no run CA: nothing can be intercepted
+    port = proxy.start_tcp()
+    seen = len(server.seen)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        connect_to = target.format(port=server.port)
+        sock.sendall(f"CONNECT {connect_to} HTTP/1.1\r\nHost: {connect_to}\r\n\r\n".encode())
+        head = sock.recv(65536)
+        status_line = head.split(b"\r\n")[0]
+        assert status_line == b"HTTP/1.1 403 Forbidden (jhansi: no network)"
+        # an absolute-form request is refused the same way
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        url = f"http://{target.format(port=server.plain_port)}/echo"
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert b"(jhansi: no network)" in sock.recv(65536).split(b"\r\n")[0]
+        events = wait_for_events(proxy, 2)
+    finally:
+        proxy.stop()
+    assert dns.calls == []
+    assert len(server.seen) == seen
+    assert [(e.decision, e.address, e.bytes_up, e.bytes_down) for e in events] == [
+        ("refused", None, 0, 0)
+    ] * 2
+    assert all(e.reason.startswith("no network: ") for e in events), events
+    assert [e.method for e in events] == ["CONNECT", "GET"]
+
+
+def test_with_no_host_allowed_the_reason_names_the_flag(dns: FakeDNS) -> None:
+    proxy = EgressProxy(EgressPolicy(), resolver=dns)
+    port = proxy.start_tcp()
+    try:
+        status, headers, body, _ = connect(port, "api.github.com:443")
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # origin-form: not a proxy request
+        origin = _read_head(sock)
+        events = wait_for_events(proxy, 2)
+    finally:
+        proxy.stop()
+    assert status == 403
+    assert body.decode().strip() == (
+        "jhansi egress: no network: this run allows no host; run with --allow-host "
+        "api.github.com to allow this one"
+    )
+    assert headers["x-jhansi-refusal"].startswith("no network: ")
+    assert origin[0] == 400
+    assert [(e.host, e.port) for e in events] == [("api.github.com", 443), ("/", 0)]
+    assert events[1].reason.startswith("no network: this is jhansi's egress proxy")
+
+
+@pytest.mark.parametrize("host", ["api.test.example", "127.0.0.1"])
+def test_with_no_host_allowed_the_upstream_is_never_opened_whoever_asks(
+    server: TLSServer, dns: FakeDNS, host: str
+) -> None:
+    """Defence in depth: should a request ever get past the routing with a policy that
+    allows nothing, the one method that resolves and connects refuses by itself."""
+    import asyncio
+
+    from jhansi.egress.proxy import _Refused
+
+    proxy = EgressProxy(EgressPolicy(), resolver=dns)
+    seen = len(server.seen)
+    with pytest.raises(_Refused, match=r"^no network: "):
+        asyncio.run(proxy._open_upstream(HostPort(host, server.port)))
+    assert dns.calls == []
+    assert len(server.seen) == seen
+
+
+def test_the_lazy_proxy_is_built_on_the_first_connection_and_loses_none(
+    tmp_path: Path,
+) -> None:
+    """What a run with no network gets: a socket at once, the proxy only when used.
+
+    Connections made before it is built wait in the socket's backlog: all are answered.
+    """
+    from datetime import timedelta
+
+    from jhansi.egress.session import LazyProxy
+
+    private = tmp_path / "egress"
+    private.mkdir(mode=0o700)
+    path = private / "proxy.sock"
+    lazy = LazyProxy(path, timedelta(minutes=5))
+    try:
+        assert path.exists()
+        assert not lazy.started
+        assert lazy.events() == ()
+        socks = []
+        for i in range(5):  # all sent before any answer is read
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(20)
+            sock.connect(str(path))
+            sock.sendall(f"CONNECT host{i}.example:443 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            socks.append(sock)
+        answers = [_read_head(sock)[0] for sock in socks]
+        assert answers == [403] * 5
+        assert lazy.started
+        import time
+
+        deadline = time.monotonic() + 5
+        while len(lazy.events()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(e.host for e in lazy.events()) == [f"host{i}.example" for i in range(5)]
+    finally:
+        lazy.stop()
+    lazy.stop()  # idempotent
+    assert not path.exists()
+    assert lazy.dropped_events == 0
+
+
+def test_a_lazy_proxy_never_used_stops_without_building_anything(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from jhansi.egress.session import LazyProxy
+
+    private = tmp_path / "egress"
+    private.mkdir(mode=0o700)
+    path = private / "proxy.sock"
+    lazy = LazyProxy(path, timedelta(minutes=5))
+    lazy.stop()
+    assert not lazy.started
+    assert lazy.events() == ()
+    assert lazy.failure is None
+    assert not path.exists()
+    with pytest.raises(FileNotFoundError):  # nothing listens any more: fail closed
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(str(path))

@@ -239,6 +239,26 @@ def test_refusals_are_tool_errors_and_recorded(project: Path) -> None:
     _serve(project, body, "--sandbox", "from-flag")
 
 
+def test_code_with_no_network_is_told_to_use_allowed_hosts(project: Path) -> None:
+    """The tool's words for the fix are its own argument, not the CLI's flag."""
+    code = (
+        "import urllib.request\n"
+        "print(urllib.request.urlopen('https://api.github.com/zen', timeout=10).read())\n"
+    )
+
+    async def body(session: Session) -> None:
+        ran = _structured(await session.call_tool("run_python", {"code": code}))
+        assert ran["status"] == "failed"
+        assert ran["exit_code"] == 1
+        assert ran["error"] == (
+            "the code tried to reach api.github.com:443 (refused: no network); "
+            'allow it with allowed_hosts=["api.github.com"]'
+        )
+        assert "403 Forbidden (jhansi: no network)" in ran["stderr_tail"]
+
+    _serve(project, body)
+
+
 def test_verify_before_any_run(project: Path) -> None:
     async def body(session: Session) -> None:
         verified = _structured(await session.call_tool("verify_ledger", {}))

@@ -494,3 +494,126 @@ def test_why_auto_chose_is_recorded_with_the_run(project: Path, tmp_path: Path) 
     assert result.backend.details["selected"] == backend.selection
     start = next(r for r in iter_records(runner.ledger.directory) if r.kind == "exec.start")
     assert start.body["sandbox"]["details"]["selected"] == backend.selection
+
+
+class KnockingBackend(RecordingBackend):
+    """Does what a script's HTTP client does through the sandbox's forwarder: sends
+    ``CONNECT`` to the proxy's socket (bound into the spec), and reads the answer.
+
+    ``reaches`` stands for a backend that cannot reach a host socket (gVisor without
+    ``--host-uds=open``), which cannot be had without that runtime.
+    """
+
+    def __init__(self, targets: tuple[str, ...], *, reaches: bool = True) -> None:
+        super().__init__()
+        self.targets = targets
+        self.reaches = reaches
+        self.answers: list[bytes] = []
+
+    def reaches_host_sockets(self, runtime: str | None, socket: Path | None = None) -> bool:
+        return self.reaches
+
+    def run(
+        self,
+        spec: SandboxSpec,
+        output: OutputSink,
+        *,
+        stdin: BinaryIO | None = None,
+        before_start: Callable[[], None] | None = None,
+    ) -> ExecResult:
+        import socket
+
+        sockets = [m.source for m in spec.mounts if m.kind == "socket"]
+        for target in self.targets if sockets else ():
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(20)
+                conn.connect(str(sockets[0]))
+                conn.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+                self.answers.append(conn.recv(65536).split(b"\r\n")[0])
+        return super().run(spec, output, stdin=stdin, before_start=before_start)
+
+
+def test_a_run_with_no_network_gets_a_proxy_that_refuses_and_records(
+    project: Path, tmp_path: Path
+) -> None:
+    backend = KnockingBackend(("api.github.com:443", "api.github.com:443", "pypi.example:8443"))
+    runner = _runner(backend, tmp_path)
+    result = runner.run(RunRequest(script=project / "main.py"))
+    spec = backend.specs[0]
+    (sock,) = [m for m in spec.mounts if m.kind == "socket"]
+    assert sock.target == "/opt/jhansi/egress/proxy.sock"
+    assert not [m for m in spec.mounts if "ca-bundle" in m.target]  # no CA: nothing tunnelled
+    assert spec.env["HTTPS_PROXY"] == spec.env["http_proxy"] == "http://127.0.0.1:3128"
+    assert spec.env["NO_PROXY"] == "localhost,127.0.0.1,::1,127.0.0.0/8"  # its own loopback
+    assert "SSL_CERT_FILE" not in spec.env
+    assert spec.argv[spec.argv.index("--egress-socket") + 1] == sock.target
+    assert backend.answers == [b"HTTP/1.1 403 Forbidden (jhansi: no network)"] * 3
+    assert [(e["host"], e["port"], e["decision"], e["address"]) for e in result.egress] == [
+        ("api.github.com", 443, "refused", None),
+        ("api.github.com", 443, "refused", None),
+        ("pypi.example", 8443, "refused", None),
+    ]
+    assert "refuses and records" in result.enforcement["egress"]
+    assert not sock.source.exists()  # the socket and its directory are gone with the run
+    assert list((tmp_path / "home" / "run").glob("egress-*")) == []
+    from jhansi.ledger.read import iter_records
+
+    records = list(iter_records(runner.ledger.directory))
+    start = next(r.body for r in records if r.kind == "exec.start")
+    end = next(r.body for r in records if r.kind == "exec.end")
+    assert start["egress"] is None  # nothing was allowed
+    assert [e["host"] for e in end["egress"]] == ["api.github.com"] * 2 + ["pypi.example"]
+
+
+def test_what_a_run_with_no_network_tried_is_its_error_in_each_front_end(
+    project: Path, tmp_path: Path
+) -> None:
+    """``--json``'s ``error`` in the CLI's words, the MCP tool's in its own; past five
+    destinations the rest are counted."""
+    from jhansi.cli._execute import result_document
+    from jhansi.mcp_server import run_error
+
+    backend = KnockingBackend(tuple(f"h{i}.example:443" for i in range(7)))
+    result = _runner(backend, tmp_path).run(RunRequest(script=project / "main.py"))
+    assert result.error == ""  # the sandbox itself had nothing to say
+    cli = result_document(result)["error"].splitlines()
+    assert cli[0] == (
+        "the script tried to reach h0.example:443 (refused: no network); "
+        "allow it with --allow-host h0.example"
+    )
+    assert cli[5] == (
+        "the script tried 2 more destinations (refused: no network); "
+        f"`jhansi ledger show {result.run_id}` lists them all"
+    )
+    assert len(cli) == 6
+    mcp = run_error(result).splitlines()
+    assert mcp[0] == (
+        "the code tried to reach h0.example:443 (refused: no network); "
+        'allow it with allowed_hosts=["h0.example"]'
+    )
+    assert "--allow-host" not in run_error(result)
+    assert mcp[5].endswith("the run's ledger record lists them all")
+
+
+def test_a_run_that_never_connects_builds_no_proxy(project: Path, tmp_path: Path) -> None:
+    backend = KnockingBackend(())
+    result = _runner(backend, tmp_path).run(RunRequest(script=project / "main.py"))
+    assert result.egress == ()
+    assert [m.kind for m in backend.specs[0].mounts].count("socket") == 1
+
+
+def test_where_the_socket_cannot_be_reached_the_run_goes_on_unrecorded(
+    project: Path, tmp_path: Path
+) -> None:
+    backend = KnockingBackend(("api.github.com:443",), reaches=False)
+    result = _runner(backend, tmp_path).run(RunRequest(script=project / "main.py"))
+    spec = backend.specs[0]
+    assert [m for m in spec.mounts if m.kind == "socket"] == []
+    assert "HTTPS_PROXY" not in spec.env
+    assert "--egress-socket" not in spec.argv
+    assert result.egress == ()
+    assert result.enforcement["egress"] == (
+        "no host allowed; what the script tries is not recorded (the sandbox could not reach "
+        "the proxy's socket here)"
+    )
+    assert list((tmp_path / "home" / "run").glob("egress-*")) == []
