@@ -57,7 +57,11 @@ def test_imports_map_to_the_real_packages(project: Path, bwrap_path: Path) -> No
     }
     assert all(d["evidence"] for d in doc["imports"])
     assert doc["unresolved"] == []
-    assert {p["name"] for p in doc["locked"]} >= {"opencv-python-headless", "scikit-learn", "pillow"}
+    assert {p["name"] for p in doc["locked"]} >= {
+        "opencv-python-headless",
+        "scikit-learn",
+        "pillow",
+    }
     assert doc["python"].startswith("3.")
     assert {r["name"] for r in doc["requirements"]} >= {"pyyaml", "pyjwt"}
 
@@ -191,3 +195,41 @@ def test_pep723_example_runs(project: Path, bwrap_path: Path) -> None:
     proc = run_jhansi("run", "-q", "--backend", "bwrap", str(script), cwd=project)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "declared: true\nby: PEP 723\n"
+
+
+OPENCV = """\
+import cv2
+import numpy as np
+
+ok, png = cv2.imencode(".png", np.zeros((8, 8, 3), dtype=np.uint8))
+print("cv2", cv2.__version__, ok, png.size > 0)
+"""
+
+
+@pytest.mark.network
+def test_a_declared_opencv_build_is_the_only_one_locked_and_cv2_loads(
+    project: Path, bwrap_path: Path
+) -> None:
+    # The issue: `--with opencv-python-headless` added the headless build beside the
+    # mapped GUI one, and two builds of cv2 in one environment break each other.
+    script = project / "vision.py"
+    script.write_text(OPENCV)
+    proc = run_jhansi(
+        "run",
+        "--json",
+        "--backend",
+        "bwrap",
+        "--with",
+        "opencv-python-headless",
+        str(script),
+        cwd=project,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["stdout"]["text"].startswith("cv2 ")
+    assert doc["stdout"]["text"].endswith(" True True\n")
+    locked = {p["name"] for p in doc["dependencies"]["locked"]}
+    assert {name for name in locked if name.startswith("opencv")} == {"opencv-python-headless"}
+    [cv2] = [d for d in doc["dependencies"]["imports"] if d["import"] == "cv2"]
+    assert cv2["requirement"] == "opencv-python-headless"
+    assert cv2["evidence"].startswith("declared (with); ")
