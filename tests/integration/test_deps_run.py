@@ -233,3 +233,30 @@ def test_a_declared_opencv_build_is_the_only_one_locked_and_cv2_loads(
     [cv2] = [d for d in doc["dependencies"]["imports"] if d["import"] == "cv2"]
     assert cv2["requirement"] == "opencv-python-headless"
     assert cv2["evidence"].startswith("declared (with); ")
+
+
+CHART = """\
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+plt.plot([1, 2])
+plt.savefig("/home/sandbox/chart.png")
+"""
+
+
+@pytest.mark.network
+def test_a_matplotlib_run_leaves_stderr_to_the_script(project: Path, bwrap_path: Path) -> None:
+    # A fresh (ephemeral) home has no font cache, so matplotlib runs the host's fc-list,
+    # which printed "Fontconfig error: Cannot load default config file" without /etc/fonts.
+    if shutil.which("fc-list") is None:
+        pytest.skip("no fontconfig on this host, so nothing would print its error")
+    script = project / "chart.py"
+    script.write_text(CHART)
+    proc = run_jhansi(
+        "run", "--json", "--ephemeral", "--backend", "bwrap", str(script), cwd=project
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["stderr"] == {"text": "", "bytes": 0, "truncated": False}
+    assert "chart.png" in {change["path"] for change in doc["files_changed"]}
