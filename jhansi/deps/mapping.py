@@ -215,6 +215,11 @@ class ImportMap:
                 found.append((group, members))
         return found
 
+    def preferred_over(self, distribution: str) -> str | None:
+        """The build a sandbox prefers to ``distribution``, if the overrides name one."""
+        preference = self._prefer.get(distribution)
+        return preference.instead if preference is not None else None
+
     def preferred(self, distributions: Iterable[str]) -> str | None:
         """The one of ``distributions`` a sandbox prefers to another of them, if any."""
         names = set(distributions)

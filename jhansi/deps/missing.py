@@ -4,7 +4,10 @@ A script that dies of ``ImportError: email-validator is not installed, run `pip
 install 'pydantic[email]'``` or ``ModuleNotFoundError: No module named 'yaml'``
 (an import jhansi could not see: ``__import__(name)``) needs one more requirement.
 :func:`recognize` reads the end of the run's stderr and says which, so that jhansi
-can end with the ``--with`` that fixes it.
+can end with the ``--with`` that fixes it. One that dies of ``ImportError:
+libxcb.so.1: cannot open shared object file`` in ``cv2`` had a build a sandbox
+cannot load (``opencv-python``, declared): the hint names the build it prefers
+(the import map's ``[sandbox_prefers]``), to declare in its place.
 
 The script's stderr is untrusted: anything can print a fake ImportError to have
 the user install a look-alike package. So a suggestion is made only with the same
@@ -55,6 +58,10 @@ _REFUSED_OPTIONS = re.compile(
     r"^-(?:[icfer]|-index-url|-extra-index-url|-find-links|-editable|-requirement|-constraint)"
 )
 _VERSION = re.compile(r"[<>=!~]")
+_SHARED_LIBRARY = re.compile(
+    r"^(?P<lib>lib[A-Za-z0-9_.+-]+\.so[0-9.]*): cannot open shared object file"
+)
+_FRAME = re.compile(r'^  File "(?P<path>[^"]+)"')
 #: How far back in stderr to look (the tail is bounded already; this bounds the work).
 _MAX_CHARS = 64 * 1024
 
@@ -72,9 +79,18 @@ class MissingDependency:
     requirement: str
     """What to declare, rebuilt from validated parts: a normalized name, then any
     extras (``pydantic[email]``), or the distribution itself."""
+    replaces: str = ""
+    """The declared build it replaces, which could not load (``opencv-python``)."""
+    library: str = ""
+    """The shared library that build could not find (``libxcb.so.1``)."""
 
     def message(self) -> str:
         """One line: what the script needs, and the ``--with`` that adds it."""
+        if self.replaces:
+            return (
+                f"{self.replaces} needs {self.library}, which this sandbox lacks; declare "
+                f"{self.requirement} in its place (--with or the PEP 723 block)"
+            )
         needs = self.requirement
         if self.requirement.split("[", 1)[0] != self.distribution:
             needs = f"{self.distribution} ({self.requirement})"
@@ -88,6 +104,7 @@ class MissingDependency:
         return {
             "distribution": self.distribution,
             "requirement": self.requirement,
+            **({"replaces": self.replaces} if self.replaces else {}),
             "hint": self.message(),
         }
 
@@ -110,22 +127,27 @@ def recognize(
         table = bundled()
     have = {_normalize(name) for name in installed}
     text = stderr[-_MAX_CHARS:].decode("utf-8", "replace")
-    for message in reversed(_final_messages(text.splitlines())):
-        found = _from_pip_command(message, table) or _from_module_name(message, table)
+    lines = _final_traceback(text.splitlines())
+    messages = [m.group("msg") for line in lines if (m := _EXCEPTION.match(line))]
+    for message in reversed(messages):
+        found = (
+            _from_pip_command(message, table)
+            or _from_module_name(message, table)
+            or _from_missing_library(message, lines, have, table)
+        )
         if found is not None and found.distribution not in have:
             return found
     return None
 
 
-def _final_messages(lines: list[str]) -> list[str]:
-    """The ImportError messages of the last traceback and those it was chained from."""
+def _final_traceback(lines: list[str]) -> list[str]:
+    """The last traceback, and those it was chained from."""
     starts = [i for i, line in enumerate(lines) if line == _TRACEBACK]
     first = len(starts) - 1
     while first > 0 and _chained_before(lines, starts[first]):
         first -= 1
     # With no traceback header in the kept tail, what there is is looked at.
-    begin = starts[first] if starts else 0
-    return [m.group("msg") for line in lines[begin:] if (m := _EXCEPTION.match(line))]
+    return lines[starts[first] :] if starts else lines
 
 
 def _chained_before(lines: list[str], start: int) -> bool:
@@ -184,3 +206,23 @@ def _from_module_name(message: str, table: ImportMap) -> MissingDependency | Non
     if found is None:
         return None
     return MissingDependency(found.distribution, found.distribution)
+
+
+def _from_missing_library(
+    message: str, lines: list[str], have: set[str], table: ImportMap
+) -> MissingDependency | None:
+    """``libxcb.so.1: cannot open shared object file``, raised inside ``cv2/`` while the
+    run had ``opencv-python``: the build a sandbox prefers, in its place."""
+    library = _SHARED_LIBRARY.match(message)
+    if library is None:
+        return None
+    frames = {m.group("path") for line in lines if (m := _FRAME.match(line))}
+    for group in table.exclusive:
+        package = "/" + group.module.replace(".", "/") + "/"
+        if not any(package in path for path in frames):
+            continue
+        for over in sorted(have & set(group.distributions)):
+            instead = table.preferred_over(over)
+            if instead is not None and instead in group.distributions:
+                return MissingDependency(instead, instead, over, library.group("lib"))
+    return None

@@ -145,3 +145,48 @@ def test_a_custom_table_is_the_evidence() -> None:
         MissingDependency("thing-dist", "thing-dist")
     )
     assert recognize(b"ModuleNotFoundError: No module named 'yaml'\n", table=table) is None
+
+
+def test_a_gui_build_that_cannot_load_names_the_build_to_declare_instead() -> None:
+    gui = _real("opencv_gui_docker.txt")
+    found = recognize(gui, installed=("numpy", "opencv-python"))
+    assert found == MissingDependency(
+        "opencv-python-headless", "opencv-python-headless", "opencv-python", "libxcb.so.1"
+    )
+    assert found.message() == (
+        "opencv-python needs libxcb.so.1, which this sandbox lacks; declare "
+        "opencv-python-headless in its place (--with or the PEP 723 block)"
+    )
+    assert found.as_dict()["replaces"] == "opencv-python"
+    contrib = recognize(gui, installed=("opencv-contrib-python",))
+    assert contrib is not None
+    assert contrib.requirement == "opencv-contrib-python-headless"
+    # Already the headless build, or no OpenCV at all: the library is missing for
+    # another reason, and there is nothing to swap.
+    assert recognize(gui, installed=("opencv-python-headless",)) is None
+    assert recognize(gui) is None
+
+
+def test_a_missing_library_outside_the_module_suggests_nothing() -> None:
+    other = _real("opencv_gui_docker.txt").replace(b"/cv2/", b"/other/")
+    assert recognize(other, installed=("opencv-python",)) is None
+
+
+def test_the_json_form_is_what_the_run_schema_describes() -> None:
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    schema_file = Path(__file__).resolve().parents[3] / "schemas" / "run-result.schema.json"
+    schema = json.loads(schema_file.read_text())["$defs"]["run"]["properties"]
+    validator = Draft202012Validator(
+        {**schema["missing_dependency"], "additionalProperties": False}
+    )
+    for found in (
+        MissingDependency("email-validator", "pydantic[email]"),
+        MissingDependency(
+            "opencv-python-headless", "opencv-python-headless", "opencv-python", "libGL.so.1"
+        ),
+    ):
+        validator.validate(found.as_dict())
+    validator.validate(None)
