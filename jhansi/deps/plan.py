@@ -194,7 +194,8 @@ def plan(
             declare(spec, "pep723", f"{where}:{metadata.line}")
     for spec in extra:
         declare(spec, "with", "--with")
-    check_exclusive(requirements.values(), mapping.bundled(), where)
+    if len(requirements) > 1:  # the map's data is parsed only when it can matter
+        check_exclusive(requirements.values(), mapping.bundled(), where)
 
     by_name: dict[str, list[ImportSite]] = {}
     for site in sites:
