@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import backend_env, prepare_jhansi_home, require_backend, run_jhansi
+from tests.conftest import (
+    absent,
+    backend_env,
+    prepare_jhansi_home,
+    require_backend,
+    run_jhansi,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -197,6 +203,14 @@ def test_pep723_example_runs(project: Path, bwrap_path: Path) -> None:
     assert proc.stdout == "declared: true\nby: PEP 723\n"
 
 
+def _backend(request: pytest.FixtureRequest, backend: str, shared_dir: Path) -> dict[str, str]:
+    """The settings that select ``backend``, with a JHANSI_HOME its engine can reach."""
+    require_backend(request, backend)
+    home = shared_dir / "jhansi-home"
+    prepare_jhansi_home(backend, home)
+    return {**backend_env(backend), "JHANSI_HOME": str(home)}
+
+
 OPENCV = """\
 import cv2
 import numpy as np
@@ -204,6 +218,28 @@ import numpy as np
 ok, png = cv2.imencode(".png", np.zeros((8, 8, 3), dtype=np.uint8))
 print("cv2", cv2.__version__, ok, png.size > 0)
 """
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("backend", ["bwrap", "docker"])
+def test_cv2_with_no_flags_gets_only_the_headless_build_and_loads(
+    request: pytest.FixtureRequest, backend: str, project: Path, shared_dir: Path
+) -> None:
+    # The issue: `import cv2` mapped to opencv-python, whose cv2 needs libxcb.so.1,
+    # which neither a bwrap sandbox nor a slim image has. A sandbox gets the headless build.
+    env = _backend(request, backend, shared_dir)
+    script = project / "vision.py"
+    script.write_text(OPENCV)
+    proc = run_jhansi("run", "--json", str(script), env=env, cwd=project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["backend"] == backend
+    assert doc["stdout"]["text"].startswith("cv2 ")
+    assert doc["stdout"]["text"].endswith(" True True\n")
+    locked = {p["name"] for p in doc["dependencies"]["locked"]}
+    assert {name for name in locked if name.startswith("opencv")} == {"opencv-python-headless"}
+    [cv2] = [d for d in doc["dependencies"]["imports"] if d["import"] == "cv2"]
+    assert cv2["requirement"] == "opencv-python-headless"
 
 
 @pytest.mark.network
@@ -246,17 +282,73 @@ plt.savefig("/home/sandbox/chart.png")
 
 
 @pytest.mark.network
-def test_a_matplotlib_run_leaves_stderr_to_the_script(project: Path, bwrap_path: Path) -> None:
-    # A fresh (ephemeral) home has no font cache, so matplotlib runs the host's fc-list,
-    # which printed "Fontconfig error: Cannot load default config file" without /etc/fonts.
-    if shutil.which("fc-list") is None:
-        pytest.skip("no fontconfig on this host, so nothing would print its error")
+@pytest.mark.parametrize("backend", ["bwrap", "docker"])
+def test_a_matplotlib_run_leaves_stderr_to_the_script(
+    request: pytest.FixtureRequest, backend: str, project: Path, shared_dir: Path
+) -> None:
+    # A fresh (ephemeral) home has no font cache, so matplotlib lists the system's fonts
+    # with fc-list: under bwrap the host's, which printed "Fontconfig error: Cannot load
+    # default config file" into every run's stderr while /etc/fonts was not in the sandbox.
+    if backend == "bwrap" and shutil.which("fc-list") is None:
+        absent("fontconfig is not installed, so fc-list cannot print its error (provision.sh)")
+    env = _backend(request, backend, shared_dir)
     script = project / "chart.py"
     script.write_text(CHART)
-    proc = run_jhansi(
-        "run", "--json", "--ephemeral", "--backend", "bwrap", str(script), cwd=project
-    )
+    proc = run_jhansi("run", "--json", "--ephemeral", str(script), env=env, cwd=project)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
+    assert doc["backend"] == backend
     assert doc["stderr"] == {"text": "", "bytes": 0, "truncated": False}
     assert "chart.png" in {change["path"] for change in doc["files_changed"]}
+
+
+USERS = """\
+from pydantic import BaseModel, EmailStr
+
+
+class User(BaseModel):
+    name: str
+    email: EmailStr
+
+
+print(User(name="Ada", email="ada@example.com").email)
+"""
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("backend", ["bwrap", "docker"])
+def test_pydantic_email_without_its_extra_is_told_the_with_that_fixes_it(
+    request: pytest.FixtureRequest, backend: str, project: Path, shared_dir: Path
+) -> None:
+    # `import pydantic` locks pydantic alone; EmailStr needs email-validator, and the
+    # run's ImportError says so. jhansi names the --with, and that --with works.
+    env = _backend(request, backend, shared_dir)
+    script = project / "users.py"
+    script.write_text(USERS)
+    proc = run_jhansi("run", "--json", str(script), env=env, cwd=project)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["backend"] == backend
+    assert doc["status"] == "failed"
+    assert "email-validator is not installed" in doc["stderr"]["text"]
+    locked = {p["name"] for p in doc["dependencies"]["locked"]}
+    assert "pydantic" in locked
+    assert "email-validator" not in locked
+    hint = (
+        "the script needs email-validator (pydantic[email]); add it with "
+        "--with 'pydantic[email]' or a PEP 723 line"
+    )
+    assert doc["missing_dependency"] == {
+        "distribution": "email-validator",
+        "requirement": "pydantic[email]",
+        "hint": hint,
+    }
+    assert f"jhansi: warning: {hint}\n" in proc.stderr
+    fixed = run_jhansi(
+        "run", "--json", "--with", "pydantic[email]", str(script), env=env, cwd=project
+    )
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    again = json.loads(fixed.stdout)
+    assert again["stdout"]["text"] == "ada@example.com\n"
+    assert again["missing_dependency"] is None
+    assert "email-validator" in {p["name"] for p in again["dependencies"]["locked"]}
