@@ -271,6 +271,29 @@ def test_a_declared_opencv_build_is_the_only_one_locked_and_cv2_loads(
     assert cv2["evidence"].startswith("declared (with); ")
 
 
+@pytest.mark.network
+def test_a_declared_gui_build_that_cannot_load_is_told_the_headless_one(
+    request: pytest.FixtureRequest, project: Path, shared_dir: Path
+) -> None:
+    # Declared, opencv-python is what the run gets; the test image (Debian 12, no X11)
+    # has no libxcb.so.1 for its cv2, and jhansi names the build to declare instead.
+    # Docker only: this host has the X11 libraries a bwrap sandbox would see.
+    env = _backend(request, "docker", shared_dir)
+    script = project / "vision.py"
+    script.write_text(OPENCV)
+    proc = run_jhansi("run", "--json", "--with", "opencv-python", str(script), env=env, cwd=project)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert "cannot open shared object file" in doc["stderr"]["text"]
+    locked = {p["name"] for p in doc["dependencies"]["locked"]}
+    assert {name for name in locked if name.startswith("opencv")} == {"opencv-python"}
+    found = doc["missing_dependency"]
+    assert found["requirement"] == "opencv-python-headless"
+    assert found["replaces"] == "opencv-python"
+    assert f"jhansi: warning: {found['hint']}\n" in proc.stderr
+    assert "declare opencv-python-headless in its place" in found["hint"]
+
+
 CHART = """\
 import matplotlib
 matplotlib.use("Agg")
