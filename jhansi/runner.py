@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
     from jhansi.deps.install import Environment
     from jhansi.deps.lock import LockResult
+    from jhansi.deps.missing import MissingDependency
     from jhansi.egress.session import EgressSession
     from jhansi.ledger.store import Ledger
     from jhansi.sandbox.docker import DockerBackend
@@ -169,6 +170,9 @@ class RunResult:
     ran out, or it failed); empty when the list is complete."""
     egress_dropped: int = 0
     """Connections through the proxy past its event cap: counted, not listed."""
+    missing_dependency: MissingDependency | None = None
+    """A failed run's ImportError named a known distribution it did not have: which,
+    and the requirement that adds it (:mod:`jhansi.deps.missing`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1220,6 +1224,9 @@ class Runner:
                 stopped.recorded = True
             raise
         changes, incomplete = self._changes(before, watched, spec.limits.timeout)
+        missing = missing_dependency(result, deps)
+        if missing is not None:
+            self.reporter.warning(missing.message())
         applied = None
         if layer is not None:
             try:
@@ -1240,6 +1247,7 @@ class Runner:
             egress,
             applied,
             incomplete=incomplete,
+            missing=missing,
         )
 
     def _changes(
@@ -1398,6 +1406,7 @@ class Runner:
         rw: ApplyReport | None = None,
         *,
         incomplete: str = "",
+        missing: MissingDependency | None = None,
     ) -> RunResult:
         """The result, once its ``exec.end`` record and a signed checkpoint are on disk.
 
@@ -1431,6 +1440,7 @@ class Runner:
             rw=rw,
             files_incomplete=incomplete,
             egress_dropped=egress.dropped_events() if egress is not None else 0,
+            missing_dependency=missing,
         )
         ledger = self.ledger
         try:
@@ -1456,6 +1466,19 @@ class Runner:
                 f"{run_id}; free space on the ledger's disk, then run `jhansi ledger verify`.",
             ) from None
         return replace(outcome, record=record.hash)
+
+
+def missing_dependency(result: ExecResult, deps: Dependencies | None) -> MissingDependency | None:
+    """For a failed run, the distribution its ImportError names and it did not have."""
+    data = result.stderr.data
+    if result.status is not ExecStatus.FAILED or (
+        b"ImportError" not in data and b"ModuleNotFoundError" not in data
+    ):
+        return None
+    from jhansi.deps.missing import recognize
+
+    locked = deps.lock.packages if deps is not None and deps.lock is not None else ()
+    return recognize(data, installed=[package.name for package in locked])
 
 
 def _scrub_result(result: ExecResult, egress: EgressSession) -> ExecResult:

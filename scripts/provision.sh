@@ -4,7 +4,8 @@
 # What it sets up (each step is skipped when already in place, so a second
 # run takes seconds):
 #   1. Debian packages: docker.io, podman, uidmap, slirp4netns, bubblewrap,
-#      runsc, debootstrap (+ curl, used to ping the engines).
+#      runsc, debootstrap (+ curl, used to ping the engines; fontconfig, whose
+#      fc-list a bwrap sandbox runs from the host, as matplotlib does).
 #   2. Rootful Docker Engine with gVisor registered as runtime "runsc";
 #      dockerd is started in the background when nothing answers.
 #   3. Rootless Podman: an unprivileged user "jhansi-ci" whose
@@ -41,7 +42,7 @@ CACHE_DIR="${JHANSI_CI_CACHE:-/root/.cache/jhansi-ci}"
 ROOTFS_TAR="$CACHE_DIR/rootfs-$SUITE.tar"
 LABEL_PREFIX=org.jhansi.test
 WAIT_TIMEOUT=60                            # seconds to wait for an engine to answer
-PACKAGES=(docker.io podman uidmap slirp4netns bubblewrap runsc debootstrap curl)
+PACKAGES=(docker.io podman uidmap slirp4netns bubblewrap runsc debootstrap curl fontconfig)
 
 # Talk to the rootful daemon explicitly, whatever the caller's DOCKER_HOST is.
 export DOCKER_HOST="unix://$DOCKER_SOCK"

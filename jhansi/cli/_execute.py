@@ -196,6 +196,9 @@ def result_document(result: RunResult) -> dict[str, Any]:
         "files_incomplete": result.files_incomplete,
         **({"rw": result.rw.as_dict()} if result.rw is not None else {}),
         "error": "\n".join(part for part in (result.error, *network_hints(result)) if part),
+        "missing_dependency": (
+            result.missing_dependency.as_dict() if result.missing_dependency else None
+        ),
         "dependencies": dependencies_document(result.dependencies),
         "policy": (
             result.dependencies.supply.report.as_dict()

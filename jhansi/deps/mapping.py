@@ -10,7 +10,11 @@ import maps to a distribution only when there is evidence for it:
   the others are reported as alternatives.
 * ``data/import_overrides.toml``, a small reviewed file for what that data gets
   wrong, and for names that must never map (standard library, test packages).
-  Overrides win over the data.
+  Overrides win over the data. It also lists the builds that install the same
+  module and must never share a run (``[exclusive]``: the four OpenCV builds of
+  ``cv2``), and which of them a sandbox prefers (``[sandbox_prefers]``: a
+  sandbox has no display, so the headless OpenCV build, which loads without X11
+  libraries, over the GUI one the data ranks first).
 
 An unknown name resolves to ``None``: the caller refuses and asks the user to
 declare the dependency. Nothing here guesses.
@@ -63,6 +67,25 @@ class Override:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Exclusive:
+    """Distributions that install the same module's files: a run may have one of them."""
+
+    module: str
+    """The dotted name they all install (``cv2``)."""
+    distributions: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Preference:
+    """A reviewed "a sandbox gets ``instead`` where the data answers ``over``"."""
+
+    instead: str
+    over: str
+    reason: str
+
+
 class ImportMap:
     """The lookup table: generated data, namespace packages, reviewed overrides.
 
@@ -77,6 +100,8 @@ class ImportMap:
         namespaces: Iterable[str] = (),
         overrides: Mapping[str, Override] | None = None,
         never: Mapping[str, str] | None = None,
+        exclusive: Iterable[Exclusive] = (),
+        prefers: Iterable[Preference] = (),
         source: str = "",
     ) -> None:
         # ``(distribution, download rank)`` pairs, most downloaded first, kept as
@@ -85,6 +110,10 @@ class ImportMap:
         self._namespaces = frozenset(namespaces)
         self._overrides = dict(overrides or {})
         self._never = dict(never or {})
+        self.exclusive = tuple(exclusive)
+        """Groups of distributions a run must never have two of."""
+        self._prefer = {p.over: p for p in prefers}
+        self._known: frozenset[str] | None = None
         self.source = source
         """Where the data comes from, e.g. ``top-pypi-packages.csv (2026-04-01), top 5000``."""
 
@@ -102,6 +131,14 @@ class ImportMap:
             never={
                 name: str(entry["reason"]) for name, entry in overrides.get("never", {}).items()
             },
+            exclusive=[
+                Exclusive(name, tuple(map(str, entry["distributions"])), str(entry["reason"]))
+                for name, entry in overrides.get("exclusive", {}).items()
+            ],
+            prefers=[
+                Preference(name, str(entry["over"]), str(entry["reason"]))
+                for name, entry in overrides.get("sandbox_prefers", {}).items()
+            ],
             source=f"{source.get('file', '?')} ({source.get('date', '?')}), top {data.get('top')}",
         )
 
@@ -111,8 +148,9 @@ class ImportMap:
         Reviewed entries first: the longest dotted prefix with a "never" entry
         (refuse) or an override (answer) decides, for everything below it too.
         Then the data, longest prefix first: the most downloaded provider
-        answers, but a namespace package stops the search, since falling back
-        past one would be a guess.
+        answers (or the build a sandbox prefers to it, when the data shows that
+        build to install the same name), but a namespace package stops the
+        search, since falling back past one would be a guess.
         """
         parts = import_name.split(".")
         if not all(part.isidentifier() for part in parts):
@@ -136,15 +174,58 @@ class ImportMap:
             providers = self._imports.get(prefix, ())
             if providers and (prefix == import_name or not is_namespace):
                 best, rank = providers[0]
+                evidence = f"wheel top-level {prefix!r}, rank {rank} in {self.source}"
+                preferred = self._prefer.get(best)
+                ranks = dict(providers) if preferred is not None else {}
+                if preferred is not None and preferred.instead in ranks:
+                    evidence = (
+                        f"wheel top-level {prefix!r}, rank {ranks[preferred.instead]} in "
+                        f"{self.source}; preferred in a sandbox over {best} (rank {rank}): "
+                        f"{preferred.reason}"
+                    )
+                    best = preferred.instead
                 return ImportMapping(
                     import_name,
                     prefix,
                     best,
-                    f"wheel top-level {prefix!r}, rank {rank} in {self.source}",
-                    tuple(dist for dist, _ in providers[1:]),
+                    evidence,
+                    tuple(dist for dist, _ in providers if dist != best),
                 )
             if is_namespace:
                 return None
+        return None
+
+    def knows(self, distribution: str) -> bool:
+        """Whether a real wheel showed ``distribution`` (a normalized name) to install
+        some name, or a reviewed entry names it: evidence that it is a real project."""
+        if self._known is None:
+            known = {dist for providers in self._imports.values() for dist, _ in providers}
+            known.update(o.distribution for o in self._overrides.values())
+            self._known = frozenset(known)
+        return distribution in self._known
+
+    def conflicts(self, distributions: Iterable[str]) -> list[tuple[Exclusive, tuple[str, ...]]]:
+        """Each ``[exclusive]`` group that two or more of ``distributions`` (normalized
+        names) belong to, with those members in the order given."""
+        wanted = list(dict.fromkeys(distributions))
+        found = []
+        for group in self.exclusive:
+            members = tuple(name for name in wanted if name in group.distributions)
+            if len(members) > 1:
+                found.append((group, members))
+        return found
+
+    def preferred_over(self, distribution: str) -> str | None:
+        """The build a sandbox prefers to ``distribution``, if the overrides name one."""
+        preference = self._prefer.get(distribution)
+        return preference.instead if preference is not None else None
+
+    def preferred(self, distributions: Iterable[str]) -> str | None:
+        """The one of ``distributions`` a sandbox prefers to another of them, if any."""
+        names = set(distributions)
+        for over, preference in self._prefer.items():
+            if over in names and preference.instead in names:
+                return preference.instead
         return None
 
 

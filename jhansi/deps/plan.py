@@ -13,6 +13,12 @@ Precedence, most authoritative first:
 ``--with PKG`` adds to any of them. An unresolved import is never guessed into a
 package name — models invent names and attackers register them — so the run is
 refused until it is declared.
+
+A run never gets two distributions that install the same module: a declared one
+known to provide an import replaces what the map would add for it
+(``--with opencv-python-headless`` and ``import cv2`` lock only that build), and
+two declared builds of one module (the import map's ``[exclusive]`` groups) are
+refused, naming both.
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ from typing import TYPE_CHECKING, Literal
 from jhansi.errors import DependencyError, InputError
 
 if TYPE_CHECKING:  # imported where used: a warm run reuses its plan and needs neither
+    from collections.abc import Iterable
+
     from jhansi.deps.detect import ImportSite
+    from jhansi.deps.mapping import ImportMap
     from jhansi.deps.pep723 import ScriptMetadata
     from jhansi.deps.target import Target
 
@@ -185,6 +194,8 @@ def plan(
             declare(spec, "pep723", f"{where}:{metadata.line}")
     for spec in extra:
         declare(spec, "with", "--with")
+    if len(requirements) > 1:  # the map's data is parsed only when it can matter
+        check_exclusive(requirements.values(), mapping.bundled(), where)
 
     by_name: dict[str, list[ImportSite]] = {}
     for site in sites:
@@ -211,15 +222,36 @@ def plan(
                     for name in site.names:
                         found = found or mapping.resolve(f"{module}.{name}")
             declared = requirements.get(_normalize(top))
-            if found is not None and _normalize(found.distribution) in requirements:
-                name = _normalize(found.distribution)
+            # Any declared provider of the name wins over the map's answer: never both.
+            provider = (
+                next(
+                    (
+                        _normalize(dist)
+                        for dist in (found.distribution, *found.alternatives)
+                        if _normalize(dist) in requirements
+                    ),
+                    None,
+                )
+                if found is not None
+                else None
+            )
+            if found is not None and provider is not None:
+                name = provider
                 decision = ImportDecision(
                     module,
                     "requirement",
                     lines,
                     requirements[name].spec,
-                    f"declared ({requirements[name].source}); {found.evidence}",
-                    found.alternatives,
+                    f"declared ({requirements[name].source}); {found.evidence}"
+                    if name == _normalize(found.distribution)
+                    else f"declared ({requirements[name].source}); wheel top-level "
+                    f"{found.matched!r} is also installed by {name}, so {found.distribution} "
+                    "is not added",
+                    tuple(
+                        d
+                        for d in (found.distribution, *found.alternatives)
+                        if _normalize(d) != name
+                    ),
                 )
             elif declared is not None:
                 decision = ImportDecision(
@@ -300,6 +332,39 @@ def _pep508_name(spec: str) -> str:
     from packaging.requirements import Requirement as Pep508
 
     return Pep508(spec).name
+
+
+_DECLARED_IN = {"pep723": "the PEP 723 block", "with": "--with", "requirements": "--requirements"}
+
+
+def check_exclusive(declared: Iterable[Requirement], table: ImportMap, where: str) -> None:
+    """Refuse two declared distributions that install the same module (``[exclusive]``).
+
+    Both were asked for explicitly, so jhansi does not choose: installed together, one
+    overwrites the other's files and the module is neither of them.
+    """
+    by_name = {r.name: r for r in declared}
+    found = table.conflicts(by_name)
+    if not found:
+        return
+    group, members = found[0]
+    first, second = (by_name[m] for m in members[:2])
+    keep = table.preferred(members)
+    if keep is not None:
+        drop = next(m for m in members if m != keep)
+        advice = (
+            f"Keep {keep}, the build a sandbox can load, and remove {drop} from "
+            f"{_DECLARED_IN[by_name[drop].source]}."
+        )
+    else:
+        places = " or ".join(dict.fromkeys(_DECLARED_IN[r.source] for r in (first, second)))
+        advice = f"Keep one of them and remove the other from {places} ({group.reason})."
+    raise DependencyError(
+        f"{where}: {first.name} ({_DECLARED_IN[first.source]}) and {second.name} "
+        f"({_DECLARED_IN[second.source]}) both install the module {group.module}, and a run "
+        "may have only one of them; nothing was run",
+        hint=advice,
+    )
 
 
 def check_requires_python(requires: str, target: Target, where: str) -> None:

@@ -7,11 +7,12 @@ recorded.
 
 :class:`BwrapBackend` builds the sandbox's root from nothing: an empty tmpfs,
 then read-only binds of exactly what the host interpreter needs (``/usr`` and
-the usrmerge links, the dynamic loader's cache, the interpreter's prefix) with
-every ``site-packages``/``dist-packages`` directory masked by an empty
-read-only tmpfs, a synthetic ``/etc/passwd``, fresh ``/proc`` and ``/dev``,
-size-capped tmpfs at ``/tmp`` and ``/dev/shm``, then the spec's mounts, and
-finally the root itself remounted read-only. Every namespace is new (only
+the usrmerge links, the dynamic loader's cache, the CA certificates, fontconfig's
+configuration and cache, the interpreter's prefix) with every
+``site-packages``/``dist-packages`` directory masked by an empty read-only tmpfs,
+a synthetic ``/etc/passwd``, fresh ``/proc`` and ``/dev``, size-capped tmpfs at
+``/tmp`` and ``/dev/shm``, then the spec's mounts, and finally the root itself
+remounted read-only. Every namespace is new (only
 loopback networking), all capabilities are dropped, ``no_new_privs`` is set by
 bwrap, nested user namespaces are refused where bwrap can do so, and a seccomp
 filter denies the kernel keyring (the user's session keyring is inherited) and
@@ -479,7 +480,13 @@ def default_python() -> str:
 # -- the sandbox's root filesystem ---------------------------------------------------------
 
 _ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-_ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/ssl/certs")
+#: What of the host's /etc its libraries read. ``/etc/fonts`` is fontconfig's
+#: configuration: without it, whatever lists fonts (matplotlib runs ``fc-list``) writes
+#: "Fontconfig error: Cannot load default config file" into the script's stderr.
+_ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/ssl/certs", "/etc/fonts")
+#: The host's system caches its libraries read (fontconfig's font lists, for the fonts
+#: under /usr): read-only, so that they are not rebuilt in the sandbox's home every run.
+_SYSTEM_CACHES = ("/var/cache/fontconfig",)
 #: What Docker masks in /proc: kernel state that is none of a script's business
 #: (``/proc/keys`` names the host user's keys).
 _PROC_MASKS = (
@@ -555,6 +562,7 @@ def host_root(
             symlinks.append((str(host(etc).readlink()), etc))
         elif host(etc).exists():
             binds.append(etc)
+    binds.extend(cache for cache in _SYSTEM_CACHES if host(cache).is_dir())
     home_text = str((home or Path.home()).resolve())
     for prefix in interpreter.prefixes:
         text = str(prefix)
@@ -584,6 +592,11 @@ def host_root(
     return HostRoot(tuple(symlinks), tuple(binds), tuple(kept), proc)
 
 
+#: Changes when :func:`host_root` binds something new, so that roots kept by an
+#: earlier version are not used.
+_HOST_ROOT_RULES = 2
+
+
 @cache
 def _cached_host_root(interpreter: Interpreter, cache_dir: Path | None = None) -> HostRoot:
     """:func:`host_root`, once per process; with ``cache_dir``, kept between runs.
@@ -603,6 +616,7 @@ def _cached_host_root(interpreter: Interpreter, cache_dir: Path | None = None) -
     key = blake3.blake3(
         json.dumps(
             [
+                _HOST_ROOT_RULES,
                 binary_key(str(interpreter.path)),
                 [str(p) for p in interpreter.prefixes],
                 [str(p) for p in interpreter.site_dirs],
@@ -648,7 +662,7 @@ def _proc_masks() -> tuple[tuple[str, bool], ...]:
 
 def _watched_directories(interpreter: Interpreter) -> list[str]:
     """Every directory whose entries :func:`host_root` (with ``base`` ``/``) consults."""
-    found = {"/", "/etc", "/etc/ssl"}
+    found = {"/", "/etc", "/etc/ssl", "/var", "/var/cache"}
     found.update(str(Path(p).parent) for p in interpreter.site_dirs)
     for root in ("/usr", "/usr/local", *(str(p) for p in interpreter.prefixes)):
         found.add(root)

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import backend_env, prepare_jhansi_home, require_backend, run_jhansi
+from tests.conftest import (
+    absent,
+    backend_env,
+    prepare_jhansi_home,
+    require_backend,
+    run_jhansi,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -46,7 +52,7 @@ def test_imports_map_to_the_real_packages(project: Path, bwrap_path: Path) -> No
     doc = json.loads(proc.stdout)
     mapped = {d["import"]: d["requirement"] for d in doc["imports"]}
     assert mapped == {
-        "cv2": "opencv-python",
+        "cv2": "opencv-python-headless",
         "sklearn": "scikit-learn",
         "PIL": "pillow",
         "yaml": "pyyaml",
@@ -57,7 +63,11 @@ def test_imports_map_to_the_real_packages(project: Path, bwrap_path: Path) -> No
     }
     assert all(d["evidence"] for d in doc["imports"])
     assert doc["unresolved"] == []
-    assert {p["name"] for p in doc["locked"]} >= {"opencv-python", "scikit-learn", "pillow"}
+    assert {p["name"] for p in doc["locked"]} >= {
+        "opencv-python-headless",
+        "scikit-learn",
+        "pillow",
+    }
     assert doc["python"].startswith("3.")
     assert {r["name"] for r in doc["requirements"]} >= {"pyyaml", "pyjwt"}
 
@@ -191,3 +201,177 @@ def test_pep723_example_runs(project: Path, bwrap_path: Path) -> None:
     proc = run_jhansi("run", "-q", "--backend", "bwrap", str(script), cwd=project)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "declared: true\nby: PEP 723\n"
+
+
+def _backend(request: pytest.FixtureRequest, backend: str, shared_dir: Path) -> dict[str, str]:
+    """The settings that select ``backend``, with a JHANSI_HOME its engine can reach."""
+    require_backend(request, backend)
+    home = shared_dir / "jhansi-home"
+    prepare_jhansi_home(backend, home)
+    return {**backend_env(backend), "JHANSI_HOME": str(home)}
+
+
+OPENCV = """\
+import cv2
+import numpy as np
+
+ok, png = cv2.imencode(".png", np.zeros((8, 8, 3), dtype=np.uint8))
+print("cv2", cv2.__version__, ok, png.size > 0)
+"""
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("backend", ["bwrap", "docker"])
+def test_cv2_with_no_flags_gets_only_the_headless_build_and_loads(
+    request: pytest.FixtureRequest, backend: str, project: Path, shared_dir: Path
+) -> None:
+    # The issue: `import cv2` mapped to opencv-python, whose cv2 needs libxcb.so.1,
+    # which neither a bwrap sandbox nor a slim image has. A sandbox gets the headless build.
+    env = _backend(request, backend, shared_dir)
+    script = project / "vision.py"
+    script.write_text(OPENCV)
+    proc = run_jhansi("run", "--json", str(script), env=env, cwd=project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["backend"] == backend
+    assert doc["stdout"]["text"].startswith("cv2 ")
+    assert doc["stdout"]["text"].endswith(" True True\n")
+    locked = {p["name"] for p in doc["dependencies"]["locked"]}
+    assert {name for name in locked if name.startswith("opencv")} == {"opencv-python-headless"}
+    [cv2] = [d for d in doc["dependencies"]["imports"] if d["import"] == "cv2"]
+    assert cv2["requirement"] == "opencv-python-headless"
+
+
+@pytest.mark.network
+def test_a_declared_opencv_build_is_the_only_one_locked_and_cv2_loads(
+    project: Path, bwrap_path: Path
+) -> None:
+    # The issue: `--with opencv-python-headless` added the headless build beside the
+    # mapped GUI one, and two builds of cv2 in one environment break each other.
+    script = project / "vision.py"
+    script.write_text(OPENCV)
+    proc = run_jhansi(
+        "run",
+        "--json",
+        "--backend",
+        "bwrap",
+        "--with",
+        "opencv-python-headless",
+        str(script),
+        cwd=project,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["stdout"]["text"].startswith("cv2 ")
+    assert doc["stdout"]["text"].endswith(" True True\n")
+    locked = {p["name"] for p in doc["dependencies"]["locked"]}
+    assert {name for name in locked if name.startswith("opencv")} == {"opencv-python-headless"}
+    [cv2] = [d for d in doc["dependencies"]["imports"] if d["import"] == "cv2"]
+    assert cv2["requirement"] == "opencv-python-headless"
+    assert cv2["evidence"].startswith("declared (with); ")
+
+
+@pytest.mark.network
+def test_a_declared_gui_build_that_cannot_load_is_told_the_headless_one(
+    request: pytest.FixtureRequest, project: Path, shared_dir: Path
+) -> None:
+    # Declared, opencv-python is what the run gets; the test image (Debian 12, no X11)
+    # has no libxcb.so.1 for its cv2, and jhansi names the build to declare instead.
+    # Docker only: this host has the X11 libraries a bwrap sandbox would see.
+    env = _backend(request, "docker", shared_dir)
+    script = project / "vision.py"
+    script.write_text(OPENCV)
+    proc = run_jhansi("run", "--json", "--with", "opencv-python", str(script), env=env, cwd=project)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert "cannot open shared object file" in doc["stderr"]["text"]
+    locked = {p["name"] for p in doc["dependencies"]["locked"]}
+    assert {name for name in locked if name.startswith("opencv")} == {"opencv-python"}
+    found = doc["missing_dependency"]
+    assert found["requirement"] == "opencv-python-headless"
+    assert found["replaces"] == "opencv-python"
+    assert f"jhansi: warning: {found['hint']}\n" in proc.stderr
+    assert "declare opencv-python-headless in its place" in found["hint"]
+
+
+CHART = """\
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+plt.plot([1, 2])
+plt.savefig("/home/sandbox/chart.png")
+"""
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("backend", ["bwrap", "docker"])
+def test_a_matplotlib_run_leaves_stderr_to_the_script(
+    request: pytest.FixtureRequest, backend: str, project: Path, shared_dir: Path
+) -> None:
+    # A fresh (ephemeral) home has no font cache, so matplotlib lists the system's fonts
+    # with fc-list: under bwrap the host's, which printed "Fontconfig error: Cannot load
+    # default config file" into every run's stderr while /etc/fonts was not in the sandbox.
+    if backend == "bwrap" and shutil.which("fc-list") is None:
+        absent("fontconfig is not installed, so fc-list cannot print its error (provision.sh)")
+    env = _backend(request, backend, shared_dir)
+    script = project / "chart.py"
+    script.write_text(CHART)
+    proc = run_jhansi("run", "--json", "--ephemeral", str(script), env=env, cwd=project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["backend"] == backend
+    assert doc["stderr"] == {"text": "", "bytes": 0, "truncated": False}
+    assert "chart.png" in {change["path"] for change in doc["files_changed"]}
+
+
+USERS = """\
+from pydantic import BaseModel, EmailStr
+
+
+class User(BaseModel):
+    name: str
+    email: EmailStr
+
+
+print(User(name="Ada", email="ada@example.com").email)
+"""
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("backend", ["bwrap", "docker"])
+def test_pydantic_email_without_its_extra_is_told_the_with_that_fixes_it(
+    request: pytest.FixtureRequest, backend: str, project: Path, shared_dir: Path
+) -> None:
+    # `import pydantic` locks pydantic alone; EmailStr needs email-validator, and the
+    # run's ImportError says so. jhansi names the --with, and that --with works.
+    env = _backend(request, backend, shared_dir)
+    script = project / "users.py"
+    script.write_text(USERS)
+    proc = run_jhansi("run", "--json", str(script), env=env, cwd=project)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["backend"] == backend
+    assert doc["status"] == "failed"
+    assert "email-validator is not installed" in doc["stderr"]["text"]
+    locked = {p["name"] for p in doc["dependencies"]["locked"]}
+    assert "pydantic" in locked
+    assert "email-validator" not in locked
+    hint = (
+        "the script needs email-validator (pydantic[email]); add it with "
+        "--with 'pydantic[email]' or a PEP 723 line"
+    )
+    assert doc["missing_dependency"] == {
+        "distribution": "email-validator",
+        "requirement": "pydantic[email]",
+        "hint": hint,
+    }
+    assert f"jhansi: warning: {hint}\n" in proc.stderr
+    fixed = run_jhansi(
+        "run", "--json", "--with", "pydantic[email]", str(script), env=env, cwd=project
+    )
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    again = json.loads(fixed.stdout)
+    assert again["stdout"]["text"] == "ada@example.com\n"
+    assert again["missing_dependency"] is None
+    assert "email-validator" in {p["name"] for p in again["dependencies"]["locked"]}

@@ -123,6 +123,25 @@ def test_run_success_failure_and_timeout(project: Path) -> None:
 
 
 @pytest.mark.bwrap
+def test_a_module_the_scan_could_not_see_is_named_with_the_fix(project: Path) -> None:
+    # An import made from a computed name is invisible to the scan: the run fails with
+    # ModuleNotFoundError, and jhansi says which --with adds it, on stderr and in JSON.
+    script = project / "dynamic.py"
+    script.write_text('name = "ya" + "ml"\nyaml = __import__(name)\n')
+    proc = jhansi(project, "run", "--json", str(script))
+    assert proc.returncode == 1, proc.stderr
+    document = valid_run_document(proc)
+    assert document["status"] == "failed"
+    hint = "the script needs pyyaml; add it with --with pyyaml or a PEP 723 line"
+    assert document["missing_dependency"] == {
+        "distribution": "pyyaml",
+        "requirement": "pyyaml",
+        "hint": hint,
+    }
+    assert f"jhansi: warning: {hint}\n" in proc.stderr
+
+
+@pytest.mark.bwrap
 @pytest.mark.parametrize(
     ("code", "kind", "exit_code"),
     [

@@ -617,3 +617,57 @@ def test_where_the_socket_cannot_be_reached_the_run_goes_on_unrecorded(
         "the proxy's socket here)"
     )
     assert list((tmp_path / "home" / "run").glob("egress-*")) == []
+
+
+class ImportFailingBackend(RecordingBackend):
+    """A script that dies of an import the scan could not see (real stderr, verbatim)."""
+
+    def run(
+        self,
+        spec: SandboxSpec,
+        output: OutputSink,
+        *,
+        stdin: BinaryIO | None = None,
+        before_start: Callable[[], None] | None = None,
+    ) -> ExecResult:
+        super().run(spec, output, stdin=stdin, before_start=before_start)
+        stderr = (Path(__file__).parent.parent / "fixtures/stderr/dynamic_yaml.txt").read_bytes()
+        tail = OutputTail(stderr, len(stderr), False)
+        return ExecResult(ExecStatus.FAILED, 1, None, 5, OutputTail(b"", 0, False), tail)
+
+
+class WarningsReporter(NullReporter):
+    """Keeps the warnings it is given."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def test_a_failed_import_ends_with_the_requirement_that_adds_it(
+    project: Path, tmp_path: Path
+) -> None:
+    paths = Paths.from_environment({"JHANSI_HOME": str(tmp_path / "home")})
+    reporter = WarningsReporter()
+    runner = Runner(
+        settings=load_settings(start=tmp_path, environ={}, paths=paths),
+        paths=paths,
+        reporter=reporter,
+        backend=ImportFailingBackend(),
+    )
+    result = runner.run(RunRequest(script=project / "main.py"))
+    assert result.status == "failed"
+    assert result.missing_dependency is not None
+    assert result.missing_dependency.requirement == "pyyaml"
+    assert reporter.warnings == [
+        "the script needs pyyaml; add it with --with pyyaml or a PEP 723 line"
+    ]
+    # A run that succeeded is not read for hints.
+    assert (
+        _runner(RecordingBackend(), tmp_path)
+        .run(RunRequest(script=project / "main.py"))
+        .missing_dependency
+        is None
+    )

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 
 from jhansi.deps import mapping
-from jhansi.deps.mapping import ImportMap, ImportMapping, Override, resolve
+from jhansi.deps.mapping import (
+    Exclusive,
+    ImportMap,
+    ImportMapping,
+    Override,
+    Preference,
+    resolve,
+)
 
 DATA = files("jhansi.deps").joinpath("data")
 
@@ -32,7 +39,7 @@ def _overrides() -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("import_name", "distribution"),
     [
-        ("cv2", "opencv-python"),
+        ("cv2", "opencv-python-headless"),
         ("sklearn", "scikit-learn"),
         ("PIL", "pillow"),
         ("yaml", "pyyaml"),
@@ -151,7 +158,7 @@ def test_removed_standard_library_modules_map_to_their_successors() -> None:
 
 def test_overrides_are_reviewed_entries() -> None:
     overrides = _overrides()
-    assert set(overrides) <= {"imports", "never"}
+    assert set(overrides) <= {"imports", "never", "exclusive", "sandbox_prefers"}
     for name, entry in overrides["imports"].items():
         assert all(part.isidentifier() for part in name.split(".")), name
         assert entry["reason"].strip(), name
@@ -167,6 +174,87 @@ def test_override_targets_are_evidenced_by_the_data() -> None:
     for name, entry in _overrides()["imports"].items():
         providers = [dist for dist, _ in imports.get(name, [])]
         assert entry["distribution"] in providers, (name, providers)
+
+
+def test_exclusive_groups_are_evidenced_by_the_data() -> None:
+    # Each group's members are real wheels that install its module: a typo would
+    # either miss a conflict or refuse a run for a name nobody installs.
+    imports = _data()["imports"]
+    for name, entry in _overrides()["exclusive"].items():
+        providers = {dist for dist, _ in imports.get(name, [])}
+        assert len(entry["distributions"]) >= 2, name
+        assert set(entry["distributions"]) <= providers, (name, providers)
+        assert entry["reason"].strip(), name
+
+
+def test_sandbox_preferences_are_exclusive_pairs_the_data_ranks_first() -> None:
+    groups = [set(e["distributions"]) for e in _overrides()["exclusive"].values()]
+    preferred = _overrides()["sandbox_prefers"]
+    assert {"opencv-python-headless", "opencv-contrib-python-headless"} <= set(preferred)
+    for instead, entry in preferred.items():
+        assert any({instead, entry["over"]} <= group for group in groups), instead
+        assert entry["reason"].strip(), instead
+    # No reviewed override sends a name to a build a sandbox avoids.
+    avoided = {entry["over"] for entry in preferred.values()}
+    assert not {e["distribution"] for e in _overrides()["imports"].values()} & avoided
+
+
+def test_a_sandbox_gets_the_headless_opencv_with_the_evidence() -> None:
+    found = resolve("cv2.dnn")
+    assert found is not None
+    assert (found.matched, found.distribution) == ("cv2", "opencv-python-headless")
+    assert "opencv-python" in found.alternatives
+    assert "opencv-python-headless" not in found.alternatives
+    assert re.match(
+        r"wheel top-level 'cv2', rank \d+ in .*; preferred in a sandbox over opencv-python "
+        r"\(rank \d+\): a sandbox has no display",
+        found.evidence,
+    )
+
+
+def test_a_preference_applies_only_where_the_data_shows_both_install_the_name() -> None:
+    table = ImportMap(
+        imports={
+            "gui": [("thing-gui", 10), ("thing-headless", 20)],
+            "other": [("thing-gui", 10)],  # the preferred build does not install it
+        },
+        prefers=[Preference("thing-headless", "thing-gui", "no display")],
+        overrides={"pinned": Override("thing-gui", "reviewed")},
+        source="csv",
+    )
+    gui = table.resolve("gui")
+    assert gui is not None
+    assert (gui.distribution, gui.alternatives) == ("thing-headless", ("thing-gui",))
+    assert gui.evidence == (
+        "wheel top-level 'gui', rank 20 in csv; preferred in a sandbox over thing-gui "
+        "(rank 10): no display"
+    )
+    other = table.resolve("other")
+    assert other is not None
+    assert other.distribution == "thing-gui"
+    pinned = table.resolve("pinned")  # a reviewed override is the answer as written
+    assert pinned is not None
+    assert pinned.distribution == "thing-gui"
+
+
+def test_conflicts_and_preferences_among_distributions() -> None:
+    table = ImportMap(
+        imports={},
+        exclusive=[Exclusive("cv2", ("a-gui", "a-headless", "b-gui"), "same files")],
+        prefers=[Preference("a-headless", "a-gui", "no display")],
+    )
+    assert table.conflicts(["numpy", "a-gui"]) == []
+    [(group, members)] = table.conflicts(["b-gui", "numpy", "a-headless"])
+    assert (group.module, members) == ("cv2", ("b-gui", "a-headless"))
+    assert table.preferred(["a-gui", "a-headless"]) == "a-headless"
+    assert table.preferred(["b-gui", "a-headless"]) is None
+
+
+def test_the_bundled_exclusive_groups_include_every_opencv_build() -> None:
+    [(group, members)] = mapping.bundled().conflicts(["opencv-contrib-python", "opencv-python"])
+    assert group.module == "cv2"
+    assert members == ("opencv-contrib-python", "opencv-python")
+    assert mapping.bundled().conflicts(["pyside6", "pyside6-essentials"]) == []
 
 
 def test_overrides_and_never_cover_what_is_below_them() -> None:

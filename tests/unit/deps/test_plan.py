@@ -129,3 +129,86 @@ def test_pyproject_as_requirements(tmp_path: Path) -> None:
         requirements_file=pyproject,
     )
     assert [r.spec for r in result.requirements] == ["rich>=13"]
+
+
+def _names(result: object) -> list[tuple[str, str]]:
+    return [(r.name, r.source) for r in result.requirements]  # type: ignore[attr-defined]
+
+
+def test_an_opencv_script_gets_the_headless_build(tmp_path: Path) -> None:
+    result = _plan("import cv2\nimport numpy as np\n", tmp_path)
+    assert ("opencv-python-headless", "map") in _names(result)
+    assert "opencv-python" not in {name for name, _ in _names(result)}
+
+
+@pytest.mark.parametrize(
+    "declared", ["opencv-python-headless", "opencv-python", "opencv-contrib-python>=4.10"]
+)
+def test_a_declared_build_replaces_the_mapped_one(tmp_path: Path, declared: str) -> None:
+    # The issue: `--with opencv-python-headless` used to add it beside the mapped
+    # opencv-python, and two builds of cv2 break each other.
+    result = _plan("import cv2\n", tmp_path, with_requirements=(declared,))
+    [requirement] = result.requirements  # type: ignore[attr-defined]
+    assert (requirement.spec, requirement.source) == (declared, "with")
+    assert requirement.imports == ("cv2",)
+    [decision] = result.imports  # type: ignore[attr-defined]
+    assert (decision.kind, decision.requirement) == ("requirement", declared)
+    assert decision.evidence.startswith("declared (with); ")
+    assert requirement.name not in decision.alternatives
+
+
+def test_a_declared_provider_under_another_name_wins_in_a_pep723_block(tmp_path: Path) -> None:
+    # Before: opencv-python was the map's answer, so the headless build's `cv2` was
+    # reported as an import the block leaves out.
+    source = '# /// script\n# dependencies = ["opencv-python-headless"]\n# ///\nimport cv2\n'
+    result = _plan(source, tmp_path)
+    assert {d.name: d.kind for d in result.imports} == {"cv2": "requirement"}  # type: ignore[attr-defined]
+    assert _names(result) == [("opencv-python-headless", "pep723")]
+
+
+def test_two_declared_builds_of_one_module_are_refused(tmp_path: Path) -> None:
+    source = '# /// script\n# dependencies = ["opencv-python"]\n# ///\nimport cv2\n'
+    with pytest.raises(DependencyError) as caught:
+        _plan(source, tmp_path, with_requirements=("opencv-python-headless",))
+    error = caught.value
+    assert error.exit_code == ExitCode.DEPENDENCIES
+    assert error.message == (
+        "s.py: opencv-python (the PEP 723 block) and opencv-python-headless (--with) both "
+        "install the module cv2, and a run may have only one of them; nothing was run"
+    )
+    assert error.hint == (
+        "Keep opencv-python-headless, the build a sandbox can load, and remove opencv-python "
+        "from the PEP 723 block."
+    )
+    assert len(error.diagnostics().splitlines()) == 2
+
+
+def test_declared_conflicts_are_refused_without_an_import_and_without_a_preference(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(DependencyError) as caught:
+        _plan("print(1)\n", tmp_path, with_requirements=("psycopg2", "psycopg2-binary==2.9.10"))
+    assert "psycopg2 (--with) and psycopg2-binary (--with) both install the module psycopg2" in (
+        caught.value.message
+    )
+    assert caught.value.hint.startswith("Keep one of them and remove the other from --with (")
+
+
+def test_a_requirements_file_and_with_conflict_too(tmp_path: Path) -> None:
+    req = tmp_path / "requirements.txt"
+    req.write_text("onnxruntime-gpu\n")
+    with pytest.raises(DependencyError, match=r"onnxruntime-gpu \(--requirements\) and "):
+        _plan(
+            "import onnxruntime\n",
+            tmp_path,
+            requirements_file=req,
+            with_requirements=("onnxruntime",),
+        )
+
+
+def test_related_distributions_that_share_a_name_are_not_refused(tmp_path: Path) -> None:
+    # mlflow depends on mlflow-skinny and both install `mlflow`: not an [exclusive] group.
+    result = _plan("import mlflow\n", tmp_path, with_requirements=("mlflow", "mlflow-skinny"))
+    assert [name for name, _ in _names(result)] == ["mlflow", "mlflow-skinny"]
+    # Both declared: the map's own answer among them is the one the import is tied to.
+    assert result.imports[0].requirement == "mlflow-skinny"  # type: ignore[attr-defined]

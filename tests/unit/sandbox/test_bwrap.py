@@ -296,6 +296,8 @@ def test_host_root_binds_the_system_and_masks_every_site_dir(tmp_path: Path) -> 
         "usr/local/lib/python3.11/dist-packages",
         "usr/share/zoneinfo",
         "etc/ssl",
+        "etc/fonts/conf.d",
+        "var/cache/fontconfig",
         "opt/py/bin",
         "opt/py/lib/python3.12/site-packages/inner/site-packages",
         "proc/acpi",
@@ -320,7 +322,16 @@ def test_host_root_binds_the_system_and_masks_every_site_dir(tmp_path: Path) -> 
         ("usr/lib", "/lib"),
         ("../usr/share/zoneinfo/UTC", "/etc/localtime"),
     )
-    assert root.binds == ("/usr", "/sbin", "/etc/ld.so.cache", "/opt/py")
+    # fontconfig's configuration and the host's font cache: without them matplotlib's
+    # `fc-list` writes "Fontconfig error: Cannot load default config file" on every run.
+    assert root.binds == (
+        "/usr",
+        "/sbin",
+        "/etc/ld.so.cache",
+        "/etc/fonts",
+        "/var/cache/fontconfig",
+        "/opt/py",
+    )
     assert root.masks == (
         "/opt/py/lib/python3.12/site-packages",
         "/usr/lib/python3/dist-packages",
@@ -599,6 +610,11 @@ def test_the_host_root_is_kept_while_its_directories_are_unchanged(
     assert len(computed) == 3
     assert keep(interpreter, cache) == fresh
     assert len(computed) == 3
+    # A root kept by a version whose rules bound less (before /etc/fonts) is not used.
+    monkeypatch.setattr(bwrap_module, "_HOST_ROOT_RULES", bwrap_module._HOST_ROOT_RULES + 1)
+    assert keep(interpreter, cache) == fresh
+    assert len(computed) == 4
+    assert len(list((cache / "host-roots").iterdir())) == 2
 
 
 def test_a_checkouts_version_file_does_not_choose_the_host_interpreter(
