@@ -628,7 +628,9 @@ def _chmod(parent: int, name: str, kind: Kind, mode: int) -> None:
         os.close(fd)
 
 
-def _apply_one(layer: Layer, layer_fd: int, project_fd: int, change: Change) -> Outcome:
+def _apply_one(
+    layer: Layer, layer_fd: int, project_fd: int, change: Change, when: str = "during the run"
+) -> Outcome:
     rel, old, new = change.path, change.old, change.new
 
     def done(result: Result, reason: str = "") -> Outcome:
@@ -641,9 +643,9 @@ def _apply_one(layer: Layer, layer_fd: int, project_fd: int, change: Change) -> 
                 if current is not None and new is not None:
                     if current.kind == "dir" == new.kind:
                         return done("applied")  # made on the host too: nothing to do
-                    return done("conflict", "made in the project during the run")
+                    return done("conflict", f"made in the project {when}")
             elif not _unchanged_on_host(old, current):
-                return done("conflict", "changed in the project during the run")
+                return done("conflict", f"changed in the project {when}")
             if change.action == "deleted" or new is None:
                 if current is not None and current.kind == "dir":
                     os.rmdir(name, dir_fd=parent)
@@ -685,7 +687,7 @@ def _apply_one(layer: Layer, layer_fd: int, project_fd: int, change: Change) -> 
         if exc.errno in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
             return done(
                 "conflict",
-                f"the project changed under it during the run ({os.strerror(exc.errno)})",
+                f"the project changed under it {when} ({os.strerror(exc.errno)})",
             )
         raise ApplyError(exc.errno, f"{rel}: {exc.strerror or exc}") from exc
 
@@ -697,7 +699,11 @@ APPLY_BUDGET = 1 << 30
 
 
 def apply_changes(
-    layer: Layer, changes: Iterable[Change], *, budget: int = APPLY_BUDGET
+    layer: Layer,
+    changes: Iterable[Change],
+    *,
+    budget: int = APPLY_BUDGET,
+    when: str = "during the run",
 ) -> ApplyReport:
     """Apply ``changes`` (from :func:`plan_changes`, in its order) to the project.
 
@@ -706,6 +712,7 @@ def apply_changes(
     file past what is left of ``budget`` bytes: the layer is kept). An error that is
     not about one change (disk full, read-only filesystem) stops it:
     :attr:`ApplyReport.error` says why, and the changes after it are not applied.
+    ``when`` ends a conflict's reason: since when the project was to stay unchanged.
     """
     outcomes: list[Outcome] = []
     layer_fd = _open_dir(layer.root)
@@ -733,7 +740,7 @@ def apply_changes(
                     continue
                 left -= new.size
             try:
-                outcomes.append(_apply_one(layer, layer_fd, project_fd, change))
+                outcomes.append(_apply_one(layer, layer_fd, project_fd, change, when))
             except ApplyError as exc:
                 error = str(exc.strerror)
                 break
