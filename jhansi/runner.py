@@ -1058,7 +1058,7 @@ class Runner:
         except OSError as exc:
             return f"cannot make {dirs.root.parent}: {exc.strerror or exc}"
         hint = replace(self._bare_spec(run_id), labels={"jhansi.sandbox": sandbox.name})
-        support = self.backend.copy_on_write(hint, dirs.root.parent)
+        support = self.backend.copy_on_write(hint, dirs.root.parent, dirs.project)
         if isinstance(support, str):
             return support
         try:

@@ -1534,7 +1534,7 @@ class BwrapBackend(Backend):
             "`jhansi sandbox apply`"
         )
 
-    def copy_on_write(self, spec: SandboxSpec, where: Path) -> CopyOnWrite | str:
+    def copy_on_write(self, spec: SandboxSpec, where: Path, project: Path) -> CopyOnWrite | str:
         """bwrap's ``--overlay`` (0.10+, the bundled build when the system's is older),
         tried once per binary, user and file system of ``where`` (remembered)."""
         binary = self._overlay_binary()

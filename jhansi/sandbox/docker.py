@@ -1114,7 +1114,7 @@ class DockerBackend(Backend):
             hand_over(directory, identity.host_uid, identity.host_gid)
         ready_upper(overlay, mount.source, identity.host_uid, identity.host_gid)
 
-    def copy_on_write(self, spec: SandboxSpec, where: Path) -> CopyOnWrite | str:
+    def copy_on_write(self, spec: SandboxSpec, where: Path, project: Path) -> CopyOnWrite | str:
         """An overlay volume of the engine's local driver (rootful Docker only), tried once
         per engine, runtime and file system of ``where`` (remembered)."""
         if self.engine.name == "podman":
@@ -1125,6 +1125,10 @@ class DockerBackend(Backend):
             )
         if self.engine.rootless:
             return "a rootless engine cannot mount an overlay of the host's directories"
+        try:
+            overlay_options(Overlay((where, project), where, where))
+        except SandboxError as exc:
+            return exc.message
         runtime = spec.runtime or self.engine.default_runtime or "runc"
         try:
             device = where.stat().st_dev

@@ -339,9 +339,9 @@ class Backend(ABC):
         """Remove what crashed runs left behind (containers); return how many."""
         return 0
 
-    def copy_on_write(self, spec: SandboxSpec, where: Path) -> CopyOnWrite | str:
-        """How this backend mounts an ``overlay`` for ``spec`` with its upper layer on the
-        file system of ``where``, or why it cannot (one line, for the user's hint).
+    def copy_on_write(self, spec: SandboxSpec, where: Path, project: Path) -> CopyOnWrite | str:
+        """How this backend mounts an ``overlay`` of ``project`` for ``spec`` with its upper
+        layer in ``where`` (on its file system), or why it cannot (one line, for the hint).
 
         A backend that says yes has tried it (once, remembered): a run whose overlay
         fails to mount would fail after it was recorded as started.

@@ -966,14 +966,15 @@ class ProbeLayers:
         overlay = self.mount.overlay
         if overlay is None:  # pragma: no cover - always set by probe_layers
             return "no overlay"
+        # What the sandbox left is read without following a link (as everywhere else).
+        wrote = read_small(overlay.upper, "new.txt", 16)
         try:
-            wrote = (overlay.upper / "new.txt").read_text(encoding="utf-8")
             gone = os.lstat(overlay.upper / "gone.txt")
             lower = self.mount.source
             intact = (lower / "gone.txt").exists() and not (lower / "new.txt").exists()
         except OSError as exc:
             return f"the writes did not land in the upper layer ({exc.strerror or exc})"
-        if wrote != "new" or not is_whiteout(gone) or not intact:
+        if wrote != b"new" or not is_whiteout(gone) or not intact:
             return "the overlay did not behave as overlayfs does"
         return ""
 
