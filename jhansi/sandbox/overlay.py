@@ -236,12 +236,14 @@ def prepare(dirs: LayerDirs, masked: Iterable[Path], xattr: XattrNamespace) -> d
     if state.get("xattr") != xattr:
         convert_opaque(dirs.upper, str(state.get("xattr")), xattr)
         state["xattr"] = xattr
-    build_masks(dirs, masked, xattr)
+    hidden = sorted(path.relative_to(dirs.project).as_posix() for path in masked)
+    build_masks(dirs, hidden, xattr)
+    state["masked"] = hidden  # open_directories never makes twins there
     save_state(dirs, state)
     return state
 
 
-def build_masks(dirs: LayerDirs, masked: Iterable[Path], xattr: XattrNamespace) -> None:
+def build_masks(dirs: LayerDirs, masked: Iterable[str], xattr: XattrNamespace) -> None:
     """The mask layer for a run: for each masked path, an empty read-only stand-in
     (a directory is opaque, or where the attribute cannot be set, whited out entry by
     entry), below directories that look like the project's own."""
@@ -252,8 +254,7 @@ def build_masks(dirs: LayerDirs, masked: Iterable[Path], xattr: XattrNamespace) 
     dirs.masks.chmod(0o755)
     root = os.open(dirs.masks, _DIR_FLAGS)
     try:
-        for path in sorted(masked):
-            rel = path.relative_to(dirs.project).as_posix()
+        for rel in sorted(masked):
             _stand_in(root, dirs.project, rel, xattr)
     finally:
         os.close(root)
@@ -348,7 +349,12 @@ def finish_run(dirs: LayerDirs) -> None:
 
 
 def open_directories(
-    dirs: LayerDirs, uid: int, gid: int, *, deadline: float | None = None
+    dirs: LayerDirs,
+    uid: int,
+    gid: int,
+    *,
+    deadline: float | None = None,
+    masked: Iterable[str] = (),
 ) -> list[str]:
     """Give the sandbox writable copies of the project's directories it may read but
     does not own; return their paths.
@@ -360,11 +366,14 @@ def open_directories(
     by mode bits) gets an empty, non-opaque twin in the upper layer, owned by the
     sandbox: the merged directory is the same, and the sandbox may add files to it.
     Directories it could not read stay as they are (their twin would show their
-    names). Nothing is made where the upper layer already has an entry, nor below a
-    whiteout or an opaque directory (that would bring back what the sandbox deleted).
+    names), and so do ``masked`` ones and everything below them (a twin would show the
+    names the mask hides). Nothing is made where the upper layer already has an entry,
+    nor below a whiteout or an opaque directory (that would bring back what the sandbox
+    deleted).
     ``deadline`` bounds the walk (a :func:`time.monotonic` instant).
     """
     made: list[str] = []
+    hidden = set(masked)
     project_fd = os.open(dirs.project, _DIR_FLAGS)
     upper_fd = os.open(dirs.upper, _DIR_FLAGS)
     # Each frame: (project dir fd, upper dir fd, prefix, names left).
@@ -385,6 +394,8 @@ def open_directories(
             try:
                 st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             except OSError:
+                continue
+            if prefix + name in hidden:
                 continue
             if not stat.S_ISDIR(st.st_mode) or not _may_list(st, uid, gid):
                 continue
@@ -449,7 +460,16 @@ def ready_upper(overlay: Overlay, project: Path, uid: int, gid: int) -> None:
     if owner == uid:
         return
     dirs = LayerDirs(overlay.upper.parent, project)
-    made = open_directories(dirs, uid, gid, deadline=time.monotonic() + OPEN_SECONDS)
+    masked = load_state(dirs.state).get("masked")
+    if not isinstance(masked, list):
+        return  # without the masks, a twin could show names they hide
+    made = open_directories(
+        dirs,
+        uid,
+        gid,
+        deadline=time.monotonic() + OPEN_SECONDS,
+        masked=[m for m in masked if isinstance(m, str)],
+    )
     note_opened(dirs, made)
 
 
@@ -997,7 +1017,7 @@ def probe_layers(where: Path, xattr: XattrNamespace) -> ProbeLayers:
     dirs = LayerDirs(root, lower)
     for directory in (dirs.upper, dirs.work):
         directory.mkdir(mode=0o700)
-    build_masks(dirs, [lower / "hidden"], xattr)
+    build_masks(dirs, ["hidden"], xattr)
     overlay = Overlay((dirs.masks, lower), dirs.upper, dirs.work, xattr)
     mount = Mount(lower, WORKDIR, read_only=False, kind="overlay", overlay=overlay)
     return ProbeLayers(root, mount)

@@ -131,6 +131,15 @@ def test_cannot_write_the_project_or_the_root(target: Target) -> None:
     proc, doc = jhansi_run(target, "write_work.py")
     assert_contained(proc, doc)
     assert not (target.project / "pwned.txt").exists()
+    stdout = str(doc["stdout"]["text"])  # type: ignore[index]
+    if doc.get("layer"):
+        # /work is copy-on-write: the write succeeded, into the sandbox's layer only.
+        assert "wrote /work/pwned.txt" in stdout
+        assert (Path(str(doc["layer"])) / "pwned.txt").read_text() == "pwned"
+    else:
+        # No copy-on-write mechanism here (rootless Podman): /work is read-only.
+        assert target.name == "podman", doc.get("enforcement")
+        assert "contained: /work/pwned.txt" in stdout
 
 
 def test_masked_secrets_are_not_visible(target: Target) -> None:
