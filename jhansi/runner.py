@@ -68,6 +68,9 @@ ENV_TARGET = f"{ENTRY_DIR}/env"
 #: Where a script from outside the project (or from stdin) is mounted.
 MAIN_DIR = f"{ENTRY_DIR}/main"
 STDIN_NAME = "stdin.py"
+#: How ``enforcement["work"]`` begins when no copy-on-write layer could be had (the
+#: reason follows, then a closing parenthesis).
+READ_ONLY_WORK = "read-only bind of the project (no copy-on-write layer: "
 #: ``[sandbox] max_script_size``'s default.
 DEFAULT_MAX_SCRIPT_SIZE = 1 << 20
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -1023,11 +1026,9 @@ class Runner:
             if isinstance(found, Cow):
                 cow = found
             else:
-                work = f"read-only bind of the project (no copy-on-write layer: {found})"
-                self.reporter.warning(
-                    f"/work is read-only: {found}; the script can write under $HOME (kept in "
-                    f"sandbox {sandbox.name}), or to the project with --rw"
-                )
+                # Said in enforcement, and in the hint when a write fails (not before
+                # every run: most scripts never write there, and -q stays quiet).
+                work = f"{READ_ONLY_WORK}{found})"
         try:
             return self._run_with(
                 request, run_id, script, project, sandbox, deps, egress, backend, layer, cow, work

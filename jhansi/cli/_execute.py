@@ -322,8 +322,9 @@ def finish(
             f"system is not: write under /work, /tmp or $HOME (kept in sandbox "
             f"{result.sandbox!r})."
             if result.layer
-            else "The project at /work is read-only here: pass --rw to allow writes there, or "
-            f"write under $HOME (/home/sandbox), which persists in sandbox {result.sandbox!r}."
+            else f"The project at /work is read-only here{_no_layer(result)}: pass --rw to "
+            "allow writes there, or write under $HOME (/home/sandbox), which persists in "
+            f"sandbox {result.sandbox!r}."
         )
         problem = JhansiError(
             f"the script exited {code}: it tried to write to a read-only place", hint=hint
@@ -351,6 +352,16 @@ def finish(
             "copies them in\n"
         )
     sys.exit(code)  # like typer.Exit(code), which Typer turns into sys.exit
+
+
+def _no_layer(result: RunResult) -> str:
+    """`` (no copy-on-write layer: why)`` when the backend could not give /work one."""
+    from jhansi.runner import READ_ONLY_WORK
+
+    work = result.enforcement.get("work", "")
+    if not work.startswith(READ_ONLY_WORK):
+        return ""
+    return f" (no copy-on-write layer: {work[len(READ_ONLY_WORK) :].removesuffix(')')})"
 
 
 #: Files the summary line names; the rest are counted.
