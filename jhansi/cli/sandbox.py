@@ -320,6 +320,12 @@ def diff_command(
             console.print(escape(terminal_safe(patch)), end="", soft_wrap=True)
 
 
+def _valid(name: str) -> bool:
+    from jhansi.sandbox.workspace import NAME_PATTERN
+
+    return NAME_PATTERN.match(name) is not None
+
+
 @app.command("apply")
 def apply_command(
     ctx: typer.Context,
@@ -339,7 +345,8 @@ def apply_command(
     The same protections as --rw: configuration, locks, version files, .git and masked
     paths are never written, links only if they stay inside the project, and a path you
     changed in the project since the sandbox changed it is a conflict (left in the
-    layer). Exits 1 when some changes were not applied.
+    layer). Exits 1 when some changes were not applied. When NAME is no sandbox's
+    name, it is the first PATH (in the working directory's project's sandbox).
     """
     from rich.markup import escape
 
@@ -350,13 +357,13 @@ def apply_command(
     from jhansi.sandbox.changes import shown_name
 
     ctx.ensure_object(CliState).json = json_output
-    done = apply(
-        _settings(project),
-        Paths.from_environment(),
-        name,
-        tuple(paths or ()),
-        project=project,
-    )
+    wanted = tuple(paths or ())
+    environment = Paths.from_environment()
+    if name is not None and not (_valid(name) and _workspace().exists(name)):
+        # Not a sandbox: the first path, in the working directory's project's sandbox.
+        wanted = (name, *wanted)
+        name = None
+    done = apply(_settings(project), environment, name, wanted, project=project)
     report = done.report
     missed = report.by("refused") + report.by("conflict")
     if json_output:
