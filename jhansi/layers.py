@@ -45,11 +45,18 @@ class LayerDiff:
     plan: Plan
     refused: dict[str, str]
     """Paths ``apply`` would refuse, and why (masked, configuration, outward link)."""
+    masked: frozenset[str] = frozenset()
+    """The project's masked paths (relative): their content is never shown."""
 
     @property
     def items(self) -> list[Planned]:
         """The changes, in the order they would be applied."""
         return self.plan.items
+
+    def hides(self, rel: str) -> bool:
+        """Whether ``rel`` is masked or below a masked directory (the project's file
+        there is a secret the sandbox never saw: no line diff shows it)."""
+        return any(rel == m or rel.startswith(m + "/") for m in self.masked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +146,8 @@ def diff(
     sandbox = sandbox_name(name, project)
     dirs = find_layer(Workspace.from_paths(paths), sandbox, project)
     found = _plan(dirs)
-    return LayerDiff(sandbox, dirs, found, _refusals(dirs, found, _masked(settings, dirs)))
+    masked = _masked(settings, dirs)
+    return LayerDiff(sandbox, dirs, found, _refusals(dirs, found, masked), frozenset(masked))
 
 
 def _plan(dirs: LayerDirs) -> Plan:
@@ -159,14 +167,11 @@ def select(found: Plan, wanted: tuple[str, ...]) -> list[Planned]:
         return list(found.items)
     chosen: list[Planned] = []
     for text in wanted:
-        rel = text.removeprefix(f"{WORKDIR}/") if text.startswith(f"{WORKDIR}/") else text
-        rel = rel.strip("/")
-        if rel.startswith("./"):
-            rel = rel[2:]
+        rel = _relative(text)
         matched = [
             item
             for item in found.items
-            if rel in ("", ".") or item.change.path == rel or item.change.path.startswith(rel + "/")
+            if not rel or item.change.path == rel or item.change.path.startswith(rel + "/")
         ]
         if not matched:
             raise UsageError(
@@ -175,6 +180,23 @@ def select(found: Plan, wanted: tuple[str, ...]) -> list[Planned]:
             )
         chosen += [item for item in matched if item not in chosen]
     return [item for item in found.items if item in chosen]
+
+
+def _relative(text: str) -> str:
+    """A PATH of ``apply`` as a path relative to the project (``""``: all of it).
+
+    ``/work/...`` or relative; any other absolute path, and ``..``, are refused (a
+    path outside /work is nothing the layer holds)."""
+    if text == WORKDIR or text.startswith(f"{WORKDIR}/"):
+        text = text[len(WORKDIR) :]
+    elif text.startswith("/"):
+        raise UsageError(
+            f"{text}: not below /work", hint="Name a path relative to the project, or /work/..."
+        )
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UsageError(f"{text}: '..' is not allowed", hint="Name the path without '..'.")
+    return "/".join(parts)
 
 
 def apply(
@@ -449,18 +471,23 @@ def _copy_tree(top: int, shown: str, target: Path, force: bool) -> Copied:
     from jhansi.sandbox.layer import _walk
 
     files = size = 0
-    skipped: list[str] = []
+    skipped: list[str] = []  # the walk adds FIFOs, sockets and devices; links below
     try:
         target.mkdir(mode=0o755, exist_ok=force)
     except OSError as exc:
         raise UsageError(
             f"cannot make {target}: {exc.strerror or exc}", hint="Choose a writable DEST."
         ) from None
-    for rel, entry, parent in _walk(top):
+    for rel, entry, parent in _walk(top, special=skipped):
         name = rel.rsplit("/", 1)[-1]
         out = target / rel
         if entry.kind == "dir":
-            out.mkdir(mode=0o755, exist_ok=True)
+            try:
+                out.mkdir(mode=0o755, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot make {out}: {exc.strerror or exc}", hint="Choose another DEST."
+                ) from None
             continue
         if entry.kind != "file":
             skipped.append(rel)

@@ -259,6 +259,7 @@ def diff_command(
     patches = {
         item.change.path: _text_diff(item, found.dirs.upper, found.dirs.project)
         for item in found.items
+        if not found.hides(item.change.path)  # a masked file's host content stays unshown
     }
     if json_output:
         changes = []

@@ -136,14 +136,17 @@ def _lentry(name: str, dir_fd: int) -> Entry | None:
 MAX_DEPTH = 256
 
 
-def _walk(dir_fd: int, skip: AbstractSet[str] = frozenset()) -> Iterator[tuple[str, Entry, int]]:
+def _walk(
+    dir_fd: int, skip: AbstractSet[str] = frozenset(), special: list[str] | None = None
+) -> Iterator[tuple[str, Entry, int]]:
     """Every entry under ``dir_fd`` (parents before children), with its parent's fd.
 
     Directories are opened with ``O_NOFOLLOW``: a symlink is an entry, never a way
     in. Directories named in ``skip`` (masked: hidden whole) are listed, not entered;
     ``skip`` is consulted after each directory is yielded, so a caller may add to it.
     Iterative (a stack, not recursion), and past :data:`MAX_DEPTH` levels it raises
-    :class:`ApplyError` rather than exhaust the stack or the descriptors.
+    :class:`ApplyError` rather than exhaust the stack or the descriptors. FIFOs,
+    sockets and devices are not yielded; their paths are added to ``special`` if given.
     """
     # Each frame: (the directory's fd or None for the caller's, its prefix, names left).
     stack: list[tuple[int, str, list[str]]] = []
@@ -163,9 +166,13 @@ def _walk(dir_fd: int, skip: AbstractSet[str] = frozenset()) -> Iterator[tuple[s
                 continue
             name = names.pop()
             entry = _lentry(name, fd)
-            if entry is None:
-                continue
             rel = prefix + name
+            if entry is None:
+                if special is not None:
+                    with contextlib.suppress(OSError):  # gone since: nothing to say
+                        os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        special.append(rel)
+                continue
             yield rel, entry, fd
             if entry.kind != "dir" or rel in skip:
                 continue
