@@ -153,3 +153,59 @@ def test_data_inside_the_project_means_a_read_only_work(bwrap_path: Path, shared
     assert "inside the project" in proc.stderr
     assert not (project.root / "summary.csv").exists()
     assert not os.path.lexists(project.root / "analysis" / "chart.png")
+
+
+RESHAPER = """\
+import os, shutil
+
+os.remove("table.csv")
+os.mkdir("table.csv")  # a file made a directory
+open("table.csv/part-0.csv", "w").write("a,b\\n1,2\\n")
+shutil.rmtree("out")  # a directory emptied and made again (opaque in the layer)
+os.makedirs("out")
+open("out/new.txt", "w").write("new")
+shutil.rmtree("old")  # a directory made a file
+open("old", "w").write("now a file")
+"""
+
+
+def test_reshaped_paths_are_applied_as_the_sandbox_saw_them(project: Project) -> None:
+    root = project.root
+    (root / "table.csv").write_text("a,b\n")
+    for rel in ("out/kept.txt", "out/stale.txt", "old/a.txt"):
+        (root / rel).parent.mkdir(exist_ok=True)
+        (root / rel).write_text(rel)
+    (root / "reshape.py").write_text(RESHAPER)
+    for path in (root, *root.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    run = project.jhansi("run", "-q", "reshape.py")
+    assert run.returncode == 0, run.stderr
+    assert (root / "table.csv").read_text() == "a,b\n"  # untouched until applied
+
+    document = json.loads(project.jhansi("sandbox", "diff", "--json").stdout)
+    changes = {(c["path"], c["change"]) for c in document["changes"]}
+    assert changes == {
+        ("table.csv", "modified"),
+        ("table.csv/part-0.csv", "added"),
+        ("out/kept.txt", "deleted"),
+        ("out/stale.txt", "deleted"),
+        ("out/new.txt", "added"),
+        ("old/a.txt", "deleted"),
+        ("old", "modified"),
+    }, document
+
+    applied = project.jhansi("sandbox", "apply")
+    assert applied.returncode == 0, applied.stderr
+    assert (root / "table.csv" / "part-0.csv").read_text() == "a,b\n1,2\n"
+    assert sorted(p.name for p in (root / "out").iterdir()) == ["new.txt"]
+    assert (root / "old").read_text() == "now a file"
+    after = json.loads(project.jhansi("sandbox", "diff", "--json").stdout)
+    assert after["changes"] == []  # the project holds what the layer did
+
+    # The next run sees the project as it now is, through what is left of the layer.
+    (root / "look.py").write_text(
+        "import os\nprint(sorted(os.listdir('out')), os.listdir('table.csv'))\n"
+    )
+    (root / "look.py").chmod(0o644)
+    look = project.jhansi("run", "-q", "look.py")
+    assert look.stdout.strip() == "['new.txt'] ['part-0.csv']", look.stderr
