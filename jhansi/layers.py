@@ -408,6 +408,11 @@ def _open_below(root: Path, rel: str, shown: str, area: str) -> int:
                     else "`jhansi sandbox shell NAME` shows what the home holds."
                 )
                 raise UsageError(f"{shown}: not in {where}", hint=hint) from None
+            except OSError as exc:
+                raise UsageError(
+                    f"{shown}: cannot read it: {exc.strerror or exc}",
+                    hint="Check that jhansi's data directory is readable to you.",
+                ) from None
             prefix = "/".join(parts[: i + 1])
             if stat.S_ISLNK(st.st_mode):
                 raise UsageError(
@@ -428,7 +433,13 @@ def _open_below(root: Path, rel: str, shown: str, area: str) -> int:
                     hint="Only files and directories are copied out.",
                 )
             flags = _DIR_FLAGS if stat.S_ISDIR(st.st_mode) else _FILE_FLAGS
-            child = os.open(part, flags, dir_fd=current)
+            try:
+                child = os.open(part, flags, dir_fd=current)
+            except OSError as exc:  # swapped since the lstat (a link now): not followed
+                raise UsageError(
+                    f"{shown}: cannot open {prefix}: {exc.strerror or exc}",
+                    hint="Nothing was copied; try again once no run uses the sandbox.",
+                ) from None
             os.close(current)
             current = child
         return current
@@ -478,33 +489,39 @@ def _copy_tree(top: int, shown: str, target: Path, force: bool) -> Copied:
         raise UsageError(
             f"cannot make {target}: {exc.strerror or exc}", hint="Choose a writable DEST."
         ) from None
-    for rel, entry, parent in _walk(top, special=skipped):
-        name = rel.rsplit("/", 1)[-1]
-        out = target / rel
-        if entry.kind == "dir":
-            try:
-                out.mkdir(mode=0o755, exist_ok=True)
-            except OSError as exc:
-                raise UsageError(
-                    f"cannot make {out}: {exc.strerror or exc}", hint="Choose another DEST."
-                ) from None
-            continue
-        if entry.kind != "file":
-            skipped.append(rel)
-            continue
-        try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
-        except OSError:
-            skipped.append(rel)
-            continue
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        for rel, entry, parent in _walk(top, special=skipped):
+            name = rel.rsplit("/", 1)[-1]
+            out = target / rel
+            if entry.kind == "dir":
+                try:
+                    out.mkdir(mode=0o755, exist_ok=True)
+                except OSError as exc:
+                    raise UsageError(
+                        f"cannot make {out}: {exc.strerror or exc}", hint="Choose another DEST."
+                    ) from None
+                continue
+            if entry.kind != "file":
                 skipped.append(rel)
                 continue
-            if os.path.lexists(out) and not force:
-                raise UsageError(f"{out} exists", hint="Pass --force to replace it.")
-            size += _copy_file(fd, out)
-            files += 1
-        finally:
-            os.close(fd)
+            try:
+                fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
+            except OSError:
+                skipped.append(rel)
+                continue
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    skipped.append(rel)
+                    continue
+                if os.path.lexists(out) and not force:
+                    raise UsageError(f"{out} exists", hint="Pass --force to replace it.")
+                size += _copy_file(fd, out)
+                files += 1
+            finally:
+                os.close(fd)
+    except OSError as exc:  # unreadable, or nested deeper than the walk goes
+        raise UsageError(
+            f"{shown}: copying stopped after {files} files: {exc.strerror or exc}",
+            hint=f"What was copied before it is in {target}.",
+        ) from None
     return Copied(shown, target, files, size, tuple(shown_name(s) for s in skipped))

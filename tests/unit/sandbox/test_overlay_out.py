@@ -322,3 +322,10 @@ def test_diff_never_shows_a_masked_file(setup: Setup, capsys: pytest.CaptureFixt
     env = next(c for c in document["changes"] if c["path"] == ".env")
     assert "masked" in env["refused"]
     assert "diff" not in env
+
+
+def test_cp_of_a_tree_nested_too_deep_stops_with_a_message(setup: Setup, tmp_path: Path) -> None:
+    deep = setup.upper / "deep"
+    (deep / "/".join(["d"] * 300)).mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"copying stopped after 0 files: .*deeper than"):
+        copy_out(setup.paths, f"{NAME}:/work/deep", tmp_path / "dest")
