@@ -229,7 +229,7 @@ def test_a_killed_runtime_is_a_sandbox_error_not_the_scripts_exit(target: Target
         cmd, cwd=target.project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        pid = _container_pid_of(target.project, deadline=time.monotonic() + 60)
+        pid = _container_pid_of(target.home, deadline=time.monotonic() + 60)
         os.kill(pid, 9)
         stdout, stderr = jhansi.communicate(timeout=60)
     finally:
@@ -254,8 +254,10 @@ def test_a_killed_runtime_is_a_sandbox_error_not_the_scripts_exit(target: Target
     assert runtime in str(end.get("error")), end
 
 
-def _container_pid_of(project: Path, *, deadline: float) -> int:
-    """The host pid of the running jhansi container that mounts ``project``."""
+def _container_pid_of(home: Path, *, deadline: float) -> int:
+    """The host pid of the running jhansi container that mounts a directory of the
+    JHANSI_HOME ``home`` (its sandbox's home: /work is an overlay volume by default, whose
+    source is no host directory of the test's)."""
     while time.monotonic() < deadline:
         ids = subprocess.run(
             ["docker", "ps", "-q", "--filter", "label=jhansi.run-id"],
@@ -275,11 +277,15 @@ def _container_pid_of(project: Path, *, deadline: float) -> int:
                 capture_output=True,
                 text=True,
             ).stdout.split()
-            if found and str(project) in found[1:] and int(found[0]) > 0:
+            if (
+                found
+                and any(Path(source).is_relative_to(home) for source in found[1:])
+                and int(found[0]) > 0
+            ):
                 time.sleep(1)  # let the script print and fall asleep
                 return int(found[0])
         time.sleep(0.2)
-    raise AssertionError(f"no running container mounts {project}")
+    raise AssertionError(f"no running container mounts a directory of {home}")
 
 
 def test_memory_limit_kills_or_refuses(target: Target) -> None:
