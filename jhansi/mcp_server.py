@@ -57,9 +57,10 @@ MAX_READ_BYTES = 1 << 20
 MAX_PROBLEMS = 20
 
 INSTRUCTIONS = """\
-jhansi runs Python code in a hardened sandbox: no network, a non-root user, a \
-read-only view of the project at /work, kernel-enforced limits, and a persistent \
-home directory (/home/sandbox, $HOME) per named sandbox. Third-party imports are \
+jhansi runs Python code in a hardened sandbox: no network, a non-root user, the \
+project at /work (writes land in the sandbox's own copy-on-write layer, never in \
+the project), kernel-enforced limits, and a persistent home directory \
+(/home/sandbox, $HOME) per named sandbox. Third-party imports are \
 detected, locked and installed; an import no known package provides is refused \
 until it is declared in `requirements`. Every run and every refusal is recorded in \
 a tamper-evident ledger. Write files that must persist under $HOME and read them \

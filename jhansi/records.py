@@ -182,7 +182,20 @@ def sandbox_fields(
         "network": spec.network,
         "uid": spec.uid,
         "mounts": [
-            {"source": str(m.source), "target": m.target, "read_only": m.read_only, "kind": m.kind}
+            {
+                "source": str(m.source),
+                "target": m.target,
+                "read_only": m.read_only,
+                "kind": m.kind,
+                **(
+                    {
+                        "lower": [str(p) for p in m.overlay.lower],
+                        "upper": str(m.overlay.upper),
+                    }
+                    if m.overlay is not None
+                    else {}
+                ),
+            }
             for m in spec.mounts
         ],
         "limits": {
@@ -244,6 +257,7 @@ def _tail(tail: OutputTail, put: PutBlob) -> dict[str, Any]:
 def end_body(result: RunResult, put: PutBlob) -> dict[str, Any]:
     """``exec.end``: how it ended, the output (by reference), what it changed.
 
+    ``layer`` (copy-on-write /work): the sandbox's layer the /work changes landed in.
     ``rw`` (``--rw`` runs only): the changes to /work applied to the project, those
     refused (with why: configuration, ``.git``, masked ...), those that conflicted with
     changes made on the host, and where the layer was kept, if it was.
@@ -271,6 +285,7 @@ def end_body(result: RunResult, put: PutBlob) -> dict[str, Any]:
         **bounded_list("egress", [dict(e) for e in result.egress], put),
         **({"egress_dropped": result.egress_dropped} if result.egress_dropped else {}),
         **({"rw": rw_fields(result.rw.as_dict(), put)} if result.rw is not None else {}),
+        **({"layer": result.layer} if result.layer else {}),
     }
     return dict(recordable(body))
 

@@ -45,7 +45,9 @@ from jhansi.sandbox.interface import (
     Limits,
     Mount,
     OutputTail,
+    Overlay,
     SandboxSpec,
+    XattrNamespace,
 )
 from jhansi.sandbox.masks import find_masked
 from jhansi.sandbox.workspace import OpenSandbox, Workspace, default_name, validate_name
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
     from jhansi.ledger.store import Ledger
     from jhansi.sandbox.docker import DockerBackend
     from jhansi.sandbox.layer import ApplyReport, Layer
+    from jhansi.sandbox.overlay import LayerDirs
     from jhansi.supply.policy import SupplyCheck
 
 ENTRY_SOURCE = Path(__file__).parent / "sandbox" / "entry.py"
@@ -69,6 +72,9 @@ ENV_TARGET = f"{ENTRY_DIR}/env"
 #: Where a script from outside the project (or from stdin) is mounted.
 MAIN_DIR = f"{ENTRY_DIR}/main"
 STDIN_NAME = "stdin.py"
+#: How ``enforcement["work"]`` begins when no copy-on-write layer could be had (the
+#: reason follows, then a closing parenthesis).
+READ_ONLY_WORK = "read-only bind of the project (no copy-on-write layer: "
 #: ``[sandbox] max_script_size``'s default.
 DEFAULT_MAX_SCRIPT_SIZE = 1 << 20
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -96,8 +102,10 @@ class RunRequest:
     """The named sandbox (default: the project's own)."""
     ephemeral: bool = False
     rw: bool = False
-    """Let the script write /work: a copy of the project, applied to it when the run ends
-    (:mod:`jhansi.sandbox.layer`; configuration, locks, ``.git`` and masked paths never)."""
+    """Let the script write the project itself: /work is a copy of the project, applied to
+    it when the run ends (:mod:`jhansi.sandbox.layer`; configuration, locks, ``.git`` and
+    masked paths never). Without it /work is the sandbox's copy-on-write layer over the
+    project (:mod:`jhansi.sandbox.overlay`), which ``jhansi sandbox apply`` brings out."""
     env: tuple[tuple[str, str], ...] = ()
     interactive: bool = False
     """Run an interactive interpreter instead of a script (``jhansi sandbox shell``)."""
@@ -173,6 +181,19 @@ class RunResult:
     missing_dependency: MissingDependency | None = None
     """A failed run's ImportError named a known distribution it did not have: which,
     and the requirement that adds it (:mod:`jhansi.deps.missing`)."""
+    layer: str | None = None
+    """Where the run's writes to /work landed (the sandbox's layer over the project, its
+    upper directory) when /work was copy-on-write; ``None`` otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cow:
+    """A run's copy-on-write /work: the sandbox's layer over the project, and how the
+    backend mounts it."""
+
+    dirs: LayerDirs
+    mechanism: str
+    xattr: XattrNamespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -1021,21 +1042,33 @@ class Runner:
         project: Path | None,
         home: Path,
         layer: Layer | None = None,
-    ) -> tuple[list[Mount], str, list[str]]:
-        """The mounts, the script's path inside, and top-level names masked in /work.
+        cow: Cow | None = None,
+    ) -> tuple[list[Mount], str, list[str], str]:
+        """The mounts, the script's path inside, top-level names masked in /work, and the
+        directory the script imports from when it is not its own (``""``).
 
         With a ``layer`` (``--rw``), /work is the layer's staging directory, owned by
-        the sandbox; the project itself is not mounted at all.
+        the sandbox; the project itself is not mounted at all. With ``cow``, /work is
+        the sandbox's copy-on-write layer over the project, masks included.
         """
         mounts = [Mount(ENTRY_SOURCE, ENTRY_TARGET)]
         masked_top: list[str] = []
         inside: str
+        path0 = ""
         if project is not None:
             if layer is not None:
                 mounts.append(Mount(layer.root, WORKDIR, read_only=False, owned=True))
                 # The stand-ins are the layer's own empty entries: covered read-only too.
                 masked = [layer.root / rel for rel in sorted(layer.masked)]
                 base = layer.root
+            elif cow is not None:
+                dirs = cow.dirs
+                overlay = Overlay((dirs.masks, dirs.project), dirs.upper, dirs.work, cow.xattr)
+                mounts.append(
+                    Mount(dirs.project, WORKDIR, read_only=False, kind="overlay", overlay=overlay)
+                )
+                masked = []  # stand-ins in the mask layer: nothing is mounted below /work
+                base = project
             else:
                 mounts.append(Mount(project, WORKDIR))
                 masked = self._masked(project)
@@ -1048,7 +1081,18 @@ class Runner:
             if request.interactive:
                 inside = ""
             elif not script.from_stdin and script.host_path.is_relative_to(project):
-                inside = f"{WORKDIR}/{script.host_path.relative_to(project).as_posix()}"
+                rel = script.host_path.relative_to(project).as_posix()
+                inside = f"{WORKDIR}/{rel}"
+                if cow is not None and _shadowed(cow.dirs, rel):
+                    # What runs is the file jhansi read, hashed and recorded, never the
+                    # layer's own version of it: bound on its own, importing from its place.
+                    self.reporter.warning(
+                        f"the sandbox's layer has its own {shown_name(rel)} (or deleted it): "
+                        f"running the project's from {MAIN_DIR}"
+                    )
+                    path0 = inside.rpartition("/")[0]
+                    inside = f"{MAIN_DIR}/{script.host_path.name}"
+                    mounts.append(Mount(script.host_path, inside))
             else:
                 inside = f"{MAIN_DIR}/{script.host_path.name}"
                 mounts.append(Mount(script.host_path, inside))
@@ -1058,7 +1102,7 @@ class Runner:
             inside = f"{WORKDIR}/{script.host_path.name}"
             mounts.append(Mount(script.host_path, inside))
         mounts.append(Mount(home, HOME, read_only=False, owned=True))
-        return mounts, inside, masked_top
+        return mounts, inside, masked_top, path0
 
     def _run_in(
         self,
@@ -1084,14 +1128,67 @@ class Runner:
             if project is not None and request.rw
             else None
         )
+        cow: Cow | None = None
+        work = ""
+        if layer is not None:
+            work = "a copy of the project (--rw), applied to the project when the run ends"
+        elif project is not None:
+            found = self._copy_on_write(project, sandbox, run_id)
+            if isinstance(found, Cow):
+                cow = found
+            else:
+                # Said in enforcement, and in the hint when a write fails (not before
+                # every run: most scripts never write there, and -q stays quiet).
+                work = f"{READ_ONLY_WORK}{found})"
         try:
             return self._run_with(
-                request, run_id, script, project, sandbox, deps, egress, backend, layer, egress_note
+                request,
+                run_id,
+                script,
+                project,
+                sandbox,
+                deps,
+                egress,
+                backend,
+                layer,
+                egress_note,
+                cow,
+                work,
             )
         except BaseException:
             if layer is not None:
                 self._abandon_layer(layer, sandbox, run_id)
             raise
+        finally:
+            if cow is not None:
+                from jhansi.sandbox.overlay import finish_run
+
+                finish_run(cow.dirs)
+
+    def _copy_on_write(self, project: Path, sandbox: OpenSandbox, run_id: str) -> Cow | str:
+        """The sandbox's layer over ``project``, ready for a run, or why /work cannot be
+        copy-on-write here (the backend has no way, the layer would be in the project)."""
+        from jhansi.sandbox.overlay import layer_dirs, misplaced, prepare
+
+        if sandbox.directory is None:  # pragma: no cover - every OpenSandbox has one
+            return "the sandbox has no directory for a layer"
+        dirs = layer_dirs(sandbox.directory, project)
+        why = misplaced(dirs)
+        if why:
+            return why
+        try:
+            dirs.root.parent.mkdir(mode=0o711, exist_ok=True)
+        except OSError as exc:
+            return f"cannot make {dirs.root.parent}: {exc.strerror or exc}"
+        hint = replace(self._bare_spec(run_id), labels={"jhansi.sandbox": sandbox.name})
+        support = self.backend.copy_on_write(hint, dirs.root.parent, dirs.project)
+        if isinstance(support, str):
+            return support
+        try:
+            prepare(dirs, self._masked(dirs.project), support.xattr)
+        except OSError as exc:
+            return f"cannot prepare the sandbox's layer in {dirs.root}: {exc.strerror or exc}"
+        return Cow(dirs, support.mechanism, support.xattr)
 
     def _run_with(
         self,
@@ -1105,9 +1202,13 @@ class Runner:
         backend: Backend,
         layer: Layer | None,
         egress_note: str = "",
+        cow: Cow | None = None,
+        work: str = "",
     ) -> RunResult:
         runtime = self.settings.sandbox.runtime
-        mounts, inside, masked_top = self._mounts(request, script, project, sandbox.home, layer)
+        mounts, inside, masked_top, path0 = self._mounts(
+            request, script, project, sandbox.home, layer, cow
+        )
         argv: list[str] = [PYTHON, "-I", "-S", ENTRY_TARGET, "--gate", GATE_FD]
         env = sandbox_env(request.env)
         if egress is not None:
@@ -1120,6 +1221,8 @@ class Runner:
             argv += ["--path", ENV_TARGET]
         if script.from_stdin:
             argv += ["--path0", WORKDIR]
+        elif path0:
+            argv += ["--path0", path0]
         if request.interactive:
             argv.append("--interactive")
         else:
@@ -1146,6 +1249,8 @@ class Runner:
         watched: list[tuple[Path, str, tuple[str, ...]]] = [(sandbox.home, HOME, ())]
         if layer is not None:
             watched.append((layer.root, WORKDIR, tuple(masked_top)))
+        elif cow is not None:
+            watched.append((cow.dirs.upper, WORKDIR, ()))
         before: list[Snapshot] = []
         stdin = sys.stdin.buffer if request.interactive else None
         state = {"started": False, "failed": False}
@@ -1223,10 +1328,21 @@ class Runner:
             if isinstance(stopped, JhansiError):
                 stopped.recorded = True
             raise
-        changes, incomplete = self._changes(before, watched, spec.limits.timeout)
+        changes, incomplete = self._changes(
+            before, watched, spec.limits.timeout, cow.dirs if cow is not None else None
+        )
         missing = missing_dependency(result, deps)
         if missing is not None:
             self.reporter.warning(missing.message())
+        if cow is not None:
+            from jhansi.sandbox.overlay import note_baselines
+
+            try:
+                note_baselines(cow.dirs, [c.path for c in changes if c.area == WORKDIR])
+            except OSError as exc:
+                self.reporter.warning(f"cannot note what the project held: {exc}")
+        if work and "work" not in result.enforcement:
+            result = replace(result, enforcement={**result.enforcement, "work": work})
         applied = None
         if layer is not None:
             try:
@@ -1248,6 +1364,7 @@ class Runner:
             applied,
             incomplete=incomplete,
             missing=missing,
+            layer=str(cow.dirs.upper) if cow is not None else None,
         )
 
     def _changes(
@@ -1255,18 +1372,26 @@ class Runner:
         before: list[Snapshot],
         watched: list[tuple[Path, str, tuple[str, ...]]],
         timeout: float,
+        layer: LayerDirs | None = None,
     ) -> tuple[list[FileChange], str]:
         """What the run changed in the watched directories, and why that list may be
         incomplete. Within one budget (:func:`~jhansi.sandbox.changes.budget_for`: a
         quarter of the timeout, 5-60 s) for the snapshots, the diff and the hashing;
         never raises for what the script left behind (the run must still be recorded).
+        With a copy-on-write ``layer``, /work's changes are read from its upper directory
+        and said as the sandbox saw /work (:func:`~jhansi.sandbox.overlay.merged_changes`).
         """
         budget = budget_for(timeout)
         changes: list[FileChange] = []
         reasons: list[str] = []
         for old, (root, area, skip) in zip(before, watched, strict=True):
             try:
-                found = compare(old, snapshot(root, area, skip=skip, budget=budget), budget)
+                after = snapshot(root, area, skip=skip, budget=budget)
+                found = compare(old, after, budget)
+                if layer is not None and area == WORKDIR:
+                    from jhansi.sandbox.overlay import merged_changes
+
+                    found = replace(found, changes=merged_changes(layer, found.changes, old, after))
             except (OSError, ValueError, RecursionError, MemoryError) as exc:
                 reasons.append(f"{area}: the changes could not be listed ({exc})")
                 continue
@@ -1407,6 +1532,7 @@ class Runner:
         *,
         incomplete: str = "",
         missing: MissingDependency | None = None,
+        layer: str | None = None,
     ) -> RunResult:
         """The result, once its ``exec.end`` record and a signed checkpoint are on disk.
 
@@ -1441,6 +1567,7 @@ class Runner:
             files_incomplete=incomplete,
             egress_dropped=egress.dropped_events() if egress is not None else 0,
             missing_dependency=missing,
+            layer=layer,
         )
         ledger = self.ledger
         try:
@@ -1490,6 +1617,17 @@ def _scrub_result(result: ExecResult, egress: EgressSession) -> ExecResult:
         stderr=replace(result.stderr, data=scrubber.scrub(result.stderr.data)),
         error=scrubber.scrub(result.error.encode()).decode("utf-8", "replace"),
     )
+
+
+def _shadowed(dirs: LayerDirs, rel: str) -> bool:
+    """Whether /work/``rel`` in the sandbox is not the project's file (the layer changed,
+    deleted or hid it)."""
+    from jhansi.sandbox.overlay import shadows
+
+    try:
+        return shadows(dirs, rel)
+    except OSError:
+        return True
 
 
 def write_file(path: Path, data: bytes) -> None:

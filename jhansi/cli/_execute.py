@@ -199,6 +199,7 @@ def result_document(result: RunResult) -> dict[str, Any]:
         "missing_dependency": (
             result.missing_dependency.as_dict() if result.missing_dependency else None
         ),
+        "layer": result.layer,
         "dependencies": dependencies_document(result.dependencies),
         "policy": (
             result.dependencies.supply.report.as_dict()
@@ -319,10 +320,17 @@ def finish(
             hint=_engine_error_hint(result.error),
         )
     elif result.status == "failed" and b"Read-only file system" in result.stderr.data:
+        hint = (
+            "/work is writable (its writes land in the sandbox's layer), the rest of the "
+            f"system is not: write under /work, /tmp or $HOME (kept in sandbox "
+            f"{result.sandbox!r})."
+            if result.layer
+            else f"The project at /work is read-only here{_no_layer(result)}: pass --rw to "
+            "allow writes there, or write under $HOME (/home/sandbox), which persists in "
+            f"sandbox {result.sandbox!r}."
+        )
         problem = JhansiError(
-            f"the script exited {code}: it tried to write to a read-only place",
-            hint="The project at /work is read-only: pass --rw to allow writes there, or write "
-            f"under $HOME (/home/sandbox), which persists in sandbox {result.sandbox!r}.",
+            f"the script exited {code}: it tried to write to a read-only place", hint=hint
         )
     if problem is not None:
         from rich.markup import escape
@@ -336,7 +344,15 @@ def finish(
             f"jhansi: {result.status} (exit {result.exit_code}) in "
             f"{result.duration_ms / 1000:.2f} s · sandbox {result.sandbox} · "
             f"{result.backend.backend} · {changed} file{'s' if changed != 1 else ''} changed"
-            f"{_rw_summary(result)}\n"
+            f"{_changed_names(result)}{_rw_summary(result)}\n"
+        )
+    layered = result.layer and any(c.area == "/work" for c in result.files_changed)
+    if problem is None and layered and not quiet and not json_output and not result.ephemeral:
+        name = result.sandbox
+        sys.stderr.write(
+            f"jhansi: /work's changes are in sandbox {name}'s layer, not in the project: "
+            f"`jhansi sandbox diff {name}` shows them, `jhansi sandbox apply {name}` "
+            "copies them in\n"
         )
     _network_hints(result)
     sys.exit(code)  # like typer.Exit(code), which Typer turns into sys.exit
@@ -360,6 +376,36 @@ def _network_hints(result: RunResult) -> None:
         sys.stderr.write(f"jhansi: {line}\n")
     if lines:
         sys.stderr.flush()
+
+
+def _no_layer(result: RunResult) -> str:
+    """`` (no copy-on-write layer: why)`` when the backend could not give /work one."""
+    from jhansi.runner import READ_ONLY_WORK
+
+    work = result.enforcement.get("work", "")
+    if not work.startswith(READ_ONLY_WORK):
+        return ""
+    return f" (no copy-on-write layer: {work[len(READ_ONLY_WORK) :].removesuffix(')')})"
+
+
+#: Files the summary line names; the rest are counted.
+_NAMED = 3
+
+
+def _changed_names(result: RunResult) -> str:
+    """``: /work/a.csv, ~/model.bin (+3 more)``: the first changed files, by name."""
+    from jhansi.ledger.read import terminal_safe
+    from jhansi.sandbox.changes import shown_name
+
+    if not result.files_changed:
+        return ""
+    names = []
+    for change in result.files_changed[:_NAMED]:
+        where = "~" if change.area == "/home/sandbox" else change.area
+        mark = " (deleted)" if change.change == "deleted" else ""
+        names.append(terminal_safe(f"{where}/{shown_name(change.path)}{mark}"))
+    more = len(result.files_changed) - _NAMED
+    return ": " + ", ".join(names) + (f" (+{more} more)" if more > 0 else "")
 
 
 def _rw_summary(result: RunResult) -> str:

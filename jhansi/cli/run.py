@@ -74,7 +74,10 @@ Project = Annotated[
 ReadWrite = Annotated[
     bool,
     typer.Option(
-        "--rw", help="Let the script write to /work (the project).", rich_help_panel=SANDBOX
+        "--rw",
+        help="Write straight through to the project (without it, /work's writes land in the "
+        "sandbox's layer: `jhansi sandbox diff/apply`).",
+        rich_help_panel=SANDBOX,
     ),
 ]
 Env = Annotated[
@@ -243,9 +246,9 @@ def run(
     """Run SCRIPT in a hardened sandbox and exit with its exit code.
 
     Everything after SCRIPT is passed to the script. No network (unless --allow-host
-    or --secret open a way out through jhansi's egress proxy), a read-only project
-    at /work, a persistent home at /home/sandbox, and limits on memory, CPU,
-    processes and time.
+    or --secret open a way out through jhansi's egress proxy), the project at /work
+    (writes land in the sandbox's copy-on-write layer, never in the project), a
+    persistent home at /home/sandbox, and limits on memory, CPU, processes and time.
     """
     from jhansi.cli._execute import execute_run
 

@@ -1,4 +1,5 @@
-"""``jhansi sandbox``: list, remove, prune and open a shell in named sandboxes."""
+"""``jhansi sandbox``: list, remove, prune, open a shell in named sandboxes, and bring
+their results out (``diff``, ``apply``, ``cp``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from jhansi.cli._options import JsonFlag
 from jhansi.cli._state import CliState
 
 if TYPE_CHECKING:
+    from jhansi.config import Settings
+    from jhansi.sandbox.overlay import Planned
     from jhansi.sandbox.workspace import Workspace
 
 app = typer.Typer(help="Manage named sandboxes and their persistent homes.", no_args_is_help=True)
@@ -139,7 +142,9 @@ def shell(
     ] = None,
     backend: Annotated[str | None, typer.Option("--backend", help="auto, docker or bwrap.")] = None,
     image: Annotated[str | None, typer.Option("--image", help="Container image.")] = None,
-    rw: Annotated[bool, typer.Option("--rw", help="Let it write to /work.")] = False,
+    rw: Annotated[
+        bool, typer.Option("--rw", help="Let it write the project itself (a copy, applied).")
+    ] = False,
     timeout: Annotated[
         str | None, typer.Option("--timeout", help="Seconds before the shell is killed.")
     ] = None,
@@ -167,3 +172,294 @@ def shell(
         timeout=settings.sandbox.timeout,
         memory=settings.sandbox.memory,
     )
+
+
+ProjectOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--project",
+        help="The project whose layer (default: the sandbox's only one, else the working "
+        "directory's project).",
+    ),
+]
+NameArgument = Annotated[
+    str | None, typer.Argument(help="The sandbox (default: the working directory's project's).")
+]
+#: Text files up to this size get a line diff in ``sandbox diff``.
+_TEXT_DIFF_LIMIT = 64 << 10
+_TEXT_DIFF_LINES = 400
+
+
+def _settings(project: Path | None) -> Settings:
+    from jhansi.config import load_settings
+
+    # Masks from the project's configuration tighten, and are kept; what would need
+    # trust (a ledger elsewhere ...) is left out, as for any untrusted checkout.
+    return load_settings(start=project, strict=False)
+
+
+def _text_diff(item: Planned, layer: Path, project: Path) -> str | None:
+    """A unified diff of a small text file the layer added or modified, else ``None``."""
+    import difflib
+
+    from jhansi.sandbox.overlay import read_small
+
+    change = item.change
+    if change.new is None or change.new.kind != "file":
+        return None
+    new = read_small(layer, change.path, _TEXT_DIFF_LIMIT)
+    old = b""
+    if item.current is not None:
+        if item.current.kind != "file":
+            return None
+        found = read_small(project, change.path, _TEXT_DIFF_LIMIT)
+        if found is None:
+            return None
+        old = found
+    if new is None or b"\0" in new or b"\0" in old:
+        return None
+    try:
+        before, after = old.decode("utf-8"), new.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = list(
+        difflib.unified_diff(
+            before.splitlines(keepends=True),
+            after.splitlines(keepends=True),
+            fromfile=f"project/{change.path}" if item.current is not None else "/dev/null",
+            tofile=f"/work/{change.path}",
+        )
+    )
+    if len(lines) > _TEXT_DIFF_LINES:
+        lines = [*lines[:_TEXT_DIFF_LINES], f"… {len(lines) - _TEXT_DIFF_LINES} more lines\n"]
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+@app.command("diff")
+def diff_command(
+    ctx: typer.Context,
+    name: NameArgument = None,
+    project: ProjectOption = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """What a sandbox's runs changed in /work, against the project as it is now.
+
+    Runs write /work into the sandbox's copy-on-write layer, never into the project:
+    this lists what `jhansi sandbox apply` would copy in (added, modified, deleted), with
+    a line diff of small text files, and what it would refuse or find in conflict.
+    """
+    from rich.markup import escape
+
+    from jhansi.cli._output import print_json, stdout_console
+    from jhansi.layers import diff
+    from jhansi.ledger.read import terminal_safe
+    from jhansi.paths import Paths
+    from jhansi.sandbox.changes import name_fields, shown_name
+
+    ctx.ensure_object(CliState).json = json_output
+    found = diff(_settings(project), Paths.from_environment(), name, project)
+    patches = {
+        item.change.path: _text_diff(item, found.dirs.upper, found.dirs.project)
+        for item in found.items
+        if not found.hides(item.change.path)  # a masked file's host content stays unshown
+    }
+    if json_output:
+        changes = []
+        for item in found.items:
+            change = item.change
+            entry: dict[str, object] = {
+                **name_fields("path", change.path),
+                "change": change.action,
+                "kind": next(
+                    (e.kind for e in (change.new, change.old, item.current) if e is not None),
+                    None,
+                ),
+                "size": change.new.size if change.new and change.new.kind == "file" else None,
+            }
+            if change.path in found.refused:
+                entry["refused"] = found.refused[change.path]
+            if item.conflict:
+                entry["conflict"] = item.conflict
+            if patches.get(change.path):
+                entry["diff"] = patches[change.path]
+            changes.append(entry)
+        print_json(
+            {
+                "status": "ok",
+                "sandbox": found.sandbox,
+                "project": str(found.dirs.project),
+                "layer": str(found.dirs.upper),
+                "changes": changes,
+                "incomplete": found.plan.incomplete,
+            }
+        )
+        return
+    console = stdout_console()
+    count = len(found.items)
+    console.print(
+        escape(
+            f"sandbox {found.sandbox} · layer over {terminal_safe(str(found.dirs.project))} · "
+            f"{count} change{'s' if count != 1 else ''}"
+        ),
+        soft_wrap=True,
+    )
+    marks = {"added": "A", "modified": "M", "deleted": "D", "mode": "m"}
+    for item in found.items:
+        change = item.change
+        note = ""
+        if change.path in found.refused:
+            note = f"  (never applied: {found.refused[change.path]})"
+        elif item.conflict:
+            note = f"  (conflict: {item.conflict})"
+        shown = terminal_safe(shown_name(change.path))
+        if change.new is not None and change.new.kind == "dir":
+            shown += "/"
+        console.print(escape(f"{marks[change.action]} {shown}{note}"), soft_wrap=True)
+    if found.plan.incomplete:
+        console.print(escape(f"(incomplete: {found.plan.incomplete})"), soft_wrap=True)
+    for item in found.items:
+        patch = patches.get(item.change.path)
+        if patch:
+            console.print(escape(terminal_safe(patch)), end="", soft_wrap=True)
+
+
+def _valid(name: str) -> bool:
+    from jhansi.sandbox.workspace import NAME_PATTERN
+
+    return NAME_PATTERN.match(name) is not None
+
+
+@app.command("apply")
+def apply_command(
+    ctx: typer.Context,
+    name: NameArgument = None,
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Paths to apply (relative to the project or /work/...; a directory takes "
+            "everything below it). Default: every change."
+        ),
+    ] = None,
+    project: ProjectOption = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Copy a sandbox's changes to /work into the project, recorded in the ledger.
+
+    The same protections as --rw: configuration, locks, version files, .git and masked
+    paths are never written, links only if they stay inside the project, and a path you
+    changed in the project since the sandbox changed it is a conflict (left in the
+    layer). Exits 1 when some changes were not applied. When NAME is no sandbox's
+    name, it is the first PATH (in the working directory's project's sandbox).
+    """
+    from rich.markup import escape
+
+    from jhansi.cli._output import print_json, stderr_console, stdout_console
+    from jhansi.layers import apply
+    from jhansi.ledger.read import terminal_safe
+    from jhansi.paths import Paths
+    from jhansi.sandbox.changes import shown_name
+
+    ctx.ensure_object(CliState).json = json_output
+    wanted = tuple(paths or ())
+    environment = Paths.from_environment()
+    if name is not None and not (_valid(name) and _workspace().exists(name)):
+        # Not a sandbox: the first path, in the working directory's project's sandbox.
+        wanted = (name, *wanted)
+        name = None
+    done = apply(_settings(project), environment, name, wanted, project=project)
+    report = done.report
+    missed = report.by("refused") + report.by("conflict")
+    if json_output:
+        applied = []
+        for outcome in report.by("applied"):
+            item: dict[str, object] = dict(outcome.as_dict())
+            if outcome.path in done.hashes:
+                item["blake3"] = done.hashes[outcome.path]
+            applied.append(item)
+        print_json(
+            {
+                "status": "ok" if not missed and not report.error else "partial",
+                "sandbox": done.sandbox,
+                "project": str(done.dirs.project),
+                **{k: v for k, v in report.as_dict().items() if k != "applied"},
+                "applied": applied,
+                "record": done.record,
+            }
+        )
+    else:
+        out, err = stdout_console(), stderr_console()
+        for outcome in report.by("applied"):
+            out.print(escape(f"applied {terminal_safe(shown_name(outcome.path))}"), soft_wrap=True)
+        for outcome in missed:
+            kind = "refused" if outcome.result == "refused" else "conflict"
+            err.print(
+                escape(f"not applied ({kind}): {terminal_safe(shown_name(outcome.path))}: ")
+                + escape(outcome.reason),
+                soft_wrap=True,
+            )
+        if report.error:
+            err.print(escape(f"applying stopped: {report.error}"), soft_wrap=True)
+        out.print(
+            escape(
+                f"{len(report.by('applied'))} applied to {terminal_safe(str(done.dirs.project))}"
+                f", {len(missed)} not applied · recorded in the ledger"
+            ),
+            soft_wrap=True,
+        )
+    if missed or report.error:
+        raise typer.Exit(1)
+
+
+@app.command("cp")
+def copy_command(
+    ctx: typer.Context,
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="NAME:PATH: /work/... (the sandbox's layer), ~/... or /home/sandbox/... (its "
+            "home); an empty NAME is the working directory's project's sandbox."
+        ),
+    ],
+    dest: Annotated[Path, typer.Argument(help="Where to copy it on the host.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace DEST if it exists.")] = False,
+    project: ProjectOption = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Copy a file (or directory) out of a sandbox's home or layer.
+
+    No link is followed, at PATH or on the way to it; inside a copied directory, links
+    and special files are skipped. An existing DEST is never replaced without --force.
+    """
+    from rich.markup import escape
+
+    from jhansi.cli._output import print_json, stderr_console
+    from jhansi.layers import copy_out
+    from jhansi.ledger.read import terminal_safe
+    from jhansi.paths import Paths
+
+    ctx.ensure_object(CliState).json = json_output
+    done = copy_out(Paths.from_environment(), source, dest, force=force, project=project)
+    if json_output:
+        print_json(
+            {
+                "status": "ok",
+                "source": done.source,
+                "dest": str(done.dest),
+                "files": done.files,
+                "bytes": done.bytes,
+                "skipped": list(done.skipped),
+            }
+        )
+        return
+    console = stderr_console()
+    console.print(
+        escape(
+            f"copied {terminal_safe(done.source)} to {terminal_safe(str(done.dest))} "
+            f"({done.files} file{'s' if done.files != 1 else ''}, {done.bytes} bytes)"
+        ),
+        soft_wrap=True,
+    )
+    if done.skipped:
+        console.print(
+            escape(f"skipped {len(done.skipped)} link(s) or special file(s)"), soft_wrap=True
+        )

@@ -64,6 +64,8 @@ from jhansi.sandbox.interface import (
     SANDBOX_USER,
     Backend,
     BackendInfo,
+    CopyOnWrite,
+    DiscardOutput,
     ExecResult,
     ExecStatus,
     Limits,
@@ -235,6 +237,8 @@ class BwrapFeatures:
     """``--perms`` (0.8.0)."""
     disable_userns: bool
     """``--disable-userns`` (0.8.0): the sandbox cannot make nested user namespaces."""
+    overlay: bool = False
+    """``--overlay-src``/``--overlay`` (0.10.0): the copy-on-write /work."""
 
 
 def parse_features(help_text: str) -> BwrapFeatures:
@@ -243,6 +247,7 @@ def parse_features(help_text: str) -> BwrapFeatures:
         size="--size" in help_text,
         perms="--perms" in help_text,
         disable_userns="--disable-userns" in help_text,
+        overlay="--overlay-src" in help_text,
     )
 
 
@@ -284,6 +289,7 @@ def _facts(path: Path, cache_dir: Path) -> tuple[str, BwrapFeatures]:
             "size": features.size,
             "perms": features.perms,
             "disable_userns": features.disable_userns,
+            "overlay": features.overlay,
         }
 
     try:
@@ -291,7 +297,7 @@ def _facts(path: Path, cache_dir: Path) -> tuple[str, BwrapFeatures]:
     except OSError:
         key = None
     kept = cached(cache_dir, FACTS_STORE, key, ask) if key is not None else None
-    flags = ("size", "perms", "disable_userns")
+    flags = ("size", "perms", "disable_userns", "overlay")
     found = (
         kept
         if isinstance(kept, dict)
@@ -303,6 +309,7 @@ def _facts(path: Path, cache_dir: Path) -> tuple[str, BwrapFeatures]:
         size=found["size"] is True,
         perms=found["perms"] is True,
         disable_userns=found["disable_userns"] is True,
+        overlay=found["overlay"] is True,
     )
 
 
@@ -753,6 +760,14 @@ def check_spec(spec: SandboxSpec) -> None:
     _check_path(spec.workdir, "the working directory")
     for mount in spec.mounts:
         _check_path(mount.target, "the mount target")
+        if mount.kind == "overlay":
+            overlay = mount.overlay
+            if overlay is None or overlay.upper.parent != overlay.work.parent:
+                raise SandboxError(
+                    f"the overlay at {mount.target} needs its upper and work directories "
+                    "side by side",
+                    hint="This is a bug in jhansi or in the caller of its API; please report it.",
+                )
         if not mount.source.exists() and not mount.source.is_symlink():
             raise SandboxError(
                 f"cannot mount {mount.source} at {mount.target}: it does not exist",
@@ -843,6 +858,14 @@ def build_options(
         if mount.kind == "bind":
             bound = source(str(mount.source), mount.owned)
             args += ["--ro-bind" if mount.read_only else "--bind", bound, mount.target]
+        elif mount.kind == "overlay" and mount.overlay is not None:
+            # bwrap stacks the sources given first lowest: the project, then the masks.
+            for lower in reversed(mount.overlay.lower):
+                args += ["--overlay-src", source(str(lower), False)]
+            # Upper and work must be on one mount: the layer's directory is bound once.
+            layer = source(str(mount.overlay.upper.parent), False)
+            upper = f"{layer}/{mount.overlay.upper.name}"
+            args += ["--overlay", upper, f"{layer}/{mount.overlay.work.name}", mount.target]
         elif mount.kind == "socket":
             # connect() needs no write access to the mount, only to the socket's mode:
             # read-only keeps the sandbox from changing the socket's mode or owner.
@@ -1395,13 +1418,42 @@ class BwrapBackend(Backend):
     name = "bwrap"
 
     def __init__(
-        self, bwrap: BwrapInfo, *, python: Path | None = None, cache_dir: Path | None = None
+        self,
+        bwrap: BwrapInfo,
+        *,
+        python: Path | None = None,
+        cache_dir: Path | None = None,
+        overlay: BwrapInfo | None = None,
     ) -> None:
         self.bwrap = bwrap
         self.python = python
         """The interpreter when a spec names none (default: ``python3`` on PATH, resolved)."""
         self.cache_dir = cache_dir
         """Where interpreter probes are kept between runs (``None``: probe every process)."""
+        self.overlay_bwrap = overlay
+        """The bwrap that runs specs with an ``overlay`` mount, when :attr:`bwrap` has no
+        overlay mounts (Debian 12's 0.8) and the bundled one does (``None``: :attr:`bwrap`
+        itself, if it can)."""
+
+    def _overlay_binary(self) -> BwrapInfo | None:
+        if self.overlay_bwrap is not None:
+            return self.overlay_bwrap
+        if bwrap_features(self.bwrap.path, self.cache_dir).overlay:
+            return self.bwrap
+        return None
+
+    def _binary(self, spec: SandboxSpec) -> BwrapInfo:
+        """The bwrap that runs ``spec``."""
+        if any(m.kind == "overlay" for m in spec.mounts):
+            found = self._overlay_binary()
+            if found is None:
+                raise SandboxError(
+                    f"bubblewrap {self.bwrap.version} ({self.bwrap.path}) cannot mount the "
+                    "copy-on-write /work (--overlay needs bubblewrap 0.10 or newer)",
+                    hint='Install a newer bubblewrap, or set [sandbox] bwrap = "bundled".',
+                )
+            return found
+        return self.bwrap
 
     @classmethod
     def from_settings(
@@ -1419,8 +1471,16 @@ class BwrapBackend(Backend):
             if bundled is not None:
                 info = BwrapInfo(path=bundled, origin="bundled", version=_version(bundled))
         _require(info, bwrap_features(info.path, cache_dir))
+        # The system's bwrap is preferred; for the copy-on-write /work (overlay mounts,
+        # bubblewrap 0.10), the bundled one runs when the system's is older.
+        overlay = None
+        if choice == "auto" and not bwrap_features(info.path, cache_dir).overlay:
+            bundled = _bundled()
+            if bundled is not None and bwrap_features(bundled, cache_dir).overlay:
+                version = _facts(bundled, cache_dir)[0] if cache_dir else _version(bundled)
+                overlay = BwrapInfo(path=bundled, origin="bundled", version=version)
         interpreter = probe_interpreter(python or default_python(), cache_dir)
-        return cls(info, python=interpreter.path, cache_dir=cache_dir)
+        return cls(info, python=interpreter.path, cache_dir=cache_dir, overlay=overlay)
 
     def _interpreter(self, spec: SandboxSpec) -> Interpreter:
         chosen = spec.python if spec.python is not None else self.python
@@ -1447,14 +1507,15 @@ class BwrapBackend(Backend):
     def info(self, spec: SandboxSpec) -> BackendInfo:
         """bwrap's path, version and origin, and the interpreter that will run."""
         interpreter = self._interpreter(spec)
-        features = bwrap_features(self.bwrap.path, self.cache_dir)
+        binary = self._binary(spec)
+        features = bwrap_features(binary.path, self.cache_dir)
         machine = os.uname().machine
         return BackendInfo(
             "bwrap",
             {
-                "bwrap": str(self.bwrap.path),
-                "bwrap_version": self.bwrap.version,
-                "bwrap_origin": self.bwrap.origin,
+                "bwrap": str(binary.path),
+                "bwrap_version": binary.version,
+                "bwrap_origin": binary.origin,
                 "python": str(interpreter.path),
                 "python_version": interpreter.version,
                 "python_implementation": interpreter.implementation,
@@ -1467,6 +1528,73 @@ class BwrapBackend(Backend):
                 else f"none (no syscall table for {machine})",
             },
         )
+
+    def _ready_overlay(self, mount: Mount, user: HostUser, binary: BwrapInfo) -> str:
+        """Hand an overlay's upper and work directories to the sandbox's host uid (opening
+        the project's directories for it when it is not their owner); what the record says."""
+        from jhansi.sandbox.overlay import ready_upper
+
+        overlay = mount.overlay
+        if overlay is None:  # pragma: no cover - check_spec refused it
+            raise SandboxError("an overlay mount without its layers")
+        check_own(overlay.upper.parent, None)
+        for directory in (overlay.upper, overlay.work):
+            _hand_over(directory, user)
+        ready_upper(overlay, mount.source, user.uid, user.gid)
+        return (
+            f"copy-on-write: overlayfs mounted by bwrap {binary.version} ({binary.origin}) in "
+            f"the sandbox's user namespace; writes land in {overlay.upper}, the project is a "
+            "read-only lower layer under the masks, and nothing reaches it until "
+            "`jhansi sandbox apply`"
+        )
+
+    def copy_on_write(self, spec: SandboxSpec, where: Path, project: Path) -> CopyOnWrite | str:
+        """bwrap's ``--overlay`` (0.10+, the bundled build when the system's is older),
+        tried once per binary, user and file system of ``where`` (remembered)."""
+        binary = self._overlay_binary()
+        if binary is None:
+            return (
+                f"bubblewrap {self.bwrap.version} ({self.bwrap.path}) has no overlay mounts "
+                "(0.10 or newer has them; the bundled bwrap is not there)"
+            )
+        try:
+            device = where.stat().st_dev
+            key = f"overlay:{os.getuid()}:{device}:{binary.path}|{binary_key(str(binary.path))}"
+        except OSError as exc:
+            return f"cannot use {where}: {exc.strerror or exc}"
+        problem = cached(
+            self.cache_dir, "overlay.json", key, lambda: self._try_overlay(spec, where)
+        )
+        if problem:
+            return f"bwrap could not mount an overlay there ({problem})"
+        return CopyOnWrite(
+            f"overlayfs mounted by bwrap {binary.version} ({binary.origin})", xattr="user"
+        )
+
+    def _try_overlay(self, spec: SandboxSpec, where: Path) -> str:
+        """Mount a small overlay the way a run would; ``""`` when it worked, else why not."""
+        from jhansi.sandbox.overlay import OVERLAY_PROBE, probe_layers, remove_probe
+
+        dirs = probe_layers(where, "user")
+        try:
+            probe = replace(
+                spec,
+                run_id=f"{spec.run_id}-overlay",
+                argv=(PYTHON, "-I", "-S", "-c", OVERLAY_PROBE),
+                mounts=(dirs.mount,),
+                interactive=False,
+                limits=replace(spec.limits, timeout=min(spec.limits.timeout, 60.0)),
+            )
+            try:
+                result = self.run(probe, DiscardOutput())
+            except SandboxError as exc:
+                return exc.message
+            if result.status is not ExecStatus.SUCCEEDED:
+                tail = result.stderr.data.decode("utf-8", "replace").strip().splitlines()
+                return result.error or (tail[-1] if tail else f"exit {result.exit_code}")
+            return dirs.check()
+        finally:
+            remove_probe(dirs)
 
     def prune(self) -> int:
         """Remove the cgroups of runs whose jhansi process died; return how many."""
@@ -1490,12 +1618,18 @@ class BwrapBackend(Backend):
         """
         check_spec(spec)
         interpreter = self._interpreter(spec)
-        features = bwrap_features(self.bwrap.path, self.cache_dir)
-        _require(self.bwrap, features)
+        binary = self._binary(spec)
+        features = bwrap_features(binary.path, self.cache_dir)
+        _require(binary, features)
         root = _cached_host_root(interpreter, self.cache_dir)
         user = sandbox_host_user(root_id=spec_root_id(spec))
+        work_enforcement = ""
         for mount in spec.mounts:
-            if mount.owned:
+            if mount.kind == "overlay" and mount.overlay is not None:
+                if user.drop:
+                    _check_usable(mount.source, user, write=False)
+                work_enforcement = self._ready_overlay(mount, user, binary)
+            elif mount.owned:
                 _hand_over(mount.source, user)
             elif mount.kind == "bind" and user.drop:
                 _check_usable(mount.source, user, write=not mount.read_only)
@@ -1526,6 +1660,8 @@ class BwrapBackend(Backend):
                 f"size={shm_size(spec.limits)} at /dev/shm",
                 "threads": threads_enforcement(spec),
             }
+            if work_enforcement:
+                enforcement["work"] = work_enforcement
             fds = _ChildFds()
             gate = _Gate(None, None)
             status_read, status_write = os.pipe2(os.O_CLOEXEC)
@@ -1551,11 +1687,11 @@ class BwrapBackend(Backend):
                     command = without_gate(command)
                     if before_start is not None:
                         before_start()
-                argv = [str(self.bwrap.path), "--args", str(args_fd), "--"]
+                argv = [str(binary.path), "--args", str(args_fd), "--"]
                 argv += [*limits.command_prefix, *command]
                 preexec = _preexec(limits, staging, user)
                 result = self._execute(
-                    argv, fds, status_read, spec, output, stdin, limits, gate, preexec
+                    argv, fds, status_read, spec, output, stdin, limits, gate, preexec, binary
                 ).result(enforcement)
             finally:
                 gate.close()
@@ -1586,6 +1722,7 @@ class BwrapBackend(Backend):
         limits: RunLimits,
         gate: _Gate,
         preexec: Callable[[], None],
+        binary: BwrapInfo | None = None,
     ) -> _Run:
         """Start bwrap and see it to its end (or kill it at the timeout, or on an exception).
 
@@ -1612,7 +1749,7 @@ class BwrapBackend(Backend):
             proc = gate.spawn(start)
         except (OSError, subprocess.SubprocessError) as exc:
             gate.close()
-            run.error = f"cannot start bwrap ({self.bwrap.path}): {exc}"
+            run.error = f"cannot start bwrap ({(binary or self.bwrap).path}): {exc}"
             return run
         fds.close()  # bwrap has its copies; ours would hold the status pipe open
         try:

@@ -61,11 +61,14 @@ from jhansi.sandbox.interface import (
     ROOT_SANDBOX_ID_SPAN,
     Backend,
     BackendInfo,
+    CopyOnWrite,
+    DiscardOutput,
     ExecResult,
     ExecStatus,
     Mount,
     OutputSink,
     OutputTail,
+    Overlay,
     SandboxSpec,
     Stream,
     TailBuffer,
@@ -359,7 +362,9 @@ def engine_mounts(
     check_mounts(mounts, opens_targets=opens_targets)
     result = []
     for mount in mounts:
-        if mount.kind == "empty":
+        if mount.kind == "overlay" and mount.overlay is not None:
+            result.append(_overlay_volume(mount.overlay, mount.target))
+        elif mount.kind == "empty":
             if masks is None:
                 raise ValueError("masks needed for an empty mount")
             empty_file, empty_dir = masks
@@ -368,6 +373,51 @@ def engine_mounts(
         else:
             result.append(_bind(mount.source, mount.target, mount.read_only))
     return result
+
+
+#: What Docker's local volume driver cannot carry in a mount's option string.
+_OPTION_BREAKERS = frozenset(",:\\=\n")
+
+
+def overlay_options(overlay: Overlay) -> str:
+    """The overlayfs options for ``overlay`` (lower layers topmost first), with every
+    feature that could make the kernel follow something the sandbox wrote turned off:
+    no redirects, no metacopy, no index."""
+    for path in (*overlay.lower, overlay.upper, overlay.work):
+        text = str(path)
+        if any(c in _OPTION_BREAKERS for c in text) or not text.isprintable():
+            raise SandboxError(
+                f"the path {text!r} cannot be given to Docker's overlay volume",
+                hint="Keep jhansi's data directory and the project on paths without ',', ':', "
+                "'=' or '\\'.",
+            )
+    lower = ":".join(str(p) for p in overlay.lower)
+    return (
+        f"lowerdir={lower},upperdir={overlay.upper},workdir={overlay.work},"
+        "redirect_dir=off,index=off,metacopy=off,xino=off"
+    )
+
+
+def _overlay_volume(overlay: Overlay, target: str) -> dict[str, Any]:
+    """An anonymous volume the engine's local driver mounts as overlayfs (as root, on the
+    engine's host), removed with the container; ``NoCopy``: the image's files at the
+    target are never copied into it."""
+    return {
+        "Type": "volume",
+        "Target": target,
+        "ReadOnly": False,
+        "VolumeOptions": {
+            "NoCopy": True,
+            "DriverConfig": {
+                "Name": "local",
+                "Options": {
+                    "type": "overlay",
+                    "device": "overlay",
+                    "o": overlay_options(overlay),
+                },
+            },
+        },
+    }
 
 
 def is_gvisor(runtime: str) -> bool:
@@ -571,6 +621,14 @@ def enforcement(spec: SandboxSpec, engine: EngineInfo, identity: Identity) -> di
         "output": f"last {limits.output_limit} bytes of each stream kept by jhansi",
         "threads": threads_enforcement(spec),
     }
+    overlay = next((m.overlay for m in spec.mounts if m.kind == "overlay"), None)
+    if overlay is not None:
+        how = "gVisor's gofer serves it" if is_gvisor(runtime) else runtime
+        result["work"] = (
+            f"copy-on-write: overlayfs volume mounted by {engine.name} {engine.version}'s local "
+            f"driver ({how}); writes land in {overlay.upper}, the project is a read-only "
+            "lower layer under the masks, and nothing reaches it until `jhansi sandbox apply`"
+        )
     if "as" in rlimits:
         result["memory"] = f"RLIMIT_AS {limits.memory} bytes per process ({missing})"
     else:
@@ -1092,6 +1150,9 @@ class DockerBackend(Backend):
         for mount in spec.mounts:
             if mount.kind == "empty":
                 continue
+            if mount.kind == "overlay" and mount.overlay is not None:
+                self._ready_overlay(mount, identity)
+                continue
             source = mount.source
             if not source.exists():
                 raise SandboxError(
@@ -1114,6 +1175,87 @@ class DockerBackend(Backend):
                         hint=f"Make it {'writable' if write else 'readable'} for that uid "
                         f"(`chmod o+{'rwx' if write else 'rX'} {source}`).",
                     )
+
+    def _ready_overlay(self, mount: Mount, identity: Identity) -> None:
+        """Hand an overlay's upper and work directories to the sandbox's host uid (and open
+        the project's directories for it when it is not their owner)."""
+        from jhansi.sandbox.overlay import ready_upper
+        from jhansi.sandbox.sources import check_own
+
+        overlay = mount.overlay
+        if overlay is None:  # pragma: no cover - the caller checked
+            return
+        if identity.host_uid != os.getuid():
+            st = mount.source.stat()
+            if not _permits(st, identity.host_uid, {identity.host_gid}, os.R_OK | os.X_OK):
+                raise SandboxError(
+                    f"the sandbox's user (host uid {identity.host_uid}) cannot read "
+                    f"{mount.source} (mounted at {mount.target})",
+                    hint=f"Make it readable for that uid (`chmod o+rX {mount.source}`).",
+                )
+        check_own(overlay.upper.parent, None)
+        for directory in (overlay.upper, overlay.work):
+            check_own(directory, None)
+            hand_over(directory, identity.host_uid, identity.host_gid)
+        ready_upper(overlay, mount.source, identity.host_uid, identity.host_gid)
+
+    def copy_on_write(self, spec: SandboxSpec, where: Path, project: Path) -> CopyOnWrite | str:
+        """An overlay volume of the engine's local driver (rootful Docker only), tried once
+        per engine, runtime and file system of ``where`` (remembered)."""
+        if self.engine.name == "podman":
+            return (
+                "Podman's Docker-compatible API mounts a plain volume where an overlay was "
+                "asked for, and its own overlay (:O) takes one lower layer and re-owns the "
+                "upper one"
+            )
+        if self.engine.rootless:
+            return "a rootless engine cannot mount an overlay of the host's directories"
+        try:
+            overlay_options(Overlay((where, project), where, where))
+        except SandboxError as exc:
+            return exc.message
+        runtime = spec.runtime or self.engine.default_runtime or "runc"
+        try:
+            device = where.stat().st_dev
+        except OSError as exc:
+            return f"cannot use {where}: {exc.strerror or exc}"
+        key = f"overlay:{self.engine.url}:{runtime}:{device}|{self.engine.version}"
+        problem = cached(
+            self.cache_dir, "overlay.json", key, lambda: self._try_overlay(spec, where)
+        )
+        if problem:
+            return f"{self.engine.description} could not mount an overlay volume ({problem})"
+        how = "gVisor's gofer serves it" if is_gvisor(runtime) else runtime
+        return CopyOnWrite(
+            f"overlayfs volume mounted by {self.engine.name} {self.engine.version}'s local "
+            f"driver (as root, on the engine's host; {how})",
+            xattr="trusted",
+        )
+
+    def _try_overlay(self, spec: SandboxSpec, where: Path) -> str:
+        """Run a container with a small overlay; ``""`` when it worked, else why not."""
+        from jhansi.sandbox.overlay import OVERLAY_PROBE, probe_layers, remove_probe
+
+        dirs = probe_layers(where, "trusted")
+        try:
+            probe = replace(
+                spec,
+                run_id=f"{spec.run_id}-overlay",
+                argv=(PYTHON, "-I", "-S", "-c", OVERLAY_PROBE),
+                mounts=(dirs.mount,),
+                interactive=False,
+                limits=replace(spec.limits, timeout=min(spec.limits.timeout, 120.0)),
+            )
+            try:
+                result = self.run(probe, DiscardOutput())
+            except SandboxError as exc:
+                return exc.message
+            if result.status is not ExecStatus.SUCCEEDED:
+                tail = result.stderr.data.decode("utf-8", "replace").strip().splitlines()
+                return result.error or (tail[-1] if tail else f"exit {result.exit_code}")
+            return dirs.check()
+        finally:
+            remove_probe(dirs)
 
     def prune(self) -> int:
         """Remove containers of this host's jhansi runs whose owner process is gone."""

@@ -116,6 +116,28 @@ class ExecStatus(StrEnum):
     """The engine or bwrap failed; the script may not have run at all."""
 
 
+XattrNamespace = Literal["user", "trusted"]
+"""Where an overlay keeps its own attributes (opaque directories): ``user.overlay.*``
+when it is mounted in a user namespace (bwrap, ``userxattr``), ``trusted.overlay.*``
+when root mounts it (Docker's local volume driver)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    """A copy-on-write view: read-only ``lower`` directories under a writable ``upper``.
+
+    What the sandbox writes at the mount's target lands in ``upper`` (the sandbox's
+    own directory, handed to its host uid like a home); ``lower`` is never written.
+    ``work`` is overlayfs's scratch directory, beside ``upper`` on one file system.
+    """
+
+    lower: tuple[Path, ...]
+    """Topmost first: the mask layer (stand-ins for masked paths), then the project."""
+    upper: Path
+    work: Path
+    xattr: XattrNamespace = "user"
+
+
 @dataclass(frozen=True, slots=True)
 class Mount:
     """A host path visible in the sandbox.
@@ -123,19 +145,22 @@ class Mount:
     ``kind``: ``bind`` makes ``source`` appear at ``target``; ``empty`` hides
     whatever is at ``target`` behind an empty read-only file (when
     ``source`` is a file) or directory (masking secret-looking paths);
-    ``socket`` binds a unix socket (egress).
+    ``socket`` binds a unix socket (egress); ``overlay`` mounts :attr:`overlay`
+    (``source`` is its bottom lower layer, the project).
 
     ``owned``: the directory belongs to the sandbox (its home, a writable layer):
     before the run the backend hands it, and everything in it, to the host uid the
     sandbox runs as (:func:`jhansi.sandbox.ownership.hand_over`), so that runs on
-    different backends in one sandbox see and write the same files.
+    different backends in one sandbox see and write the same files. An overlay's
+    ``upper`` and ``work`` are always handed over; its lower layers never are.
     """
 
     source: Path
     target: str
     read_only: bool = True
-    kind: Literal["bind", "empty", "socket"] = "bind"
+    kind: Literal["bind", "empty", "socket", "overlay"] = "bind"
     owned: bool = False
+    overlay: Overlay | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +272,13 @@ class OutputSink(Protocol):
         """Called from the backend for every chunk read (possibly from another thread)."""
 
 
+class DiscardOutput:
+    """An output sink that keeps nothing (a probe's result keeps what it needs)."""
+
+    def write(self, stream: Stream, data: bytes) -> None:
+        """Dropped."""
+
+
 class TailBuffer:
     """Keeps the last ``limit`` bytes of a stream and counts all of it (thread-safe)."""
 
@@ -315,3 +347,22 @@ class Backend(ABC):
     def prune(self) -> int:
         """Remove what crashed runs left behind (containers); return how many."""
         return 0
+
+    def copy_on_write(self, spec: SandboxSpec, where: Path, project: Path) -> CopyOnWrite | str:
+        """How this backend mounts an ``overlay`` of ``project`` for ``spec`` with its upper
+        layer in ``where`` (on its file system), or why it cannot (one line, for the hint).
+
+        A backend that says yes has tried it (once, remembered): a run whose overlay
+        fails to mount would fail after it was recorded as started.
+        """
+        return f"the {self.name} backend has no copy-on-write mounts"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOnWrite:
+    """A backend's way of carrying out an ``overlay`` mount."""
+
+    mechanism: str
+    """For the record (``enforcement["work"]``) and the user: what mounts the overlay."""
+    xattr: XattrNamespace
+    """The namespace of the overlay's own attributes under that mechanism."""

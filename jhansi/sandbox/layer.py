@@ -136,14 +136,17 @@ def _lentry(name: str, dir_fd: int) -> Entry | None:
 MAX_DEPTH = 256
 
 
-def _walk(dir_fd: int, skip: AbstractSet[str] = frozenset()) -> Iterator[tuple[str, Entry, int]]:
+def _walk(
+    dir_fd: int, skip: AbstractSet[str] = frozenset(), special: list[str] | None = None
+) -> Iterator[tuple[str, Entry, int]]:
     """Every entry under ``dir_fd`` (parents before children), with its parent's fd.
 
     Directories are opened with ``O_NOFOLLOW``: a symlink is an entry, never a way
     in. Directories named in ``skip`` (masked: hidden whole) are listed, not entered;
     ``skip`` is consulted after each directory is yielded, so a caller may add to it.
     Iterative (a stack, not recursion), and past :data:`MAX_DEPTH` levels it raises
-    :class:`ApplyError` rather than exhaust the stack or the descriptors.
+    :class:`ApplyError` rather than exhaust the stack or the descriptors. FIFOs,
+    sockets and devices are not yielded; their paths are added to ``special`` if given.
     """
     # Each frame: (the directory's fd or None for the caller's, its prefix, names left).
     stack: list[tuple[int, str, list[str]]] = []
@@ -163,9 +166,13 @@ def _walk(dir_fd: int, skip: AbstractSet[str] = frozenset()) -> Iterator[tuple[s
                 continue
             name = names.pop()
             entry = _lentry(name, fd)
-            if entry is None:
-                continue
             rel = prefix + name
+            if entry is None:
+                if special is not None:
+                    with contextlib.suppress(OSError):  # gone since: nothing to say
+                        os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        special.append(rel)
+                continue
             yield rel, entry, fd
             if entry.kind != "dir" or rel in skip:
                 continue
@@ -628,7 +635,9 @@ def _chmod(parent: int, name: str, kind: Kind, mode: int) -> None:
         os.close(fd)
 
 
-def _apply_one(layer: Layer, layer_fd: int, project_fd: int, change: Change) -> Outcome:
+def _apply_one(
+    layer: Layer, layer_fd: int, project_fd: int, change: Change, when: str = "during the run"
+) -> Outcome:
     rel, old, new = change.path, change.old, change.new
 
     def done(result: Result, reason: str = "") -> Outcome:
@@ -641,9 +650,9 @@ def _apply_one(layer: Layer, layer_fd: int, project_fd: int, change: Change) -> 
                 if current is not None and new is not None:
                     if current.kind == "dir" == new.kind:
                         return done("applied")  # made on the host too: nothing to do
-                    return done("conflict", "made in the project during the run")
+                    return done("conflict", f"made in the project {when}")
             elif not _unchanged_on_host(old, current):
-                return done("conflict", "changed in the project during the run")
+                return done("conflict", f"changed in the project {when}")
             if change.action == "deleted" or new is None:
                 if current is not None and current.kind == "dir":
                     os.rmdir(name, dir_fd=parent)
@@ -685,7 +694,7 @@ def _apply_one(layer: Layer, layer_fd: int, project_fd: int, change: Change) -> 
         if exc.errno in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
             return done(
                 "conflict",
-                f"the project changed under it during the run ({os.strerror(exc.errno)})",
+                f"the project changed under it {when} ({os.strerror(exc.errno)})",
             )
         raise ApplyError(exc.errno, f"{rel}: {exc.strerror or exc}") from exc
 
@@ -697,7 +706,11 @@ APPLY_BUDGET = 1 << 30
 
 
 def apply_changes(
-    layer: Layer, changes: Iterable[Change], *, budget: int = APPLY_BUDGET
+    layer: Layer,
+    changes: Iterable[Change],
+    *,
+    budget: int = APPLY_BUDGET,
+    when: str = "during the run",
 ) -> ApplyReport:
     """Apply ``changes`` (from :func:`plan_changes`, in its order) to the project.
 
@@ -706,6 +719,7 @@ def apply_changes(
     file past what is left of ``budget`` bytes: the layer is kept). An error that is
     not about one change (disk full, read-only filesystem) stops it:
     :attr:`ApplyReport.error` says why, and the changes after it are not applied.
+    ``when`` ends a conflict's reason: since when the project was to stay unchanged.
     """
     outcomes: list[Outcome] = []
     layer_fd = _open_dir(layer.root)
@@ -733,7 +747,7 @@ def apply_changes(
                     continue
                 left -= new.size
             try:
-                outcomes.append(_apply_one(layer, layer_fd, project_fd, change))
+                outcomes.append(_apply_one(layer, layer_fd, project_fd, change, when))
             except ApplyError as exc:
                 error = str(exc.strerror)
                 break

@@ -79,8 +79,8 @@ class OpenSandbox:
     home: Path
     ephemeral: bool
     directory: Path | None = None
-    """The sandbox's own private directory (holds ``home``, and a ``--rw`` layer while a
-    run uses one); not mounted in the sandbox."""
+    """The sandbox's own private directory (holds ``home``, its copy-on-write layers, and
+    a ``--rw`` copy while a run uses one); not mounted in the sandbox."""
 
 
 def _dir_size(path: Path) -> int:
@@ -228,6 +228,12 @@ class Workspace:
             yield
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def hold(self, name: str) -> Iterator[None]:
+        """Hold the sandbox ``name`` (no run uses it meanwhile); refuses while one does."""
+        with self._locked(name, wait=False):
+            yield
 
     def entries(self) -> list[SandboxInfo]:
         """Every named sandbox, most recently used first."""

@@ -168,12 +168,29 @@ def test_files_changed_are_reported(env: Env) -> None:
     assert env.project.stat().st_mode == mode  # never opened up for the container's user
 
 
-def test_read_only_project_hint(env: Env) -> None:
+def test_writes_to_work_land_in_the_layer_not_the_project(env: Env) -> None:
     script = env.script("w.py", "open('/work/out.txt', 'w').write('b')\n")
+    proc = env.jhansi("run", "--json", str(script))
+    doc = json.loads(proc.stdout)
+    assert not (env.project / "out.txt").exists()  # never the project, on any backend
+    if env.backend == "podman":
+        # No copy-on-write mount through Podman's API: read-only, and the user is told.
+        assert proc.returncode == 1
+        assert "read-only here (no copy-on-write layer: Podman" in proc.stderr
+        assert doc["layer"] is None
+        assert doc["enforcement"]["work"].startswith("read-only bind of the project")
+        plain = env.jhansi("run", str(script))
+        assert "--rw" in plain.stderr.splitlines()[-1]
+        assert "$HOME" in plain.stderr.splitlines()[-1]
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert (Path(doc["layer"]) / "out.txt").read_text() == "b"
+    assert doc["enforcement"]["work"].startswith("copy-on-write")
+    # The rest of the system stays read-only, and the hint says where writes go.
+    script = env.script("etc.py", "open('/etc/out.txt', 'w').write('b')\n")
     proc = env.jhansi("run", str(script))
     assert proc.returncode == 1
-    assert "--rw" in proc.stderr
-    assert "$HOME" in proc.stderr
+    assert "/work is writable" in proc.stderr
 
 
 def test_shell_reads_commands_from_stdin(env: Env) -> None:

@@ -131,6 +131,15 @@ def test_cannot_write_the_project_or_the_root(target: Target) -> None:
     proc, doc = jhansi_run(target, "write_work.py")
     assert_contained(proc, doc)
     assert not (target.project / "pwned.txt").exists()
+    stdout = str(doc["stdout"]["text"])  # type: ignore[index]
+    if doc.get("layer"):
+        # /work is copy-on-write: the write succeeded, into the sandbox's layer only.
+        assert "wrote /work/pwned.txt" in stdout
+        assert (Path(str(doc["layer"])) / "pwned.txt").read_text() == "pwned"
+    else:
+        # No copy-on-write mechanism here (rootless Podman): /work is read-only.
+        assert target.name == "podman", doc.get("enforcement")
+        assert "contained: /work/pwned.txt" in stdout
 
 
 def test_masked_secrets_are_not_visible(target: Target) -> None:
@@ -220,7 +229,7 @@ def test_a_killed_runtime_is_a_sandbox_error_not_the_scripts_exit(target: Target
         cmd, cwd=target.project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        pid = _container_pid_of(target.project, deadline=time.monotonic() + 60)
+        pid = _container_pid_of(target.home, deadline=time.monotonic() + 60)
         os.kill(pid, 9)
         stdout, stderr = jhansi.communicate(timeout=60)
     finally:
@@ -245,8 +254,10 @@ def test_a_killed_runtime_is_a_sandbox_error_not_the_scripts_exit(target: Target
     assert runtime in str(end.get("error")), end
 
 
-def _container_pid_of(project: Path, *, deadline: float) -> int:
-    """The host pid of the running jhansi container that mounts ``project``."""
+def _container_pid_of(home: Path, *, deadline: float) -> int:
+    """The host pid of the running jhansi container that mounts a directory of the
+    JHANSI_HOME ``home`` (its sandbox's home: /work is an overlay volume by default, whose
+    source is no host directory of the test's)."""
     while time.monotonic() < deadline:
         ids = subprocess.run(
             ["docker", "ps", "-q", "--filter", "label=jhansi.run-id"],
@@ -266,11 +277,15 @@ def _container_pid_of(project: Path, *, deadline: float) -> int:
                 capture_output=True,
                 text=True,
             ).stdout.split()
-            if found and str(project) in found[1:] and int(found[0]) > 0:
+            if (
+                found
+                and any(Path(source).is_relative_to(home) for source in found[1:])
+                and int(found[0]) > 0
+            ):
                 time.sleep(1)  # let the script print and fall asleep
                 return int(found[0])
         time.sleep(0.2)
-    raise AssertionError(f"no running container mounts {project}")
+    raise AssertionError(f"no running container mounts a directory of {home}")
 
 
 def test_memory_limit_kills_or_refuses(target: Target) -> None:

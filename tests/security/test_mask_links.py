@@ -7,8 +7,9 @@ such a link follows it: bwrap mounts after pivot_root with the host's root at
 runs a project full of such links twice through ``jhansi run`` and checks that the
 runs succeed, nothing was created or touched at any target on the host, the links
 are still links, and secrets in upper case (or behind a link into the project, or
-in a FIFO) are not readable inside. On gVisor a masked FIFO is refused instead
-(its gofer would open it, and block).
+in a FIFO) are not readable inside. On gVisor a masked FIFO is hidden by the
+copy-on-write /work's mask layer, and refused where masks are mounts (its gofer
+would open it, and block).
 """
 
 from __future__ import annotations
@@ -165,15 +166,37 @@ def test_masked_links_write_nothing_on_the_host(hostile: Hostile) -> None:
         assert str((hostile.project / link).readlink()) == points_to
     if hostile.name == "gvisor":
         # gVisor's gofer opens a mount point before mounting over it, and a FIFO
-        # blocked it forever (the container never started): refused, promptly.
+        # blocked it forever (the container never started). The default /work is an
+        # overlay whose mask layer hides the FIFO with a plain stand-in: nothing mounts
+        # over it and nothing opens it, and the run ends promptly, the secret unread.
         os.mkfifo(hostile.project / "pipe.key")
         proc = run_jhansi(
             "run",
+            "--json",
             "--project",
             str(hostile.project),
             str(hostile.project / "probe.py"),
             env=hostile.env,
             cwd=hostile.project,
+            timeout=60,
+        )
+        doc = json.loads(proc.stdout)
+        assert (proc.returncode, doc["status"]) == (0, "succeeded"), proc.stderr
+        assert "copy-on-write" in doc["enforcement"]["work"]
+        assert json.loads(doc["stdout"]["text"].strip().splitlines()[-1])["seen"] == []
+        # Where /work cannot be an overlay (a path Docker's volume options cannot carry),
+        # masks are mounts again: the FIFO is refused, promptly.
+        plain = hostile.project.parent / "no,overlay"
+        plain.mkdir()
+        (plain / "probe.py").write_text(PROBE)
+        os.mkfifo(plain / "pipe.key")
+        proc = run_jhansi(
+            "run",
+            "--project",
+            str(plain),
+            str(plain / "probe.py"),
+            env=hostile.env,
+            cwd=plain,
             timeout=60,
         )
         assert proc.returncode == ExitCode.SANDBOX, proc.stderr

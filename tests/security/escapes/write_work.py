@@ -1,8 +1,15 @@
-"""Escape if the read-only project, or the read-only root, can be written."""
+"""Escape if the read-only root can be written; /work's writes are reported (they must
+land in the sandbox's layer, never in the project: the test checks the project)."""
 
 import sys
 
-for path in ("/work/pwned.txt", "/etc/pwned", "/usr/pwned", "/pwned"):
+try:
+    with open("/work/pwned.txt", "w") as handle:
+        handle.write("pwned")
+    print("wrote /work/pwned.txt")
+except OSError as exc:
+    print("contained: /work/pwned.txt", exc)
+for path in ("/etc/pwned", "/usr/pwned", "/pwned"):
     try:
         with open(path, "w") as handle:
             handle.write("pwned")

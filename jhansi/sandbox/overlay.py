@@ -1,0 +1,1031 @@
+"""The sandbox's copy-on-write layer over the project: where a run's writes to /work land.
+
+By default a run sees the project at /work through overlayfs. The project is the
+bottom, read-only lower layer; a *mask layer* jhansi builds for the run sits above
+it (an empty read-only stand-in for each masked file, an empty opaque directory for
+each masked directory, so the host's ``.env`` cannot be read through the overlay);
+every write goes to the sandbox's *upper* directory. Reads see the project as it is
+now, with the layer's own changes on top. The layer belongs to the named sandbox,
+beside its home, one per project, and persists across runs like the home::
+
+    <data>/sandboxes/NAME/layers/<key>/   jhansi's own (0711)
+        upper/    the sandbox's writes (handed to its host uid, like the home)
+        work/     overlayfs's scratch directory
+        masks/    the run's mask layer (rebuilt for every run)
+        state.json  the project it covers, and what the project held when the
+                  sandbox first changed each path (to tell a later host change)
+
+Nothing is written to the project until ``jhansi sandbox apply`` copies chosen
+changes into it with :func:`jhansi.sandbox.layer.apply_changes` (configuration,
+locks, ``.git`` and masked paths never; links only inside; conflicts kept).
+
+The upper directory is a tree the sandbox wrote. Host code reads it only by
+descriptor: directories opened ``O_NOFOLLOW | O_DIRECTORY`` component by component,
+entries ``lstat``-ed, regular files opened ``O_NOFOLLOW | O_NONBLOCK`` and checked
+with ``fstat``; links are read, never followed; FIFOs, sockets and devices are never
+opened. Overlay's own markers are read the way the kernel does: a character device
+0/0 is a *whiteout* (the name was deleted), a directory with ``overlay.opaque=y``
+hides everything below it in the lower layers. Redirects and metacopy are off (the
+backends mount with ``redirect_dir=off``/``nofollow``), so no other marker exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import blake3
+
+from jhansi.sandbox.changes import FileChange, Snapshot
+from jhansi.sandbox.interface import WORKDIR, Mount, Overlay, XattrNamespace
+from jhansi.sandbox.layer import (
+    _DIR_FLAGS,
+    _FILE_FLAGS,
+    Action,
+    ApplyError,
+    ApplyReport,
+    Change,
+    Entry,
+    Layer,
+    Outcome,
+    _entry,
+    _lentry,
+    _parent,
+    _same_content,
+    _unchanged_on_host,
+    _walk,
+    apply_changes,
+)
+
+#: The directory of a sandbox that holds its layers, one per project.
+LAYERS = "layers"
+_STATE = "state.json"
+_STATE_VERSION = 1
+#: Entries a plan lists at most (a sandbox may leave millions); past it, it says so.
+MAX_ENTRIES = 500_000
+#: The overlay attribute that makes a directory hide the lower layers below it.
+_OPAQUE = "overlay.opaque"
+_NAMESPACES: tuple[XattrNamespace, ...] = ("user", "trusted")
+
+
+@dataclass(frozen=True, slots=True)
+class LayerDirs:
+    """Where one sandbox's layer over one project lives on the host."""
+
+    root: Path
+    project: Path
+    """The project's real path (no link in it): the overlay's bottom layer."""
+
+    @property
+    def upper(self) -> Path:
+        """The sandbox's writes (the overlay's upper directory)."""
+        return self.root / "upper"
+
+    @property
+    def work(self) -> Path:
+        """overlayfs's scratch directory (same file system as :attr:`upper`)."""
+        return self.root / "work"
+
+    @property
+    def masks(self) -> Path:
+        """The run's mask layer (above the project, below :attr:`upper`)."""
+        return self.root / "masks"
+
+    @property
+    def state(self) -> Path:
+        """jhansi's notes about the layer (:func:`load_state`)."""
+        return self.root / _STATE
+
+
+def layer_key(project: Path) -> str:
+    """The name of the layer over the project at the real path ``project``."""
+    return blake3.blake3(os.fsencode(str(project))).hexdigest()[:16]
+
+
+def layer_dirs(sandbox_dir: Path, project: Path) -> LayerDirs:
+    """The layer of the sandbox in ``sandbox_dir`` over ``project`` (resolved once: a
+    project that is a link is the directory it leads to now)."""
+    real = Path(os.path.realpath(project))
+    return LayerDirs(sandbox_dir / LAYERS / layer_key(real), real)
+
+
+def layers_in(sandbox_dir: Path) -> list[LayerDirs]:
+    """Every layer the sandbox has, with the project each covers (from its state)."""
+    found: list[LayerDirs] = []
+    try:
+        names = sorted(_listing(sandbox_dir / LAYERS))
+    except OSError:
+        return found
+    for name in names:
+        root = sandbox_dir / LAYERS / name
+        project = load_state(root / _STATE).get("project")
+        if isinstance(project, str) and layer_key(Path(project)) == name:
+            found.append(LayerDirs(root, Path(project)))
+    return found
+
+
+def misplaced(dirs: LayerDirs) -> str | None:
+    """Why the layer cannot be mounted over its project, or ``None``.
+
+    The upper directory must never be inside the project (the sandbox's writes would
+    land in it), nor the project inside the layer.
+    """
+    root = Path(os.path.realpath(dirs.root))
+    if root.is_relative_to(dirs.project):
+        return f"jhansi's data directory ({root}) is inside the project"
+    if dirs.project.is_relative_to(root):
+        return f"the project is inside the sandbox's layer ({root})"
+    return None
+
+
+# -- state -----------------------------------------------------------------------------------
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """The layer's notes (``{}`` when missing or unreadable: a layer without notes
+    still works; conflicts are then judged against the project as it is)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_state(dirs: LayerDirs, state: dict[str, Any]) -> None:
+    """Replace the layer's notes atomically (mode 0600)."""
+    partial = dirs.root / f".{_STATE}.{os.getpid()}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(state, handle, sort_keys=True)
+    partial.replace(dirs.state)
+
+
+def entry_fields(entry: Entry | None) -> dict[str, Any] | None:
+    """An entry as JSON (``None`` stays ``None``: the path was absent)."""
+    if entry is None:
+        return None
+    return {
+        "kind": entry.kind,
+        "mode": entry.mode,
+        "size": entry.size,
+        "mtime_ns": entry.mtime_ns,
+        "ino": entry.ino,
+        "target": entry.target,
+    }
+
+
+def entry_from(fields: Any) -> Entry | None:
+    """The inverse of :func:`entry_fields` (``None`` for anything malformed)."""
+    if not isinstance(fields, dict):
+        return None
+    try:
+        kind = fields["kind"]
+        if kind not in ("file", "dir", "link"):
+            return None
+        target = fields.get("target")
+        return Entry(
+            kind,
+            int(fields["mode"]),
+            int(fields["size"]),
+            int(fields["mtime_ns"]),
+            int(fields["ino"]),
+            target if isinstance(target, str) else None,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+# -- before a run ----------------------------------------------------------------------------
+
+
+def _own_dir(path: Path, mode: int) -> None:
+    """Make ``path`` a directory if missing; refuse anything else there (a link)."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=mode)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, f"{path} is not a directory (a link?)")
+
+
+def prepare(dirs: LayerDirs, masked: Iterable[Path], xattr: XattrNamespace) -> dict[str, Any]:
+    """Make the layer's directories (if new) and the run's mask layer; return its state.
+
+    ``masked``: the project's paths to hide (:func:`jhansi.sandbox.masks.find_masked`:
+    never a link, never below one). The layer's root and the mask layer are jhansi's
+    and stay readable (a rootless engine's user, or the unprivileged uid bwrap runs
+    as, must reach them); ``upper`` and ``work`` are the backend's to hand over.
+    """
+    _own_dir(dirs.root.parent, 0o711)
+    dirs.root.parent.chmod(0o711)
+    _own_dir(dirs.root, 0o711)
+    dirs.root.chmod(0o711)
+    _own_dir(dirs.upper, 0o700)
+    _own_dir(dirs.work, 0o700)
+    state = load_state(dirs.state)
+    if state.get("project") != str(dirs.project):
+        state = {"version": _STATE_VERSION, "project": str(dirs.project), "baselines": {}}
+    state.setdefault("xattr", xattr)
+    if state.get("xattr") != xattr:
+        convert_opaque(dirs.upper, str(state.get("xattr")), xattr)
+        state["xattr"] = xattr
+    hidden = sorted(path.relative_to(dirs.project).as_posix() for path in masked)
+    build_masks(dirs, hidden, xattr)
+    state["masked"] = hidden  # open_directories never makes twins there
+    save_state(dirs, state)
+    return state
+
+
+def build_masks(dirs: LayerDirs, masked: Iterable[str], xattr: XattrNamespace) -> None:
+    """The mask layer for a run: for each masked path, an empty read-only stand-in
+    (a directory is opaque, or where the attribute cannot be set, whited out entry by
+    entry), below directories that look like the project's own."""
+    from jhansi.sandbox.tree import remove_tree
+
+    remove_tree(dirs.masks)
+    dirs.masks.mkdir(mode=0o755)
+    dirs.masks.chmod(0o755)
+    root = os.open(dirs.masks, _DIR_FLAGS)
+    try:
+        for rel in sorted(masked):
+            _stand_in(root, dirs.project, rel, xattr)
+    finally:
+        os.close(root)
+
+
+def _stand_in(root: int, project: Path, rel: str, xattr: XattrNamespace) -> None:
+    parts = rel.split("/")
+    fds: list[int] = []
+    try:
+        current = root
+        for i, part in enumerate(parts[:-1]):
+            try:
+                os.mkdir(part, 0o700, dir_fd=current)
+                made = True
+            except FileExistsError:
+                made = False
+            child = os.open(part, _DIR_FLAGS, dir_fd=current)
+            fds.append(child)
+            if made:
+                # The merged directory takes the topmost lower layer's attributes:
+                # the project's own, so that the sandbox sees what it would see there.
+                with contextlib.suppress(OSError):
+                    st = os.lstat(project.joinpath(*parts[: i + 1]))
+                    os.fchmod(child, stat.S_IMODE(st.st_mode) & 0o7777)
+                    if os.geteuid() == 0:
+                        os.fchown(child, st.st_uid, st.st_gid)
+            current = child
+        name = parts[-1]
+        source = project / rel
+        if stat.S_ISDIR(os.lstat(source).st_mode):
+            os.mkdir(name, 0o755, dir_fd=current)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=current)
+            try:
+                try:
+                    os.setxattr(fd, f"{xattr}.{_OPAQUE}", b"y")
+                except OSError:
+                    # trusted.* needs root: hide each entry by name instead (new names
+                    # made in the project during the run would show; said in the docs).
+                    with contextlib.suppress(OSError):
+                        for entry in _listing(source):
+                            os.mknod(entry, stat.S_IFCHR, 0, dir_fd=fd)
+                os.fchmod(fd, 0o555)
+            finally:
+                os.close(fd)
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fd = os.open(name, flags, 0o444, dir_fd=current)
+            os.fchmod(fd, 0o444)
+            os.close(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def convert_opaque(upper: Path, old: str, new: XattrNamespace) -> None:
+    """Mark the opaque directories of ``upper`` in the ``new`` namespace (a layer written
+    by one backend, mounted by another): raises :class:`OSError` if that cannot be set."""
+    if old == new:
+        return
+    for _rel, fd in _upper_dirs(upper):
+        if _opaque(fd):
+            os.setxattr(fd, f"{new}.{_OPAQUE}", b"y")
+
+
+def _upper_dirs(upper: Path) -> Iterator[tuple[str, int]]:
+    """Every directory of ``upper`` with a descriptor (valid until the next item)."""
+    top = os.open(upper, _DIR_FLAGS)
+    try:
+        yield "", top
+        for rel, entry, parent in _walk(top):
+            if entry.kind != "dir":
+                continue
+            name = rel.rpartition("/")[2]
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            except OSError:
+                continue
+            try:
+                yield rel, fd
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
+
+
+def finish_run(dirs: LayerDirs) -> None:
+    """Remove the run's mask layer (the next run builds its own)."""
+    from jhansi.sandbox.tree import remove_tree
+
+    with contextlib.suppress(OSError):
+        remove_tree(dirs.masks)
+
+
+def open_directories(
+    dirs: LayerDirs,
+    uid: int,
+    gid: int,
+    *,
+    deadline: float | None = None,
+    masked: Iterable[str] = (),
+) -> list[str]:
+    """Give the sandbox writable copies of the project's directories it may read but
+    does not own; return their paths.
+
+    When the sandbox's host uid is not the project's owner (root runs jhansi, and
+    the sandbox is an id of its own), overlayfs refuses to copy a directory up for it
+    (it could not give the copy the owner's uid), so nothing could be written below
+    /work. Each directory the sandbox can list and enter (every parent searchable,
+    by mode bits) gets an empty, non-opaque twin in the upper layer, owned by the
+    sandbox: the merged directory is the same, and the sandbox may add files to it.
+    Directories it could not read stay as they are (their twin would show their
+    names), and so do ``masked`` ones and everything below them (a twin would show the
+    names the mask hides). Nothing is made where the upper layer already has an entry,
+    nor below a whiteout or an opaque directory (that would bring back what the sandbox
+    deleted).
+    ``deadline`` bounds the walk (a :func:`time.monotonic` instant).
+    """
+    made: list[str] = []
+    hidden = set(masked)
+    project_fd = os.open(dirs.project, _DIR_FLAGS)
+    upper_fd = os.open(dirs.upper, _DIR_FLAGS)
+    # Each frame: (project dir fd, upper dir fd, prefix, names left).
+    stack: list[tuple[int, int, str, list[str]]] = []
+    try:
+        stack.append((project_fd, upper_fd, "", sorted(_listing(project_fd), reverse=True)))
+        while stack:
+            pfd, ufd, prefix, names = stack[-1]
+            if not names:
+                stack.pop()
+                if pfd != project_fd:
+                    os.close(pfd)
+                    os.close(ufd)
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            name = names.pop()
+            try:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except OSError:
+                continue
+            if prefix + name in hidden:
+                continue
+            if not stat.S_ISDIR(st.st_mode) or not _may_list(st, uid, gid):
+                continue
+            if len(stack) >= MAX_DEPTH_OPEN:
+                continue
+            try:
+                ust = os.stat(name, dir_fd=ufd, follow_symlinks=False)
+            except FileNotFoundError:
+                ust = None
+            if ust is None:
+                os.mkdir(name, 0o700, dir_fd=ufd)
+                made.append(prefix + name)
+            elif not stat.S_ISDIR(ust.st_mode):
+                continue  # a whiteout, or the sandbox's own file or link: left alone
+            try:
+                child_u = os.open(name, _DIR_FLAGS, dir_fd=ufd)
+            except OSError:
+                continue
+            try:
+                if ust is None:
+                    os.fchmod(child_u, stat.S_IMODE(st.st_mode) & 0o777)
+                    if os.geteuid() == 0:
+                        os.fchown(child_u, uid, gid)
+                elif _opaque(child_u):
+                    os.close(child_u)
+                    continue
+                child_p = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            except OSError:
+                os.close(child_u)
+                continue
+            try:
+                below = sorted(_listing(child_p), reverse=True)
+            except OSError:
+                os.close(child_p)
+                os.close(child_u)
+                continue
+            stack.append((child_p, child_u, prefix + name + "/", below))
+    finally:
+        for pfd, ufd, _, _ in stack:
+            if pfd != project_fd:
+                os.close(pfd)
+                os.close(ufd)
+        os.close(project_fd)
+        os.close(upper_fd)
+    return made
+
+
+#: Directory levels :func:`open_directories` descends (deeper ones stay as they are).
+MAX_DEPTH_OPEN = 64
+#: Seconds :func:`ready_upper` spends opening directories before a run, at most.
+OPEN_SECONDS = 5.0
+
+
+def ready_upper(overlay: Overlay, project: Path, uid: int, gid: int) -> None:
+    """Before a run, once the upper layer is the sandbox's (``uid``): when the sandbox is
+    not the project's owner, give it twins of the directories it may read
+    (:func:`open_directories`) so that it can write below /work, and note them."""
+    try:
+        owner = project.stat().st_uid
+    except OSError:
+        return
+    if owner == uid:
+        return
+    dirs = LayerDirs(overlay.upper.parent, project)
+    masked = load_state(dirs.state).get("masked")
+    if not isinstance(masked, list):
+        return  # without the masks, a twin could show names they hide
+    made = open_directories(
+        dirs,
+        uid,
+        gid,
+        deadline=time.monotonic() + OPEN_SECONDS,
+        masked=[m for m in masked if isinstance(m, str)],
+    )
+    note_opened(dirs, made)
+
+
+def _may_list(st: os.stat_result, uid: int, gid: int) -> bool:
+    """Whether ``uid``/``gid`` may read and enter the directory ``st`` by mode bits."""
+    if st.st_uid == uid:
+        bits = (st.st_mode >> 6) & 7
+    elif st.st_gid == gid:
+        bits = (st.st_mode >> 3) & 7
+    else:
+        bits = st.st_mode & 7
+    return bits & 5 == 5
+
+
+# -- reading the upper layer -----------------------------------------------------------------
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    """Whether an upper entry is overlayfs's mark of a deleted name (char device 0/0)."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _opaque(dir_fd: int) -> bool:
+    """Whether the directory ``dir_fd`` hides the lower layers below it (in either
+    namespace: a layer may have been written through both kinds of mount)."""
+    for namespace in _NAMESPACES:
+        try:
+            if os.getxattr(dir_fd, f"{namespace}.{_OPAQUE}") == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One change of the layer against the project, and whether it conflicts."""
+
+    change: Change
+    """``old`` is what the project held when the sandbox first changed the path (when
+    known), else what it holds now; ``new`` is the layer's entry."""
+    current: Entry | None
+    """What the project holds now."""
+    conflict: str = ""
+    """Why applying it would not be safe (the project changed since), if so."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything the layer changed against the project, in the order to apply it."""
+
+    items: list[Planned] = field(default_factory=list)
+    incomplete: str = ""
+    """Why the list may be missing changes (too many entries, nested too deep)."""
+    skipped: int = 0
+    """FIFOs, sockets and device nodes in the layer: never applied, not listed."""
+
+    @property
+    def changes(self) -> list[Change]:
+        """The changes alone (what :func:`jhansi.sandbox.layer.apply_changes` takes)."""
+        return [item.change for item in self.items]
+
+
+def _listing(where: int | Path) -> list[str]:
+    """The names in the directory ``where`` (a descriptor, or a path)."""
+    with os.scandir(where) as entries:
+        return [e.name for e in entries]
+
+
+def _names(fd: int) -> list[str]:
+    """The names in the directory ``fd``, sorted, reversed (popped in order)."""
+    return sorted(_listing(fd), reverse=True)
+
+
+def _project_entry(project_fd: int, rel: str) -> Entry | None:
+    """The project's entry at ``rel`` (``None``: absent, or below a link or a file)."""
+    try:
+        with _parent(project_fd, rel) as (parent, name):
+            return _lentry(name, parent)
+    except (OSError, ValueError):
+        return None
+
+
+def _subtree(project_fd: int, rel: str) -> list[tuple[str, Entry]]:
+    """The project's entries below the directory ``rel`` (parents first)."""
+    try:
+        with _parent(project_fd, rel) as (parent, name):
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except (OSError, ValueError):
+        return []
+    try:
+        return [(f"{rel}/{sub}", entry) for sub, entry, _ in _walk(fd)]
+    finally:
+        os.close(fd)
+
+
+def _differs(upper_parent: int, project_fd: int, rel: str, name: str) -> bool:
+    """Whether the upper file ``name`` holds other bytes than the project's ``rel``."""
+    try:
+        a = os.open(name, _FILE_FLAGS, dir_fd=upper_parent)
+    except OSError:
+        return True
+    try:
+        if not stat.S_ISREG(os.fstat(a).st_mode):
+            return True
+        try:
+            with _parent(project_fd, rel) as (parent, pname):
+                b = os.open(pname, _FILE_FLAGS, dir_fd=parent)
+        except (OSError, ValueError):
+            return True
+        try:
+            return not stat.S_ISREG(os.fstat(b).st_mode) or not _same_content(a, b)
+        finally:
+            os.close(b)
+    finally:
+        os.close(a)
+
+
+def plan(dirs: LayerDirs, *, max_entries: int = MAX_ENTRIES) -> Plan:
+    """What the layer changed against the project as it is now: deletions deepest
+    first, then additions and changes parents first (the order to apply them in).
+
+    A whiteout deletes the project's entry (a directory with everything in it); an
+    opaque directory deletes what the project has below it and the layer does not;
+    a file or link in the layer adds or modifies (a file with the same bytes as the
+    project's is no change); directories jhansi opened for the sandbox
+    (:func:`open_directories`) are no change unless something below them is.
+    """
+    state = load_state(dirs.state)
+    found = state.get("baselines")
+    baselines: dict[str, Any] = found if isinstance(found, dict) else {}
+    opened = set(state.get("opened") or ())
+    deleted: list[tuple[str, Entry]] = []
+    others: list[tuple[str, str, Entry | None, Entry]] = []  # (rel, action, current, new)
+    skipped = 0
+    incomplete = ""
+    seen = 0
+    upper_fd = os.open(dirs.upper, _DIR_FLAGS)
+    project_fd = os.open(dirs.project, _DIR_FLAGS)
+    try:
+        # Each frame: (upper dir fd, prefix, names left); the project is looked up by path.
+        stack: list[tuple[int, str, list[str]]] = [(upper_fd, "", _names(upper_fd))]
+        try:
+            while stack:
+                fd, prefix, names = stack[-1]
+                if not names:
+                    stack.pop()
+                    if fd != upper_fd:
+                        os.close(fd)
+                    continue
+                name = names.pop()
+                seen += 1
+                if seen > max_entries:
+                    incomplete = f"the layer has more than {max_entries} entries"
+                    break
+                rel = prefix + name
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                current = _project_entry(project_fd, rel)
+                if is_whiteout(st):
+                    if current is not None:
+                        if current.kind == "dir":
+                            deleted += _subtree(project_fd, rel)
+                        deleted.append((rel, current))
+                    continue
+                target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+                new = _entry(st, target)
+                if new is None:
+                    skipped += 1
+                    continue
+                if current is not None and current.kind == "dir" and new.kind != "dir":
+                    deleted += _subtree(project_fd, rel)
+                if new.kind == "dir":
+                    if len(stack) >= MAX_DEPTH_PLAN:
+                        incomplete = f"{rel}: nested deeper than {MAX_DEPTH_PLAN} levels"
+                        continue
+                    try:
+                        child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    except OSError:
+                        continue
+                    if current is None or current.kind != "dir":
+                        action = "added" if current is None else "modified"
+                        others.append((rel, action, current, new))
+                    elif _opaque(child):
+                        # Nothing of the project shows below an opaque directory: what
+                        # the layer does not have there (at any depth) was deleted.
+                        kept = {f"{rel}/{sub}" for sub, _, _ in _walk(child)}
+                        deleted += [e for e in _subtree(project_fd, rel) if e[0] not in kept]
+                    stack.append((child, rel + "/", _names(child)))
+                    continue
+                if current is None:
+                    others.append((rel, "added", None, new))
+                elif (
+                    current.kind != new.kind
+                    or current.target != new.target
+                    or (
+                        new.kind == "file"
+                        and (new.size != current.size or _differs(fd, project_fd, rel, name))
+                    )
+                ):
+                    others.append((rel, "modified", current, new))
+                elif new.kind == "file" and new.mode != current.mode:
+                    others.append((rel, "mode", current, new))
+        except ApplyError as exc:
+            incomplete = str(exc.strerror)
+        finally:
+            for frame_fd, _, _ in stack:
+                if frame_fd != upper_fd:
+                    os.close(frame_fd)
+    finally:
+        os.close(upper_fd)
+        os.close(project_fd)
+
+    # Directories opened for the sandbox are no change of their own, unless the project
+    # lost them since and something below them changed.
+    def idle(item: tuple[str, str, Entry | None, Entry]) -> bool:
+        return item[0] in opened and item[1] == "added" and item[3].kind == "dir"
+
+    ancestors: set[str] = set()
+    for rel in [item[0] for item in others if not idle(item)] + [rel for rel, _ in deleted]:
+        parts = rel.split("/")
+        ancestors.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    others = [item for item in others if not idle(item) or item[0] in ancestors]
+    items: list[Planned] = []
+    unique: dict[str, Entry] = dict(deleted)
+    for rel in sorted(unique, key=lambda r: (r.count("/"), r), reverse=True):
+        items.append(_planned(rel, "deleted", unique[rel], None, baselines))
+    for rel, action, current, new in sorted(others, key=lambda o: o[0].split("/")):
+        items.append(_planned(rel, action, current, new, baselines))
+    return Plan(items, incomplete, skipped)
+
+
+#: Directory levels :func:`plan` descends.
+MAX_DEPTH_PLAN = 256
+
+
+def _planned(
+    rel: str, action: str, current: Entry | None, new: Entry | None, baselines: dict[str, Any]
+) -> Planned:
+    """The change at ``rel``; against its baseline (when one was noted) for conflicts."""
+    old = current
+    conflict = ""
+    if rel in baselines:
+        old = entry_from(baselines[rel])
+        if not _unchanged_on_host(old, current):
+            conflict = (
+                "made in the project since the sandbox wrote it"
+                if old is None
+                else "changed in the project since the sandbox changed it"
+            )
+    if action != "deleted":
+        action = "added" if old is None else ("mode" if action == "mode" else "modified")
+    return Planned(Change(rel, cast(Action, action), old, new), current, conflict)
+
+
+# -- after a run -----------------------------------------------------------------------------
+
+
+def note_baselines(dirs: LayerDirs, paths: Iterable[str]) -> None:
+    """Note, for each path the run changed that has no note yet, what the project holds
+    there now (``None``: nothing), so that a later host change is told apart."""
+    state = load_state(dirs.state)
+    if state.get("project") != str(dirs.project):
+        return
+    baselines = state.setdefault("baselines", {})
+    if not isinstance(baselines, dict):
+        baselines = state["baselines"] = {}
+    fresh = [p for p in paths if p not in baselines]
+    if not fresh:
+        return
+    project_fd = os.open(dirs.project, _DIR_FLAGS)
+    try:
+        for rel in fresh[:MAX_ENTRIES]:
+            baselines[rel] = entry_fields(_project_entry(project_fd, rel))
+    finally:
+        os.close(project_fd)
+    save_state(dirs, state)
+
+
+def note_opened(dirs: LayerDirs, opened: list[str]) -> None:
+    """Remember the directories :func:`open_directories` made (no change of their own)."""
+    if not opened:
+        return
+    state = load_state(dirs.state)
+    known = set(state.get("opened") or ())
+    known.update(opened)
+    state["opened"] = sorted(known)[:MAX_ENTRIES]
+    save_state(dirs, state)
+
+
+def merged_changes(
+    dirs: LayerDirs, changes: list[FileChange], before: Snapshot, after: Snapshot
+) -> list[FileChange]:
+    """A run's changes to the upper directory (``before``/``after`` are its snapshots),
+    said as the sandbox saw /work: a new whiteout is a deletion, a file copied up is a
+    modification, a file made where the sandbox had deleted one is an addition, and a
+    whiteout over nothing is no change. (A directory deleted and made again hides the
+    project's files below it; ``jhansi sandbox diff`` lists those.)"""
+
+    def white(mode: int | None) -> bool:
+        return mode is not None and stat.S_ISCHR(mode)
+
+    out: list[FileChange] = []
+    project_fd = os.open(dirs.project, _DIR_FLAGS)
+    try:
+        for change in changes:
+            old = before.files.get(change.path)
+            new = after.files.get(change.path)
+            was, now = (old[3] if old else None), (new[3] if new else None)
+            if now is None:
+                out.append(change)
+                continue
+            in_project = _project_entry(project_fd, change.path) is not None
+            if white(now):
+                if white(was) or (was is None and not in_project):
+                    continue
+                out.append(replace(change, change="deleted", size=None, blake3=None))
+            elif white(was):
+                out.append(replace(change, change="added"))
+            elif was is None and in_project:
+                out.append(replace(change, change="modified"))
+            else:
+                out.append(change)
+    finally:
+        os.close(project_fd)
+    return out
+
+
+def shadows(dirs: LayerDirs, rel: str) -> bool:
+    """Whether the layer puts something else than the project's own entry at ``rel``: an
+    entry of its own there, or a parent that is not a plain (non-opaque) directory."""
+    parts = rel.split("/")
+    fds: list[int] = []
+    try:
+        current = os.open(dirs.upper, _DIR_FLAGS)
+        fds.append(current)
+        for i, part in enumerate(parts):
+            try:
+                st = os.stat(part, dir_fd=current, follow_symlinks=False)
+            except FileNotFoundError:
+                return False  # nothing of the layer's here: the project's shows
+            if i == len(parts) - 1 or not stat.S_ISDIR(st.st_mode):
+                return True
+            current = os.open(part, _DIR_FLAGS, dir_fd=current)
+            fds.append(current)
+            if _opaque(current):
+                return True
+        return False  # pragma: no cover - the loop returns
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+# -- bringing changes out --------------------------------------------------------------------
+
+
+def apply(
+    dirs: LayerDirs, plan_: Plan, paths: Iterable[Change], masked: Iterable[str]
+) -> ApplyReport:
+    """Apply ``paths`` (changes of ``plan_``) to the project, then take what was applied
+    out of the layer (the project now holds it, so /work shows the same).
+
+    The same protections as ``--rw`` (:func:`jhansi.sandbox.layer.apply_changes`):
+    masked paths, configuration, locks, ``.git`` never; links only inside the project;
+    a path the project changed since the sandbox changed it is a conflict.
+    """
+    chosen = list(paths)
+    conflicts = {item.change.path: item.conflict for item in plan_.items if item.conflict}
+    layer = Layer(
+        project=dirs.project,
+        root=dirs.upper,
+        base={},
+        copied={},
+        masked=frozenset(masked),
+    )
+    report = apply_changes(
+        layer,
+        [c for c in chosen if c.path not in conflicts],
+        when="since the sandbox changed it",
+    )
+    outcomes = list(report.outcomes)
+    outcomes += [
+        Outcome(c.path, c.action, "conflict", conflicts[c.path])
+        for c in chosen
+        if c.path in conflicts
+    ]
+    report = ApplyReport(outcomes=tuple(outcomes), error=report.error)
+    _take_out(dirs, [o.path for o in report.by("applied")])
+    return report
+
+
+def _take_out(dirs: LayerDirs, applied: list[str]) -> None:
+    """Remove applied files, links and whiteouts from the upper layer (not below an opaque
+    directory, whose entries hide the project's), then directories left empty that the
+    project has too; forget their baselines."""
+    if not applied:
+        return
+    upper_fd = os.open(dirs.upper, _DIR_FLAGS)
+    try:
+        for rel in sorted(applied, key=lambda r: r.count("/"), reverse=True):
+            try:
+                _take_one(upper_fd, rel)
+            except (OSError, ValueError):
+                continue
+    finally:
+        os.close(upper_fd)
+    state = load_state(dirs.state)
+    baselines = state.get("baselines")
+    if isinstance(baselines, dict):
+        for rel in applied:
+            baselines.pop(rel, None)
+        with contextlib.suppress(OSError):
+            save_state(dirs, state)
+
+
+def _take_one(upper_fd: int, rel: str) -> None:
+    parts = rel.split("/")
+    fds: list[int] = []
+    try:
+        current = upper_fd
+        for part in parts[:-1]:
+            current = os.open(part, _DIR_FLAGS, dir_fd=current)
+            fds.append(current)
+            if _opaque(current):
+                return
+        name = parts[-1]
+        st = os.stat(name, dir_fd=current, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            child = os.open(name, _DIR_FLAGS, dir_fd=current)
+            try:
+                if _opaque(child) or _listing(child):
+                    return
+            finally:
+                os.close(child)
+            os.rmdir(name, dir_fd=current)
+        else:
+            os.unlink(name, dir_fd=current)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def read_small(root: Path, rel: str, limit: int) -> bytes | None:
+    """The bytes of the regular file ``rel`` under ``root`` if it has at most ``limit``
+    (no link followed on the way; ``None`` otherwise)."""
+    try:
+        root_fd = os.open(root, _DIR_FLAGS)
+    except OSError:
+        return None
+    try:
+        with _parent(root_fd, rel) as (parent, name):
+            fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+                return None
+            return os.read(fd, limit + 1)[:limit]
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(root_fd)
+
+
+def hash_file(root: Path, rel: str) -> str | None:
+    """BLAKE3 of the regular file ``rel`` under ``root`` (no link followed), or ``None``."""
+    try:
+        root_fd = os.open(root, _DIR_FLAGS)
+    except OSError:
+        return None
+    try:
+        with _parent(root_fd, rel) as (parent, name):
+            fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            hasher = blake3.blake3()
+            while chunk := os.read(fd, 1 << 20):
+                hasher.update(chunk)
+            return hasher.hexdigest()
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(root_fd)
+
+
+# -- trying it -------------------------------------------------------------------------------
+
+#: Runs in the sandbox (Python 3.8+, standard library): the lower layer shows, the mask
+#: layer's opaque directory hides, a new file and a deletion land in the upper layer.
+OVERLAY_PROBE = (
+    "import os\n"
+    "assert open('/work/seen.txt').read() == 'lower', 'the lower layer does not show'\n"
+    "assert os.listdir('/work/hidden') == [], 'the mask layer does not hide'\n"
+    "open('/work/new.txt', 'w').write('new')\n"
+    "os.unlink('/work/gone.txt')\n"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeLayers:
+    """A small overlay made to find out whether a backend can mount one."""
+
+    root: Path
+    mount: Mount
+
+    def check(self) -> str:
+        """``""`` when the probe's writes landed in the upper layer and nowhere else."""
+        overlay = self.mount.overlay
+        if overlay is None:  # pragma: no cover - always set by probe_layers
+            return "no overlay"
+        # What the sandbox left is read without following a link (as everywhere else).
+        wrote = read_small(overlay.upper, "new.txt", 16)
+        try:
+            gone = os.lstat(overlay.upper / "gone.txt")
+            lower = self.mount.source
+            intact = (lower / "gone.txt").exists() and not (lower / "new.txt").exists()
+        except OSError as exc:
+            return f"the writes did not land in the upper layer ({exc.strerror or exc})"
+        if wrote != b"new" or not is_whiteout(gone) or not intact:
+            return "the overlay did not behave as overlayfs does"
+        return ""
+
+
+def probe_layers(where: Path, xattr: XattrNamespace) -> ProbeLayers:
+    """A throwaway lower, mask, upper and work directory in ``where`` (one file system
+    with the real layers), as a mount at /work."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix=".probe-", dir=where))
+    root.chmod(0o711)
+    lower = root / "lower"
+    (lower / "hidden").mkdir(parents=True, mode=0o755)
+    lower.chmod(0o755)
+    (lower / "seen.txt").write_text("lower", encoding="utf-8")
+    (lower / "gone.txt").write_text("gone", encoding="utf-8")
+    (lower / "hidden" / "secret.txt").write_text("secret", encoding="utf-8")
+    for path in (lower / "seen.txt", lower / "gone.txt", lower / "hidden" / "secret.txt"):
+        path.chmod(0o644)
+    dirs = LayerDirs(root, lower)
+    for directory in (dirs.upper, dirs.work):
+        directory.mkdir(mode=0o700)
+    build_masks(dirs, ["hidden"], xattr)
+    overlay = Overlay((dirs.masks, lower), dirs.upper, dirs.work, xattr)
+    mount = Mount(lower, WORKDIR, read_only=False, kind="overlay", overlay=overlay)
+    return ProbeLayers(root, mount)
+
+
+def remove_probe(probe: ProbeLayers) -> None:
+    """Delete a probe's directories."""
+    from jhansi.sandbox.tree import remove_tree
+
+    with contextlib.suppress(OSError):
+        remove_tree(probe.root)
