@@ -274,6 +274,23 @@ def _ask(
     cache_dir: Path,
     timeout: float,
 ) -> _Answer:
+    """What the indexes serve of ``package``; asked again past any cache when a file is
+    missing (a page cached before a release, while uv saw the fresh one, is not a lie)."""
+    answer = _ask_once(package, files, indexes, cache_dir, timeout, fresh=False)
+    if answer.problems or all(_matches(f, answer.served) is not None for f in files):
+        return answer
+    return _ask_once(package, files, indexes, cache_dir, timeout, fresh=True)
+
+
+def _ask_once(
+    package: str,
+    files: Sequence[LockedFile],
+    indexes: Sequence[str],
+    cache_dir: Path,
+    timeout: float,
+    *,
+    fresh: bool,
+) -> _Answer:
     from jhansi.supply.provenance import (
         ProvenanceUnavailable,
         project_page,
@@ -284,7 +301,7 @@ def _ask(
     problems: list[str] = []
     for position, index in enumerate(indexes):
         try:
-            page = project_page(package, index, timeout)
+            page = project_page(package, index, timeout, fresh=fresh)
         except ProvenanceUnavailable as exc:
             cause = exc.__cause__ if exc.__cause__ is not None else exc
             problems.append(f"{index} did not answer ({cause.__class__.__name__})")

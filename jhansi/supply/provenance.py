@@ -131,11 +131,15 @@ def _from_json_api(name: str, index_url: str, timeout: float) -> datetime | None
     return _aware(min(times)) if times else None
 
 
-def project_page(name: str, index_url: str, timeout: float) -> ProjectPage | None:
+def project_page(
+    name: str, index_url: str, timeout: float, *, fresh: bool = False
+) -> ProjectPage | None:
     """The index's simple-API page for ``name`` (``None``: the index has no such project).
 
     The one client jhansi asks the index with, about provenance and about where a
-    lock's files come from (:mod:`jhansi.deps.origin`). Raises
+    lock's files come from (:mod:`jhansi.deps.origin`). ``fresh`` asks caches on the
+    way (a mirror's, a CDN's) to revalidate with the index (``Cache-Control:
+    no-cache``): a page cached before a release lacks its files. Raises
     :class:`ProvenanceUnavailable` when the index cannot be asked.
     """
     import requests
@@ -145,7 +149,8 @@ def project_page(name: str, index_url: str, timeout: float) -> ProjectPage | Non
     try:
         with PyPISimple(endpoint=index_url, accept=ACCEPT_JSON_PREFERRED) as client:
             try:
-                return client.get_project_page(name, timeout=timeout)
+                headers = {"Cache-Control": "no-cache"} if fresh else None
+                return client.get_project_page(name, timeout=timeout, headers=headers)
             except NoSuchProjectError:
                 return None
     except (requests.RequestException, OSError, ValueError, KeyError, TypeError) as exc:

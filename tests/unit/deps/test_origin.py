@@ -161,6 +161,28 @@ def test_a_file_the_index_does_not_serve_is_refused(
     assert not (tmp_path / "origin").exists() or not any((tmp_path / "origin").rglob("*.json"))
 
 
+def test_a_page_cached_before_the_release_is_asked_again_past_the_cache(
+    index: Index, tmp_path: Path
+) -> None:
+    """uv saw the release; a cache in front of the index still has the page from before it."""
+    older = "tiny_pkg-1.1.0-py3-none-any.whl"
+    publish(
+        index,
+        files=[
+            {
+                "filename": older,
+                "url": FILES_URL.replace(FILE, older),
+                "hashes": {"sha256": OTHER_SHA},
+            }
+        ],
+    )
+    index.stale = dict(index.routes)
+    publish(index)
+    check(document(), tmp_path, index.simple)
+    assert index.requests == ["/simple/tiny-pkg/", "/simple/tiny-pkg/"]
+    assert index.cache_control == [None, "no-cache"]
+
+
 def test_an_unknown_project_is_refused(index: Index, tmp_path: Path) -> None:
     with pytest.raises(DependencyError, match="serves no file"):
         check(document(), tmp_path, index.simple)

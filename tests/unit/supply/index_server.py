@@ -24,6 +24,10 @@ class Index:
     base: str
     routes: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    stale: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
+    """What a cache in front of the index answers unless asked ``Cache-Control: no-cache``."""
+    cache_control: list[str | None] = field(default_factory=list)
+    """Each request's ``Cache-Control`` header, in order."""
 
     @property
     def simple(self) -> str:
@@ -55,9 +59,10 @@ def serve() -> Iterator[Index]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             index.requests.append(self.path)
-            status, content_type, body = index.routes.get(
-                self.path, (404, "text/plain", b"not found")
-            )
+            revalidate = self.headers.get("Cache-Control")
+            index.cache_control.append(revalidate)
+            routes = index.routes if revalidate == "no-cache" else {**index.routes, **index.stale}
+            status, content_type, body = routes.get(self.path, (404, "text/plain", b"not found"))
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
