@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
 from jhansi.errors import SandboxError
-from jhansi.sandbox.engine import (
+from jhansi.sandbox.engines import (
     EngineClient,
     EngineInfo,
     PullProgress,
@@ -942,7 +942,8 @@ class DockerBackend(Backend):
                 raise SandboxError(
                     f"image {image} is not in the engine ({self.engine.description} at "
                     f"{self.engine.url})",
-                    hint=f"Fetch it (`{tool} pull {image}`), or pass another with --image.",
+                    hint=f"Fetch it (`{tool} pull {image}`), pass another with --image, or use "
+                    "--backend bwrap, which needs no image.",
                 )
             self.client.image_pull(image, self.on_pull)
             found = self.client.image_inspect(image)
