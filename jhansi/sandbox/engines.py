@@ -459,6 +459,8 @@ class EngineClient:
                 tls=config,
                 user_agent=_USER_AGENT,
             )
+            if tls is not None:
+                _keep_engine_ca(api)
         except docker.errors.DockerException as exc:
             closer()
             raise SandboxError(
@@ -686,6 +688,23 @@ class EngineClient:
         with suppress(Exception):
             self.api.close()
         self._closer()
+
+
+def _keep_engine_ca(api: Any) -> None:
+    """Verify the engine with its own CA even when ``REQUESTS_CA_BUNDLE`` is set.
+
+    ``requests`` lets that variable (or ``CURL_CA_BUNDLE``) replace a session's
+    ``verify`` on every request, so an engine's CA from DOCKER_CERT_PATH or a
+    context would be ignored and a valid engine reported untrusted.
+    """
+    merge = api.merge_environment_settings
+
+    def merged(*args: Any, **kwargs: Any) -> Any:
+        settings = merge(*args, **kwargs)
+        settings["verify"] = api.verify
+        return settings
+
+    api.merge_environment_settings = merged
 
 
 def pull_hint(image: str, message: str = "") -> str:
