@@ -467,8 +467,9 @@ SCHEMA: Final[dict[str, dict[str, Option]]] = {
             _optional_string,
             None,
             "an engine address such as unix:///run/user/1000/podman/podman.sock",
-            "The Docker Engine API endpoint (rootless Docker, Podman); default DOCKER_HOST, "
-            "then the usual sockets.",
+            "The Docker Engine API endpoint (rootless Docker, Podman, tcp:// with "
+            "DOCKER_TLS_VERIFY, ssh://); default DOCKER_HOST, then the docker context, then the "
+            "usual sockets.",
         ),
         "runtime": Option(
             _optional_string,

@@ -12,10 +12,14 @@ import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jhansi.config import Settings
 from jhansi.errors import JhansiError
 from jhansi.paths import Paths
+
+if TYPE_CHECKING:
+    from jhansi.sandbox.engines import Endpoint
 
 MIN_PYTHON = (3, 11)
 
@@ -105,16 +109,15 @@ def check_bwrap(settings: Settings) -> Check:
     return Check("bwrap", True, f"{detail}; user namespaces work", backend="bwrap")
 
 
-def _engine_check(
-    url: str, reason: str, runtime: str | None, *, selected: bool
-) -> tuple[Check, bool]:
+def _engine_check(endpoint: Endpoint, runtime: str | None, *, selected: bool) -> tuple[Check, bool]:
     """The check for one endpoint, and whether an engine answered there at all."""
-    from jhansi.sandbox.engine import connect, describe
+    from jhansi.sandbox.engines import connect, describe
 
+    url, reason = endpoint.url, endpoint.reason
     name = "docker" if selected else "engine (also found)"
     backend = "docker" if selected else None
     try:
-        client = connect(url, timeout=5)
+        client = connect(url, timeout=5, tls=endpoint.tls)
     except JhansiError as exc:
         return Check(name, False, f"{exc.message} ({reason})", exc.hint, backend=backend), False
     try:
@@ -141,27 +144,34 @@ def check_engines(settings: Settings) -> list[Check]:
     the only one ``run`` uses, so it decides whether the docker backend is usable;
     other sockets that exist are listed for information.
     """
-    from jhansi.sandbox.engine import START_HINT, candidate_endpoints
+    from jhansi.sandbox.engines import START_HINT, candidate_endpoints
 
     runtime = settings.sandbox.runtime
-    wanted = candidate_endpoints(settings.sandbox.engine_url)
+    try:
+        wanted = candidate_endpoints(settings.sandbox.engine_url)
+    except JhansiError as exc:  # a docker context that does not exist
+        return [Check("docker", False, exc.message, exc.hint, backend="docker")]
     defaults = candidate_endpoints(
-        None, {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+        None,
+        {
+            **{k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "DOCKER_CONTEXT")},
+            "DOCKER_CONTEXT": "default",
+        },
     )
     present = [e for e in defaults if Path(e.url.removeprefix("unix://")).exists()]
     image = settings.sandbox.image
     if wanted[0].explicit:
-        selected, _ = _engine_check(wanted[0].url, wanted[0].reason, runtime, selected=True)
+        selected, _ = _engine_check(wanted[0], runtime, selected=True)
         return [
             selected,
             *([check_image(wanted[0].url, image)] if selected.ok else []),
             *(
-                _engine_check(e.url, e.reason, runtime, selected=False)[0]
+                _engine_check(e, runtime, selected=False)[0]
                 for e in present
                 if e.url != wanted[0].url
             ),
         ]
-    probed = [_engine_check(e.url, e.reason, runtime, selected=False) for e in present]
+    probed = [_engine_check(e, runtime, selected=False) for e in present]
     checks = [check for check, _ in probed]
     # `run` uses the first engine that answers, whatever else is wrong with it.
     first_ok = next((i for i, (_, answered) in enumerate(probed) if answered), None)
@@ -187,7 +197,7 @@ def check_image(url: str, image: str) -> Check:
     Not a backend check: without the image a run pulls it, and where that fails
     (no registry) ``auto`` runs on bubblewrap instead, with a warning.
     """
-    from jhansi.sandbox.engine import connect
+    from jhansi.sandbox.engines import connect
 
     tool = "docker"
     try:

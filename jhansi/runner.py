@@ -381,7 +381,7 @@ def select_backend(
     except SandboxError as engine_error:
         backend = _bwrap_instead(bwrap_backend, engine_error)
         why = engine_error.message
-        from jhansi.sandbox.engine import NO_ENGINE_RUNNING
+        from jhansi.sandbox.engines import NO_ENGINE_RUNNING
 
         if why.startswith(NO_ENGINE_RUNNING):
             why = NO_ENGINE_RUNNING  # where it looked is in the record and in `jhansi doctor`

@@ -13,7 +13,10 @@
 #      /run/jhansi-ci/podman.sock.
 #   4. The test image jhansi-test-python:bookworm in both engines, built
 #      from a debootstrap'd rootfs because no container registry is reachable.
-#   5. /run/jhansi-ci/env: the variables the tests read.
+#   5. A container registry with basic auth on loopback (Debian's
+#      docker-registry, htpasswd from apache2-utils) holding the test image
+#      as $REGISTRY/jhansi-test-python:bookworm, for authenticated pulls.
+#   6. /run/jhansi-ci/env: the variables the tests read.
 #
 # Used by .ci/run and by developers by hand. Tunables (environment):
 #   JHANSI_DEBIAN_MIRROR   Debian mirror for debootstrap (default: the one apt
@@ -42,7 +45,17 @@ CACHE_DIR="${JHANSI_CI_CACHE:-/root/.cache/jhansi-ci}"
 ROOTFS_TAR="$CACHE_DIR/rootfs-$SUITE.tar"
 LABEL_PREFIX=org.jhansi.test
 WAIT_TIMEOUT=60                            # seconds to wait for an engine to answer
-PACKAGES=(docker.io podman uidmap slirp4netns bubblewrap runsc debootstrap curl fontconfig)
+REGISTRY_ADDR=127.0.0.1:5001              # loopback only (the package's own default is :5000)
+REGISTRY="localhost:${REGISTRY_ADDR##*:}"  # Docker pulls from localhost over plain HTTP
+REGISTRY_USER=jhansi-ci
+REGISTRY_ETC=/etc/jhansi-ci
+REGISTRY_AUTH="$REGISTRY_ETC/registry-auth" # USER:PASSWORD, root-only
+REGISTRY_CONF="$REGISTRY_ETC/registry.yml"
+REGISTRY_DATA=/var/lib/jhansi-ci/registry
+REGISTRY_LOG=/var/log/jhansi-ci-registry.log
+REGISTRY_PIDFILE="$RUN_DIR/registry.pid"
+REGISTRY_IMAGE="$REGISTRY/jhansi-test-python:$SUITE"
+PACKAGES=(docker.io podman uidmap slirp4netns bubblewrap runsc debootstrap curl fontconfig docker-registry apache2-utils)
 
 # Talk to the rootful daemon explicitly, whatever the caller's DOCKER_HOST is.
 export DOCKER_HOST="unix://$DOCKER_SOCK"
@@ -552,6 +565,73 @@ else
 fi
 PODMAN_IMAGE_NAMES=$(as_ci podman image inspect --format '{{join .RepoTags " "}}' "$IMAGE" 2>/dev/null || true)
 
+# ------------------------------------------------------- 5. registry -------
+
+step "Registry: docker-registry with basic auth on $REGISTRY_ADDR"
+install -d -m 0700 "$REGISTRY_ETC" "$REGISTRY_DATA"
+if [[ ! -s $REGISTRY_AUTH ]]; then
+  (umask 077 && echo "$REGISTRY_USER:$(head -c 18 /dev/urandom | base64 | tr -d '/+=')" >"$REGISTRY_AUTH")
+fi
+REGISTRY_PASSWORD=$(cut -d: -f2- "$REGISTRY_AUTH")
+if ! htpasswd -vb "$REGISTRY_ETC/registry.htpasswd" "$REGISTRY_USER" "$REGISTRY_PASSWORD" >/dev/null 2>&1; then
+  (umask 077 && htpasswd -Bbc "$REGISTRY_ETC/registry.htpasswd" "$REGISTRY_USER" "$REGISTRY_PASSWORD" 2>/dev/null)
+fi
+conf_changed=0
+install_file 0600 root:root "$REGISTRY_CONF" <<EOF && conf_changed=1
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $REGISTRY_DATA
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_ADDR
+auth:
+  htpasswd:
+    realm: jhansi-ci
+    path: $REGISTRY_ETC/registry.htpasswd
+EOF
+# Without credentials the registry answers 401: that is it, up and asking for them.
+registry_up() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://$REGISTRY_ADDR/v2/") == 401 ]]; }
+pid=$(cat "$REGISTRY_PIDFILE" 2>/dev/null || true)
+if [[ -n $pid ]] && proc_alive "$pid" docker-registry && ((conf_changed)); then
+  info "configuration changed: stopping the registry (pid $pid)"
+  kill "$pid"
+  for _ in {1..20}; do proc_alive "$pid" || break; sleep 0.25; done
+fi
+if [[ -n $pid ]] && proc_alive "$pid" docker-registry && registry_up; then
+  step_done "already running"
+else
+  setsid docker-registry serve "$REGISTRY_CONF" >>"$REGISTRY_LOG" 2>&1 </dev/null &
+  registry_pid=$!
+  echo "$registry_pid" >"$REGISTRY_PIDFILE"
+  wait_for "docker-registry ($REGISTRY_ADDR)" "$REGISTRY_LOG" "$registry_pid" registry_up
+  step_done "started, pid $registry_pid"
+fi
+
+step "Registry: $IMAGE pushed as $REGISTRY_IMAGE"
+# The manifest's config digest is the image id: equal means the pushed copy is current.
+pushed_id=$(curl -s --max-time 10 -u "$REGISTRY_USER:$REGISTRY_PASSWORD" \
+  -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+  "http://$REGISTRY_ADDR/v2/jhansi-test-python/manifests/$SUITE" | tr -d ' \n' |
+  sed -n 's/.*"config":{[^}]*"digest":"\([^"]*\)".*/\1/p' || true)
+if [[ $pushed_id == "$DOCKER_IMAGE_ID" ]]; then
+  step_done "up to date"
+else
+  # Log in with a throwaway docker config: root's own stays without these credentials.
+  login_dir=$(mktemp -d)
+  CLEANUP+=("$login_dir")
+  echo "$REGISTRY_PASSWORD" | docker --config "$login_dir" login -u "$REGISTRY_USER" \
+    --password-stdin "$REGISTRY" >/dev/null
+  docker tag "$IMAGE" "$REGISTRY_IMAGE"
+  docker --config "$login_dir" push -q "$REGISTRY_IMAGE" >/dev/null
+  # Only the tag goes: the tests pull it back, with and without credentials.
+  docker image rm "$REGISTRY_IMAGE" >/dev/null
+  step_done "pushed"
+fi
+
 # ------------------------------------------------------- smoke check -------
 
 if [[ ${JHANSI_PROVISION_SMOKE:-1} != 0 ]]; then
@@ -571,7 +651,7 @@ if [[ ${JHANSI_PROVISION_SMOKE:-1} != 0 ]]; then
   step_done
 fi
 
-# ------------------------------------------------------- 5. env file -------
+# ------------------------------------------------------- 6. env file -------
 
 step "Environment for the tests: $ENV_FILE"
 install_file 0644 root:root "$ENV_FILE" <<EOF || true
@@ -579,6 +659,9 @@ JHANSI_TEST_IMAGE=$IMAGE
 JHANSI_TEST_PODMAN_HOST=unix://$PODMAN_SOCK
 JHANSI_TEST_DOCKER_HOST=unix://$DOCKER_SOCK
 JHANSI_TEST_RUNSC=runsc
+JHANSI_TEST_REGISTRY=$REGISTRY
+JHANSI_TEST_REGISTRY_IMAGE=$REGISTRY_IMAGE
+JHANSI_TEST_REGISTRY_AUTH=$REGISTRY_AUTH
 EOF
 sed 's/^/    /' "$ENV_FILE"
 step_done
@@ -589,4 +672,5 @@ info "         socket $DOCKER_SOCK, dockerd log $DOCKERD_LOG"
 info "podman:  $(podman --version | cut -d' ' -f3) rootless as $CI_USER (uid $CI_UID), socket $PODMAN_SOCK, log $PODMAN_LOG"
 info "image:   $IMAGE = ${DOCKER_IMAGE_ID:7:12} (podman names: ${PODMAN_IMAGE_NAMES:-?})"
 info "bwrap:   $(bwrap --version 2>/dev/null || echo missing); runsc: $RUNSC_PATH"
+info "registry: $REGISTRY (docker-registry on $REGISTRY_ADDR, basic auth: $REGISTRY_AUTH), log $REGISTRY_LOG"
 info "env:     $ENV_FILE"

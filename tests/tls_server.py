@@ -46,7 +46,7 @@ TEST_NAMES = ("api.test.example", "other.test.example", "plain.test.example")
 
 
 class TestCA:
-    """A CA for tests (ECDSA P-256), able to issue server certificates."""
+    """A CA for tests (ECDSA P-256), able to issue server and client certificates."""
 
     def __init__(self) -> None:
         from cryptography import x509
@@ -93,8 +93,11 @@ class TestCA:
 
         return self.certificate.public_bytes(Encoding.PEM)
 
-    def issue(self, names: Sequence[str], ips: Sequence[str] = ()) -> tuple[bytes, bytes]:
-        """A server certificate and key (PEM) for ``names`` and ``ips``."""
+    def issue(
+        self, names: Sequence[str], ips: Sequence[str] = (), *, client: bool = False
+    ) -> tuple[bytes, bytes]:
+        """A server certificate and key (PEM) for ``names`` and ``ips`` (with ``client``: a
+        client certificate for ``names[0]``)."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -119,7 +122,12 @@ class TestCA:
             .not_valid_after(now + dt.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+                ),
+                critical=False,
+            )
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                 critical=False,

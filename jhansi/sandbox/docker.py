@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
 from jhansi.errors import SandboxError
-from jhansi.sandbox.engine import (
+from jhansi.sandbox.engines import (
     EngineClient,
     EngineInfo,
     PullProgress,

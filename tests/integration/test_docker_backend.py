@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import docker
 import pytest
 
 import jhansi.sandbox.entry
@@ -36,7 +37,7 @@ from jhansi.sandbox.docker import (
     owner_labels,
     sandbox_identity,
 )
-from jhansi.sandbox.engine import EngineClient, EngineInfo, connect, describe
+from jhansi.sandbox.engines import EngineClient, EngineInfo, connect, describe
 from jhansi.sandbox.interface import (
     ENTRY_DIR,
     HOME,
@@ -720,7 +721,10 @@ def test_rootless_podman_run_by_its_own_user_keeps_the_uid(
             "--",
             "env",
             "-i",
-            f"PYTHONPATH={Path(jhansi.sandbox.entry.__file__).parents[2]}",
+            # jhansi's checkout, and where its dependencies (the docker SDK) are installed:
+            # the same Python minor version as Debian's, which runs it.
+            f"PYTHONPATH={Path(jhansi.sandbox.entry.__file__).parents[2]}:"
+            f"{Path(docker.__file__).parents[1]}",
             f"HOME={work}",
             "/usr/bin/python3",
             str(program),

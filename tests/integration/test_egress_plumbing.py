@@ -36,7 +36,7 @@ from jhansi.egress.sandboxside import (
 from jhansi.errors import SandboxError
 from jhansi.sandbox.bwrap import BwrapBackend, find_bwrap
 from jhansi.sandbox.docker import DockerBackend, gvisor_connects_host_sockets
-from jhansi.sandbox.engine import connect, describe
+from jhansi.sandbox.engines import connect, describe
 from jhansi.sandbox.interface import (
     ENTRY_DIR,
     HOME,

@@ -22,7 +22,7 @@ from jhansi.paths import Paths
 from jhansi.report import NullReporter
 from jhansi.runner import Runner, RunRequest, find_project
 from jhansi.sandbox.docker import DockerBackend
-from jhansi.sandbox.engine import EngineClient, EngineInfo
+from jhansi.sandbox.engines import EngineClient, EngineInfo
 from jhansi.sandbox.interface import (
     HOME,
     PYTHON,
@@ -353,7 +353,8 @@ class RegistryLessClient(EngineClient):
     """
 
     def __init__(self, present: set[str]) -> None:
-        super().__init__("unix:///nowhere/engine.sock")
+        # No SDK client behind it: every method these tests reach is overridden below.
+        super().__init__("unix:///nowhere/engine.sock", api=None, closer=lambda: None)
         self.present = present
         self.inspected: list[str] = []
         self.pulled: list[str] = []

@@ -1,0 +1,892 @@
+"""Finding a Docker Engine API endpoint, telling what is behind it, and talking to it.
+
+One code path serves rootful Docker, rootless Docker and Podman's
+Docker-compatible socket. Which one answered — and whether it is rootless — is
+part of every run's record, because "rootless" is a security property an
+auditor asks about.
+
+Where to look follows the docker CLI: ``[sandbox] engine_url``, then
+``DOCKER_HOST`` (with ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``), then the
+docker context (``DOCKER_CONTEXT``, or the one ``docker context use`` chose),
+then the usual sockets. Those choices are read with the standard library, so
+that finding no engine costs nothing.
+
+Talking to an engine goes through the docker SDK (``docker``): registry
+credentials from the docker config (``auths`` and credential helpers), TLS,
+API version negotiation. It is imported only when an engine is about to be
+used (about 180 ms, mostly ``requests``): ``jhansi --version`` and bwrap runs
+never pay for it, the helper pays once. ``ssh://`` engines go through the
+system's ``ssh`` (:mod:`jhansi.sandbox.sshtunnel`), not the SDK's paramiko
+transport, whose import would cost every run another 200 ms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from jhansi.errors import SandboxError
+
+if TYPE_CHECKING:
+    import docker
+
+NO_ENGINE_RUNNING = "no container engine is running"
+"""How the error that no endpoint answered begins (``auto`` then uses bubblewrap)."""
+
+START_HINT = (
+    "Start the engine (Docker: `sudo systemctl start docker`, rootless Docker: "
+    "`systemctl --user start docker`, Podman: `systemctl --user start podman.socket`), "
+    "or point DOCKER_HOST, DOCKER_CONTEXT or [sandbox] engine_url at a running one."
+)
+UNSUPPORTED_URL_HINT = (
+    "Use a unix socket (unix:///var/run/docker.sock), tcp://HOST:PORT (with DOCKER_TLS_VERIFY "
+    "and DOCKER_CERT_PATH for TLS), ssh://USER@HOST, or a docker context (`docker context use`)."
+)
+TLS_HINT = (
+    "Check DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem) or the context's TLS files "
+    "(`docker context inspect`), and that the engine's certificate names the host."
+)
+#: The API version spoken when the engine does not say (Docker 20.10 and Podman 4 speak it).
+DEFAULT_API_VERSION: Final = "1.41"
+_USER_AGENT: Final = "jhansi"
+
+#: ``(stream, data)`` as demultiplexed from an attached container (stdin = 0 never comes back).
+Frame = tuple[Literal["stdout", "stderr"], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """TLS for a ``tcp://`` engine: the CA to verify it with, and the client's certificate."""
+
+    ca: str | None
+    cert: str | None
+    key: str | None
+    verify: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An address to try, and why it is on the list."""
+
+    url: str
+    reason: str
+    explicit: bool
+    """Named by the user (config, DOCKER_HOST, a context): never silently replaced by another."""
+    tls: TlsFiles | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdMapping:
+    """One range of a user namespace's uid or gid map (``container_id`` → ``host_id``)."""
+
+    container_id: int
+    host_id: int
+    size: int
+
+
+def map_id(mappings: Sequence[IdMapping], container_id: int) -> int | None:
+    """The host id that ``container_id`` is inside a user namespace, or ``None`` if unmapped."""
+    for m in mappings:
+        if m.container_id <= container_id < m.container_id + m.size:
+            return m.host_id + container_id - m.container_id
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What answered at an endpoint."""
+
+    url: str
+    name: str
+    """``docker`` or ``podman``."""
+    version: str
+    api_version: str
+    rootless: bool
+    runtimes: tuple[str, ...]
+    default_runtime: str
+    security_options: tuple[str, ...]
+    cgroup_version: str
+    uid_map: tuple[IdMapping, ...] = ()
+    """Podman: how container uids map to host uids (empty for rootful engines and Docker)."""
+    gid_map: tuple[IdMapping, ...] = ()
+    cgroup_controllers: tuple[str, ...] | None = None
+    """The cgroup controllers the engine can use for limits; ``None`` when it does not say
+    (Docker, which reports the individual limits instead)."""
+    limits: frozenset[str] = field(default_factory=frozenset)
+    """Which of ``memory``, ``swap``, ``pids``, ``cpu`` the engine can enforce with cgroups."""
+    init_binary: str = ""
+    """The engine's init for ``--init`` (``docker-init``), empty when it has none."""
+
+    @property
+    def description(self) -> str:
+        """One line such as ``podman 4.3.1 (rootless)``."""
+        return f"{self.name} {self.version} ({'rootless' if self.rootless else 'rootful'})"
+
+    @property
+    def engine_uid(self) -> int | None:
+        """The host uid the engine's own processes run as, when a user namespace says so."""
+        return map_id(self.uid_map, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class PullProgress:
+    """One progress event of an image pull, as the engine reports it."""
+
+    image: str
+    status: str
+    layer: str = ""
+    current: int | None = None
+    total: int | None = None
+
+
+# ------------------------------------------------------ where to look --
+
+
+def docker_config_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The docker CLI's configuration directory: ``DOCKER_CONFIG``, else ``~/.docker``."""
+    env = os.environ if environ is None else environ
+    if env.get("DOCKER_CONFIG"):
+        return Path(env["DOCKER_CONFIG"])
+    return Path(env.get("HOME") or Path.home()) / ".docker"
+
+
+def current_context(environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """The docker context chosen, and by what (``DOCKER_CONTEXT`` or ``docker context use``);
+    ``None`` for the default context."""
+    env = os.environ if environ is None else environ
+    name, reason = env.get("DOCKER_CONTEXT", ""), "DOCKER_CONTEXT"
+    if not name:
+        config = docker_config_dir(env) / "config.json"
+        try:
+            doc = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        name = str(doc.get("currentContext") or "") if isinstance(doc, dict) else ""
+        reason = f"the docker context chosen with `docker context use` ({config})"
+    else:
+        reason = f"DOCKER_CONTEXT={name}"
+    if not name or name == "default":
+        return None
+    return name, reason
+
+
+def context_endpoint(name: str, reason: str, environ: Mapping[str, str] | None = None) -> Endpoint:
+    """The engine endpoint of the docker context ``name`` (its TLS files included).
+
+    Read as the docker CLI stores it: ``contexts/meta/SHA256(name)/meta.json`` and
+    ``contexts/tls/SHA256(name)/docker/{ca,cert,key}.pem`` under the config directory.
+    """
+    base = docker_config_dir(environ) / "contexts"
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    meta = base / "meta" / digest / "meta.json"
+    try:
+        doc = json.loads(meta.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SandboxError(
+            f"the docker context {name!r} ({reason}) does not exist",
+            hint="List the contexts (`docker context ls`), then choose one "
+            "(`docker context use NAME`) or unset DOCKER_CONTEXT.",
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise SandboxError(
+            f"cannot read the docker context {name!r} ({meta}): {exc}",
+            hint="Recreate it (`docker context rm` and `docker context create`).",
+        ) from None
+    endpoint = ((doc.get("Endpoints") or {}) if isinstance(doc, dict) else {}).get("docker") or {}
+    host = str(endpoint.get("Host") or "")
+    if not host:
+        raise SandboxError(
+            f"the docker context {name!r} ({reason}) names no docker endpoint",
+            hint="Give it one (`docker context update NAME --docker host=unix:///var/run/"
+            "docker.sock`), or choose another context.",
+        )
+    tls_dir = base / "tls" / digest / "docker"
+    files = {n: tls_dir / f"{n}.pem" for n in ("ca", "cert", "key")}
+    present = {n: str(p) for n, p in files.items() if p.is_file()}
+    tls = None
+    if present and not host.startswith(("unix:", "ssh:", "npipe:")):
+        tls = TlsFiles(
+            present.get("ca"),
+            present.get("cert"),
+            present.get("key"),
+            verify=not endpoint.get("SkipTLSVerify"),
+        )
+    return Endpoint(host, f"docker context {name!r}, from {reason}", explicit=True, tls=tls)
+
+
+def env_tls(environ: Mapping[str, str] | None = None) -> TlsFiles | None:
+    """TLS as the docker CLI's variables ask for it (``DOCKER_TLS_VERIFY``, ``DOCKER_TLS``,
+    ``DOCKER_CERT_PATH``), or ``None``."""
+    env = os.environ if environ is None else environ
+    verify = bool(env.get("DOCKER_TLS_VERIFY"))
+    if not (verify or env.get("DOCKER_TLS") or env.get("DOCKER_CERT_PATH")):
+        return None
+    cert_path = Path(env.get("DOCKER_CERT_PATH") or docker_config_dir(env))
+    files = {n: cert_path / f"{n}.pem" for n in ("ca", "cert", "key")}
+    pair = files["cert"].is_file() and files["key"].is_file()
+    return TlsFiles(
+        str(files["ca"]) if files["ca"].is_file() else None,
+        str(files["cert"]) if pair else None,
+        str(files["key"]) if pair else None,
+        verify=verify,
+    )
+
+
+def candidate_endpoints(
+    configured: str | None, environ: Mapping[str, str] | None = None
+) -> list[Endpoint]:
+    """Where to look for an engine, most specific first."""
+    env = os.environ if environ is None else environ
+    if configured:
+        tls = env_tls(env) if configured.startswith("tcp:") else None
+        return [Endpoint(configured, "[sandbox] engine_url", explicit=True, tls=tls)]
+    if env.get("DOCKER_HOST"):
+        host = env["DOCKER_HOST"]
+        tls = env_tls(env) if host.startswith("tcp:") else None
+        return [Endpoint(host, "DOCKER_HOST", explicit=True, tls=tls)]
+    chosen = current_context(env)
+    if chosen is not None:
+        return [context_endpoint(*chosen, environ=env)]
+    found = [Endpoint("unix:///var/run/docker.sock", "Docker's default socket", explicit=False)]
+    runtime_dir = env.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    found.append(
+        Endpoint(f"unix://{runtime_dir}/docker.sock", "rootless Docker's socket", explicit=False)
+    )
+    found.append(
+        Endpoint(
+            f"unix://{runtime_dir}/podman/podman.sock", "rootless Podman's socket", explicit=False
+        )
+    )
+    if os.getuid() == 0:
+        found.append(
+            Endpoint("unix:///run/podman/podman.sock", "rootful Podman's socket", explicit=False)
+        )
+    return found
+
+
+def normalize_url(url: str) -> str:
+    """``url`` as the SDK takes it; :class:`SandboxError` for what jhansi cannot use.
+
+    ``unix://PATH`` (or a bare absolute path), ``tcp://`` (``http://``, ``https://``)
+    and ``ssh://`` are used; Windows pipes and ``fd://`` are refused with the way round.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        if url.startswith("/"):
+            return "unix://" + url
+        raise SandboxError(
+            f"cannot use the engine address {url!r}: not a URL", hint=UNSUPPORTED_URL_HINT
+        )
+    scheme = scheme.lower()
+    if scheme == "unix":
+        return "unix://" + (rest if rest.startswith("/") else "/" + rest)
+    if scheme in ("tcp", "http", "https", "ssh"):
+        return f"{scheme}://{rest}"
+    what = {"npipe": "Windows named pipes", "fd": "systemd socket activation (fd://)"}.get(
+        scheme, f"{scheme}:// addresses"
+    )
+    raise SandboxError(
+        f"cannot use the engine at {url}: jhansi does not support {what}",
+        hint=UNSUPPORTED_URL_HINT,
+    )
+
+
+# ------------------------------------------------------------ errors --
+
+
+class EngineError(SandboxError):
+    """The engine answered with an error status; ``status`` is the HTTP status code."""
+
+    def __init__(self, message: str, *, status: int, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+class EngineTimeout(SandboxError):
+    """The engine did not answer within the time allowed."""
+
+
+_ENGINE_LOG_HINT: Final = (
+    "Check the engine's log (Docker: `journalctl -u docker`; Podman: "
+    "`journalctl --user -u podman`) and try again."
+)
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a transport failure (the SDK's are nested several levels deep)."""
+    text = str(exc)
+    for marker, reason in (
+        ("Connection refused", "connection refused"),
+        ("Permission denied", "permission denied"),
+        ("No such file", "no such file"),
+        ("timed out", "timed out"),
+        ("CERTIFICATE_VERIFY_FAILED", "the engine's TLS certificate is not trusted"),
+        ("Connection aborted", "the engine closed the connection"),
+    ):
+        if marker in text:
+            return reason
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Whether a ``requests`` failure was a read or connect timeout (also when it is wrapped
+    in a ``ConnectionError``, as a timeout while reading a body is)."""
+    import requests.exceptions
+    import urllib3.exceptions
+
+    if isinstance(exc, requests.exceptions.Timeout):
+        return True
+    return any(isinstance(arg, urllib3.exceptions.TimeoutError) for arg in exc.args)
+
+
+def _explanation(exc: Any) -> str:
+    """The engine's own words in an SDK ``APIError`` (Docker and Podman say ``message``)."""
+    text = getattr(exc, "explanation", None)
+    if text:
+        return str(text).strip()
+    response = getattr(exc, "response", None)
+    if response is not None:
+        return f"HTTP {response.status_code} {response.reason}"
+    return str(exc)
+
+
+# ------------------------------------------------------------ client --
+
+
+class Attachment:
+    """An attached container's output (and its stdin if opened), on the hijacked connection."""
+
+    def __init__(self, sock: Any, response: Any) -> None:
+        self._io = sock
+        self._response = response  # the socket lives as long as its response
+        raw = getattr(sock, "_sock", sock)
+        self._sock: socket.socket = raw
+        # The output comes when the container writes it, for as long as it runs.
+        with suppress(OSError, AttributeError):
+            raw.settimeout(None)
+
+    def frames(self) -> Iterator[Frame]:
+        """Output frames until the container closes its output (it exited).
+
+        Without a TTY the engine multiplexes the streams: 1 is stdout, 2 stderr,
+        3 the engine's own error text (reported as stderr); empty frames are dropped.
+        """
+        from docker.utils.socket import frames_iter
+
+        frames: Iterator[tuple[int, bytes]] = frames_iter(self._io, tty=False)  # type: ignore[no-untyped-call]
+        for kind, data in frames:
+            if kind not in (0, 1, 2, 3):
+                raise ValueError(f"bad stream type {kind} in an attached stream")
+            if kind and data:
+                yield ("stdout" if kind == 1 else "stderr", bytes(data))
+
+    def send(self, data: bytes) -> None:
+        """Write to the container's stdin."""
+        self._sock.sendall(data)
+
+    def close_stdin(self) -> None:
+        """Signal end of input (half-close: the output keeps coming)."""
+        with suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Drop the connection (a blocked :meth:`frames` ends)."""
+        with suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        with suppress(Exception):
+            self._response.close()
+        with suppress(OSError):
+            self._sock.close()
+
+
+class EngineClient:
+    """What jhansi asks of an engine, through the docker SDK's low-level ``APIClient``.
+
+    Errors are :class:`SandboxError`: an unreachable engine says so with
+    :data:`START_HINT`; an error status is an :class:`EngineError` carrying the
+    engine's message. Safe to use from several threads (the output reader and
+    the waiter of a run), as the SDK's connection pool is.
+    """
+
+    def __init__(self, url: str, api: docker.APIClient, *, closer: Callable[[], None]) -> None:
+        self.url = url
+        self.api: Any = api
+        """The SDK's client; typed loosely because jhansi also uses its request helpers
+        (``_get``, ``_post``, ``_url``), which its type stubs leave out."""
+        self._closer = closer
+        self.server = ""
+        """The ``Server`` header of the last ping (``Docker/20.10...`` or ``Libpod/4.3.1``)."""
+        self.ping_headers: dict[str, str] = {}
+        """The headers of the last ping (``Api-Version``, Podman's ``Libpod-Api-Version`` …)."""
+
+    @classmethod
+    def open(cls, url: str, *, tls: TlsFiles | None = None, timeout: float = 60) -> EngineClient:
+        """A client for ``url`` (nothing is sent yet); :class:`SandboxError` if it cannot be."""
+        url = normalize_url(url)
+        closer: Callable[[], None] = lambda: None  # noqa: E731
+        base = url
+        if url.startswith("ssh://"):
+            from jhansi.sandbox.sshtunnel import open_tunnel
+
+            local, closer = open_tunnel(url)
+            base = f"unix://{local}"
+        try:
+            import docker
+            import docker.errors
+            from docker.tls import TLSConfig
+        except ImportError as exc:  # pragma: no cover - a dependency of jhansi
+            closer()
+            raise SandboxError(
+                f"cannot talk to container engines: the docker SDK does not load ({exc})",
+                hint="Reinstall jhansi (`uv tool install --reinstall jhansi`), or use --backend "
+                "bwrap.",
+            ) from None
+        try:
+            config: TLSConfig | bool = False
+            if tls is not None:
+                client_cert = (tls.cert, tls.key) if tls.cert and tls.key else None
+                config = TLSConfig(client_cert=client_cert, ca_cert=tls.ca, verify=tls.verify)
+            api = docker.APIClient(
+                base_url=base,
+                version=DEFAULT_API_VERSION,
+                timeout=int(timeout),
+                tls=config,
+                user_agent=_USER_AGENT,
+            )
+            if tls is not None:
+                _keep_engine_ca(api)
+        except docker.errors.DockerException as exc:
+            closer()
+            raise SandboxError(
+                f"cannot use the engine at {url}: {exc}",
+                hint=TLS_HINT if tls is not None else UNSUPPORTED_URL_HINT,
+            ) from None
+        return cls(url, api, closer=closer)
+
+    @property
+    def api_version(self) -> str:
+        """The API version spoken (negotiated by :meth:`ping`)."""
+        return str(self.api.api_version)
+
+    @contextmanager
+    def _calling(self, what: str, hint: str = "", timeout: float | None = None) -> Iterator[None]:
+        """Turn the SDK's failures while the engine should ``what`` into :class:`SandboxError`."""
+        import docker.errors
+        import requests.exceptions
+
+        try:
+            yield
+        except docker.errors.APIError as exc:
+            status = exc.status_code or 0
+            raise EngineError(
+                f"the container engine could not {what}: {_explanation(exc)}",
+                status=status,
+                hint=hint or _ENGINE_LOG_HINT,
+            ) from None
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            if _is_timeout(exc):
+                limit = f" within {timeout:g} s" if timeout is not None else " in time"
+                raise EngineTimeout(
+                    f"the container engine at {self.url} did not {what}{limit}",
+                    hint="The engine may be overloaded or stuck: check it (`docker info`), "
+                    "then try again.",
+                ) from None
+            tls = isinstance(exc, requests.exceptions.SSLError)
+            raise SandboxError(
+                f"the container engine at {self.url} failed to {what}: {_reason(exc)}",
+                hint=TLS_HINT if tls else START_HINT,
+            ) from None
+        except OSError as exc:
+            raise SandboxError(
+                f"the container engine at {self.url} failed to {what}: {_reason(exc)}",
+                hint=START_HINT,
+            ) from None
+
+    # -- identity ---------------------------------------------------------------
+
+    def ping(self, timeout: float = 10) -> dict[str, str]:
+        """Check that an engine answers; negotiate the API version; return the headers.
+
+        The version is the lower of the engine's and the SDK's (as the docker CLI
+        negotiates), or :data:`DEFAULT_API_VERSION` when the engine does not say.
+        Asking ``/_ping`` rather than ``/version`` (the SDK's ``version="auto"``)
+        because Podman takes 0.4 s to answer ``/version``.
+        """
+        from docker.constants import DEFAULT_DOCKER_API_VERSION, MINIMUM_DOCKER_API_VERSION
+        from docker.utils import version_lt
+
+        with self._calling("answer a ping", timeout=timeout):
+            response = self.api.get(self.api._url("/_ping", versioned_api=False), timeout=timeout)
+            self.api._raise_for_status(response)
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        version = headers.get("api-version", "")
+        if version and all(part.isdigit() for part in version.split(".")):
+            if version_lt(DEFAULT_DOCKER_API_VERSION, version):
+                version = DEFAULT_DOCKER_API_VERSION
+            if not version_lt(version, MINIMUM_DOCKER_API_VERSION):
+                self.api._version = version
+        self.server = headers.get("server", "")
+        self.ping_headers = headers
+        return headers
+
+    def info(self) -> dict[str, Any]:
+        """``GET /info``."""
+        with self._calling("describe itself"):
+            doc: dict[str, Any] = self.api.info()
+        return doc
+
+    def libpod_info(self) -> dict[str, Any] | None:
+        """Podman's own ``/libpod/info`` (rootless, id mappings, cgroups); ``None`` elsewhere."""
+        with self._calling("describe itself"):
+            response = self.api._get(self.api._url("/libpod/info"))
+        if response.status_code != 200:
+            return None
+        doc = response.json()
+        return doc if isinstance(doc, dict) else None
+
+    # -- images -----------------------------------------------------------------
+
+    def image_inspect(self, image: str) -> dict[str, Any] | None:
+        """The engine's description of ``image``, or ``None`` when it does not have it."""
+        import docker.errors
+
+        try:
+            with self._calling(f"inspect the image {image}"):
+                try:
+                    doc: dict[str, Any] = self.api.inspect_image(image)
+                except docker.errors.NotFound:
+                    return None
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return doc
+
+    def image_pull(
+        self, image: str, progress: Callable[[PullProgress], None] | None = None
+    ) -> None:
+        """Pull ``image`` with the user's registry credentials, reporting each progress event.
+
+        The SDK sends the credentials the docker config has for the image's registry
+        (``auths``, ``credsStore``, ``credHelpers``). The engine reports a failure
+        inside the stream (with status 200), so the stream is read to the end and
+        every event checked.
+        """
+        import docker.errors
+
+        hint = pull_hint(image)
+        try:
+            with self._calling(f"pull the image {image}", hint=hint):
+                for event in self.api.pull(image, stream=True, decode=True):
+                    if event.get("error") or event.get("errorDetail"):
+                        detail = event.get("errorDetail") or {}
+                        message = str(event.get("error") or detail.get("message") or event)
+                        raise SandboxError(
+                            f"cannot pull the image {image}: {message.strip()}",
+                            hint=pull_hint(image, message),
+                        )
+                    if progress is not None:
+                        detail = event.get("progressDetail") or {}
+                        progress(
+                            PullProgress(
+                                image=image,
+                                status=str(
+                                    event.get("status") or event.get("stream") or ""
+                                ).strip(),
+                                layer=str(event.get("id") or ""),
+                                current=detail.get("current"),
+                                total=detail.get("total"),
+                            )
+                        )
+        except EngineError as exc:
+            message = exc.message.partition(": ")[2] or exc.message
+            raise SandboxError(
+                f"cannot pull the image {image}: {message}", hint=pull_hint(image, message)
+            ) from None
+        except docker.errors.DockerException as exc:  # a credential helper failed
+            raise SandboxError(
+                f"cannot pull the image {image}: {exc}", hint=pull_hint(image, "credentials")
+            ) from None
+
+    # -- containers -------------------------------------------------------------
+
+    def container_create(self, config: Mapping[str, Any], *, name: str | None = None) -> str:
+        """``POST /containers/create`` with ``config`` as is; the new container's id."""
+        with self._calling("create the sandbox container"):
+            doc = self.api.create_container_from_config(dict(config), name=name)
+        return str(doc["Id"])
+
+    def container_start(self, container: str) -> None:
+        """``POST /containers/{id}/start``."""
+        with self._calling("start the sandbox container"):
+            self.api.start(container)
+
+    def container_wait(self, container: str, *, timeout: float) -> dict[str, Any] | None:
+        """Block until the container stops: ``{"StatusCode": N, ...}``; ``None`` after ``timeout``
+        seconds (the engine sends nothing until the container stops, so a read timeout bounds
+        the whole wait)."""
+        try:
+            with self._calling("wait for the sandbox container", timeout=timeout):
+                doc: dict[str, Any] = self.api.wait(container, timeout=max(timeout, 0.001))
+        except EngineTimeout:
+            return None
+        return doc
+
+    def container_kill(self, container: str, signal: str = "KILL") -> None:
+        """Send ``signal``; a container that is already gone or stopped is not an error."""
+        try:
+            with self._calling("kill the sandbox container"):
+                self.api.kill(container, signal)
+        except EngineError as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    def container_remove(self, container: str, *, force: bool = True) -> None:
+        """Remove the container with its anonymous volumes; gone already is fine."""
+        try:
+            with self._calling("remove the sandbox container"):
+                self.api.remove_container(container, v=True, force=force)
+        except EngineError as exc:
+            if exc.status != 404:
+                raise
+
+    def container_inspect(self, container: str) -> dict[str, Any]:
+        """``GET /containers/{id}/json``."""
+        with self._calling("inspect the sandbox container"):
+            doc: dict[str, Any] = self.api.inspect_container(container)
+        return doc
+
+    def containers(self, *, labels: Sequence[str], all: bool = True) -> list[dict[str, Any]]:
+        """Containers carrying every one of ``labels`` (``key`` or ``key=value``)."""
+        with self._calling("list containers"):
+            doc = self.api.containers(all=all, filters={"label": list(labels)})
+        return list(doc or [])
+
+    def attach(self, container: str, *, stdin: bool = False) -> Attachment:
+        """Attach to the container's output (and stdin): call before starting it, so no
+        output is lost. The connection is hijacked after the engine's ``101`` answer; the
+        response is kept with the socket, whose life it holds."""
+        params = {"stream": 1, "stdout": 1, "stderr": 1, "stdin": 1 if stdin else 0}
+        with self._calling("attach to the sandbox container"):
+            response = self.api._post(
+                self.api._url("/containers/{0}/attach", container),
+                params=params,
+                stream=True,
+                headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+            )
+            sock = self.api._get_raw_response_socket(response)
+        return Attachment(sock, response)
+
+    def close(self) -> None:
+        """Close the SDK's connections (and an ssh tunnel)."""
+        with suppress(Exception):
+            self.api.close()
+        self._closer()
+
+
+def _keep_engine_ca(api: Any) -> None:
+    """Verify the engine with its own CA even when ``REQUESTS_CA_BUNDLE`` is set.
+
+    ``requests`` lets that variable (or ``CURL_CA_BUNDLE``) replace a session's
+    ``verify`` on every request, so an engine's CA from DOCKER_CERT_PATH or a
+    context would be ignored and a valid engine reported untrusted.
+    """
+    merge = api.merge_environment_settings
+
+    def merged(*args: Any, **kwargs: Any) -> Any:
+        settings = merge(*args, **kwargs)
+        settings["verify"] = api.verify
+        return settings
+
+    api.merge_environment_settings = merged
+
+
+def pull_hint(image: str, message: str = "") -> str:
+    """What to do when ``image`` cannot be pulled: log in when the registry wants
+    credentials, else check the name (the backend adds bubblewrap, which needs no image)."""
+    from_registry = image.split("/", 1)[0] if "/" in image else ""
+    registry = from_registry if any(c in from_registry for c in ".:") else "docker.io"
+    lowered = message.lower()
+    if any(
+        word in lowered
+        for word in ("unauthorized", "authentication required", "no basic auth", "denied")
+    ) or lowered.startswith("credentials"):
+        return (
+            f"Log in to {registry} (`docker login {registry}`: jhansi uses the docker config's "
+            f"credentials, {docker_config_dir() / 'config.json'}), choose another image with "
+            "--image."
+        )
+    return (
+        f"Check the image name and your network, then pull it yourself (`docker pull "
+        f"{image}` or `podman pull {image}`), or choose another with --image."
+    )
+
+
+# ------------------------------------------------------------------ discovery --
+
+
+def connect(url: str, *, timeout: float = 10, tls: TlsFiles | None = None) -> EngineClient:
+    """A client for ``url``, pinged; raises :class:`SandboxError` when nothing answers there.
+
+    A unix socket that does not exist is refused before the SDK is imported.
+    """
+    normalized = normalize_url(url)
+    if normalized.startswith("unix://"):
+        path = normalized.removeprefix("unix://")
+        if not Path(path).exists():
+            raise SandboxError(
+                f"no container engine at {url}: the socket does not exist", hint=START_HINT
+            )
+    if normalized.startswith("ssh://") and shutil.which("ssh") is None:
+        raise SandboxError(
+            f"cannot use the engine at {url}: no ssh client on the PATH",
+            hint="Install OpenSSH's client (`apt install openssh-client`), or forward the "
+            "engine's socket another way and use unix://.",
+        )
+    # Later calls (a pull, a create on a busy engine) may take longer than a ping should.
+    client = EngineClient.open(url, tls=tls, timeout=max(timeout, 60))
+    try:
+        client.ping(timeout)
+    except EngineTimeout:
+        client.close()
+        raise SandboxError(
+            f"no container engine answers at {url}: timed out", hint=START_HINT
+        ) from None
+    except EngineError as exc:
+        client.close()
+        raise SandboxError(
+            f"no container engine answers at {url}: {exc.message}", hint=START_HINT
+        ) from None
+    except SandboxError as exc:
+        client.close()
+        reason = exc.message.rpartition(": ")[2]
+        raise SandboxError(
+            f"no container engine answers at {url}: {reason}", hint=exc.hint or START_HINT
+        ) from None
+    return client
+
+
+def _mappings(raw: object) -> tuple[IdMapping, ...]:
+    if not isinstance(raw, list):
+        return ()
+    return tuple(
+        IdMapping(int(m["container_id"]), int(m["host_id"]), int(m["size"]))
+        for m in raw
+        if isinstance(m, dict)
+    )
+
+
+def describe(client: EngineClient, url: str) -> EngineInfo:
+    """Identify the engine behind ``client`` (pinged already, or pinged here).
+
+    Few and cheap calls, because every run pays for them: Docker says all in
+    ``/info`` (its ``/version`` asks containerd and is slower). Podman 4's
+    answers take about 0.3 s each here, so its two run concurrently: its
+    Docker-compatible ``/info`` omits rootless and claims every cgroup limit
+    even where none can be set, while its own ``/libpod/info`` tells the truth
+    (rootless, id mappings, cgroup controllers).
+    """
+    headers = client.ping_headers or client.ping()
+    is_podman = "libpod-api-version" in headers or client.server.lower().startswith("libpod")
+    libpod: dict[str, Any] = {}
+    if is_podman:
+        results: dict[str, Any] = {}
+
+        def fetch_libpod() -> None:
+            try:
+                results["libpod"] = client.libpod_info()
+            except BaseException as exc:  # re-raised in the calling thread
+                results["error"] = exc
+
+        worker = threading.Thread(target=fetch_libpod, name="jhansi-libpod-info", daemon=True)
+        worker.start()
+        info = client.info()
+        worker.join()
+        if "error" in results:
+            raise results["error"]
+        libpod = results.get("libpod") or {}
+    else:
+        info = client.info()
+    security = tuple(str(s) for s in info.get("SecurityOptions") or ())
+    rootless = any("rootless" in s for s in security)
+    runtimes = tuple(sorted((info.get("Runtimes") or {}).keys()))
+    limits = {
+        name
+        for name, key in (
+            ("memory", "MemoryLimit"),
+            ("swap", "SwapLimit"),
+            ("pids", "PidsLimit"),
+            ("cpu", "CpuCfsQuota"),
+        )
+        if info.get(key)
+    }
+    uid_map: tuple[IdMapping, ...] = ()
+    gid_map: tuple[IdMapping, ...] = ()
+    controllers: tuple[str, ...] | None = None
+    engine_version = str(info.get("ServerVersion") or "unknown")
+    if is_podman:
+        engine_version = str((libpod.get("version") or {}).get("Version") or engine_version)
+        host = libpod.get("host") or {}
+        rootless = rootless or bool((host.get("security") or {}).get("rootless"))
+        id_mappings = host.get("idMappings") or {}
+        uid_map = _mappings(id_mappings.get("uidmap"))
+        gid_map = _mappings(id_mappings.get("gidmap"))
+        if "cgroupControllers" in host:
+            controllers = tuple(str(c) for c in host.get("cgroupControllers") or ())
+            limits = {
+                name
+                for name, controller in (
+                    ("memory", "memory"),
+                    ("swap", "memory"),
+                    ("pids", "pids"),
+                    ("cpu", "cpu"),
+                )
+                if controller in controllers
+            }
+    return EngineInfo(
+        url=url,
+        name="podman" if is_podman else "docker",
+        version=engine_version,
+        api_version=client.api_version,
+        rootless=rootless,
+        runtimes=runtimes,
+        default_runtime=str(info.get("DefaultRuntime") or ""),
+        security_options=security,
+        cgroup_version=str(info.get("CgroupVersion") or ""),
+        uid_map=uid_map,
+        gid_map=gid_map,
+        cgroup_controllers=controllers,
+        limits=frozenset(limits),
+        init_binary=str(info.get("InitBinary") or ""),
+    )
+
+
+def find_engine(
+    configured: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[EngineClient, EngineInfo]:
+    """The first endpoint that answers, identified; :class:`SandboxError` if none does."""
+    failures: list[str] = []
+    for endpoint in candidate_endpoints(configured, environ):
+        try:
+            client = connect(endpoint.url, tls=endpoint.tls)
+        except SandboxError as exc:
+            if endpoint.explicit:
+                raise SandboxError(
+                    f"{exc.message} (from {endpoint.reason})", hint=exc.hint or START_HINT
+                ) from None
+            failures.append(endpoint.url)
+            continue
+        return client, describe(client, endpoint.url)
+    raise SandboxError(
+        f"{NO_ENGINE_RUNNING} (tried " + ", ".join(failures) + ")",
+        hint=START_HINT,
+    )

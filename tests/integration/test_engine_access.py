@@ -1,0 +1,336 @@
+"""How jhansi reaches engines, as docker users set it up, with the real components.
+
+- Registry credentials: the loopback registry with basic auth that
+  scripts/provision.sh runs (Debian's docker-registry), holding the test image;
+  jhansi pulls it with the credentials of a config.json in a temporary
+  DOCKER_CONFIG (``auths``, and a credential helper), and refuses cleanly without.
+- Docker contexts made by the docker CLI, chosen with DOCKER_CONTEXT or
+  ``docker context use``, while DOCKER_HOST is unset.
+- TLS: the engine behind a TLS proxy (Python's ssl, a test CA) that demands a
+  client certificate, reached with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DOCKER_HOST, TEST_IMAGE, Engine, absent
+from tests.tls_server import TestCA as CA
+
+HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello.py"
+ON_DOCKER = ("--backend", "docker", "--image", TEST_IMAGE)
+REGISTRY = os.environ.get("JHANSI_TEST_REGISTRY", "")
+REGISTRY_IMAGE = os.environ.get("JHANSI_TEST_REGISTRY_IMAGE", "")
+REGISTRY_AUTH = os.environ.get("JHANSI_TEST_REGISTRY_AUTH", "")
+#: What the caller's environment must not add: these tests choose the engine themselves.
+_ENGINE_VARIABLES = (
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS",
+)
+
+
+def jhansi(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``jhansi ARGS`` with the engine chosen only by ``env`` (DOCKER_HOST and the like unset)."""
+    base = {k: v for k, v in os.environ.items() if k not in _ENGINE_VARIABLES}
+    return subprocess.run(
+        [sys.executable, "-m", "jhansi", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        timeout=300,
+        check=False,
+    )
+
+
+def docker_cli(*args: str, config: Path) -> str:
+    """The docker CLI with its configuration in ``config`` (and no DOCKER_HOST)."""
+    env = {k: v for k, v in os.environ.items() if k not in _ENGINE_VARIABLES}
+    return subprocess.run(
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        env={**env, "DOCKER_CONFIG": str(config)},
+        timeout=60,
+        check=True,
+    ).stdout
+
+
+def run_document(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    assert proc.returncode == 0, proc.stderr
+    doc: dict[str, object] = json.loads(proc.stdout)
+    return doc
+
+
+def backend_details(doc: dict[str, object]) -> dict[str, str]:
+    assert doc["backend"] == "docker"
+    details = doc["backend_details"]
+    assert isinstance(details, dict)
+    return details
+
+
+# ----------------------------------------------------- registry credentials --
+
+
+@pytest.fixture
+def registry(docker_engine: Engine) -> Iterator[tuple[str, str]]:
+    """The registry's user and password; the pushed image's tag is not in the engine."""
+    if not (REGISTRY and REGISTRY_IMAGE and REGISTRY_AUTH and Path(REGISTRY_AUTH).exists()):
+        absent("no test registry (run scripts/provision.sh)")
+    user, _, password = Path(REGISTRY_AUTH).read_text().strip().partition(":")
+    import docker.errors
+
+    def untag() -> None:
+        # The tag only: the image itself is the test image, which stays.
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_engine.client.images.remove(REGISTRY_IMAGE)
+
+    untag()
+    yield user, password
+    untag()
+
+
+def _run_pulled(config: Path) -> subprocess.CompletedProcess[str]:
+    return jhansi(
+        "run",
+        "--json",
+        "--backend",
+        "docker",
+        "--image",
+        REGISTRY_IMAGE,
+        str(HELLO),
+        env={"DOCKER_CONFIG": str(config), "DOCKER_HOST": DOCKER_HOST},
+    )
+
+
+@pytest.mark.docker
+def test_a_private_image_is_pulled_with_the_docker_configs_credentials(
+    registry: tuple[str, str], tmp_path: Path, docker_engine: Engine
+) -> None:
+    user, password = registry
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {REGISTRY: {"auth": token}}}))
+    doc = run_document(_run_pulled(tmp_path))
+    assert doc["status"] == "succeeded"
+    details = backend_details(doc)
+    assert details["image"] == REGISTRY_IMAGE
+    assert details["image_digest"] == docker_engine.client.images.get(TEST_IMAGE).id
+    assert any(
+        d.startswith(f"{REGISTRY}/jhansi-test-python@sha256:")
+        for d in details["image_repo_digests"].split()
+    )
+
+
+@pytest.mark.docker
+def test_a_credential_helper_gives_the_credentials(
+    registry: tuple[str, str], tmp_path: Path
+) -> None:
+    # A real helper program, speaking the docker credential helper protocol.
+    user, password = registry
+    helpers = tmp_path / "bin"
+    helpers.mkdir()
+    helper = helpers / "docker-credential-jhansi-test"
+    answer = json.dumps({"ServerURL": REGISTRY, "Username": user, "Secret": password})
+    helper.write_text(f"#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho '{answer}'\n")
+    helper.chmod(0o700)
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    (config / "config.json").write_text(json.dumps({"credHelpers": {REGISTRY: "jhansi-test"}}))
+    proc = jhansi(
+        "run",
+        "--json",
+        "--backend",
+        "docker",
+        "--image",
+        REGISTRY_IMAGE,
+        str(HELLO),
+        env={
+            "DOCKER_CONFIG": str(config),
+            "DOCKER_HOST": DOCKER_HOST,
+            "PATH": f"{helpers}:{os.environ['PATH']}",
+        },
+    )
+    assert run_document(proc)["status"] == "succeeded"
+
+
+@pytest.mark.docker
+def test_without_credentials_the_pull_is_refused_with_a_hint(
+    registry: tuple[str, str], tmp_path: Path
+) -> None:
+    proc = _run_pulled(tmp_path)  # an empty DOCKER_CONFIG: no credentials
+    assert proc.returncode == 4, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert lines[0].startswith(f"error: cannot pull the image {REGISTRY_IMAGE}: "), lines
+    assert lines[1].startswith(f"hint: Log in to {REGISTRY} (`docker login {REGISTRY}`"), lines
+    assert "--backend bwrap" in lines[1]
+    assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------- contexts --
+
+
+@pytest.fixture
+def engine_link(tmp_path: Path, docker_engine: Engine) -> str:
+    """The rootful engine's socket under another name, so a run shows which way it came."""
+    link = tmp_path / "engine.sock"
+    link.symlink_to(docker_engine.url.removeprefix("unix://"))
+    return f"unix://{link}"
+
+
+@pytest.mark.docker
+def test_docker_context_selects_the_engine(tmp_path: Path, engine_link: str) -> None:
+    config = tmp_path / "docker-config"
+    docker_cli("context", "create", "jhansi-ctx", "--docker", f"host={engine_link}", config=config)
+    env = {"DOCKER_CONFIG": str(config), "DOCKER_CONTEXT": "jhansi-ctx"}
+    doctor = jhansi("doctor", "--json", env=env)
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["docker"]["ok"], checks["docker"]
+    assert f"at {engine_link} (docker context 'jhansi-ctx', from DOCKER_CONTEXT" in str(
+        checks["docker"]["detail"]
+    )
+    doc = run_document(jhansi("run", "--json", *ON_DOCKER, str(HELLO), env=env))
+    assert doc["status"] == "succeeded"
+    assert backend_details(doc)["url"] == engine_link
+
+
+@pytest.mark.docker
+def test_docker_context_use_selects_the_engine(tmp_path: Path, engine_link: str) -> None:
+    config = tmp_path / "docker-config"
+    docker_cli("context", "create", "jhansi-used", "--docker", f"host={engine_link}", config=config)
+    docker_cli("context", "use", "jhansi-used", config=config)
+    env = {"DOCKER_CONFIG": str(config)}
+    doctor = jhansi("doctor", "--json", env=env)
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["docker"]["ok"], checks["docker"]
+    assert "docker context 'jhansi-used', from the docker context chosen with `docker " in str(
+        checks["docker"]["detail"]
+    )
+    doc = run_document(jhansi("run", "--json", *ON_DOCKER, str(HELLO), env=env))
+    assert backend_details(doc)["url"] == engine_link
+
+
+def test_a_context_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    proc = jhansi(
+        "run",
+        "--backend",
+        "docker",
+        str(HELLO),
+        env={"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "nowhere"},
+    )
+    assert proc.returncode == 4
+    assert proc.stderr.splitlines() == [
+        "error: the docker context 'nowhere' (DOCKER_CONTEXT=nowhere) does not exist",
+        "hint: List the contexts (`docker context ls`), then choose one (`docker context use "
+        "NAME`) or unset DOCKER_CONTEXT.",
+    ]
+
+
+# ------------------------------------------------------------------ TLS --
+
+
+class TlsProxy:
+    """A TLS endpoint on loopback for the engine's unix socket, demanding a client certificate
+    from the CA (what ``dockerd --tlsverify`` does), passing bytes both ways."""
+
+    def __init__(self, directory: Path, ca: CA, engine_socket: str) -> None:
+        self.engine_socket = engine_socket
+        cert, key = ca.issue(["localhost"], ["127.0.0.1"])
+        (directory / "server.pem").write_bytes(cert + key)
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(directory / "server.pem")
+        self.context.load_verify_locations(cadata=ca.pem.decode())
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        try:
+            client = self.context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            conn.close()
+            return
+        engine = socket.socket(socket.AF_UNIX)
+        engine.connect(self.engine_socket)
+
+        def pump(source: socket.socket, sink: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+        back = threading.Thread(target=pump, args=(engine, client), daemon=True)
+        back.start()
+        pump(client, engine)
+        back.join()
+        client.close()
+        engine.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def tls_engine(tmp_path: Path, docker_engine: Engine) -> Iterator[tuple[TlsProxy, Path, CA]]:
+    ca = CA()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.pem").write_bytes(ca.pem)
+    proxy = TlsProxy(tmp_path, ca, docker_engine.url.removeprefix("unix://"))
+    yield proxy, certs, ca
+    proxy.close()
+
+
+@pytest.mark.docker
+def test_a_tls_engine_is_reached_with_the_cert_path(
+    tls_engine: tuple[TlsProxy, Path, CA],
+) -> None:
+    proxy, certs, ca = tls_engine
+    cert, key = ca.issue(["jhansi"], client=True)
+    (certs / "cert.pem").write_bytes(cert)
+    (certs / "key.pem").write_bytes(key)
+    url = f"tcp://localhost:{proxy.port}"
+    env = {"DOCKER_HOST": url, "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(certs)}
+    doc = run_document(jhansi("run", "--json", *ON_DOCKER, str(HELLO), env=env))
+    assert doc["status"] == "succeeded"
+    assert backend_details(doc)["url"] == url
+
+
+@pytest.mark.docker
+def test_a_tls_engine_without_a_client_certificate_is_refused(
+    tls_engine: tuple[TlsProxy, Path, CA],
+) -> None:
+    proxy, certs, _ = tls_engine
+    url = f"tcp://localhost:{proxy.port}"
+    env = {"DOCKER_HOST": url, "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(certs)}
+    proc = jhansi("run", *ON_DOCKER, str(HELLO), env=env)
+    assert proc.returncode == 4, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert lines[0].startswith(f"error: no container engine answers at {url}: "), lines
+    assert "DOCKER_CERT_PATH" in lines[1]
