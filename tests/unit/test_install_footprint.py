@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DEV_ONLY = {"pytest", "mypy", "ruff", "hypothesis", "pre-commit", "docker", "lxml"}
+DEV_ONLY = {"pytest", "mypy", "ruff", "hypothesis", "pre-commit", "lxml"}
 
 
 def _exported(*flags: str) -> set[str]:
