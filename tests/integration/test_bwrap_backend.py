@@ -126,6 +126,27 @@ def out(result: ExecResult) -> str:
     return result.stdout.data.decode()
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[1])
+
+
+def _ours(pid: int) -> bool:
+    """Started by this test process, or orphaned (a leftover of it would be one or the
+    other); other sandboxes on the machine (another test run, a user) are not ours."""
+    while pid > 1:
+        parent = _parent(pid)
+        if parent is None:
+            return False
+        if parent == os.getpid() or parent == 1:
+            return True
+        pid = parent
+    return False
+
+
 def _host_processes_with(marker: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -134,7 +155,7 @@ def _host_processes_with(marker: str) -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if marker.encode() in cmdline:
+            if marker.encode() in cmdline and _ours(int(entry.name)):
                 found.append(int(entry.name))
     return found
 
