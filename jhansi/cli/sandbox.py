@@ -222,17 +222,19 @@ def _text_diff(item: Planned, layer: Path, project: Path) -> str | None:
         before, after = old.decode("utf-8"), new.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    # Lines without their endings: a CSV's CRLF is a line ending, not text to escape.
     lines = list(
         difflib.unified_diff(
-            before.splitlines(keepends=True),
-            after.splitlines(keepends=True),
+            before.splitlines(),
+            after.splitlines(),
             fromfile=f"project/{change.path}" if item.current is not None else "/dev/null",
             tofile=f"/work/{change.path}",
+            lineterm="",
         )
     )
     if len(lines) > _TEXT_DIFF_LINES:
-        lines = [*lines[:_TEXT_DIFF_LINES], f"… {len(lines) - _TEXT_DIFF_LINES} more lines\n"]
-    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+        lines = [*lines[:_TEXT_DIFF_LINES], f"… {len(lines) - _TEXT_DIFF_LINES} more lines"]
+    return "".join(line + "\n" for line in lines)
 
 
 @app.command("diff")
