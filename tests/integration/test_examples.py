@@ -35,6 +35,7 @@ EXERCISED = {
     "pep723.py",
     "unresolved.py",
     "counter.py",
+    "summary.py",
     "vulnerable.py",
     "secret_api/demo.py",
     "secret_api/call.py",  # run by demo.py
@@ -112,6 +113,30 @@ def test_hello(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> 
         rf"{'docker' if backend == 'docker' else 'bwrap'} · 0 files changed",
         summary,
     ), summary
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "docker"])
+def test_summary_stays_in_the_layer_until_applied(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    require_backend(request, backend)
+    checkout = Checkout(tmp_path, backend)
+    proc = checkout.jhansi(in_readme("jhansi run examples/summary.py"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "Saved summary to summary.csv\n"
+    assert "1 file changed: /work/summary.csv" in proc.stderr
+    assert not (checkout.root / "summary.csv").exists()
+    diff = checkout.jhansi(in_readme("jhansi sandbox diff"))
+    assert diff.returncode == 0, diff.stderr
+    assert "A summary.csv" in diff.stdout
+    assert "+North,4040,1346.7" in diff.stdout.splitlines()
+    copied = checkout.jhansi(in_readme("jhansi sandbox cp :/work/summary.csv summary-copy.csv"))
+    assert copied.returncode == 0, copied.stderr
+    applied = checkout.jhansi(in_readme("jhansi sandbox apply summary.csv"))
+    assert applied.returncode == 0, applied.stderr
+    made = (checkout.root / "summary.csv").read_bytes()
+    assert made == (checkout.root / "summary-copy.csv").read_bytes()
+    assert made.startswith(b"region,total,mean\r\nNorth,4040,1346.7\r\n")
 
 
 @pytest.mark.bwrap
