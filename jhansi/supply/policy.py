@@ -432,7 +432,8 @@ def _online_audit_until(
 
     import blake3
 
-    from jhansi.supply.vulns.interface import AuditResult, Vulnerability, make_source
+    from jhansi.supply.vulns import make_source
+    from jhansi.supply.vulns.interface import AuditResult, Vulnerability
 
     osv_url = settings.osv_url or os.environ.get("PIP_AUDIT_OSV_URL") or ""
     key_text = json.dumps(
@@ -501,7 +502,8 @@ def check_lock(
         report = evaluate(settings=settings, packages=0, audit=None, today=now.date())
         return SupplyCheck(report=report, metadata={}, audit=None)
     from jhansi.supply.metadata import metadata_for
-    from jhansi.supply.vulns.interface import Package, make_source
+    from jhansi.supply.vulns import make_source
+    from jhansi.supply.vulns.interface import Package
 
     reporter.step("policy", f"checking {len(lock.packages)} locked package(s)")
     packages = [Package(p.name, p.version) for p in lock.packages]
