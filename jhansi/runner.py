@@ -56,8 +56,8 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from jhansi.deps.install import Environment
-    from jhansi.deps.lock import LockResult
     from jhansi.deps.missing import MissingDependency
+    from jhansi.deps.pylock import LockResult
     from jhansi.egress.session import EgressSession
     from jhansi.ledger.store import Ledger
     from jhansi.sandbox.docker import DockerBackend

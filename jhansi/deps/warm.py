@@ -51,12 +51,14 @@ if TYPE_CHECKING:
     from jhansi.deps.target import Target
     from jhansi.runner import Dependencies
 
-FORMAT = "jhansi/warm-deps/v2"
+#: v3: the lock's classes are named by their module, jhansi.deps.pylock (v2 entries named
+#: jhansi.deps.lock): an older entry is not looked up, its decision is made again.
+FORMAT = "jhansi/warm-deps/v3"
 DIRECTORY = "warm"
 
 #: The only classes an entry may name: ``module`` -> class names.
 _CLASSES: Mapping[str, frozenset[str]] = {
-    "jhansi.deps.lock": frozenset({"LockResult", "LockedPackage", "LockedWheel"}),
+    "jhansi.deps.pylock": frozenset({"LockResult", "LockedPackage", "LockedWheel"}),
     "jhansi.deps.install": frozenset({"Environment"}),
     "jhansi.supply.policy": frozenset({"SupplyCheck", "PolicyReport", "Finding"}),
     "jhansi.supply.metadata": frozenset({"PackageMetadata"}),
@@ -335,7 +337,7 @@ def _rebuild(
         import blake3
 
         from jhansi.deps.install import is_complete
-        from jhansi.deps.lock import LockResult
+        from jhansi.deps.pylock import LockResult
 
         if not isinstance(lock, LockResult) or environment is None:
             raise CorruptEntry("not a decision")

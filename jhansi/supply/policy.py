@@ -24,7 +24,7 @@ from jhansi.errors import PolicyError
 
 if TYPE_CHECKING:
     from jhansi.config import IgnoreRule, PolicySettings
-    from jhansi.deps.lock import LockResult
+    from jhansi.deps.pylock import LockResult
     from jhansi.report import Reporter
     from jhansi.supply.metadata import PackageMetadata
     from jhansi.supply.vulns.interface import AuditResult, Vulnerability

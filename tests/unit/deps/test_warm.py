@@ -21,8 +21,8 @@ import pytest
 from jhansi.config import IgnoreRule, PolicySettings, load_settings
 from jhansi.deps import warm
 from jhansi.deps.install import MARKER, Environment
-from jhansi.deps.lock import LockedPackage, LockedWheel, LockResult
 from jhansi.deps.plan import DependencyPlan, ImportDecision, Requirement
+from jhansi.deps.pylock import LockedPackage, LockedWheel, LockResult
 from jhansi.deps.target import Target
 from jhansi.runner import Dependencies
 from jhansi.supply.metadata import PackageMetadata

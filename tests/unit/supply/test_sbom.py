@@ -21,7 +21,7 @@ from typing import Any
 import blake3
 import pytest
 
-from jhansi.deps.lock import LockedPackage, LockedWheel, LockResult
+from jhansi.deps.pylock import LockedPackage, LockedWheel, LockResult
 from jhansi.supply.metadata import PackageMetadata
 from jhansi.supply.sbom import TargetComponent, build_sbom, purl_of
 from jhansi.supply.sbom_cache import SCRIPT_REF, from_template
