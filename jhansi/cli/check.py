@@ -22,7 +22,8 @@ from jhansi.cli.run import (
 from jhansi.errors import ExitCode, JhansiError
 
 if TYPE_CHECKING:
-    from jhansi.runner import Runner, RunRequest
+    from jhansi.request import RunRequest
+    from jhansi.runner import Runner
 
 
 def policy_flags(advisory_db: Path | None) -> dict[tuple[str, str], object]:
@@ -39,7 +40,8 @@ def _runner_and_request(
 ) -> tuple[Runner, RunRequest]:
     from jhansi.cli._reporter import ConsoleReporter
     from jhansi.config import load_settings
-    from jhansi.runner import Runner, RunRequest
+    from jhansi.request import RunRequest
+    from jhansi.runner import Runner
 
     settings = load_settings(start=script.absolute().parent, flags=flags)
     runner = Runner.from_settings(settings, reporter=ConsoleReporter(quiet=quiet))

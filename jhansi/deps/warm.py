@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from jhansi.config import PolicySettings
     from jhansi.deps.plan import DependencyPlan
+    from jhansi.deps.result import Dependencies
     from jhansi.deps.target import Target
-    from jhansi.runner import Dependencies
 
 #: v3: the lock's classes are named by their module, jhansi.deps.pylock (v2 entries named
 #: jhansi.deps.lock): an older entry is not looked up, its decision is made again.
@@ -351,6 +351,6 @@ def _rebuild(
             return None  # removed (pruned): installed again the slow way
         lock = replace(lock, path=lock_path, content=content, reused=True)
         environment = replace(environment, reused=True)
-    from jhansi.runner import Dependencies
+    from jhansi.deps.result import Dependencies
 
     return Dependencies(plan=plan, target=target, lock=lock, environment=environment, supply=supply)

@@ -120,7 +120,7 @@ class PolicyDenied(PolicyError):
     """The lock breaks the policy: nothing was installed and no sandbox started."""
 
     dependencies: Any = None
-    """The runner's :class:`~jhansi.runner.Dependencies` (planned, locked, checked)."""
+    """The runner's :class:`~jhansi.deps.result.Dependencies` (planned, locked, checked)."""
 
     def __init__(self, report: PolicyReport, where: str) -> None:
         denied = report.denied

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from cyclonedx.model.bom_ref import BomRef
     from cyclonedx.model.license import License
 
-    from jhansi.runner import Dependencies
+    from jhansi.deps.result import Dependencies
     from jhansi.sandbox.interface import BackendInfo
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
