@@ -26,7 +26,8 @@ WARM_SNIPPET = """
 import sys, time
 start = time.perf_counter()
 from pathlib import Path
-from jhansi.supply.vulns.interface import Package, make_source
+from jhansi.supply.vulns import make_source
+from jhansi.supply.vulns.interface import Package
 names = sys.argv[3].split(",")
 source = make_source(advisory_db=Path(sys.argv[1]), cache_dir=Path(sys.argv[2]))
 result = source.audit([Package(n, "1.0") for n in names])
@@ -56,7 +57,8 @@ def main() -> None:
     parser.add_argument("--top", type=Path, default=SHARED / "top-pypi-packages.csv")
     parser.add_argument("--runs", type=int, default=11)
     args = parser.parse_args()
-    from jhansi.supply.vulns.interface import Package, make_source
+    from jhansi.supply.vulns import make_source
+    from jhansi.supply.vulns.interface import Package
 
     names = _packages(args.db, args.top, 50)
     packages = [Package(n, "1.0") for n in names]

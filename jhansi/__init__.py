@@ -29,14 +29,16 @@ if TYPE_CHECKING:
 
     from jhansi.api import run
     from jhansi.errors import JhansiError
-    from jhansi.runner import Runner, RunRequest, RunResult
+    from jhansi.request import RunRequest
+    from jhansi.result import RunResult
+    from jhansi.runner import Runner
 
 __all__ = ["JhansiError", "RunRequest", "RunResult", "Runner", "__version__", "run"]
 
 _LAZY = {
     "run": "jhansi.api",
-    "RunRequest": "jhansi.runner",
-    "RunResult": "jhansi.runner",
+    "RunRequest": "jhansi.request",
+    "RunResult": "jhansi.result",
     "Runner": "jhansi.runner",
     "JhansiError": "jhansi.errors",
 }

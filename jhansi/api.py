@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from jhansi.config import Settings
     from jhansi.paths import Paths
     from jhansi.report import Reporter
-    from jhansi.runner import RunRequest, RunResult
+    from jhansi.request import RunRequest
+    from jhansi.result import RunResult
 
 __all__ = ["make_request", "run", "run_settings"]
 
@@ -66,7 +67,7 @@ def make_request(
     allowed_hosts: Sequence[str] = (),
     secrets: Sequence[str] = (),
 ) -> RunRequest:
-    """The :class:`~jhansi.runner.RunRequest` for one run, checked.
+    """The :class:`~jhansi.request.RunRequest` for one run, checked.
 
     Exactly one of ``script`` (a path) and ``code`` (the source text, as
     ``jhansi run -`` reads it from stdin) must be given. ``requirements`` are
@@ -74,7 +75,7 @@ def make_request(
     ``requirements_file`` replaces import detection (``--requirements``).
     Raises :class:`~jhansi.errors.UsageError` for arguments that cannot be run.
     """
-    from jhansi.runner import RunRequest
+    from jhansi.request import RunRequest
 
     if (script is None) == (code is None):
         raise UsageError(
@@ -201,7 +202,7 @@ def run(
     set in the sandbox as placeholders that the proxy swaps for the real value only
     on requests to their hosts.
 
-    Returns the frozen :class:`~jhansi.runner.RunResult` (``status``,
+    Returns the frozen :class:`~jhansi.result.RunResult` (``status``,
     ``exit_code``, ``stdout``/``stderr`` tails, ``files_changed``, ``run_id``,
     ``record``: the hash of its ledger record). Raises a
     :class:`~jhansi.errors.JhansiError` subclass when jhansi refuses to run it

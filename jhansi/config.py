@@ -1171,7 +1171,7 @@ def _loosens(option: Option | None, value: object, lower: object) -> str | None:
 def _trust_status(file: Path, content: str | None, paths: Paths | None) -> tuple[bool, str | None]:
     """Whether the trust store holds ``file`` with exactly the content hashed as
     ``content``; else when (if ever) another content of it was trusted."""
-    from jhansi.trust import lookup
+    from jhansi.trust_store import lookup
 
     entry = lookup(Path(os.path.abspath(file)), paths=paths)  # noqa: PTH100 - links kept
     if entry is None:

@@ -33,7 +33,6 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from jhansi.cli import _helper_client as client
@@ -142,7 +141,8 @@ def main() -> None:
 
 
 def _note(lock_fd: int, served: int) -> None:
-    """Write the helper's pid and how many runs it has served into its lock file."""
+    """Write the helper's pid and how many runs it has served into its lock file
+    (read by :func:`jhansi.cli._helper_admin.list_helpers`)."""
     os.ftruncate(lock_fd, 0)
     os.pwrite(lock_fd, f"{os.getpid()} {served}\n".encode(), 0)
 
@@ -318,79 +318,6 @@ def _reopen_stdio() -> None:
 
 #: The helper's own standard streams, kept so that collecting them closes nothing.
 _KEPT: list[object] = []
-
-
-@dataclass(frozen=True, slots=True)
-class HelperInfo:
-    """A helper's files in the helper directory, and whether it is running."""
-
-    name: str
-    """``helper-<checksum>``: which key it serves."""
-    pid: int | None
-    """Its process, while it runs."""
-    running: bool
-    served: int = 0
-    """How many runs it has forked."""
-
-    def as_dict(self) -> dict[str, object]:
-        """The JSON form."""
-        return {"name": self.name, "pid": self.pid, "running": self.running, "served": self.served}
-
-
-def list_helpers(directory: str | None = None) -> list[HelperInfo]:
-    """The helpers in ``directory`` (default: this user's); dead ones' files are removed."""
-    where = Path(directory or client.helper_dir())
-    try:
-        locks = sorted(p for p in where.iterdir() if p.suffix == ".lock")
-    except OSError:
-        return []
-    found: list[HelperInfo] = []
-    for lock in locks:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                words = os.pread(fd, 64, 0).decode("ascii", "replace").split()
-                numbers = [int(w) for w in words if w.isdigit()]
-                pid = numbers[0] if numbers else None
-                served = numbers[1] if len(numbers) > 1 else 0
-                found.append(HelperInfo(lock.stem, pid, True, served))
-                continue
-            for leftover in (lock.with_suffix(".sock"), lock):
-                leftover.unlink(missing_ok=True)
-        finally:
-            os.close(fd)
-    return found
-
-
-def own_helper_name() -> str:
-    """The name of the helper this process's ``jhansi run`` would use (or start).
-
-    Other names in the same directory belong to other installations or checkouts,
-    other interpreters, or other sessions of this user (another cgroup or namespace):
-    their runs, not this one's.
-    """
-    return client.socket_name(client.helper_key())
-
-
-def stop_helpers(directory: str | None = None, *, only: str | None = None) -> list[HelperInfo]:
-    """Ask the running helpers (the one named ``only``, else all) to exit (SIGTERM);
-    return those asked.
-
-    Runs in progress in a helper's children are not affected.
-    """
-    stopped: list[HelperInfo] = []
-    for helper in list_helpers(directory):
-        if helper.pid is None or (only is not None and helper.name != only):
-            continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(helper.pid, signal.SIGTERM)
-            stopped.append(helper)
-    return stopped
 
 
 if __name__ == "__main__":

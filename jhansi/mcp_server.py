@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from jhansi.config import Settings
     from jhansi.ledger.store import Ledger
     from jhansi.paths import Paths
-    from jhansi.runner import Runner, RunResult
+    from jhansi.result import RunResult
+    from jhansi.runner import Runner
     from jhansi.sandbox.interface import Backend, OutputTail
 
 #: The sandbox ``run_python`` uses when neither the call nor ``--sandbox`` names one.

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 from jhansi._version import __version__
 
 if TYPE_CHECKING:
+    from jhansi.deps.result import Dependencies
     from jhansi.errors import JhansiError
-    from jhansi.runner import Dependencies, RunRequest, RunResult, Script
+    from jhansi.request import RunRequest, Script
+    from jhansi.result import RunResult
     from jhansi.sandbox.interface import BackendInfo, OutputTail, SandboxSpec
 
 PutBlob = Callable[[bytes], str]
@@ -295,7 +297,7 @@ def fallback_end_body(result: RunResult, put: PutBlob, problem: str) -> dict[str
     ended, and everything else as one JSON blob (``full``), with why (``fallback``)."""
     import json
 
-    from jhansi.cli._execute import result_document
+    from jhansi.result import result_document
 
     document = json.dumps(result_document(result), ensure_ascii=True, default=str)
     return dict(

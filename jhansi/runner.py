@@ -19,17 +19,24 @@ import sys
 import tempfile
 import time
 import tokenize
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NoReturn
 
 from jhansi.config import DEFAULT_MASK, Settings
 from jhansi.deps.plan import DependencyPlan, plan, unresolved_error
+from jhansi.deps.result import Dependencies
 from jhansi.deps.target import Target
 from jhansi.errors import InputError, JhansiError, LedgerError, SandboxError, UsageError
 from jhansi.paths import Paths, ensure_private_dir
 from jhansi.report import NullReporter, Reporter, Stream
+
+# RunRequest and RunResult are public API: defined below the runner (:mod:`jhansi.records`
+# reads them too), and importable from here as they always were.
+from jhansi.request import RunRequest as RunRequest
+from jhansi.request import Script
+from jhansi.result import RunResult as RunResult
 from jhansi.sandbox.changes import FileChange, Snapshot, budget_for, compare, shown_name, snapshot
 from jhansi.sandbox.interface import (
     ENTRY_DIR,
@@ -55,9 +62,8 @@ from jhansi.sandbox.workspace import OpenSandbox, Workspace, default_name, valid
 if TYPE_CHECKING:
     from datetime import timedelta
 
-    from jhansi.deps.install import Environment
-    from jhansi.deps.lock import LockResult
     from jhansi.deps.missing import MissingDependency
+    from jhansi.deps.pylock import LockResult
     from jhansi.egress.session import EgressSession
     from jhansi.ledger.store import Ledger
     from jhansi.sandbox.docker import DockerBackend
@@ -89,104 +95,6 @@ _RESERVED_ENV = frozenset({"HOME", "PATH", "PYTHONUNBUFFERED", "USER", "LOGNAME"
 
 
 @dataclass(frozen=True, slots=True)
-class RunRequest:
-    """What to run and how; everything else comes from :class:`~jhansi.config.Settings`."""
-
-    script: Path | None
-    """The script on the host; ``None`` when ``code`` is given (``jhansi run -``)."""
-    code: str | None = None
-    args: tuple[str, ...] = ()
-    project: Path | None = None
-    """The project directory mounted at /work (default: found from the script)."""
-    sandbox: str | None = None
-    """The named sandbox (default: the project's own)."""
-    ephemeral: bool = False
-    rw: bool = False
-    """Let the script write the project itself: /work is a copy of the project, applied to
-    it when the run ends (:mod:`jhansi.sandbox.layer`; configuration, locks, ``.git`` and
-    masked paths never). Without it /work is the sandbox's copy-on-write layer over the
-    project (:mod:`jhansi.sandbox.overlay`), which ``jhansi sandbox apply`` brings out."""
-    env: tuple[tuple[str, str], ...] = ()
-    interactive: bool = False
-    """Run an interactive interpreter instead of a script (``jhansi sandbox shell``)."""
-    with_requirements: tuple[str, ...] = ()
-    """``--with``: requirements added to whatever the script declares or imports."""
-    requirements_file: Path | None = None
-    """``--requirements``: replaces import detection."""
-    lock_file: Path | None = None
-    """Where the lock goes (default: ``pylock.<script stem>.toml`` beside the script)."""
-    frozen: bool = False
-    """Refuse to create or change a lock (CI)."""
-    upgrade: bool = False
-    exclude_newer: str | None = None
-    prompt: str | None = None
-    """The prompt that produced the code (recorded in the ledger)."""
-    model: str | None = None
-    """The model that wrote the code (recorded in the ledger)."""
-    sbom: Path | None = None
-    """Also write the run's CycloneDX SBOM to this file (it is always recorded)."""
-    secrets: tuple[str, ...] = ()
-    """``--secret NAME@HOST[,HOST…]`` (or ``NAME``, bound in ``[secrets.NAME]``)."""
-    allow_hosts: tuple[str, ...] = ()
-    """``--allow-host HOST[:PORT]``: plain egress (no secret) to these hosts."""
-
-
-@dataclass(frozen=True, slots=True)
-class Dependencies:
-    """What a script needs and what was locked and installed for it."""
-
-    plan: DependencyPlan
-    target: Target
-    lock: LockResult | None = None
-    environment: Environment | None = None
-    supply: SupplyCheck | None = None
-    """The policy's verdict on the lock, and the evidence it looked at."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """How the run ended; frozen, so that what is shown is what is recorded."""
-
-    run_id: str
-    status: str
-    exit_code: int | None
-    signal: int | None
-    duration_ms: int
-    script: str
-    project: str | None
-    sandbox: str
-    ephemeral: bool
-    home: str
-    backend: BackendInfo
-    stdout: OutputTail
-    stderr: OutputTail
-    files_changed: tuple[FileChange, ...]
-    enforcement: Mapping[str, str] = field(default_factory=dict)
-    error: str = ""
-    dependencies: Dependencies | None = None
-    ledger: str | None = None
-    """The ledger directory the run was recorded in."""
-    record: str | None = None
-    """The hash of the run's ``exec.end`` record."""
-    egress: tuple[Mapping[str, object], ...] = ()
-    """Every connection through the egress proxy: host, decision, reason, bytes."""
-    rw: ApplyReport | None = None
-    """With ``--rw``: which of the script's changes to /work were applied to the project,
-    which refused and why, which conflicted with changes made on the host."""
-    files_incomplete: str = ""
-    """Why ``files_changed`` may miss changes (a snapshot's entry, depth or time budget
-    ran out, or it failed); empty when the list is complete."""
-    egress_dropped: int = 0
-    """Connections through the proxy past its event cap: counted, not listed."""
-    missing_dependency: MissingDependency | None = None
-    """A failed run's ImportError named a known distribution it did not have: which,
-    and the requirement that adds it (:mod:`jhansi.deps.missing`)."""
-    layer: str | None = None
-    """Where the run's writes to /work landed (the sandbox's layer over the project, its
-    upper directory) when /work was copy-on-write; ``None`` otherwise."""
-
-
-@dataclass(frozen=True, slots=True)
 class Cow:
     """A run's copy-on-write /work: the sandbox's layer over the project, and how the
     backend mounts it."""
@@ -194,16 +102,6 @@ class Cow:
     dirs: LayerDirs
     mechanism: str
     xattr: XattrNamespace
-
-
-@dataclass(frozen=True, slots=True)
-class Script:
-    """A script read and checked on the host before any sandbox starts."""
-
-    host_path: Path
-    display: str
-    from_stdin: bool
-    text: str = ""
 
 
 def new_run_id() -> str:

@@ -15,7 +15,7 @@ from jhansi.errors import ExitCode, JhansiError, UsageError
 
 if TYPE_CHECKING:
     from jhansi.cli._state import CliState
-    from jhansi.runner import Dependencies, RunResult
+    from jhansi.result import RunResult
 
 
 def sandbox_flags(**values: Any) -> dict[tuple[str, str], object]:
@@ -77,7 +77,8 @@ def execute_run(
     """Run SCRIPT in its sandbox and exit with its exit code (``jhansi run``'s body)."""
     from jhansi.cli._reporter import ConsoleReporter
     from jhansi.config import UntrustedConfigError, load_settings
-    from jhansi.runner import Runner, RunRequest
+    from jhansi.request import RunRequest
+    from jhansi.runner import Runner
 
     state.json = json_output
     script_path = None if script == "-" else Path(script)
@@ -166,100 +167,6 @@ def read_prompt(prompt: str | None, prompt_file: Path | None) -> str | None:
     return prompt if prompt is not None else os.environ.get("JHANSI_PROMPT")
 
 
-def result_document(result: RunResult) -> dict[str, Any]:
-    """The ``--json`` document of a run."""
-
-    def tail(t: Any) -> dict[str, Any]:
-        return {
-            "text": t.data.decode("utf-8", "replace"),
-            "bytes": t.total,
-            "truncated": t.truncated,
-        }
-
-    return {
-        "status": result.status,
-        "exit_code": result.exit_code,
-        "signal": result.signal,
-        "duration_ms": result.duration_ms,
-        "run_id": result.run_id,
-        "script": result.script,
-        "project": result.project,
-        "sandbox": result.sandbox,
-        "ephemeral": result.ephemeral,
-        "home": result.home,
-        "backend": result.backend.backend,
-        "backend_details": dict(result.backend.details),
-        "enforcement": dict(result.enforcement),
-        "stdout": tail(result.stdout),
-        "stderr": tail(result.stderr),
-        "files_changed": [c.as_dict() for c in result.files_changed],
-        "files_incomplete": result.files_incomplete,
-        **({"rw": result.rw.as_dict()} if result.rw is not None else {}),
-        "error": "\n".join(part for part in (result.error, *network_hints(result)) if part),
-        "missing_dependency": (
-            result.missing_dependency.as_dict() if result.missing_dependency else None
-        ),
-        "layer": result.layer,
-        "dependencies": dependencies_document(result.dependencies),
-        "policy": (
-            result.dependencies.supply.report.as_dict()
-            if result.dependencies and result.dependencies.supply
-            else None
-        ),
-        "egress": [dict(e) for e in result.egress],
-        "egress_dropped": result.egress_dropped,
-        "ledger": result.ledger,
-        "record": result.record,
-    }
-
-
-def dependencies_document(deps: Dependencies | None) -> dict[str, Any] | None:
-    """The dependency part of ``--json`` documents (``run``, ``deps``, ``lock``)."""
-    if deps is None:
-        return None
-    plan = deps.plan
-    return {
-        "mode": plan.mode,
-        "python": deps.target.python_version,
-        "target": deps.target.describe(),
-        "platform": deps.target.uv_platform,
-        "requires_python": plan.requires_python,
-        "requirements": [
-            {
-                "name": r.name,
-                "spec": r.spec,
-                "source": r.source,
-                "evidence": r.evidence,
-                "imports": list(r.imports),
-            }
-            for r in plan.requirements
-        ],
-        "imports": [
-            {
-                "import": d.name,
-                "kind": d.kind,
-                "lines": list(d.lines),
-                "requirement": d.requirement,
-                "evidence": d.evidence,
-                "alternatives": list(d.alternatives),
-            }
-            for d in plan.imports
-        ],
-        "unresolved": [
-            {"import": d.name, "lines": list(d.lines), "reason": d.evidence}
-            for d in plan.unresolved
-        ],
-        "lock_file": str(deps.lock.path) if deps.lock else None,
-        "lock_reused": deps.lock.reused if deps.lock else None,
-        "locked": [
-            {"name": p.name, "version": p.version}
-            for p in (deps.lock.packages if deps.lock else ())
-        ],
-        "environment": deps.environment.key if deps.environment else None,
-        "environment_reused": deps.environment.reused if deps.environment else None,
-    }
-
-
 def exit_code_of(result: RunResult) -> int:
     """What ``jhansi run`` exits with: the script's code, or jhansi's for its own outcomes."""
     if result.status == "succeeded":
@@ -299,6 +206,7 @@ def finish(
     """Print the outcome and exit with the right code."""
     from jhansi.cli._output import print_json, stderr_console
     from jhansi.config import format_size
+    from jhansi.result import result_document
 
     code = exit_code_of(result)
     if json_output:
@@ -358,19 +266,10 @@ def finish(
     sys.exit(code)  # like typer.Exit(code), which Typer turns into sys.exit
 
 
-def network_hints(result: RunResult) -> list[str]:
-    """What a run with no network tried to reach, one line per destination, and the
-    ``--allow-host`` that would allow it (the script itself saw only a refusal)."""
-    if not result.egress:
-        return []
-    from jhansi.egress.attempts import run_hints
-
-    more = f"`jhansi ledger show {result.run_id}` lists them all"
-    return run_hints(result.egress, more=more, dropped=result.egress_dropped)
-
-
 def _network_hints(result: RunResult) -> None:
-    """:func:`network_hints`, last on stderr whatever the output mode."""
+    """:func:`~jhansi.result.network_hints`, last on stderr whatever the output mode."""
+    from jhansi.result import network_hints
+
     lines = network_hints(result)
     for line in lines:
         sys.stderr.write(f"jhansi: {line}\n")

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from jhansi.cli._state import CliState
+    from jhansi.supply.policy import PolicyReport
 
 
 #: The width of a console that is not a terminal (a file, a pipe): lines as long as
@@ -90,8 +91,6 @@ def report_error(exc: JhansiError, state: CliState) -> None:
     console = stderr_console()
     report = getattr(exc, "report", None)
     if report is not None and not state.json:
-        from jhansi.cli.check import print_findings
-
         print_findings(console, report)
     console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
     if exc.hint:
@@ -104,3 +103,51 @@ def report_error(exc: JhansiError, state: CliState) -> None:
                 **({"policy": report.as_dict()} if report is not None else {}),
             }
         )
+
+
+def print_findings(console: Any, report: PolicyReport) -> None:
+    """The findings as a table on a terminal, else one plain line each (logs, CI)."""
+    if console.is_terminal:
+        console.print(policy_table(report))
+        return
+    for finding in (*report.findings, *report.ignored):
+        mark = "ignored" if finding.ignored else finding.severity
+        package = f" {finding.package} {finding.version}:" if finding.package else ""
+        aliases = f" ({', '.join(finding.aliases)})" if finding.aliases else ""
+        detail = finding.id + aliases if finding.rule == "vulnerability" else finding.message
+        evidence = (
+            finding.evidence if len(finding.evidence) <= 120 else finding.evidence[:119] + "…"
+        )
+        line = f"{mark}:{package} [{finding.rule}] {detail} — {evidence}"
+        if finding.ignored:
+            line += f" — ignored: {finding.ignored}"
+        elif finding.fix:
+            line += f" — {finding.fix}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def policy_table(report: PolicyReport) -> Any:
+    """A Rich table of the policy's findings: why a run was refused or warned about."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title_justify="left", show_lines=False)
+    for column in ("", "package", "rule", "finding", "evidence", "what to do"):
+        table.add_column(column, overflow="fold")
+    for finding in (*report.findings, *report.ignored):
+        mark = (
+            "[dim]ignored[/]"
+            if finding.ignored
+            else ("[bold red]deny[/]" if finding.severity == "deny" else "[yellow]warn[/]")
+        )
+        package = f"{finding.package} {finding.version}" if finding.package else ""
+        evidence = finding.evidence + (f" · ignored: {finding.ignored}" if finding.ignored else "")
+        table.add_row(
+            mark,
+            escape(package),
+            finding.rule,
+            escape(finding.id if finding.rule == "vulnerability" else finding.message),
+            escape(evidence),
+            escape(finding.fix),
+        )
+    return table

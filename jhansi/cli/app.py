@@ -9,18 +9,18 @@ import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from jhansi._version import __version__
-from jhansi.cli import check as check_cmd
-from jhansi.cli import config as config_cmd
-from jhansi.cli import deps as deps_cmd
-from jhansi.cli import doctor as doctor_cmd
-from jhansi.cli import helper as helper_cmd
-from jhansi.cli import ledger as ledger_cmd
-from jhansi.cli import mcp as mcp_cmd
-from jhansi.cli import run as run_cmd
-from jhansi.cli import sandbox as sandbox_cmd
-from jhansi.cli import secret as secret_cmd
-from jhansi.cli import trust as trust_cmd
 from jhansi.cli._state import CliState
+from jhansi.cli.check import check, sbom
+from jhansi.cli.config import app as config_app
+from jhansi.cli.deps import deps, lock
+from jhansi.cli.doctor import doctor
+from jhansi.cli.helper import app as helper_app
+from jhansi.cli.ledger import app as ledger_app
+from jhansi.cli.mcp import mcp
+from jhansi.cli.run import run
+from jhansi.cli.sandbox import app as sandbox_app
+from jhansi.cli.secret import app as secret_app
+from jhansi.cli.trust import trust
 
 DEBUG_HELP = "Show tracebacks and debug logs (also JHANSI_DEBUG=1)."
 
@@ -111,16 +111,16 @@ def _root(
 # Options end at SCRIPT (what follows is the script's), and an unknown option before
 # it is a usage error, never taken for the script's name (`jhansi run -- -x.py` runs
 # a script whose name starts with a dash).
-app.command(name="run", context_settings={"allow_interspersed_args": False})(run_cmd.run)
-app.command(name="deps")(deps_cmd.deps)
-app.command(name="lock")(deps_cmd.lock)
-app.command(name="check")(check_cmd.check)
-app.command(name="sbom")(check_cmd.sbom)
-app.add_typer(sandbox_cmd.app, name="sandbox")
-app.command(name="doctor")(doctor_cmd.doctor)
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(ledger_cmd.app, name="ledger")
-app.add_typer(secret_cmd.app, name="secret")
-app.command(name="trust")(trust_cmd.trust)
-app.command(name="mcp")(mcp_cmd.mcp)
-app.add_typer(helper_cmd.app, name="helper")
+app.command(name="run", context_settings={"allow_interspersed_args": False})(run)
+app.command(name="deps")(deps)
+app.command(name="lock")(lock)
+app.command(name="check")(check)
+app.command(name="sbom")(sbom)
+app.add_typer(sandbox_app, name="sandbox")
+app.command(name="doctor")(doctor)
+app.add_typer(config_app, name="config")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(secret_app, name="secret")
+app.command(name="trust")(trust)
+app.command(name="mcp")(mcp)
+app.add_typer(helper_app, name="helper")

@@ -22,8 +22,8 @@ from jhansi.cli.run import (
 from jhansi.errors import ExitCode, JhansiError
 
 if TYPE_CHECKING:
-    from jhansi.runner import Runner, RunRequest
-    from jhansi.supply.policy import PolicyReport
+    from jhansi.request import RunRequest
+    from jhansi.runner import Runner
 
 
 def policy_flags(advisory_db: Path | None) -> dict[tuple[str, str], object]:
@@ -40,7 +40,8 @@ def _runner_and_request(
 ) -> tuple[Runner, RunRequest]:
     from jhansi.cli._reporter import ConsoleReporter
     from jhansi.config import load_settings
-    from jhansi.runner import Runner, RunRequest
+    from jhansi.request import RunRequest
+    from jhansi.runner import Runner
 
     settings = load_settings(start=script.absolute().parent, flags=flags)
     runner = Runner.from_settings(settings, reporter=ConsoleReporter(quiet=quiet))
@@ -64,7 +65,13 @@ def check(
     one, and with the first error's code when a script cannot be checked (a stale lock
     under --frozen, an unresolved import, a syntax error).
     """
-    from jhansi.cli._output import error_fields, print_json, stderr_console, stdout_console
+    from jhansi.cli._output import (
+        error_fields,
+        print_findings,
+        print_json,
+        stderr_console,
+        stdout_console,
+    )
 
     ctx.ensure_object(CliState).json = json_output
     flags = {
@@ -129,54 +136,6 @@ def check(
         status = "error" if errors else ("denied" if denied_any else "ok")
         print_json({"status": status, "scripts": documents})
     raise typer.Exit(exit_code)
-
-
-def print_findings(console: Any, report: PolicyReport) -> None:
-    """The findings as a table on a terminal, else one plain line each (logs, CI)."""
-    if console.is_terminal:
-        console.print(policy_table(report))
-        return
-    for finding in (*report.findings, *report.ignored):
-        mark = "ignored" if finding.ignored else finding.severity
-        package = f" {finding.package} {finding.version}:" if finding.package else ""
-        aliases = f" ({', '.join(finding.aliases)})" if finding.aliases else ""
-        detail = finding.id + aliases if finding.rule == "vulnerability" else finding.message
-        evidence = (
-            finding.evidence if len(finding.evidence) <= 120 else finding.evidence[:119] + "…"
-        )
-        line = f"{mark}:{package} [{finding.rule}] {detail} — {evidence}"
-        if finding.ignored:
-            line += f" — ignored: {finding.ignored}"
-        elif finding.fix:
-            line += f" — {finding.fix}"
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def policy_table(report: PolicyReport) -> Any:
-    """A Rich table of the policy's findings: why a run was refused or warned about."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title_justify="left", show_lines=False)
-    for column in ("", "package", "rule", "finding", "evidence", "what to do"):
-        table.add_column(column, overflow="fold")
-    for finding in (*report.findings, *report.ignored):
-        mark = (
-            "[dim]ignored[/]"
-            if finding.ignored
-            else ("[bold red]deny[/]" if finding.severity == "deny" else "[yellow]warn[/]")
-        )
-        package = f"{finding.package} {finding.version}" if finding.package else ""
-        evidence = finding.evidence + (f" · ignored: {finding.ignored}" if finding.ignored else "")
-        table.add_row(
-            mark,
-            escape(package),
-            finding.rule,
-            escape(finding.id if finding.rule == "vulnerability" else finding.message),
-            escape(evidence),
-            escape(finding.fix),
-        )
-    return table
 
 
 def sbom(

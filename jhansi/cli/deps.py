@@ -24,7 +24,8 @@ from jhansi.cli.run import (
 from jhansi.errors import ExitCode
 
 if TYPE_CHECKING:
-    from jhansi.runner import Runner, RunRequest
+    from jhansi.request import RunRequest
+    from jhansi.runner import Runner
 
 Script = Annotated[Path, typer.Argument(help="The script.")]
 
@@ -45,7 +46,8 @@ def _runner_and_request(
 ) -> tuple[Runner, RunRequest]:
     from jhansi.cli._reporter import ConsoleReporter
     from jhansi.config import load_settings
-    from jhansi.runner import Runner, RunRequest
+    from jhansi.request import RunRequest
+    from jhansi.runner import Runner
 
     settings = load_settings(
         start=script.absolute().parent,
@@ -83,7 +85,7 @@ def deps(
     Locks (or reuses the lock) like a run would; exits 7 when an import is unresolved.
     """
     from jhansi.cli._output import print_json, stdout_console
-    from jhansi.cli.run import dependencies_document
+    from jhansi.deps.result import dependencies_document
 
     ctx.ensure_object(CliState).json = json_output
     runner, request = _runner_and_request(
@@ -159,7 +161,7 @@ def lock(
 ) -> None:
     """Create or refresh the script's lock (pylock.<script>.toml) without running it."""
     from jhansi.cli._output import print_json
-    from jhansi.cli.run import dependencies_document
+    from jhansi.deps.result import dependencies_document
 
     ctx.ensure_object(CliState).json = json_output
     runner, request = _runner_and_request(

@@ -18,8 +18,8 @@ app = typer.Typer(
 @app.command()
 def status(json_output: JsonFlag = False) -> None:
     """List this user's helpers and whether they are running; mark this jhansi's own."""
+    from jhansi.cli._helper_admin import list_helpers, own_helper_name
     from jhansi.cli._helper_client import enabled, helper_dir
-    from jhansi.helper import list_helpers, own_helper_name
 
     helpers = list_helpers()
     own = own_helper_name()
@@ -53,7 +53,7 @@ def stop(
     json_output: JsonFlag = False,
 ) -> None:
     """Stop this jhansi's helper (runs already in progress finish)."""
-    from jhansi.helper import list_helpers, own_helper_name, stop_helpers
+    from jhansi.cli._helper_admin import list_helpers, own_helper_name, stop_helpers
 
     stopped = stop_helpers(only=None if all_helpers else own_helper_name())
     asked = {h.name for h in stopped}

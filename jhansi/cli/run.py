@@ -12,24 +12,20 @@ from typing import Annotated
 import typer
 
 from jhansi.cli._execute import (
-    dependencies_document,
     exit_code_of,
     finish,
     parse_env,
     read_prompt,
-    result_document,
     sandbox_flags,
 )
 from jhansi.cli._options import JsonFlag
 from jhansi.cli._state import CliState
 
 __all__ = [
-    "dependencies_document",
     "exit_code_of",
     "finish",
     "parse_env",
     "read_prompt",
-    "result_document",
     "run",
     "sandbox_flags",
 ]

@@ -156,7 +156,8 @@ def shell(
     from jhansi.cli._reporter import ConsoleReporter
     from jhansi.cli.run import finish, sandbox_flags
     from jhansi.config import load_settings
-    from jhansi.runner import Runner, RunRequest
+    from jhansi.request import RunRequest
+    from jhansi.runner import Runner
 
     ctx.ensure_object(CliState)
     settings = load_settings(

@@ -36,9 +36,11 @@ def trust(
     policy data) its exact content must be trusted. Any later change to the file
     makes it untrusted again.
     """
-    from jhansi import trust as store
+    from jhansi import trust_store as store
     from jhansi.cli._output import print_json
     from jhansi.errors import UsageError
+    from jhansi.trust import project_file
+    from jhansi.trust import trust as trust_file
 
     ctx.ensure_object(CliState).json = json_output
     if list_ and (revoke or file is not None):
@@ -53,7 +55,7 @@ def trust(
             for e in entries:
                 typer.echo(f"{e.path}\tblake3:{e.blake3}\t{e.trusted_at}")
         return
-    target = file if file is not None else store.project_file(Path.cwd())
+    target = file if file is not None else project_file(Path.cwd())
     if revoke:
         removed = store.revoke(target)
         if json_output:
@@ -68,7 +70,7 @@ def trust(
         else:
             typer.echo(f"no longer trusted: {removed.path}")
         return
-    done = store.trust(target)
+    done = trust_file(target)
     if json_output:
         print_json(
             {

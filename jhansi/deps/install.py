@@ -51,8 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jhansi.deps.lock import LockResult, canonical_name, jsonable, no_wheel_error, parse_lock
+from jhansi.deps.lock import no_wheel_error
 from jhansi.deps.origin import check_origin
+from jhansi.deps.pylock import LockResult, canonical_name, jsonable, parse_lock
 from jhansi.deps.target import Target
 from jhansi.deps.uv import host_python, run_uv
 from jhansi.errors import DependencyError, ToolError

@@ -48,15 +48,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from jhansi.config import PolicySettings
     from jhansi.deps.plan import DependencyPlan
+    from jhansi.deps.result import Dependencies
     from jhansi.deps.target import Target
-    from jhansi.runner import Dependencies
 
-FORMAT = "jhansi/warm-deps/v2"
+#: v3: the lock's classes are named by their module, jhansi.deps.pylock (v2 entries named
+#: jhansi.deps.lock): an older entry is not looked up, its decision is made again.
+FORMAT = "jhansi/warm-deps/v3"
 DIRECTORY = "warm"
 
 #: The only classes an entry may name: ``module`` -> class names.
 _CLASSES: Mapping[str, frozenset[str]] = {
-    "jhansi.deps.lock": frozenset({"LockResult", "LockedPackage", "LockedWheel"}),
+    "jhansi.deps.pylock": frozenset({"LockResult", "LockedPackage", "LockedWheel"}),
     "jhansi.deps.install": frozenset({"Environment"}),
     "jhansi.supply.policy": frozenset({"SupplyCheck", "PolicyReport", "Finding"}),
     "jhansi.supply.metadata": frozenset({"PackageMetadata"}),
@@ -335,7 +337,7 @@ def _rebuild(
         import blake3
 
         from jhansi.deps.install import is_complete
-        from jhansi.deps.lock import LockResult
+        from jhansi.deps.pylock import LockResult
 
         if not isinstance(lock, LockResult) or environment is None:
             raise CorruptEntry("not a decision")
@@ -349,6 +351,6 @@ def _rebuild(
             return None  # removed (pruned): installed again the slow way
         lock = replace(lock, path=lock_path, content=content, reused=True)
         environment = replace(environment, reused=True)
-    from jhansi.runner import Dependencies
+    from jhansi.deps.result import Dependencies
 
     return Dependencies(plan=plan, target=target, lock=lock, environment=environment, supply=supply)

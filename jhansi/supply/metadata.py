@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from jhansi._cache import write_cache_file
-from jhansi.deps.lock import LockedPackage, canonical_name
+from jhansi.deps.pylock import LockedPackage, canonical_name
 
 if TYPE_CHECKING:
     import requests

@@ -24,7 +24,7 @@ from jhansi.errors import PolicyError
 
 if TYPE_CHECKING:
     from jhansi.config import IgnoreRule, PolicySettings
-    from jhansi.deps.lock import LockResult
+    from jhansi.deps.pylock import LockResult
     from jhansi.report import Reporter
     from jhansi.supply.metadata import PackageMetadata
     from jhansi.supply.vulns.interface import AuditResult, Vulnerability
@@ -120,7 +120,7 @@ class PolicyDenied(PolicyError):
     """The lock breaks the policy: nothing was installed and no sandbox started."""
 
     dependencies: Any = None
-    """The runner's :class:`~jhansi.runner.Dependencies` (planned, locked, checked)."""
+    """The runner's :class:`~jhansi.deps.result.Dependencies` (planned, locked, checked)."""
 
     def __init__(self, report: PolicyReport, where: str) -> None:
         denied = report.denied
@@ -432,7 +432,8 @@ def _online_audit_until(
 
     import blake3
 
-    from jhansi.supply.vulns.interface import AuditResult, Vulnerability, make_source
+    from jhansi.supply.vulns import make_source
+    from jhansi.supply.vulns.interface import AuditResult, Vulnerability
 
     osv_url = settings.osv_url or os.environ.get("PIP_AUDIT_OSV_URL") or ""
     key_text = json.dumps(
@@ -501,7 +502,8 @@ def check_lock(
         report = evaluate(settings=settings, packages=0, audit=None, today=now.date())
         return SupplyCheck(report=report, metadata={}, audit=None)
     from jhansi.supply.metadata import metadata_for
-    from jhansi.supply.vulns.interface import Package, make_source
+    from jhansi.supply.vulns import make_source
+    from jhansi.supply.vulns.interface import Package
 
     reporter.step("policy", f"checking {len(lock.packages)} locked package(s)")
     packages = [Package(p.name, p.version) for p in lock.packages]

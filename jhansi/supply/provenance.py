@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from jhansi._cache import write_cache_file
-from jhansi.deps.lock import LockedPackage, canonical_name
+from jhansi.deps.pylock import LockedPackage, canonical_name
 from jhansi.errors import PolicyError
 
 if TYPE_CHECKING:

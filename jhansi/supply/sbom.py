@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from jhansi.deps.lock import LockResult, canonical_name
+from jhansi.deps.pylock import LockResult, canonical_name
 from jhansi.supply.licenses import license_of
 from jhansi.supply.metadata import PackageMetadata
 from jhansi.supply.sbom_cache import SCRIPT_REF as _SCRIPT_REF
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from cyclonedx.model.bom_ref import BomRef
     from cyclonedx.model.license import License
 
-    from jhansi.runner import Dependencies
+    from jhansi.deps.result import Dependencies
     from jhansi.sandbox.interface import BackendInfo
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")

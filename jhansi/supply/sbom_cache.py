@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from jhansi.runner import Dependencies
+    from jhansi.deps.result import Dependencies
     from jhansi.sandbox.interface import BackendInfo
 
 DIRECTORY = "sbom"

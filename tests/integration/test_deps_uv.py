@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from jhansi.deps.install import MARKER, Environment, install
-from jhansi.deps.lock import LockResult, lock
+from jhansi.deps.lock import lock
+from jhansi.deps.pylock import LockResult
 from jhansi.deps.target import Target
 from jhansi.errors import DependencyError, ToolError
 from jhansi.report import NullReporter

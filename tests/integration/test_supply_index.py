@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from jhansi.deps.lock import LockResult, canonical_name, lock
+from jhansi.deps.lock import lock
+from jhansi.deps.pylock import LockResult, canonical_name
 from jhansi.deps.target import Target
 from jhansi.report import NullReporter
 from jhansi.supply.licenses import LicenseRules, evaluate, license_of

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from jhansi.supply.vulns.interface import AuditResult, Package, make_source
+from jhansi.supply.vulns import make_source
+from jhansi.supply.vulns.interface import AuditResult, Package
 from tests.conftest import absent
 from tests.osv_server import SHARED_ADVISORY_DB, serve_osv
 

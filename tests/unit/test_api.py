@@ -53,12 +53,14 @@ def test_the_cli_app_does_not_load_the_mcp_sdk() -> None:
 
 
 def test_public_names_resolve_lazily_to_the_real_objects() -> None:
+    from jhansi import request, result, runner
     from jhansi.errors import JhansiError
     from jhansi.runner import Runner, RunRequest, RunResult
 
     assert jhansi.run is api.run
-    assert jhansi.RunRequest is RunRequest
-    assert jhansi.RunResult is RunResult
+    assert jhansi.RunRequest is RunRequest is request.RunRequest
+    assert jhansi.RunResult is RunResult is result.RunResult
+    assert runner.RunRequest is RunRequest  # where they were defined before
     assert jhansi.Runner is Runner
     assert jhansi.JhansiError is JhansiError
     assert set(jhansi.__all__) <= set(dir(jhansi))

@@ -2,7 +2,7 @@
 what the lock hook prints).
 
 Documents here have the shapes ``jhansi run --json`` and ``jhansi check --json``
-print (jhansi/cli/run.py ``result_document``, jhansi/cli/_output.py
+print (jhansi/result.py ``result_document``, jhansi/cli/_output.py
 ``report_error``); the integration tests feed the real ones.
 """
 

@@ -571,8 +571,8 @@ def test_what_a_run_with_no_network_tried_is_its_error_in_each_front_end(
 ) -> None:
     """``--json``'s ``error`` in the CLI's words, the MCP tool's in its own; past five
     destinations the rest are counted."""
-    from jhansi.cli._execute import result_document
     from jhansi.mcp_server import run_error
+    from jhansi.result import result_document
 
     backend = KnockingBackend(tuple(f"h{i}.example:443" for i in range(7)))
     result = _runner(backend, tmp_path).run(RunRequest(script=project / "main.py"))

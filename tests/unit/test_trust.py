@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jhansi import trust as store
+from jhansi import trust_store as store
 from jhansi.config import (
     ADDS_ONLY,
     DEFAULT_MASK,
@@ -23,6 +23,7 @@ from jhansi.config import (
 )
 from jhansi.errors import ConfigError, ExitCode
 from jhansi.paths import Paths
+from jhansi.trust import trust
 
 #: The decisions, key by key: a change to a key's class must change this table too.
 CLASSES = {
@@ -205,7 +206,7 @@ def test_masks_only_add(tmp_path: Path, paths: Paths) -> None:
 def test_trusted_content_applies_and_any_change_untrusts(tmp_path: Path, paths: Paths) -> None:
     project = _project(tmp_path, '[network]\nallow = ["example.org"]\n')
     config = project / "jhansi.toml"
-    done = store.trust(config, paths=paths)
+    done = trust(config, paths=paths)
     assert done.needs_trust == ("network.allow",)
     settings = load_settings(start=project, environ={}, paths=paths)
     assert settings.network.allow == ("example.org",)
@@ -223,7 +224,7 @@ def test_trusted_content_applies_and_any_change_untrusts(tmp_path: Path, paths: 
     config.write_text(config.read_text() + "\n")
     with pytest.raises(ConfigError, match="changed since it was trusted"):
         load_settings(start=project, environ={}, paths=paths)
-    store.trust(config, paths=paths)
+    trust(config, paths=paths)
     load_settings(start=project, environ={}, paths=paths)
     assert store.revoke(config, paths=paths) is not None
     assert store.revoke(config, paths=paths) is None
@@ -235,7 +236,7 @@ def test_trust_is_keyed_by_the_path_where_the_file_is_found(tmp_path: Path, path
     """Trusted content copied or linked elsewhere is not trusted there (no borrowed
     trust); relative paths in a trusted file resolve next to its real location."""
     project = _project(tmp_path, '[policy]\nadvisory_db = "osv"\n')
-    store.trust(project / "jhansi.toml", paths=paths)
+    trust(project / "jhansi.toml", paths=paths)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "jhansi.toml").write_bytes((project / "jhansi.toml").read_bytes())
@@ -246,7 +247,7 @@ def test_trust_is_keyed_by_the_path_where_the_file_is_found(tmp_path: Path, path
     (linked / "jhansi.toml").symlink_to(project / "jhansi.toml")
     with pytest.raises(ConfigError, match="not trusted"):
         load_settings(start=linked, environ={}, paths=paths)
-    store.trust(linked / "jhansi.toml", paths=paths)  # trusted there, on purpose
+    trust(linked / "jhansi.toml", paths=paths)  # trusted there, on purpose
     settings = load_settings(start=linked, environ={}, paths=paths)
     assert settings.policy.advisory_db == str(project.resolve() / "osv")
 
@@ -259,7 +260,7 @@ def test_pyproject_tool_table_is_trusted_as_a_whole_file(tmp_path: Path, paths: 
     )
     with pytest.raises(ConfigError, match=r"sandbox\.runtime"):
         load_settings(start=project, environ={}, paths=paths)
-    store.trust(project / "pyproject.toml", paths=paths)
+    trust(project / "pyproject.toml", paths=paths)
     assert load_settings(start=project, environ={}, paths=paths).sandbox.runtime == "runsc"
     (project / "pyproject.toml").write_text(
         (project / "pyproject.toml").read_text().replace('"x"', '"y"')
@@ -271,12 +272,12 @@ def test_pyproject_tool_table_is_trusted_as_a_whole_file(tmp_path: Path, paths: 
 def test_trust_refuses_what_is_not_configuration(tmp_path: Path, paths: Paths) -> None:
     bad = _project(tmp_path, "[sandbox]\nbogus = 1\n")
     with pytest.raises(ConfigError, match="unknown key"):
-        store.trust(bad / "jhansi.toml", paths=paths)
+        trust(bad / "jhansi.toml", paths=paths)
     (bad / "pyproject.toml").write_text('[project]\nname = "x"\n')
     with pytest.raises(ConfigError, match=r"no \[tool\.jhansi\]"):
-        store.trust(bad / "pyproject.toml", paths=paths)
+        trust(bad / "pyproject.toml", paths=paths)
     with pytest.raises(ConfigError, match="not a file"):
-        store.trust(bad / "missing.toml", paths=paths)
+        trust(bad / "missing.toml", paths=paths)
     assert store.entries(paths) == []
 
 

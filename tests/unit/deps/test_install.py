@@ -30,7 +30,7 @@ from jhansi.deps.install import (
     python_satisfies,
     remove_tree,
 )
-from jhansi.deps.lock import LockResult, packages_of, parse_lock
+from jhansi.deps.pylock import LockResult, packages_of, parse_lock
 from jhansi.deps.target import Target
 from jhansi.errors import DependencyError, ExitCode, ToolError
 from jhansi.report import NullReporter

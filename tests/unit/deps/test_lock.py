@@ -17,13 +17,8 @@ import blake3
 import pytest
 
 from jhansi.deps import lock as lock_module
-from jhansi.deps.lock import (
-    LockResult,
-    inputs_digest,
-    lock,
-    normalize_requirement,
-    packages_of,
-)
+from jhansi.deps.lock import inputs_digest, lock, normalize_requirement
+from jhansi.deps.pylock import LockResult, packages_of
 from jhansi.deps.target import Target
 from jhansi.errors import DependencyError, ExitCode, ToolError, UsageError
 from jhansi.report import NullReporter

@@ -21,10 +21,10 @@ import pytest
 from jhansi.config import IgnoreRule, PolicySettings, load_settings
 from jhansi.deps import warm
 from jhansi.deps.install import MARKER, Environment
-from jhansi.deps.lock import LockedPackage, LockedWheel, LockResult
 from jhansi.deps.plan import DependencyPlan, ImportDecision, Requirement
+from jhansi.deps.pylock import LockedPackage, LockedWheel, LockResult
+from jhansi.deps.result import Dependencies
 from jhansi.deps.target import Target
-from jhansi.runner import Dependencies
 from jhansi.supply.metadata import PackageMetadata
 from jhansi.supply.policy import Finding, PolicyReport, SupplyCheck
 from jhansi.supply.vulns.interface import AuditResult

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jhansi.deps.lock import LockedPackage, LockedWheel
+from jhansi.deps.pylock import LockedPackage, LockedWheel
 from jhansi.supply.metadata import (
     PackageMetadata,
     configured_index_url,

@@ -201,7 +201,7 @@ def test_a_verdict_on_volatile_evidence_is_not_reusable(
     import socket
     from datetime import UTC, datetime
 
-    from jhansi.deps.lock import LockedPackage, LockResult
+    from jhansi.deps.pylock import LockedPackage, LockResult
     from jhansi.report import NullReporter
     from jhansi.supply.policy import check_lock
 

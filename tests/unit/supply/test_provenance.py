@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jhansi.deps.lock import LockedPackage, LockedWheel, canonical_name
+from jhansi.deps.pylock import LockedPackage, LockedWheel, canonical_name
 from jhansi.supply.provenance import (
     ProvenanceFinding,
     ProvenanceUnavailable,

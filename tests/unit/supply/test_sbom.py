@@ -21,7 +21,7 @@ from typing import Any
 import blake3
 import pytest
 
-from jhansi.deps.lock import LockedPackage, LockedWheel, LockResult
+from jhansi.deps.pylock import LockedPackage, LockedWheel, LockResult
 from jhansi.supply.metadata import PackageMetadata
 from jhansi.supply.sbom import TargetComponent, build_sbom, purl_of
 from jhansi.supply.sbom_cache import SCRIPT_REF, from_template
@@ -359,8 +359,8 @@ def test_the_serial_is_the_keys_version_4_uuid() -> None:
 
 def _run_deps(*, lock: bool = False, target: str = "3.11.7") -> Any:
     from jhansi.deps.plan import DependencyPlan
+    from jhansi.deps.result import Dependencies
     from jhansi.deps.target import Target
-    from jhansi.runner import Dependencies
     from jhansi.supply.policy import PolicyReport, SupplyCheck
     from jhansi.supply.vulns.interface import AuditResult, Vulnerability
 

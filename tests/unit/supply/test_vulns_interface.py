@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from jhansi.errors import ConfigError
+from jhansi.supply.vulns import make_source
 from jhansi.supply.vulns.interface import (
     AuditResult,
     Vulnerability,
     VulnerabilitySource,
-    make_source,
     merge_aliases,
     one_line,
 )

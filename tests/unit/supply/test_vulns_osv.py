@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from jhansi.errors import ConfigError, ExitCode
-from jhansi.supply.vulns.interface import AuditResult, Package, make_source
+from jhansi.supply.vulns import make_source
+from jhansi.supply.vulns.interface import AuditResult, Package
 from jhansi.supply.vulns.osv import OfflineOsvSource, load_index
 from tests.conftest import absent
 from tests.osv_server import SHARED_ADVISORY_DB
