@@ -2,10 +2,11 @@
 
 import csv
 import statistics
+from pathlib import Path
 
 sales = {"North": [1200, 1340, 1500], "South": [950, 1010], "East": [800, 870]}
 
-with open("summary.csv", "w", newline="") as f:
+with Path("summary.csv").open("w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["region", "total", "mean"])
     for region, values in sales.items():
