@@ -87,7 +87,7 @@ def check_uv() -> Check:
 
 def check_bwrap(settings: Settings) -> Check:
     """bubblewrap: present, and able to create user namespaces here."""
-    from jhansi.sandbox.bwrap import find_bwrap, userns_hint, userns_problem
+    from jhansi.sandbox.bwrap.binary import find_bwrap, userns_hint, userns_problem
 
     try:
         info = find_bwrap(settings.sandbox.bwrap)

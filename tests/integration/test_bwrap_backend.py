@@ -27,7 +27,9 @@ from pathlib import Path
 import pytest
 
 import jhansi.sandbox.entry
-from jhansi.sandbox.bwrap import BwrapBackend, find_bwrap, probe_interpreter
+from jhansi.sandbox.bwrap import BwrapBackend
+from jhansi.sandbox.bwrap.binary import find_bwrap
+from jhansi.sandbox.bwrap.interpreter import probe_interpreter
 from jhansi.sandbox.interface import (
     ENTRY_DIR,
     HOME,
@@ -615,7 +617,8 @@ UNPRIVILEGED = """
 import json, sys
 from pathlib import Path
 import jhansi.sandbox.entry
-from jhansi.sandbox.bwrap import BwrapBackend, find_bwrap
+from jhansi.sandbox.bwrap import BwrapBackend
+from jhansi.sandbox.bwrap.binary import find_bwrap
 from jhansi.sandbox.interface import Limits, Mount, SandboxSpec
 
 class Sink:
@@ -716,28 +719,28 @@ def test_interpreter_probe_is_cached_on_disk(
     host_python: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A second process does not re-run the probe; a changed interpreter is probed again."""
-    import jhansi.sandbox.bwrap as bwrap_module
+    import jhansi.sandbox.bwrap.interpreter as interpreter_module
 
     copy = tmp_path / "python3"
     shutil.copy2(host_python, copy)
     calls: list[str] = []
-    real_ask = bwrap_module._ask
+    real_ask = interpreter_module.ask_interpreter
 
     def counting_ask(path: str, code: str) -> bytes:
         calls.append(path)
         return real_ask(path, code)
 
-    monkeypatch.setattr(bwrap_module, "_ask", counting_ask)
+    monkeypatch.setattr(interpreter_module, "ask_interpreter", counting_ask)
     cache_dir = tmp_path / "cache"
-    first = bwrap_module._probe(str(copy), cache_dir)
+    first = interpreter_module._probe(str(copy), cache_dir)
     assert len(calls) == 1
     assert (cache_dir / "interpreters.json").is_file()
-    assert bwrap_module._probe(str(copy), cache_dir) == first
+    assert interpreter_module._probe(str(copy), cache_dir) == first
     assert len(calls) == 1  # answered from the disk cache
     os.utime(copy, ns=(0, 0))  # a "new" interpreter at the same path
-    bwrap_module._probe(str(copy), cache_dir)
+    interpreter_module._probe(str(copy), cache_dir)
     assert len(calls) == 2
-    bwrap_module._probe(str(copy), None)  # no cache: always asks
+    interpreter_module._probe(str(copy), None)  # no cache: always asks
     assert len(calls) == 3
 
 

@@ -34,7 +34,8 @@ from jhansi.egress.sandboxside import (
     make_egress_dir,
 )
 from jhansi.errors import SandboxError
-from jhansi.sandbox.bwrap import BwrapBackend, find_bwrap
+from jhansi.sandbox.bwrap import BwrapBackend
+from jhansi.sandbox.bwrap.binary import find_bwrap
 from jhansi.sandbox.docker import DockerBackend, gvisor_connects_host_sockets
 from jhansi.sandbox.engines import connect, describe
 from jhansi.sandbox.interface import (

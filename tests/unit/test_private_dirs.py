@@ -10,7 +10,8 @@ import pytest
 
 from jhansi.errors import SandboxError
 from jhansi.paths import check_private_dir, ensure_private_dir
-from jhansi.sandbox.bwrap import build_options, sandbox_host_user
+from jhansi.sandbox.bwrap.options import build_options
+from jhansi.sandbox.bwrap.user import sandbox_host_user
 from jhansi.sandbox.interface import ROOT_SANDBOX_HOST_UID
 from jhansi.sandbox.sources import check_own, open_source
 

@@ -14,21 +14,21 @@ import pytest
 
 from jhansi.errors import SandboxError
 from jhansi.sandbox import limits as limits_module
-from jhansi.sandbox.bwrap import (
-    _ABIS,
-    DENIED_SYSCALLS,
-    MODE_CHECKED_SYSCALLS,
-    BwrapFeatures,
-    HostRoot,
-    Interpreter,
-    _Run,
+from jhansi.sandbox.bwrap.backend import _Run
+from jhansi.sandbox.bwrap.binary import BwrapFeatures, parse_features
+from jhansi.sandbox.bwrap.interpreter import Interpreter
+from jhansi.sandbox.bwrap.options import (
     build_command,
     build_options,
     check_spec,
     group_file,
-    host_root,
-    parse_features,
     passwd_file,
+)
+from jhansi.sandbox.bwrap.root import HostRoot, host_root
+from jhansi.sandbox.bwrap.seccomp import (
+    _ABIS,
+    DENIED_SYSCALLS,
+    MODE_CHECKED_SYSCALLS,
     seccomp_filter,
 )
 from jhansi.sandbox.interface import (
@@ -552,28 +552,28 @@ def _fake_bwrap(directory: Path, version: str, *, size: bool = True) -> tuple[Pa
 
 
 def test_bwrap_version_and_features_are_asked_once_per_binary(tmp_path: Path) -> None:
-    from jhansi.sandbox.bwrap import FACTS_STORE, _facts, find_bwrap
+    from jhansi.sandbox.bwrap.binary import FACTS_STORE, bwrap_facts, find_bwrap
 
     path, calls = _fake_bwrap(tmp_path, "0.8.0")
     cache = tmp_path / "cache"
-    assert _facts(path, cache) == ("0.8.0", BwrapFeatures(True, True, True))
+    assert bwrap_facts(path, cache) == ("0.8.0", BwrapFeatures(True, True, True))
     assert calls.read_text().split() == ["--help", "--version"]
     assert find_bwrap(str(path), cache_dir=cache).version == "0.8.0"
-    assert _facts(path, cache) == ("0.8.0", BwrapFeatures(True, True, True))
+    assert bwrap_facts(path, cache) == ("0.8.0", BwrapFeatures(True, True, True))
     assert calls.read_text().split() == ["--help", "--version"]  # not asked again
     # Another binary at the same path (an upgrade) is asked again.
     _fake_bwrap(tmp_path, "0.11.0", size=False)
     os.utime(path, ns=(1, 1))
-    assert _facts(path, cache) == ("0.11.0", BwrapFeatures(False, True, False))
+    assert bwrap_facts(path, cache) == ("0.11.0", BwrapFeatures(False, True, False))
     assert len(calls.read_text().split()) == 4
     # A damaged entry is not trusted: the binary is asked.
     store = cache / FACTS_STORE
     entry = json.loads(store.read_text())
     store.write_text(json.dumps({k: {"version": 7} for k in entry}))
-    assert _facts(path, cache) == ("0.11.0", BwrapFeatures(False, True, False))
+    assert bwrap_facts(path, cache) == ("0.11.0", BwrapFeatures(False, True, False))
     assert len(calls.read_text().split()) == 6
     store.write_text("{not json")
-    assert _facts(path, cache) == ("0.11.0", BwrapFeatures(False, True, False))
+    assert bwrap_facts(path, cache) == ("0.11.0", BwrapFeatures(False, True, False))
 
 
 def test_the_host_root_is_kept_while_its_directories_are_unchanged(
@@ -581,20 +581,21 @@ def test_the_host_root_is_kept_while_its_directories_are_unchanged(
 ) -> None:
     """Kept on disk per interpreter; a changed directory it looked into, or a damaged
     entry, makes it worked out again (the real host's directories, the real probe)."""
-    from jhansi.sandbox import bwrap as bwrap_module
+    from jhansi.sandbox.bwrap import root as root_module
+    from jhansi.sandbox.bwrap.interpreter import default_python, probe_interpreter
 
-    interpreter = bwrap_module.probe_interpreter(bwrap_module.default_python(), tmp_path)
+    interpreter = probe_interpreter(default_python(), tmp_path)
     cache = tmp_path / "cache"
-    fresh = bwrap_module.host_root(interpreter)
+    fresh = root_module.host_root(interpreter)
     computed: list[int] = []
-    real = bwrap_module.host_root
+    real = root_module.host_root
 
     def counting(*args: Any, **kwargs: Any) -> HostRoot:
         computed.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bwrap_module, "host_root", counting)
-    keep = bwrap_module._cached_host_root.__wrapped__  # past the per-process cache
+    monkeypatch.setattr(root_module, "host_root", counting)
+    keep = root_module.cached_host_root.__wrapped__  # past the per-process cache
     assert keep(interpreter, cache) == fresh
     assert keep(interpreter, cache) == fresh
     assert len(computed) == 1
@@ -611,7 +612,7 @@ def test_the_host_root_is_kept_while_its_directories_are_unchanged(
     assert keep(interpreter, cache) == fresh
     assert len(computed) == 3
     # A root kept by a version whose rules bound less (before /etc/fonts) is not used.
-    monkeypatch.setattr(bwrap_module, "_HOST_ROOT_RULES", bwrap_module._HOST_ROOT_RULES + 1)
+    monkeypatch.setattr(root_module, "_HOST_ROOT_RULES", root_module._HOST_ROOT_RULES + 1)
     assert keep(interpreter, cache) == fresh
     assert len(computed) == 4
     assert len(list((cache / "host-roots").iterdir())) == 2
@@ -625,7 +626,7 @@ def test_a_checkouts_version_file_does_not_choose_the_host_interpreter(
     # checkout's version file must not be what jhansi probes and binds.
     import sys
 
-    from jhansi.sandbox.bwrap import resolve_python
+    from jhansi.sandbox.bwrap.interpreter import resolve_python
 
     real = os.path.realpath(sys.executable)
     decoy = tmp_path / "decoy-python"
