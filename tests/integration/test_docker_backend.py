@@ -29,13 +29,13 @@ import pytest
 
 import jhansi.sandbox.entry
 from jhansi.errors import SandboxError
-from jhansi.sandbox.docker import (
+from jhansi.sandbox.docker import DockerBackend
+from jhansi.sandbox.docker.identity import sandbox_identity
+from jhansi.sandbox.docker.labels import (
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
     LABEL_OWNER_START,
-    DockerBackend,
     owner_labels,
-    sandbox_identity,
 )
 from jhansi.sandbox.engines import EngineClient, EngineInfo, connect, describe
 from jhansi.sandbox.interface import (

@@ -36,7 +36,8 @@ from jhansi.egress.sandboxside import (
 from jhansi.errors import SandboxError
 from jhansi.sandbox.bwrap import BwrapBackend
 from jhansi.sandbox.bwrap.binary import find_bwrap
-from jhansi.sandbox.docker import DockerBackend, gvisor_connects_host_sockets
+from jhansi.sandbox.docker import DockerBackend
+from jhansi.sandbox.docker.container import gvisor_connects_host_sockets
 from jhansi.sandbox.engines import connect, describe
 from jhansi.sandbox.interface import (
     ENTRY_DIR,

@@ -130,7 +130,7 @@ def test_where_the_sandbox_cannot_reach_the_proxy_the_run_says_it_was_not_record
     """gVisor registered without --host-uds=open (as here) cannot connect to a host
     socket: the run goes on with no network, as before, and says it could not see."""
     require_backend(request, "gvisor")
-    from jhansi.sandbox.docker import gvisor_connects_host_sockets
+    from jhansi.sandbox.docker.container import gvisor_connects_host_sockets
 
     registered = request.getfixturevalue("gvisor_engine").client.info()["Runtimes"][RUNSC]
     if gvisor_connects_host_sockets(registered.get("runtimeArgs") or ()):

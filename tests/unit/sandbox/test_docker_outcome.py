@@ -14,13 +14,15 @@ from pathlib import Path
 import pytest
 
 import jhansi.sandbox.entry
-from jhansi.sandbox.docker import (
+from jhansi.sandbox.docker.container import (
     GVISOR_PIDS_BASE,
     GVISOR_PIDS_PER_TASK,
+    host_pids_limit,
+)
+from jhansi.sandbox.docker.outcome import (
     RUNTIME_ENDED,
     EndMarkerFilter,
     ScriptEnd,
-    host_pids_limit,
     interpret_exit,
     with_end_marker,
 )

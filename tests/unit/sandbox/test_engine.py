@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from jhansi.errors import SandboxError
-from jhansi.sandbox.docker import (
+from jhansi.sandbox.docker.container import (
     GVISOR_PIDS_BASE,
     GVISOR_PIDS_PER_TASK,
     container_config,
     engine_mounts,
-    sandbox_identity,
 )
+from jhansi.sandbox.docker.identity import sandbox_identity
 from jhansi.sandbox.engines import (
     START_HINT,
     EngineInfo,
