@@ -73,6 +73,7 @@ PRELOAD = (
     "jhansi.sandbox.changes",
     "jhansi.sandbox.interface",
     "jhansi.sandbox.limits",
+    "jhansi.sandbox.overlay",
     "jhansi.sandbox.probe",
     "jhansi.sandbox.workspace",
     "jhansi.supply.policy",
