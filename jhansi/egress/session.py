@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     import socket
 
     from jhansi.config import Settings
+    from jhansi.egress.events import EgressEvent
     from jhansi.egress.hostpolicy import EgressPolicy
-    from jhansi.egress.proxy import EgressEvent, EgressProxy
+    from jhansi.egress.proxy import EgressProxy
     from jhansi.egress.sandboxside import EgressMounts
     from jhansi.egress.scrub import Scrubber
     from jhansi.paths import Paths

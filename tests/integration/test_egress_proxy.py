@@ -24,8 +24,9 @@ from urllib.parse import quote
 import blake3
 import pytest
 
+from jhansi.egress.events import EgressEvent
 from jhansi.egress.hostpolicy import EgressPolicy, HostPort, SecretBinding
-from jhansi.egress.proxy import EgressEvent, EgressProxy
+from jhansi.egress.proxy import EgressProxy
 from tests.tls_server import TLSServer
 
 API = "api.test.example"
@@ -875,11 +876,11 @@ def test_with_no_host_allowed_the_upstream_is_never_opened_whoever_asks(
     allows nothing, the one method that resolves and connects refuses by itself."""
     import asyncio
 
-    from jhansi.egress.proxy import _Refused
+    from jhansi.egress.events import Refused
 
     proxy = EgressProxy(EgressPolicy(), resolver=dns)
     seen = len(server.seen)
-    with pytest.raises(_Refused, match=r"^no network: "):
+    with pytest.raises(Refused, match=r"^no network: "):
         asyncio.run(proxy._open_upstream(HostPort(host, server.port)))
     assert dns.calls == []
     assert len(server.seen) == seen
