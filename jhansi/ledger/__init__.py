@@ -4,7 +4,8 @@
 - :mod:`~jhansi.ledger.store` — appending (locking, fsync, torn writes, preflight)
 - :mod:`~jhansi.ledger.blobs` — the content-addressed blob store
 - :mod:`~jhansi.ledger.checkpoint` — signed checkpoints and the head (why truncation shows)
-- :mod:`~jhansi.ledger.verify` — ``jhansi ledger verify``
+- :mod:`~jhansi.ledger.verify` — ``jhansi ledger verify`` (stage one in
+  :mod:`~jhansi.ledger.scan`; what it reports in :mod:`~jhansi.ledger.findings`)
 - :mod:`~jhansi.ledger.read` — runs for ``log`` and ``show``; ``export``
 - :mod:`~jhansi.ledger.identity` — who ran it (user, host, CI claims)
 

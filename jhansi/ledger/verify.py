@@ -23,46 +23,35 @@ warnings do not. Error kinds: ``not-utf8``, ``not-json``, ``not-canonical``,
 covers, followed by signed ones), ``symlink``. Warning kinds: ``recovered``,
 ``torn-tail``, ``crashed-run``, ``unsigned-tail``, ``key-unpinned``.
 
+Problems are collected and reported as :mod:`jhansi.ledger.findings` describes.
+
 Speed matters (a ledger grows by three records a run). Verification runs in
-two stages. Stage one, in worker processes for large ledgers, takes the file
-in chunks of whole lines: :func:`summarize_chunk` checks each line on its own
-(canonical form, schema, hash, checkpoint signature: only the body goes
-through the C JSON decoder and encoder, see
-:func:`jhansi.ledger.record.split_record`) and, for a chunk that simply
-continues itself (contiguous seqs, chained hashes, runs that pair up), also
-what relates its lines to each other, returning a :class:`ChunkSummary`.
-Stage two, in order, joins each summary to what came before; a chunk with
-anything unusual in it (any finding at all, a recovery, a run that pairs with
-one outside it in a way a summary cannot tell) is walked record by record from
-:func:`scan_chunk`'s per-line results instead, the reference the tests compare
-summaries with. ``bench/ledger.py`` measures it.
+two stages. Stage one (:mod:`jhansi.ledger.scan`), in worker processes for large
+ledgers, checks each chunk of whole lines on its own and sums up the usual chunk
+in a :class:`~jhansi.ledger.scan.ChunkSummary`. Stage two, here, in order, joins
+each summary to what came before; a chunk with anything unusual in it (any
+finding at all, a recovery, a run that pairs with one outside it in a way a
+summary cannot tell) is walked record by record from
+:func:`~jhansi.ledger.scan.scan_chunk`'s per-line results instead.
+``bench/ledger.py`` measures it.
 """
 
 from __future__ import annotations
 
 import gc
-import os
-import sys
 import time
-from collections import deque
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any
 
 import blake3
 
 from jhansi.errors import LedgerError
-from jhansi.ledger.checkpoint import (
-    Ranges,
-    SignedHead,
-    check_checkpoint,
-    checkpoint_ranges,
-    merge_ranges,
-)
+from jhansi.ledger.checkpoint import Ranges, SignedHead, merge_ranges
+from jhansi.ledger.findings import Findings, Problem, VerifyReport
 from jhansi.ledger.record import (
-    BLOB_REF,
     CHECKPOINT,
     EXEC_END,
     EXEC_KINDS,
@@ -70,112 +59,9 @@ from jhansi.ledger.record import (
     GENESIS,
     RECOVERY,
     ZERO_HASH,
-    RecordError,
-    parse_object,
-    split_record,
 )
+from jhansi.ledger.scan import ChunkReader, ChunkSummary, auto_workers, scan_chunk, stage_one
 from jhansi.ledger.store import TORN_MARKER, LedgerLayout
-
-MAX_PROBLEMS = 100
-_CHUNK = 1 << 22
-_PARALLEL_MIN_BYTES = 16 << 20
-_MAX_WORKERS = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One finding: what (``kind``), why, and where."""
-
-    kind: str
-    message: str
-    line: int | None = None
-    seq: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """For ``--json``."""
-        return {"kind": self.kind, "message": self.message, "line": self.line, "seq": self.seq}
-
-    def describe(self) -> str:
-        """One line for a person."""
-        where = []
-        if self.line is not None:
-            where.append(f"line {self.line}")
-        if self.seq is not None:
-            where.append(f"seq {self.seq}")
-        prefix = f"{', '.join(where)}: " if where else ""
-        return f"{prefix}{self.kind}: {self.message}"
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyReport:
-    """The outcome of one verification."""
-
-    path: str
-    ledger_id: str | None
-    lines: int
-    records: int
-    last_seq: int | None
-    last_hash: str | None
-    checkpoints: int
-    last_checkpoint_seq: int | None
-    unsigned_records: int
-    unsigned_ranges: Ranges
-    head: dict[str, Any] | None
-    anchors: tuple[str, ...]
-    runs: int
-    denied: int
-    crashed_runs: tuple[str, ...]
-    recoveries: int
-    blobs_checked: int
-    keys: tuple[str, ...]
-    pinned_keys: bool
-    errors: tuple[Problem, ...]
-    warnings: tuple[Problem, ...]
-    seconds: float
-    truncated_report: bool = False
-    """More problems were found than are listed."""
-
-    @property
-    def ok(self) -> bool:
-        """The ledger verifies (warnings allowed)."""
-        return not self.errors
-
-    @property
-    def first_error(self) -> Problem | None:
-        """The first failure, in file order as far as possible."""
-        return self.errors[0] if self.errors else None
-
-    def as_dict(self) -> dict[str, Any]:
-        """For ``--json`` (without ``status``, which the CLI adds)."""
-        return {
-            "valid": self.ok,
-            "path": self.path,
-            "ledger_id": self.ledger_id,
-            "first_error": self.first_error.as_dict() if self.first_error else None,
-            "errors": [p.as_dict() for p in self.errors],
-            "warnings": [p.as_dict() for p in self.warnings],
-            "summary": {
-                "lines": self.lines,
-                "records": self.records,
-                "last_seq": self.last_seq,
-                "last_hash": self.last_hash,
-                "checkpoints": self.checkpoints,
-                "last_checkpoint_seq": self.last_checkpoint_seq,
-                "unsigned_records": self.unsigned_records,
-                "unsigned_ranges": [list(r) for r in self.unsigned_ranges],
-                "head": self.head,
-                "anchors": list(self.anchors),
-                "runs": self.runs,
-                "denied": self.denied,
-                "crashed_runs": list(self.crashed_runs),
-                "recoveries": self.recoveries,
-                "blobs_checked": self.blobs_checked,
-                "keys": list(self.keys),
-                "pinned_keys": self.pinned_keys,
-                "more_problems_not_listed": self.truncated_report,
-                "seconds": round(self.seconds, 3),
-            },
-        }
 
 
 @dataclass(slots=True)
@@ -186,29 +72,6 @@ class _Target:
     hash: str
     label: str
     found: bool = False
-
-
-@dataclass(slots=True)
-class _Findings:
-    errors: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
-    dropped: bool = False
-
-    def error(
-        self, kind: str, message: str, line: int | None = None, seq: int | None = None
-    ) -> None:
-        if len(self.errors) < MAX_PROBLEMS:
-            self.errors.append(Problem(kind, message, line, seq))
-        else:
-            self.dropped = True
-
-    def warn(
-        self, kind: str, message: str, line: int | None = None, seq: int | None = None
-    ) -> None:
-        if len(self.warnings) < MAX_PROBLEMS:
-            self.warnings.append(Problem(kind, message, line, seq))
-        else:
-            self.dropped = True
 
 
 @contextmanager
@@ -240,7 +103,7 @@ def parse_anchor(text: str) -> tuple[int, str]:
     return int(seq_text), digest
 
 
-def _read_head(path: Path, findings: _Findings) -> SignedHead | None:
+def _read_head(path: Path, findings: Findings) -> SignedHead | None:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -272,266 +135,6 @@ def _covers(body: dict[str, Any], start: int, garbage: bytes) -> bool:
     else:
         return False
     return blake3.blake3(covered).hexdigest() == digest
-
-
-def scan_chunk(chunk: bytes) -> list[tuple[Any, ...]]:
-    """Stage one of verification: check each line of ``chunk`` on its own.
-
-    ``chunk`` is whole lines, each ending with a newline. Everything that needs
-    no other line happens here (canonical form, schema, hash, signature), so
-    that it can run in parallel; the result per line is a small tuple that
-    stage two (:func:`verify_ledger`) checks in order:
-
-    - a record: ``(length, seq, kind, ledger_id, prev, hash, extra, blob_refs,
-      signature_problem)`` where ``extra`` is the ``run_id`` of ``exec.*``, the
-      key of a checkpoint, the body of a recovery;
-    - anything else: ``(length, None, problem_kind, message, claimed_seq,
-      claimed_hash, claimed_ledger_id, raw line if it may be a torn write)``.
-    """
-    parse = parse_object
-    marker = b'"blob":"'
-    find_blobs = BLOB_REF.findall
-    exec_kinds = EXEC_KINDS
-    out: list[tuple[Any, ...]] = []
-    append = out.append
-    lines = chunk.split(b"\n")
-    lines.pop()  # what follows the last newline: nothing
-    for raw in lines:
-        try:
-            obj = parse(raw)
-        except RecordError as exc:
-            if exc.kind == "not-json" or exc.kind == "not-utf8":
-                append((len(raw), None, exc.kind, str(exc), None, None, None, raw))
-                continue
-            claimed = exc.obj or {}
-            append(
-                (
-                    len(raw),
-                    None,
-                    exc.kind,
-                    str(exc),
-                    claimed.get("seq"),
-                    claimed.get("hash"),
-                    claimed.get("ledger_id"),
-                    None,
-                )
-            )
-            continue
-        kind = obj["kind"]
-        extra: Any = None
-        problem = None
-        if kind in exec_kinds:
-            extra = obj["body"].get("run_id")
-        elif kind == CHECKPOINT:
-            body = obj["body"]
-            problem = check_checkpoint(obj["ledger_id"], obj["seq"], obj["prev"], body)
-            extra = (body.get("key"), None if problem else checkpoint_ranges(obj["seq"], body))
-        elif kind == RECOVERY:
-            extra = obj["body"]
-        append(
-            (
-                len(raw),
-                obj["seq"],
-                kind,
-                obj["ledger_id"],
-                obj["prev"],
-                obj["hash"],
-                extra,
-                find_blobs(raw) if marker in raw else None,
-                problem,
-            )
-        )
-    return out
-
-
-@dataclass(slots=True)
-class _Reader:
-    """Whole-line chunks of a file, and the unterminated last line left over."""
-
-    handle: BinaryIO
-    tail: bytes = b""
-
-    def chunks(self) -> Iterator[bytes]:
-        while chunk := self.handle.read(_CHUNK):
-            if self.tail:
-                chunk = self.tail + chunk
-            cut = chunk.rfind(b"\n") + 1
-            self.tail = chunk[cut:]
-            if cut:
-                yield chunk[:cut]
-
-
-class ChunkSummary(NamedTuple):
-    """Stage one's result for a chunk of records that relate to each other as they should.
-
-    Every line is a valid record (:func:`jhansi.ledger.record.split_record`) of one
-    ledger, seqs are contiguous and each ``prev`` is the hash before it; no
-    recovery, no second genesis, every checkpoint signature verifies, and runs
-    pair up inside the chunk or name a run started before it. What remains for
-    stage two is only what relates the chunk to the rest: how it joins the
-    record before it, which runs it ends or leaves open, which keys signed what,
-    the head and anchors it holds, the blobs it names. So the per-record walk of
-    stage two (and pickling one tuple per record between processes) is skipped
-    for the usual chunk; a chunk stage two cannot join as a whole is checked
-    again line by line (:func:`scan_chunk`), so every finding stays the same.
-    """
-
-    lines: int
-    genesis: bool
-    """The chunk starts with a genesis record (only the chunk at offset 0 may)."""
-    ledger_id: str
-    first_seq: int
-    first_prev: str
-    last_hash: str
-    started: frozenset[str]
-    """The run ids of every ``exec.start`` in the chunk."""
-    open_starts: tuple[tuple[str, int, int], ...]
-    """``(run_id, index, seq)`` of the starts the chunk does not end, in order."""
-    ended: tuple[str, ...]
-    """The run ids of the ``exec.end`` records whose start precedes the chunk."""
-    runs: int
-    denied: int
-    events: tuple[tuple[Any, ...], ...]
-    """In order: ``(index, seq, hash)`` of a record at a head or anchor seq;
-    ``(index, seq, key, ranges)`` of a checkpoint (its signature verified)."""
-    refs: frozenset[bytes]
-
-
-def summarize_chunk(
-    chunk: bytes, first: bool = False, targets: Collection[int] = ()
-) -> ChunkSummary | list[tuple[Any, ...]]:
-    """Stage one of verification for ``chunk`` (whole lines): a :class:`ChunkSummary`
-    when it holds nothing unusual, else :func:`scan_chunk`'s per-line results.
-
-    ``first``: the chunk starts the file. ``targets``: the seqs of the signed
-    head and the anchors (stage two checks their hashes).
-    """
-    summary = _summarize(chunk, first, targets)
-    return scan_chunk(chunk) if summary is None else summary
-
-
-def _summarize(chunk: bytes, first: bool, targets: Collection[int]) -> ChunkSummary | None:
-    """The :class:`ChunkSummary` of ``chunk``; ``None`` at the first thing out of the ordinary."""
-    split = split_record
-    marker = b'"blob":"'
-    find_blobs = BLOB_REF.findall
-    exec_kinds = EXEC_KINDS
-    lines = chunk.split(b"\n")
-    lines.pop()  # what follows the last newline: nothing
-    open_runs: dict[str, tuple[int, int]] = {}
-    started: set[str] = set()
-    seen: set[str] = set()  # run ids started or ended in the chunk
-    ended: list[str] = []
-    events: list[tuple[Any, ...]] = []
-    refs: set[bytes] = set()
-    runs = denied = 0
-    genesis = False
-    first_seq, first_prev, ledger_id = -1, "", ""
-    expected, last = -1, ""
-    for index, raw in enumerate(lines):
-        fields = split(raw)
-        if fields is None:
-            return None
-        seq, kind, record_id, prev, digest, _, body = fields
-        if seq != expected or prev != last or record_id != ledger_id:
-            if index:
-                return None
-            first_seq, first_prev, ledger_id = seq, prev, record_id
-        expected = seq + 1
-        last = digest
-        if seq in targets:
-            events.append((index, seq, digest))
-        if kind in exec_kinds:
-            run_id = body.get("run_id")
-            if type(run_id) is not str or not run_id:
-                return None
-            if kind == EXEC_START:
-                if run_id in seen:
-                    return None
-                seen.add(run_id)
-                started.add(run_id)
-                open_runs[run_id] = (index, seq)
-                runs += 1
-            elif kind == EXEC_END:
-                if open_runs.pop(run_id, None) is None:
-                    if run_id in seen:
-                        return None
-                    seen.add(run_id)
-                    ended.append(run_id)
-            else:
-                denied += 1
-        elif kind == CHECKPOINT:
-            if check_checkpoint(record_id, seq, prev, body) is not None:
-                return None
-            events.append((index, seq, body["key"], checkpoint_ranges(seq, body)))
-        elif kind == GENESIS:
-            if not (first and index == 0 and seq == 0 and prev == ZERO_HASH):
-                return None
-            genesis = True
-        elif kind == RECOVERY:
-            return None
-        if marker in raw:
-            refs.update(find_blobs(raw))
-    if not lines or (first and not genesis):
-        return None
-    return ChunkSummary(
-        lines=len(lines),
-        genesis=genesis,
-        ledger_id=ledger_id,
-        first_seq=first_seq,
-        first_prev=first_prev,
-        last_hash=last,
-        started=frozenset(started),
-        open_starts=tuple((run_id, i, seq) for run_id, (i, seq) in open_runs.items()),
-        ended=tuple(ended),
-        runs=runs,
-        denied=denied,
-        events=tuple(events),
-        refs=frozenset(refs),
-    )
-
-
-_StageOne = ChunkSummary | list[tuple[Any, ...]]
-
-
-def _stage_one(
-    chunks: Iterator[bytes], workers: int, targets: Collection[int]
-) -> Iterator[tuple[bytes, _StageOne]]:
-    """``(chunk, summarize_chunk(chunk))`` over ``chunks``, in order; in ``workers``
-    processes when > 1 (a summary pickles to little: the runs and keys, not the records)."""
-    targets = frozenset(targets)
-    if workers <= 1:
-        first = True
-        for chunk in chunks:
-            yield chunk, summarize_chunk(chunk, first, targets)
-            first = False
-        return
-    import multiprocessing
-    from concurrent.futures import Future, ProcessPoolExecutor
-
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending: deque[tuple[bytes, Future[_StageOne]]] = deque()
-        first = True
-        for chunk in chunks:
-            pending.append((chunk, pool.submit(summarize_chunk, chunk, first, targets)))
-            first = False
-            if len(pending) > 2 * workers:  # bounded read-ahead: memory stays flat
-                chunk, future = pending.popleft()
-                yield chunk, future.result()
-        while pending:
-            chunk, future = pending.popleft()
-            yield chunk, future.result()
-
-
-def _auto_workers(size: int) -> int:
-    if size < _PARALLEL_MIN_BYTES or not sys.platform.startswith("linux"):
-        return 1
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, _MAX_WORKERS))
 
 
 def unsigned_ranges(signed: Ranges, last_seq: int) -> Ranges:
@@ -613,7 +216,7 @@ def _verify(
             hint="Check the path (--ledger DIR, JHANSI_LEDGER, [ledger] path); "
             "a ledger is created by the first `jhansi run`.",
         )
-    findings = _Findings()
+    findings = Findings()
     error, warn = findings.error, findings.warn
     for linked in (path, layout.head_file):
         if linked.is_symlink():
@@ -910,10 +513,10 @@ def _verify(
             f"cannot read {path}: {exc.strerror or exc}", hint="Check its permissions."
         ) from None
     if workers is None:
-        workers = _auto_workers(path.stat().st_size)
-    reader = _Reader(handle)
+        workers = auto_workers(path.stat().st_size)
+    reader = ChunkReader(handle)
     with handle, _gc_paused():
-        for chunk, result in _stage_one(reader.chunks(), workers, targets):
+        for chunk, result in stage_one(reader.chunks(), workers, targets):
             if isinstance(result, list):
                 walk(result)
             elif not join(result, len(chunk)):
@@ -1056,3 +659,7 @@ def _verify(
         seconds=time.perf_counter() - started,
         truncated_report=findings.dropped,
     )
+
+
+# VerifyReport is what verify_ledger returns: importable from here with it.
+__all__ = ["VerifyReport", "parse_anchor", "unsigned_ranges", "verify_ledger"]

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jhansi.ledger.findings import VerifyReport
 from jhansi.ledger.record import canonical, make_record, parse_line, record_hash
 from jhansi.ledger.store import Ledger
-from jhansi.ledger.verify import VerifyReport, parse_anchor, verify_ledger
+from jhansi.ledger.verify import parse_anchor, verify_ledger
 from jhansi.paths import Paths
 from tests.unit.ledger.conftest import lines, record_run, write_lines
 
@@ -422,9 +423,9 @@ def _comparable(report: VerifyReport) -> dict[str, object]:
 def _both_ways(directory: Path, chunk: int, **kwargs: Any) -> tuple[dict, dict]:
     """The report as verify makes it, and with every chunk walked record by record (stage
     one's summaries turned off), both reading ``chunk`` bytes at a time."""
-    with mock.patch("jhansi.ledger.verify._CHUNK", chunk):
+    with mock.patch("jhansi.ledger.scan._CHUNK", chunk):
         summarised = _comparable(verify_ledger(directory, workers=1, **kwargs))
-        with mock.patch("jhansi.ledger.verify._summarize", return_value=None):
+        with mock.patch("jhansi.ledger.scan._summarize", return_value=None):
             walked = _comparable(verify_ledger(directory, workers=1, **kwargs))
     return summarised, walked
 
@@ -465,8 +466,10 @@ def test_summaries_and_the_walk_agree_on_an_untouched_ledger(chunk: int, tmp_pat
     ledger, head, key = _spanning_ledger()
     (tmp_path / "ledger.jsonl").write_bytes(ledger)
     (tmp_path / "head.json").write_bytes(head)
-    walking = mock.patch("jhansi.ledger.verify.scan_chunk", side_effect=AssertionError("walked"))
-    with walking, mock.patch("jhansi.ledger.verify._CHUNK", chunk):
+    walked = AssertionError("walked")
+    walking = mock.patch("jhansi.ledger.verify.scan_chunk", side_effect=walked)
+    scanning = mock.patch("jhansi.ledger.scan.scan_chunk", side_effect=walked)
+    with walking, scanning, mock.patch("jhansi.ledger.scan._CHUNK", chunk):
         # Nothing unusual: every chunk is summarised and joined, none walked.
         verify_ledger(tmp_path, workers=1, trusted_keys={key}, check_blobs=False)
     summarised, walked = _both_ways(tmp_path, chunk, trusted_keys={key}, check_blobs=False)
@@ -568,7 +571,7 @@ def test_parallel_summaries_agree_with_one_process(tmp_path: Path) -> None:
     content[9] = content[9].replace(b'"exit_code":0', b'"exit_code":2')
     (tmp_path / "ledger.jsonl").write_bytes(b"".join(content))
     (tmp_path / "head.json").write_bytes(head)
-    with mock.patch("jhansi.ledger.verify._CHUNK", 600):
+    with mock.patch("jhansi.ledger.scan._CHUNK", 600):
         parallel = _comparable(verify_ledger(tmp_path, workers=2, trusted_keys={key}))
         single = _comparable(verify_ledger(tmp_path, workers=1, trusted_keys={key}))
     assert parallel == single
