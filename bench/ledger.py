@@ -38,6 +38,7 @@ from jhansi.ledger.checkpoint import (
     record_mac,
     sign_head,
 )
+from jhansi.ledger.layout import HEAD_FILE, LEDGER_FILE, LedgerLayout
 from jhansi.ledger.record import (
     CHECKPOINT,
     GENESIS,
@@ -48,7 +49,7 @@ from jhansi.ledger.record import (
     make_record,
     record_hash,
 )
-from jhansi.ledger.store import CHECKPOINT_INTERVAL, HEAD_FILE, LEDGER_FILE, Ledger, LedgerLayout
+from jhansi.ledger.store import CHECKPOINT_INTERVAL, Ledger
 
 
 def _line(ledger_id: str, seq: int, prev: str, kind: str, body: dict[str, object]) -> bytes:

@@ -411,8 +411,8 @@ class AgentTools:
     def verify_ledger(self) -> LedgerVerification:
         """Verify the whole ledger with this machine's signing key, as ``jhansi ledger verify``."""
         from jhansi.ledger.checkpoint import key_path, read_public_key
+        from jhansi.ledger.layout import resolve_directory
         from jhansi.ledger.read import exists
-        from jhansi.ledger.store import resolve_directory
         from jhansi.ledger.verify import verify_ledger
 
         directory = resolve_directory(self.settings, self.paths)

@@ -2,6 +2,9 @@
 
 - :mod:`~jhansi.ledger.record` — the record schema, canonical bytes and hashes
 - :mod:`~jhansi.ledger.store` — appending (locking, fsync, torn writes, preflight)
+- :mod:`~jhansi.ledger.layout` — which directory, and the files it holds
+- :mod:`~jhansi.ledger.tail` — the end of the ledger: its last record, torn writes
+- :mod:`~jhansi.ledger.keyguard` — the signing key as the appender uses it
 - :mod:`~jhansi.ledger.blobs` — the content-addressed blob store
 - :mod:`~jhansi.ledger.checkpoint` — signed checkpoints and the head (why truncation shows)
 - :mod:`~jhansi.ledger.verify` — ``jhansi ledger verify`` (stage one in

@@ -31,6 +31,7 @@ from typing import IO, Any, Final
 
 from jhansi.errors import UsageError
 from jhansi.ledger.blobs import BlobStore
+from jhansi.ledger.layout import LedgerLayout
 from jhansi.ledger.record import (
     EXEC_DENIED,
     EXEC_END,
@@ -41,7 +42,6 @@ from jhansi.ledger.record import (
     RecordError,
     parse_line,
 )
-from jhansi.ledger.store import LedgerLayout
 
 #: Blob references ``show`` prints as text: (label, record kind, body path).
 TEXT_REFS: Final = (

@@ -1,14 +1,8 @@
 """Appending to the ledger: locking, durability, torn writes, preflight.
 
-A ledger is a directory (mode 0700)::
-
-    ledger.jsonl     the records, one canonical JSON line each        (0600)
-    head.json        the signed head: seq and hash of a recent record (0600)
-    lock             what appenders flock                             (0600)
-    blobs/ab/cd…     content the records reference                    (0600, dirs 0700)
-
-and the signing key lives in ``<data dir>/keys/ledger-ed25519.pem`` (see
-:mod:`jhansi.ledger.checkpoint`).
+The directory and its files are :mod:`jhansi.ledger.layout`; the signing key lives
+in ``<data dir>/keys/ledger-ed25519.pem`` (see :mod:`jhansi.ledger.checkpoint`), and
+what the appender checks and authenticates with it is :mod:`jhansi.ledger.keyguard`.
 
 **Appending** (:meth:`Ledger.append`): blobs first (:meth:`Ledger.put_blob`:
 temporary file, fsync, rename, fsync of the directory); then, under an
@@ -27,21 +21,11 @@ tampered with, never crashed.
 record into ``head.json``, and every ``checkpoint_interval`` records also
 append a ``checkpoint`` record: see :mod:`jhansi.ledger.checkpoint` for why.
 
-**Torn writes.** A record is committed only with its newline. An appender
-that dies mid-write leaves an unterminated last line. The next appender never
-drops it: the bytes stay where they are, and it appends a ``ledger.recovery``
-record whose body names them — ``offset``, ``length``, ``hash`` (plain BLAKE3
-of those bytes) and ``reason``. When the covered bytes lack a final newline,
-the appender first writes :data:`TORN_MARKER` (``" (torn)\\n"``) in the same
-``write`` call as the recovery record: it terminates the torn line and
-guarantees that it can never parse as a record, even if all that was missing
-was its newline. The documented rule the verifier applies: lines that are not
-records are allowed only directly before a ``ledger.recovery`` record whose
-``offset``/``length``/``hash`` cover exactly them (plus the marker). A second
-crash during recovery only adds more torn bytes to the next recovery. What a
-crash cannot produce — a newline-terminated line that is JSON but not a valid
-record, or more than :data:`MAX_GARBAGE` bytes of damage — is tampering, and
-appending refuses to continue (fail closed).
+**Torn writes.** A record is committed only with its newline. An appender that
+finds an unterminated or unparsable end (what a crash leaves) keeps those bytes in
+place and appends a ``ledger.recovery`` record naming them; damage no crash makes
+is tampering, and appending refuses to continue (fail closed). The rule, and how
+the end is read, are in :mod:`jhansi.ledger.tail`.
 
 **Truncation.** Before appending, the signed head is compared with the last
 record: a head beyond the end of the ledger means records were cut off, and
@@ -57,14 +41,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hmac
 import os
 import signal
 import stat
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,11 +57,21 @@ from jhansi.ledger.checkpoint import (
     KeyFileSigner,
     SignedHead,
     Signer,
-    check_checkpoint,
     checkpoint_body,
     merge_ranges,
-    record_mac,
     sign_head,
+)
+from jhansi.ledger.keyguard import KeyGuard
+from jhansi.ledger.layout import (
+    BLOBS_DIR,
+    HEAD_FILE,
+    LEDGER_FILE,
+    LOCK_FILE,
+    LedgerLayout,
+    follow_directory,
+    hint_for,
+    not_a_link,
+    resolve_directory,
 )
 from jhansi.ledger.record import (
     CHECKPOINT,
@@ -91,29 +83,22 @@ from jhansi.ledger.record import (
     Digest,
     LedgerId,
     Record,
-    RecordError,
     blob_digest,
-    canonical,
     make_record,
-    parse_line,
-    utc_now,
+)
+from jhansi.ledger.tail import (
+    MAX_RECORD_BYTES,
+    TORN_MARKER,
+    Tail,
+    read_genesis_id,
+    read_tail,
+    records_after,
 )
 from jhansi.paths import Paths
 
 if TYPE_CHECKING:
     from jhansi.config import Settings
 
-LEDGER_FILE: Final = "ledger.jsonl"
-HEAD_FILE: Final = "head.json"
-LOCK_FILE: Final = "lock"
-BLOBS_DIR: Final = "blobs"
-
-TORN_MARKER: Final = b" (torn)\n"
-"""Written after unterminated torn bytes, in the same write as the recovery record."""
-MAX_RECORD_BYTES: Final = 1 << 20
-"""A record line larger than this is refused: put content in a blob."""
-MAX_GARBAGE: Final = 1 << 20
-"""More damage than this at the end of the ledger is not a torn write."""
 MIN_FREE_BYTES: Final = 4 << 20
 
 CHECKPOINT_INTERVAL: Final = 100
@@ -131,116 +116,10 @@ FAULT_POINTS: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerLayout:
-    """The files of a ledger directory."""
-
-    directory: Path
-
-    @property
-    def ledger_file(self) -> Path:
-        """The records."""
-        return self.directory / LEDGER_FILE
-
-    @property
-    def head_file(self) -> Path:
-        """The latest signed checkpoint."""
-        return self.directory / HEAD_FILE
-
-    @property
-    def lock_file(self) -> Path:
-        """What appenders lock."""
-        return self.directory / LOCK_FILE
-
-    @property
-    def blobs_dir(self) -> Path:
-        """The content-addressed store."""
-        return self.directory / BLOBS_DIR
-
-
-def default_directory(paths: Paths) -> Path:
-    """The ledger when nothing says otherwise: ``<data dir>/ledger``."""
-    return paths.data / "ledger"
-
-
-def resolve_directory(
-    settings: Settings | None, paths: Paths, override: Path | None = None
-) -> Path:
-    """``--ledger DIR``, else ``[ledger] path`` / ``JHANSI_LEDGER``, else the default."""
-    if override is not None:
-        return override.expanduser().absolute()
-    if settings is not None and settings.ledger.path:
-        return Path(settings.ledger.path)
-    return default_directory(paths)
-
-
-def follow_directory(directory: Path) -> Path:
-    """The ledger directory with a symbolic link to it resolved, once, for the whole process.
-
-    A user may keep the ledger on another disk through a link; a link someone
-    else planted must not redirect the ledger. So the link itself must belong
-    to this user (or root) and sit in a directory nobody else can write to;
-    otherwise :class:`LedgerError`. The resolved path is what jhansi then uses,
-    reports and records. Links *inside* the directory are never followed.
-    """
-    path = directory.absolute()
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return path  # created later, by preflight
-    if not stat.S_ISLNK(st.st_mode):
-        return path
-    try:
-        parent = path.parent.stat()
-    except OSError:
-        parent = None
-    others_write = parent is not None and parent.st_mode & 0o022 and not parent.st_mode & 0o1000
-    if st.st_uid not in (os.getuid(), 0) or others_write:
-        raise LedgerError(
-            f"the ledger directory {path} is a symbolic link that another user could have "
-            "placed (it is not yours, or its directory is writable by others)",
-            hint="Point the ledger at the real directory (--ledger DIR, JHANSI_LEDGER, "
-            "[ledger] path), or replace the link with one of your own.",
-        )
-    return Path(os.path.realpath(path))
-
-
-def _not_a_link(path: Path) -> None:
-    """Refuse a symbolic link where the ledger keeps a file: it would redirect the writes."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode):
-        raise LedgerError(
-            f"{path} is a symbolic link: jhansi never reads or appends to a ledger file "
-            "through a link (someone could have planted it)",
-            hint=f"Replace the link with the file it points to (after checking it), or move "
-            f"{path.parent} aside to start a new ledger.",
-        )
-
-
 def _die() -> None:
     """Die the way a crash does: no cleanup, no flush."""
     os.kill(os.getpid(), signal.SIGKILL)
     os._exit(137)  # pragma: no cover - SIGKILL does not return
-
-
-def _hint_for(exc: OSError, directory: Path) -> str:
-    code = exc.errno
-    elsewhere = (
-        "or point the ledger at a writable local directory "
-        "(--ledger DIR, JHANSI_LEDGER, or [ledger] path)."
-    )
-    if code == errno.EROFS:
-        return f"{directory} is on a read-only file system: remount it read-write, {elsewhere}"
-    if code in (errno.EACCES, errno.EPERM):
-        return f"Give your user write access to {directory}, {elsewhere}"
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return f"Free some space on the disk holding {directory}, {elsewhere}"
-    if code in (errno.ENOTDIR, errno.EEXIST):
-        return f"A file is in the way of the directory {directory}: move it, {elsewhere}"
-    return f"Check {directory}, {elsewhere}"
 
 
 def _write_probe(path: Path) -> None:
@@ -256,63 +135,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-@dataclass(slots=True)
-class _Tail:
-    """The end of ``ledger.jsonl`` as the last locked reader saw it."""
-
-    ino: int
-    size: int
-    last: Record
-    garbage_offset: int
-    garbage: bytes
-
-
-def find_last_record(data: bytes, *, at_file_start: bool) -> tuple[Record, int] | None:
-    """The last valid record in ``data`` (the end of a file) and the end of its line.
-
-    ``None`` means the window does not reach back far enough. Bytes after that
-    line are what a crash left (torn or unparsable lines); a newline-terminated
-    line that is JSON but not a valid record is damage no crash makes, and
-    raises.
-    """
-    end = len(data)
-    if data.endswith(b"\n"):
-        line_end = end
-    else:
-        newline = data.rfind(b"\n")
-        if newline < 0:
-            if at_file_start:
-                raise LedgerError(
-                    "the ledger holds no complete record",
-                    hint="Move the ledger directory aside; jhansi starts a new one.",
-                )
-            return None
-        line_end = newline + 1
-    while line_end > 0:
-        newline = data.rfind(b"\n", 0, line_end - 1)
-        if newline < 0 and not at_file_start:
-            return None
-        line_start = newline + 1
-        raw = data[line_start : line_end - 1]
-        try:
-            return parse_line(raw), line_end
-        except RecordError as exc:
-            if exc.kind not in ("not-json", "not-utf8"):
-                raise LedgerError(
-                    f"the ledger's last record is damaged ({exc.kind}: {exc}); "
-                    "that is not what a crash leaves",
-                    hint="Run `jhansi ledger verify` to see what changed; to keep recording, "
-                    "move the ledger directory aside (jhansi starts a new one).",
-                ) from None
-        if end - line_start > MAX_GARBAGE:
-            break
-        line_end = line_start
-    raise LedgerError(
-        "the end of the ledger is damaged beyond a torn write (no valid record near the end)",
-        hint="Run `jhansi ledger verify`; to keep recording, move the ledger directory aside.",
-    )
 
 
 class Ledger:
@@ -342,6 +164,7 @@ class Ledger:
         self.layout = layout
         self.blobs = BlobStore(layout.blobs_dir)
         self._signer = signer
+        self._keys = KeyGuard(signer, layout)
         self._actor = dict(actor) if actor is not None else None
         self._fault_point = fault
         self._interval = checkpoint_interval
@@ -349,13 +172,10 @@ class Ledger:
         self._lock_fd: int | None = None
         self._fd: int | None = None
         self._fd_ino = -1
-        self._tail_cache: _Tail | None = None
+        self._tail_cache: Tail | None = None
         self._ledger_id: LedgerId | None = None
         self._head_stat: tuple[int, int, int] | None = None
         self._head: SignedHead | None = None
-        self._kid: str | None = None
-        self._mac_key: bytes | None = None
-        self._public_hex: str | None = None
 
     @classmethod
     def open(
@@ -422,7 +242,7 @@ class Ledger:
             )
         self._ensure_directory()
         for name in (LEDGER_FILE, HEAD_FILE, LOCK_FILE, BLOBS_DIR):
-            _not_a_link(directory / name)
+            not_a_link(directory / name)
         for where in (directory, self.layout.blobs_dir):
             probe = where / f".preflight.{os.getpid()}.{os.urandom(4).hex()}"
             try:
@@ -433,7 +253,7 @@ class Ledger:
             except OSError as exc:
                 raise LedgerError(
                     f"cannot write to the ledger directory {where}: {exc.strerror or exc}",
-                    hint=_hint_for(exc, directory),
+                    hint=hint_for(exc, directory),
                 ) from None
             finally:
                 # On a read-only file system even unlinking a missing file is EROFS.
@@ -449,7 +269,7 @@ class Ledger:
                 hint="Free some space, or point the ledger elsewhere "
                 "(--ledger DIR, JHANSI_LEDGER, [ledger] path).",
             )
-        self._require_key()
+        self._keys.require()
         self._signer.prepare()
         with self._locked():
             self._prepare()
@@ -464,7 +284,7 @@ class Ledger:
         except OSError as exc:
             raise LedgerError(
                 f"cannot write a blob to {self.layout.blobs_dir}: {exc.strerror or exc}",
-                hint=_hint_for(exc, self.directory),
+                hint=hint_for(exc, self.directory),
             ) from None
         self._fault("after-blob")
         return digest
@@ -517,7 +337,7 @@ class Ledger:
             head = self._read_head()  # _prepare checked it is there, ours and not ahead
             if head is None:  # pragma: no cover - _prepare raises first
                 raise LedgerError("the signed head vanished", hint="Run `jhansi ledger verify`.")
-            self._check_key(head)
+            self._keys.check_head(head)
             needs_record = (
                 last.kind != CHECKPOINT and last.seq // self._interval > head.seq // self._interval
             )
@@ -525,7 +345,7 @@ class Ledger:
                 return head
             ranges = merge_ranges(
                 head.covered,
-                (r.seq for r in self._records_after(head.seq, tail) if self._vouches(r)),
+                (r.seq for r in self._after(head.seq, tail) if self._keys.vouches(r)),
             )
             if needs_record:
                 body = checkpoint_body(
@@ -563,92 +383,6 @@ class Ledger:
         if self._fault_point == point:
             _die()
 
-    def _key_hint(self) -> str:
-        where = getattr(self._signer, "path", "the signing key")
-        return (
-            f"Restore {where} from a backup; or start a new ledger: move {self.directory} "
-            "aside, or point --ledger / JHANSI_LEDGER elsewhere (its records stay checkable "
-            "with `jhansi ledger verify --ledger DIR --key OLDKEY`)."
-        )
-
-    def _require_key(self) -> None:
-        """An existing ledger never gets a new key: a missing key file is restored, not made."""
-        if self._signer.has_key():
-            return
-        if self.layout.head_file.exists() or self.layout.ledger_file.exists():
-            where = getattr(self._signer, "path", "the signing key")
-            raise LedgerError(
-                f"the ledger signing key {where} is missing, but the ledger {self.directory} "
-                "exists: appending with a new key would hide that",
-                hint=self._key_hint(),
-            )
-
-    def _check_key(self, head: SignedHead) -> None:
-        """Refuse to append to a ledger whose head another key signed (a replaced key file)."""
-        if head.kid is not None:
-            if self._kid is None:
-                self._kid = self._signer.key_id()
-            same = hmac.compare_digest(head.kid, self._kid)
-        else:
-            # A legacy head without a key id: compare the public keys (loads cryptography).
-            if self._public_hex is None:
-                self._public_hex = self._signer.public_key().hex()
-            same = head.key == self._public_hex
-        if not same:
-            raise LedgerError(
-                f"the ledger {self.directory} was signed by another key "
-                f"({head.key[:16]}…) than this user's signing key: it was replaced, or "
-                "this ledger is not yours",
-                hint=self._key_hint(),
-            )
-
-    def _macs(self) -> bytes:
-        if self._mac_key is None:
-            self._mac_key = self._signer.mac_key()
-        return self._mac_key
-
-    def _vouches(self, record: Record) -> bool:
-        """Whether ``record`` was written by jhansi with this key (see :meth:`checkpoint`)."""
-        body = dict(record.body)
-        if record.kind == CHECKPOINT:
-            if self._public_hex is None:
-                self._public_hex = self._signer.public_key().hex()
-            return body.get("key") == self._public_hex and (
-                check_checkpoint(record.ledger_id, record.seq, record.prev, body) is None
-            )
-        mac = body.pop(MAC_MEMBER, None)
-        if not isinstance(mac, str):
-            return False
-        unhashed = {
-            "body": body,
-            "kind": record.kind,
-            "ledger_id": record.ledger_id,
-            "prev": record.prev,
-            "seq": record.seq,
-            "time": record.time,
-            "v": record.v,
-        }
-        return hmac.compare_digest(mac, record_mac(self._macs(), canonical(unhashed)))
-
-    def _records_after(self, seq: int, tail: _Tail) -> list[Record]:
-        """The records after ``seq`` (torn lines, already recovered, are skipped)."""
-        fd = self._ledger_fd()
-        end = tail.size
-        window = 1 << 16
-        while True:
-            start = max(0, end - window)
-            data = os.pread(fd, end - start, start)
-            if start > 0:
-                data = data[data.find(b"\n") + 1 :]
-            found: list[Record] = []
-            for raw in data.split(b"\n"):
-                if raw:
-                    with contextlib.suppress(RecordError):
-                        found.append(parse_line(raw))
-            if start == 0 or (found and found[0].seq <= seq):
-                return [r for r in found if r.seq > seq]
-            window *= 4
-
     def _ensure_directory(self) -> None:
         directory = self.directory
         try:
@@ -656,7 +390,7 @@ class Ledger:
         except OSError as exc:
             raise LedgerError(
                 f"cannot create the ledger directory {directory}: {exc.strerror or exc}",
-                hint=_hint_for(exc, directory),
+                hint=hint_for(exc, directory),
             ) from None
         if not directory.is_dir():
             raise LedgerError(
@@ -673,7 +407,7 @@ class Ledger:
             except OSError as exc:
                 raise LedgerError(
                     f"cannot lock the ledger {self.layout.lock_file}: {exc.strerror or exc}",
-                    hint=_hint_for(exc, self.directory),
+                    hint=hint_for(exc, self.directory),
                 ) from None
             try:
                 yield
@@ -681,7 +415,7 @@ class Ledger:
                 self._tail_cache = None
                 raise LedgerError(
                     f"cannot write the ledger {self.layout.ledger_file}: {exc.strerror or exc}",
-                    hint=_hint_for(exc, self.directory),
+                    hint=hint_for(exc, self.directory),
                 ) from None
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -692,7 +426,7 @@ class Ledger:
         for _ in range(10):
             if self._lock_fd is None:
                 self._ensure_directory()
-                _not_a_link(path)
+                not_a_link(path)
                 flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
                 self._lock_fd = os.open(path, flags, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
@@ -707,7 +441,7 @@ class Ledger:
             self._lock_fd = None
         raise OSError(errno.EAGAIN, "the lock file keeps changing")
 
-    def _prepare(self) -> _Tail:
+    def _prepare(self) -> Tail:
         """Under the lock: the ledger exists, its end is sound, any torn tail is recovered."""
         if not self.layout.ledger_file.exists():
             head = self._read_head()
@@ -720,22 +454,22 @@ class Ledger:
                     hint="Restore ledger.jsonl from a backup; to start a new ledger, "
                     "move the whole directory aside.",
                 )
-            self._require_key()
+            self._keys.require()
             self._create()
         else:
-            self._require_key()
+            self._keys.require()
         tail = self._tail()
         self._check_head(tail)
         head = self._read_head()
         if head is not None:
-            self._check_key(head)
+            self._keys.check_head(head)
         if tail.garbage:
             tail = self._recover(tail)
         return tail
 
     def _create(self) -> None:
         ledger_id = LedgerId(os.urandom(16).hex())
-        genesis = self._make(
+        genesis = self._keys.make(
             ledger_id,
             0,
             ZERO_HASH,
@@ -764,7 +498,7 @@ class Ledger:
         path = self.layout.ledger_file
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            _not_a_link(path)
+            not_a_link(path)
         ino = st.st_ino
         if self._fd is None or ino != self._fd_ino:
             if self._fd is not None:
@@ -777,7 +511,7 @@ class Ledger:
             self._ledger_id = None
         return self._fd
 
-    def _tail(self) -> _Tail:
+    def _tail(self) -> Tail:
         fd = self._ledger_fd()
         size = os.fstat(fd).st_size
         cached = self._tail_cache
@@ -789,60 +523,26 @@ class Ledger:
                 hint="A ledger always holds its genesis record: it was emptied. "
                 "Move the ledger directory aside to start a new one.",
             )
-        window = min(size, 1 << 16)
-        limit = MAX_RECORD_BYTES + MAX_GARBAGE + 2
-        while True:
-            start = size - window
-            data = os.pread(fd, window, start)
-            found = find_last_record(data, at_file_start=start == 0)
-            if found is not None:
-                break
-            if window >= limit:
-                raise LedgerError(
-                    "the end of the ledger is damaged beyond a torn write",
-                    hint="Run `jhansi ledger verify`; to keep recording, "
-                    "move the ledger directory aside.",
-                )
-            window = min(size, window * 4)
-        last, line_end = found
+        tail = read_tail(fd, size, self._fd_ino)
         ledger_id = self._genesis_id(fd)
-        if last.ledger_id != ledger_id:
+        if tail.last.ledger_id != ledger_id:
             raise LedgerError(
-                f"the last record belongs to another ledger ({last.ledger_id}, not {ledger_id})",
+                f"the last record belongs to another ledger ({tail.last.ledger_id}, not "
+                f"{ledger_id})",
                 hint="Run `jhansi ledger verify`; to keep recording, "
                 "move the ledger directory aside.",
             )
-        garbage_offset = start + line_end
-        tail = _Tail(
-            ino=self._fd_ino,
-            size=size,
-            last=last,
-            garbage_offset=garbage_offset,
-            garbage=data[line_end:],
-        )
         self._tail_cache = tail
         return tail
 
     def _genesis_id(self, fd: int) -> LedgerId:
         if self._ledger_id is None:
-            # The genesis record is a few hundred bytes: read a page, and up to the
-            # longest record only if its line is longer (reading 1 MiB costs ~1 ms).
-            first = os.pread(fd, 4096, 0)
-            if b"\n" not in first:
-                first = os.pread(fd, MAX_RECORD_BYTES + 1, 0)
-            newline = first.find(b"\n")
-            try:
-                genesis = parse_line(first[:newline]) if newline >= 0 else None
-            except RecordError:
-                genesis = None
-            if genesis is None or genesis.kind != GENESIS or genesis.seq != 0:
-                raise LedgerError(
-                    "the ledger's first line is not a valid genesis record",
-                    hint="Run `jhansi ledger verify`; to keep recording, "
-                    "move the ledger directory aside.",
-                )
-            self._ledger_id = genesis.ledger_id
+            self._ledger_id = read_genesis_id(fd)
         return self._ledger_id
+
+    def _after(self, seq: int, tail: Tail) -> list[Record]:
+        """The records after ``seq`` (torn lines, already recovered, are skipped)."""
+        return records_after(self._ledger_fd(), seq, tail.size)
 
     def _read_head(self) -> SignedHead | None:
         path = self.layout.head_file
@@ -852,7 +552,7 @@ class Ledger:
             self._head_stat, self._head = None, None
             return None
         if stat.S_ISLNK(st.st_mode):
-            _not_a_link(path)
+            not_a_link(path)
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         if self._head_stat != key:
             try:
@@ -866,7 +566,7 @@ class Ledger:
             self._head_stat = key
         return self._head
 
-    def _check_head(self, tail: _Tail) -> None:
+    def _check_head(self, tail: Tail) -> None:
         """Fail closed when the signed head says records were cut off."""
         head = self._read_head()
         last = tail.last
@@ -891,27 +591,9 @@ class Ledger:
                 "to keep recording, move the ledger directory aside.",
             )
 
-    def _make(
-        self, ledger_id: LedgerId, seq: int, prev: Digest, kind: str, body: dict[str, Any]
-    ) -> Record:
-        """A record authenticated with this key (``ledger_mac``; a checkpoint is signed)."""
-        time = utc_now()
-        if kind != CHECKPOINT:
-            unhashed = {
-                "body": body,
-                "kind": kind,
-                "ledger_id": ledger_id,
-                "prev": prev,
-                "seq": seq,
-                "time": time,
-                "v": 1,
-            }
-            body = {**body, MAC_MEMBER: record_mac(self._macs(), canonical(unhashed))}
-        return make_record(ledger_id=ledger_id, seq=seq, prev=prev, kind=kind, body=body, time=time)
-
-    def _next(self, tail: _Tail, kind: str, body: dict[str, Any]) -> Record:
+    def _next(self, tail: Tail, kind: str, body: dict[str, Any]) -> Record:
         last = tail.last
-        record = self._make(last.ledger_id, last.seq + 1, last.hash, kind, body)
+        record = self._keys.make(last.ledger_id, last.seq + 1, last.hash, kind, body)
         if len(record.line) > MAX_RECORD_BYTES:
             raise ValueError(
                 f"a {kind} record of {len(record.line)} bytes is too large: "
@@ -919,7 +601,7 @@ class Ledger:
             )
         return record
 
-    def _write(self, tail: _Tail, data: bytes, *, cut_at: int | None = None) -> None:
+    def _write(self, tail: Tail, data: bytes, *, cut_at: int | None = None) -> None:
         """Append ``data`` in one write (a loop only on a short write), then fdatasync."""
         fd = self._ledger_fd()
         if cut_at is not None:
@@ -930,13 +612,13 @@ class Ledger:
         os.fdatasync(fd)
         tail.size += len(data)
 
-    def _write_record(self, record: Record, tail: _Tail) -> None:
+    def _write_record(self, record: Record, tail: Tail) -> None:
         data = record.line + b"\n"
         cut = len(data) // 2 if self._fault_point == "mid-line" else None
         self._write(tail, data, cut_at=cut)
         tail.last = record
 
-    def _recover(self, tail: _Tail) -> _Tail:
+    def _recover(self, tail: Tail) -> Tail:
         """Record the torn bytes at the end, keeping them in place (see the module docstring)."""
         covered = tail.garbage
         unterminated = not covered.endswith(b"\n")
@@ -980,3 +662,14 @@ def _version() -> str:
     from jhansi._version import __version__
 
     return __version__
+
+
+# LedgerLayout and resolve_directory are imported from here by the CLI.
+__all__ = [
+    "CHECKPOINT_INTERVAL",
+    "FAULT_ENV",
+    "FAULT_POINTS",
+    "Ledger",
+    "LedgerLayout",
+    "resolve_directory",
+]

@@ -51,6 +51,7 @@ import blake3
 from jhansi.errors import LedgerError
 from jhansi.ledger.checkpoint import Ranges, SignedHead, merge_ranges
 from jhansi.ledger.findings import Findings, Problem, VerifyReport
+from jhansi.ledger.layout import LedgerLayout
 from jhansi.ledger.record import (
     CHECKPOINT,
     EXEC_END,
@@ -61,7 +62,7 @@ from jhansi.ledger.record import (
     ZERO_HASH,
 )
 from jhansi.ledger.scan import ChunkReader, ChunkSummary, auto_workers, scan_chunk, stage_one
-from jhansi.ledger.store import TORN_MARKER, LedgerLayout
+from jhansi.ledger.tail import TORN_MARKER
 
 
 @dataclass(slots=True)

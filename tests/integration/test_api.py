@@ -10,8 +10,8 @@ import pytest
 import jhansi
 from jhansi.config import load_settings
 from jhansi.errors import ConfigError, DependencyError, ExitCode, InputError
+from jhansi.ledger.layout import resolve_directory
 from jhansi.ledger.read import iter_records
-from jhansi.ledger.store import resolve_directory
 from jhansi.paths import Paths
 from jhansi.report import Stream
 from tests.conftest import require_backend

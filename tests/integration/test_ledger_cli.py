@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from jhansi.ledger.checkpoint import KeyFileSigner, key_path
+from jhansi.ledger.layout import default_directory
 from jhansi.ledger.record import make_record, parse_line
-from jhansi.ledger.store import Ledger, default_directory
+from jhansi.ledger.store import Ledger
 from jhansi.paths import Paths
 from tests.conftest import backend_env, run_jhansi
 

@@ -17,7 +17,8 @@ import pytest
 from jhansi.errors import ExitCode, LedgerError
 from jhansi.ledger import fsinfo
 from jhansi.ledger.record import CHECKPOINT, GENESIS, RECOVERY, parse_line
-from jhansi.ledger.store import TORN_MARKER, Ledger
+from jhansi.ledger.store import Ledger
+from jhansi.ledger.tail import TORN_MARKER
 from jhansi.ledger.verify import verify_ledger
 from jhansi.paths import Paths
 from tests.unit.ledger.conftest import REPO, lines, record_run, write_lines
