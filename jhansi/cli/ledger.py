@@ -12,7 +12,7 @@ from jhansi.cli._options import JsonFlag
 from jhansi.cli._state import CliState
 
 if TYPE_CHECKING:
-    from jhansi.ledger.verify import VerifyReport
+    from jhansi.ledger.findings import VerifyReport
 
 app = typer.Typer(
     help="Verify, read and export the execution ledger.",
@@ -39,7 +39,7 @@ class ExportFormat(StrEnum):
 
 def _directory(option: Path | None) -> Path:
     from jhansi.config import load_settings
-    from jhansi.ledger.store import resolve_directory
+    from jhansi.ledger.layout import resolve_directory
     from jhansi.paths import Paths
 
     paths = Paths.from_environment()
@@ -293,8 +293,8 @@ def show(
 
     from jhansi.cli._output import print_json, stdout_console
     from jhansi.ledger.blobs import BlobStore
+    from jhansi.ledger.layout import LedgerLayout
     from jhansi.ledger.read import run_records, run_texts
-    from jhansi.ledger.store import LedgerLayout
 
     ctx.ensure_object(CliState).json = json_output
     directory = _directory(ledger)
@@ -467,7 +467,7 @@ def head(ctx: typer.Context, ledger: LedgerOption = None, json_output: JsonFlag 
     """Print the latest signed head, to keep elsewhere and check with `verify --anchor`."""
     from jhansi.cli._output import print_json
     from jhansi.ledger.checkpoint import load_head
-    from jhansi.ledger.store import LedgerLayout
+    from jhansi.ledger.layout import LedgerLayout
 
     ctx.ensure_object(CliState).json = json_output
     directory = _directory(ledger)

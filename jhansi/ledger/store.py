@@ -670,6 +670,4 @@ __all__ = [
     "FAULT_ENV",
     "FAULT_POINTS",
     "Ledger",
-    "LedgerLayout",
-    "resolve_directory",
 ]

@@ -663,4 +663,4 @@ def _verify(
 
 
 # VerifyReport is what verify_ledger returns: importable from here with it.
-__all__ = ["VerifyReport", "parse_anchor", "unsigned_ranges", "verify_ledger"]
+__all__ = ["parse_anchor", "unsigned_ranges", "verify_ledger"]
