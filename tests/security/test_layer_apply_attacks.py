@@ -237,3 +237,39 @@ def test_apply_plants_no_module_that_shadows_jhansi(
             check=False,
         )
     assert not marker.exists(), "a module apply wrote into the project ran on the host"
+
+
+@pytest.mark.parametrize("backend", ["bwrap"])
+def test_project_masks_hold_when_diff_and_apply_run_elsewhere(
+    request: pytest.FixtureRequest, shared_dir: Path, backend: str
+) -> None:
+    """The project's own jhansi.toml masks ``secrets/*``. The script replaces the masked
+    stand-in with a file of its own. ``jhansi sandbox diff NAME`` / ``apply NAME`` (the
+    forms the run's hint gives) started from another directory must still treat
+    ``secrets/token.txt`` as masked: no line of its host content shown, never written."""
+    project, env = _setup(request, shared_dir, backend)
+    canary = "TOKEN=host-canary-4f1c"
+    (project / "secrets").mkdir()
+    (project / "secrets").chmod(0o755)
+    (project / "secrets" / "token.txt").write_text(canary + "\n")
+    (project / "secrets" / "token.txt").chmod(0o644)
+    _script(project, "jhansi.toml", '[sandbox]\nmask = ["secrets/*"]\n')
+    _script(
+        project,
+        "swap.py",
+        "import os\n"
+        "assert open('/work/secrets/token.txt').read() == ''  # masked: an empty stand-in\n"
+        "os.unlink('/work/secrets/token.txt')\n"
+        "open('/work/secrets/token.txt', 'w').write('TOKEN=attacker-chosen\\n')\n",
+    )
+    name = str(_run_ok(env, project, "swap.py")["sandbox"])
+    elsewhere = shared_dir / "elsewhere"
+    elsewhere.mkdir()
+    diff = run_jhansi("sandbox", "diff", name, env=env, cwd=elsewhere)
+    apply = run_jhansi("sandbox", "apply", name, env=env, cwd=elsewhere)
+    problems = []
+    if canary in diff.stdout + diff.stderr:
+        problems.append(f"diff showed the masked file's host content:\n{diff.stdout}")
+    if (project / "secrets" / "token.txt").read_text() != canary + "\n":
+        problems.append(f"apply wrote the masked file:\n{apply.stdout}")
+    assert not problems, "\n".join(problems)
