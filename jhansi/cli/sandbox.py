@@ -354,11 +354,18 @@ def apply_command(
 ) -> None:
     """Copy a sandbox's changes to /work into the project, recorded in the ledger.
 
-    The same protections as --rw: configuration, locks, version files, .git and masked
-    paths are never written, links only if they stay inside the project, and a path you
-    changed in the project since the sandbox changed it is a conflict (left in the
-    layer). Exits 1 when some changes were not applied. When NAME is no sandbox's
-    name, it is the first PATH (in the working directory's project's sandbox).
+    The same protections as --rw. Never written: configuration, locks, version files,
+    .git; what the host runs by itself (a module `python -m jhansi` would import: at
+    the top, NAME.py/.so or a link NAME, or module files below a directory NAME, for
+    jhansi, the standard library and what is installed beside jhansi; *.pyc and
+    __pycache__; .pre-commit-config.yaml, .envrc, .gitlab-ci.yml, .github/, .vscode/,
+    .idea/, .devcontainer/); masked paths (the project's and the run's); files the
+    sandbox could not read. Links only if their target stays inside the project by its
+    text and passes through no other link. A path you changed in the project since the
+    sandbox changed it is a conflict (left in the layer), also below a directory it
+    deleted. `jhansi sandbox cp` takes what is refused, once you have read it. Exits 1
+    when some changes were not applied. When NAME is no sandbox's name, it is the first
+    PATH (in the working directory's project's sandbox).
     """
     from rich.markup import escape
 
