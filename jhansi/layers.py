@@ -119,12 +119,107 @@ def find_layer(workspace: Workspace, name: str, project: Path | None) -> LayerDi
     )
 
 
-def _masked(settings: Settings, dirs: LayerDirs) -> set[str]:
-    from jhansi.config import DEFAULT_MASK
-    from jhansi.sandbox.masks import find_masked
+def _masked(settings: Settings, dirs: LayerDirs, found: Plan) -> set[str]:
+    """What diff never shows and apply never writes, relative to the project: what the
+    masks hide now, what they hid when the sandbox ran, and what the sandbox could not
+    read (:func:`_unreadable`).
 
-    patterns = DEFAULT_MASK + settings.sandbox.mask
-    return {p.relative_to(dirs.project).as_posix() for p in find_masked(dirs.project, patterns)}
+    The masks are the union of ``settings`` (the caller's: user configuration,
+    environment, the working directory's project), the layer's own project's
+    configuration (read as any checkout's is, without trust: masks only tighten, so
+    they count whether trusted or not; wherever ``diff``/``apply`` is started from) and
+    the masked paths the layer's state recorded at run time.
+    """
+    from jhansi.config import DEFAULT_MASK, load_settings
+    from jhansi.sandbox.masks import find_masked
+    from jhansi.sandbox.overlay import load_state
+
+    own = load_settings(start=dirs.project, strict=False)
+    patterns = tuple(dict.fromkeys(DEFAULT_MASK + settings.sandbox.mask + own.sandbox.mask))
+    masked = {p.relative_to(dirs.project).as_posix() for p in find_masked(dirs.project, patterns)}
+    recorded = load_state(dirs.state).get("masked")
+    if isinstance(recorded, list):
+        masked.update(r for r in recorded if isinstance(r, str) and r)
+    return masked | _unreadable(dirs, found)
+
+
+def _unreadable(dirs: LayerDirs, found: Plan) -> set[str]:
+    """The paths of ``found`` whose project entry the sandbox could not read: a file
+    without a read bit for the sandbox's host user (the owner of the layer's upper
+    directory), a directory it could not list, or below one it could not enter.
+
+    The sandbox may still have deleted or replaced such a file through the overlay (a
+    directory it may write); ``--rw`` hides such paths from the sandbox and never
+    writes them, and ``apply`` refuses them the same way (nor does ``diff`` show
+    their content)."""
+    try:
+        owner = dirs.upper.lstat()
+    except OSError:
+        return set()
+    uid, gid = owner.st_uid, owner.st_gid
+    if uid == 0:
+        return set()
+    out: set[str] = set()
+    try:
+        project_fd = os.open(dirs.project, _NOFOLLOW_DIR)
+    except OSError:
+        return set()
+    try:
+        for item in found.items:
+            if item.current is None and item.change.old is None:
+                continue  # nothing of the project's there
+            if not _sandbox_reads(project_fd, item.change.path, uid, gid):
+                out.add(item.change.path)
+    finally:
+        os.close(project_fd)
+    return out
+
+
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _sandbox_reads(project_fd: int, rel: str, uid: int, gid: int) -> bool:
+    """Whether ``uid``/``gid`` may reach and read the project's ``rel`` by mode bits
+    (each parent searchable; a file readable; a directory readable and searchable)."""
+    parts = rel.split("/")
+    fds: list[int] = []
+    try:
+        current = project_fd
+        for i, part in enumerate(parts):
+            try:
+                st = os.stat(part, dir_fd=current, follow_symlinks=False)
+            except OSError:
+                return True  # absent: nothing of the project's to read
+            last = i == len(parts) - 1
+            need = 0o5 if stat.S_ISDIR(st.st_mode) else 0o4
+            if stat.S_ISLNK(st.st_mode):
+                return True  # a link has no permissions of its own; nothing below it
+            if not last:
+                need = 0o1
+            if not _allowed(st, uid, gid, need):
+                return False
+            if last or not stat.S_ISDIR(st.st_mode):
+                return True
+            try:
+                current = os.open(part, _NOFOLLOW_DIR, dir_fd=current)
+            except OSError:
+                return True
+            fds.append(current)
+        return True
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _allowed(st: os.stat_result, uid: int, gid: int, need: int) -> bool:
+    """Whether the permission bits ``need`` (``rwx`` as 0o7) are granted to ``uid``/``gid``."""
+    if st.st_uid == uid:
+        bits = (st.st_mode >> 6) & 7
+    elif st.st_gid == gid:
+        bits = (st.st_mode >> 3) & 7
+    else:
+        bits = st.st_mode & 7
+    return bits & need == need
 
 
 def _refusals(dirs: LayerDirs, found: Plan, masked: set[str]) -> dict[str, str]:
@@ -146,7 +241,7 @@ def diff(
     sandbox = sandbox_name(name, project)
     dirs = find_layer(Workspace.from_paths(paths), sandbox, project)
     found = _plan(dirs)
-    masked = _masked(settings, dirs)
+    masked = _masked(settings, dirs, found)
     return LayerDiff(sandbox, dirs, found, _refusals(dirs, found, masked), frozenset(masked))
 
 
@@ -229,7 +324,7 @@ def apply(
         chosen = select(found, wanted)
         try:
             report = overlay.apply(
-                dirs, found, [item.change for item in chosen], _masked(settings, dirs)
+                dirs, found, [item.change for item in chosen], _masked(settings, dirs, found)
             )
         except OSError as exc:
             raise UsageError(

@@ -293,7 +293,7 @@ _NAMED = 3
 
 def _changed_names(result: RunResult) -> str:
     """``: /work/a.csv, ~/model.bin (+3 more)``: the first changed files, by name."""
-    from jhansi.ledger.read import terminal_safe
+    from jhansi.ledger.read import one_line
     from jhansi.sandbox.changes import shown_name
 
     if not result.files_changed:
@@ -302,7 +302,7 @@ def _changed_names(result: RunResult) -> str:
     for change in result.files_changed[:_NAMED]:
         where = "~" if change.area == "/home/sandbox" else change.area
         mark = " (deleted)" if change.change == "deleted" else ""
-        names.append(terminal_safe(f"{where}/{shown_name(change.path)}{mark}"))
+        names.append(one_line(f"{where}/{shown_name(change.path)}{mark}"))  # a name: one line
     more = len(result.files_changed) - _NAMED
     return ": " + ", ".join(names) + (f" (+{more} more)" if more > 0 else "")
 

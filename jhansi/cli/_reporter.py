@@ -7,6 +7,12 @@ import sys
 from jhansi.report import Stream
 
 
+def _one_line(text: str) -> str:
+    from jhansi.ledger.read import one_line  # not at import: the CLI's start stays light
+
+    return one_line(text)
+
+
 class ConsoleReporter:
     """Streams the sandbox's output to the terminal; jhansi's lines go to stderr, dimmed.
 
@@ -20,6 +26,7 @@ class ConsoleReporter:
         self._color = sys.stderr.isatty()
 
     def _line(self, text: str) -> None:
+        text = _one_line(text)  # a name or reason the script chose may hold anything
         if self._color:
             sys.stderr.write(f"\x1b[2mjhansi: {text}\x1b[0m\n")
         else:
@@ -32,7 +39,10 @@ class ConsoleReporter:
             self._line(f"{name}: {detail}" if detail else name)
 
     def warning(self, message: str) -> None:
-        """Warnings are shown even when quiet."""
+        """Warnings are shown even when quiet; each is one line, control characters
+        (newlines, ESC, BEL, C1, bidirectional overrides) escaped: it may quote a name
+        or link target a script chose."""
+        message = _one_line(message)
         if self._color:
             sys.stderr.write(f"\x1b[33mjhansi: warning: {message}\x1b[0m\n")
         else:

@@ -195,7 +195,9 @@ def _settings(project: Path | None) -> Settings:
     from jhansi.config import load_settings
 
     # Masks from the project's configuration tighten, and are kept; what would need
-    # trust (a ledger elsewhere ...) is left out, as for any untrusted checkout.
+    # trust (a ledger elsewhere ...) is left out, as for any untrusted checkout. The
+    # layer's own project's masks (and those its runs recorded) are added by
+    # jhansi.layers, wherever this is started from.
     return load_settings(start=project, strict=False)
 
 
@@ -203,6 +205,8 @@ def _text_diff(item: Planned, layer: Path, project: Path) -> str | None:
     """A unified diff of a small text file the layer added or modified, else ``None``."""
     import difflib
 
+    from jhansi.ledger.read import one_line
+    from jhansi.sandbox.changes import shown_name
     from jhansi.sandbox.overlay import read_small
 
     change = item.change
@@ -228,8 +232,10 @@ def _text_diff(item: Planned, layer: Path, project: Path) -> str | None:
         difflib.unified_diff(
             before.splitlines(),
             after.splitlines(),
-            fromfile=f"project/{change.path}" if item.current is not None else "/dev/null",
-            tofile=f"/work/{change.path}",
+            fromfile=f"project/{one_line(shown_name(change.path))}"
+            if item.current is not None
+            else "/dev/null",
+            tofile=f"/work/{one_line(shown_name(change.path))}",
             lineterm="",
         )
     )
@@ -255,7 +261,7 @@ def diff_command(
 
     from jhansi.cli._output import print_json, stdout_console
     from jhansi.layers import diff
-    from jhansi.ledger.read import terminal_safe
+    from jhansi.ledger.read import one_line, terminal_safe
     from jhansi.paths import Paths
     from jhansi.sandbox.changes import name_fields, shown_name
 
@@ -301,7 +307,7 @@ def diff_command(
     count = len(found.items)
     console.print(
         escape(
-            f"sandbox {found.sandbox} · layer over {terminal_safe(str(found.dirs.project))} · "
+            f"sandbox {found.sandbox} · layer over {one_line(str(found.dirs.project))} · "
             f"{count} change{'s' if count != 1 else ''}"
         ),
         soft_wrap=True,
@@ -314,12 +320,13 @@ def diff_command(
             note = f"  (never applied: {found.refused[change.path]})"
         elif item.conflict:
             note = f"  (conflict: {item.conflict})"
-        shown = terminal_safe(shown_name(change.path))
+        shown = shown_name(change.path)
         if change.new is not None and change.new.kind == "dir":
             shown += "/"
-        console.print(escape(f"{marks[change.action]} {shown}{note}"), soft_wrap=True)
+        # One line each, whatever the names and link targets in it hold.
+        console.print(escape(one_line(f"{marks[change.action]} {shown}{note}")), soft_wrap=True)
     if found.plan.incomplete:
-        console.print(escape(f"(incomplete: {found.plan.incomplete})"), soft_wrap=True)
+        console.print(escape(one_line(f"(incomplete: {found.plan.incomplete})")), soft_wrap=True)
     for item in found.items:
         patch = patches.get(item.change.path)
         if patch:
@@ -348,17 +355,24 @@ def apply_command(
 ) -> None:
     """Copy a sandbox's changes to /work into the project, recorded in the ledger.
 
-    The same protections as --rw: configuration, locks, version files, .git and masked
-    paths are never written, links only if they stay inside the project, and a path you
-    changed in the project since the sandbox changed it is a conflict (left in the
-    layer). Exits 1 when some changes were not applied. When NAME is no sandbox's
-    name, it is the first PATH (in the working directory's project's sandbox).
+    The same protections as --rw. Never written: configuration, locks, version files,
+    .git; what the host runs by itself (a module `python -m jhansi` would import: at
+    the top, NAME.py/.so or a link NAME, or module files below a directory NAME, for
+    jhansi, the standard library and what is installed beside jhansi; *.pyc and
+    __pycache__; .pre-commit-config.yaml, .envrc, .gitlab-ci.yml, .github/, .vscode/,
+    .idea/, .devcontainer/); masked paths (the project's and the run's); files the
+    sandbox could not read. Links only if their target stays inside the project by its
+    text and passes through no other link. A path you changed in the project since the
+    sandbox changed it is a conflict (left in the layer), also below a directory it
+    deleted. `jhansi sandbox cp` takes what is refused, once you have read it. Exits 1
+    when some changes were not applied. When NAME is no sandbox's name, it is the first
+    PATH (in the working directory's project's sandbox).
     """
     from rich.markup import escape
 
     from jhansi.cli._output import print_json, stderr_console, stdout_console
     from jhansi.layers import apply
-    from jhansi.ledger.read import terminal_safe
+    from jhansi.ledger.read import one_line
     from jhansi.paths import Paths
     from jhansi.sandbox.changes import shown_name
 
@@ -392,19 +406,20 @@ def apply_command(
     else:
         out, err = stdout_console(), stderr_console()
         for outcome in report.by("applied"):
-            out.print(escape(f"applied {terminal_safe(shown_name(outcome.path))}"), soft_wrap=True)
+            out.print(escape(one_line(f"applied {shown_name(outcome.path)}")), soft_wrap=True)
         for outcome in missed:
             kind = "refused" if outcome.result == "refused" else "conflict"
             err.print(
-                escape(f"not applied ({kind}): {terminal_safe(shown_name(outcome.path))}: ")
-                + escape(outcome.reason),
+                escape(
+                    one_line(f"not applied ({kind}): {shown_name(outcome.path)}: {outcome.reason}")
+                ),
                 soft_wrap=True,
             )
         if report.error:
-            err.print(escape(f"applying stopped: {report.error}"), soft_wrap=True)
+            err.print(escape(one_line(f"applying stopped: {report.error}")), soft_wrap=True)
         out.print(
             escape(
-                f"{len(report.by('applied'))} applied to {terminal_safe(str(done.dirs.project))}"
+                f"{len(report.by('applied'))} applied to {one_line(str(done.dirs.project))}"
                 f", {len(missed)} not applied · recorded in the ledger"
             ),
             soft_wrap=True,
@@ -437,7 +452,7 @@ def copy_command(
 
     from jhansi.cli._output import print_json, stderr_console
     from jhansi.layers import copy_out
-    from jhansi.ledger.read import terminal_safe
+    from jhansi.ledger.read import one_line
     from jhansi.paths import Paths
 
     ctx.ensure_object(CliState).json = json_output
@@ -457,7 +472,7 @@ def copy_command(
     console = stderr_console()
     console.print(
         escape(
-            f"copied {terminal_safe(done.source)} to {terminal_safe(str(done.dest))} "
+            f"copied {one_line(done.source)} to {one_line(str(done.dest))} "
             f"({done.files} file{'s' if done.files != 1 else ''}, {done.bytes} bytes)"
         ),
         soft_wrap=True,

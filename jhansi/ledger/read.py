@@ -79,6 +79,14 @@ def terminal_safe(text: str) -> str:
     return _UNSAFE.sub(_escape_char, text)
 
 
+def one_line(text: str) -> str:
+    """``text`` as :func:`terminal_safe` writes it, on one line: newlines and tabs are
+    escaped too (``\\n``, ``\\t``). For what a script chose (a file name, a link's
+    target, a reason quoting them) inside a line of jhansi's own: a name with a newline
+    must not print a line that looks like jhansi's."""
+    return terminal_safe(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
 def json_terminal_safe(line: str) -> str:
     """A JSON text with the characters :func:`terminal_safe` escapes written as JSON
     ``\\uXXXX`` escapes: the same JSON value, inert on a terminal (not byte-exact)."""

@@ -15,7 +15,10 @@ the project as the invoking user. What this defends:
   descriptor of the project with ``O_NOFOLLOW | O_DIRECTORY``, files are written
   to a temporary name and renamed into place, deletions are ``unlinkat``. A
   layer that replaced a directory by a symlink to ``/etc`` cannot make jhansi
-  write there, and a symlink whose target leaves the project is not applied.
+  write there, and a symlink is applied only if its target, by its text, stays in
+  the project and passes through no other link (:func:`link_refusal`).
+* Nothing the host runs by itself is written (:func:`protected_reason`): a module
+  ``python -m jhansi`` would import, compiled Python, pre-commit's configuration ...
 * A project file that changed on the host during the run is not overwritten
   (a conflict); the sandbox's version stays in the kept staging directory.
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import functools
 import os
 import stat
 import time
@@ -61,11 +65,30 @@ _PROTECTED_DIRS = {
     ".jhansi": "jhansi keeps its project state there",
     ".git": "git runs its hooks and config from there",
     ".mise": "mise reads its configuration from there",
+    ".github": "CI runs its workflows and actions",
+    ".vscode": "the editor runs its tasks and picks the interpreter from there",
+    ".idea": "the editor runs its configurations from there",
+    ".devcontainer": "the editor builds and runs the container it describes",
+    "__pycache__": "Python imports the compiled code there instead of the reviewed source",
+}
+#: Files a tool runs on its own when you work in the project (not when you run it).
+_RUN_NAMES = {
+    ".pre-commit-config.yaml": "git commit runs the hooks it names",
+    ".pre-commit-hooks.yaml": "pre-commit runs the hooks it names",
+    ".envrc": "direnv runs it when you enter the directory",
+    ".gitlab-ci.yml": "CI runs it",
 }
 
 
-def protected_reason(rel: str) -> str | None:
+def protected_reason(rel: str, kind: Kind | None = None) -> str | None:
     """Why the project path ``rel`` (relative, ``/``-separated) is never written, or ``None``.
+
+    Never written: what jhansi (or a tool it runs) reads on the host as configuration
+    or a lock, and what the host runs by itself when you work in the project, without
+    your running the project's code: a module that ``python -m jhansi`` would import
+    instead of an installed one (:func:`_shadowing`), compiled Python, pre-commit's
+    configuration, ``.envrc``, CI and editor directories. ``kind`` is the entry's
+    (a link named like a module is refused, a directory is not).
 
     Matched case-insensitively, on every component: a case-insensitive filesystem
     (or a later checkout on one) would read ``JHANSI.TOML`` as ``jhansi.toml``.
@@ -81,7 +104,49 @@ def protected_reason(rel: str) -> str | None:
         return "jhansi reads it as configuration"
     if name in _VERSION_NAMES or any(fnmatch.fnmatchcase(name, g) for g in _VERSION_GLOBS):
         return "a version manager reads it to choose the host's Python"
+    if name in _RUN_NAMES:
+        return _RUN_NAMES[name]
+    if name.endswith(".pyc"):
+        return "Python imports compiled code instead of the reviewed source"
+    return _shadowing(parts, kind) if parts else None
+
+
+#: What a file name must end with for Python to import it as a module.
+_MODULE_SUFFIXES = (".py", ".pyw", ".pyc", ".pyd", ".so")
+
+
+def _shadowing(parts: list[str], kind: Kind | None) -> str | None:
+    """Why the (casefolded) path ``parts`` could be imported in place of an installed
+    module by ``python -m jhansi`` (or any ``python -m`` started in the project, such as
+    jhansi's pre-commit hooks): Python puts the working directory first on
+    ``sys.path``. At the top: a module file named like one of :func:`host_modules`, or
+    a link named like one (it may lead to a package); below a top-level directory named
+    like one, any module file. The directory alone imports nothing.
+    """
+    top = parts[0]
+    is_module = top.endswith(_MODULE_SUFFIXES)
+    name = top.split(".", 1)[0] if is_module else top
+    if name not in host_modules():
+        return None
+    if len(parts) == 1 and (is_module or kind == "link"):
+        return f"`python -m jhansi` in the project would import it instead of {name}"
+    if len(parts) > 1 and not is_module and parts[-1].endswith(_MODULE_SUFFIXES):
+        return f"`python -m jhansi` in the project would import it as part of {name}"
     return None
+
+
+@functools.cache
+def host_modules() -> frozenset[str]:
+    """Top-level module names (casefolded) that jhansi's Python imports from its own
+    installation: ``jhansi``, the standard library, and every distribution installed in
+    jhansi's environment (``python -m pip``, ``python -m uv`` ... too)."""
+    import importlib.metadata
+    import sys
+
+    names = {"jhansi", *sys.stdlib_module_names, *sys.builtin_module_names}
+    with contextlib.suppress(Exception):  # a broken distribution's metadata: skip it
+        names.update(importlib.metadata.packages_distributions())
+    return frozenset(n.casefold() for n in names if n.isidentifier())
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,66 +584,56 @@ def refusal(layer: Layer, change: Change) -> str | None:
     """Why ``change`` is never applied, or ``None``."""
     if _masked(layer, change.path):
         return "hidden from the sandbox (masked, or not readable by its user)"
-    why = protected_reason(change.path)
+    new = change.new
+    why = protected_reason(change.path, new.kind if new is not None else None)
     if why:
         return why
-    new = change.new
     if new is not None and new.kind == "link":
-        target = new.target or ""
-        if any(_leaves(tree, change.path, target) for tree in (layer.root, layer.project)):
-            return f"the link points outside the project ({target})"
+        return link_refusal((layer.root, layer.project), change.path, new.target or "")
     return None
 
 
-#: The kernel's own limit on links followed in one lookup.
-_MAX_HOPS = 40
+def link_refusal(trees: Iterable[Path], link: str, target: str) -> str | None:
+    """Why a link at ``link`` (relative to the project) with ``target`` is never applied.
 
-
-def _leaves(tree: Path, link: str, target: str) -> bool:
-    """Whether the link at ``link`` (relative to ``tree``) with ``target`` resolves, the way
-    the kernel would, to a place outside ``tree``.
-
-    Not lexical: ``q/../../etc`` where ``q`` is itself a link to ``../..`` leaves the
-    tree although its text stays inside. Each component is looked up in ``tree`` and a
-    link found on the way is followed (relative ones only: an absolute target leaves);
-    a component that does not exist is taken as a directory, as a later one might be.
-    The layer and the project are both checked: a link into the project's own links
-    leads wherever those do.
+    Judged by the text of the target, so that no later change (another apply, a run
+    that turns a directory into a link) can make an applied link lead outside: the
+    target must be relative, climb (``..``) only at its start and no higher than the
+    project, and then name only plain components (a ``..`` after a name would be taken
+    from wherever that name leads, not lexically). And none of the components it names
+    may be a link in any of ``trees`` (the layer and the project): a link's own target
+    is not known to stay put. Every link applied obeys this, so resolving any path of
+    the project only ever descends from a place inside it.
     """
     if target.startswith("/"):
-        return True
-    where = list(PurePosixPath(link).parent.parts)
-    pending = target.split("/")
-    hops = 0
-    while pending:
-        part = pending.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not where:
-                return True
-            where.pop()
-            continue
-        candidate = [*where, part]
-        try:
-            st = os.lstat(tree.joinpath(*candidate))
-        except OSError:
-            where = candidate
-            continue
-        if not stat.S_ISLNK(st.st_mode):
-            where = candidate
-            continue
-        hops += 1
-        if hops > _MAX_HOPS:
-            return True  # a loop, or a chain the kernel would refuse: never applied
-        try:
-            followed = str(tree.joinpath(*candidate).readlink())
-        except OSError:
-            return True
-        if followed.startswith("/"):
-            return True
-        pending = followed.split("/") + pending
-    return False
+        return f"the link points outside the project ({target})"
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    names = parts[ups:]
+    depth = link.count("/")
+    if ups > depth:
+        return f"the link points outside the project ({target})"
+    if ".." in names:
+        return (
+            "the link may point outside the project: its target has '..' after a name, "
+            f"which is taken from wherever that name leads ({target})"
+        )
+    base = link.split("/")[: depth - ups]
+    for i in range(len(names)):
+        component = [*base, *names[: i + 1]]
+        for tree in trees:
+            try:
+                st = os.lstat(tree.joinpath(*component))
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                return (
+                    "the link may point outside the project: its target passes through "
+                    f"the link {'/'.join(component)} ({target})"
+                )
+    return None
 
 
 def _mode(new: Entry, old: Entry | None) -> int:
@@ -759,8 +814,8 @@ def apply_changes(
 
 
 def _recheck_links(layer: Layer, project_fd: int, outcomes: list[Outcome]) -> list[Outcome]:
-    """Each link applied, checked again in the project as it now is, and removed (its
-    outcome refused) if it leads outside.
+    """Each link applied, checked again (:func:`link_refusal`) in the project as it now
+    is, and removed (its outcome refused) if it fails.
 
     Before the apply a link was checked in the layer and in the project apart; the
     project after it is a mix of both (a refused or conflicting change keeps the
@@ -778,12 +833,13 @@ def _recheck_links(layer: Layer, project_fd: int, outcomes: list[Outcome]) -> li
                     checked.append(outcome)
                     continue
                 target = os.readlink(name, dir_fd=parent)
-                if not _leaves(layer.project, outcome.path, target):
+                why = link_refusal((layer.project,), outcome.path, target)
+                if why is None:
                     checked.append(outcome)
                     continue
                 os.unlink(name, dir_fd=parent)
         except OSError:
-            pass  # gone or unreachable: nothing of it is left to lead anywhere
-        why = f"the link points outside the project once the rest is applied ({outcome.path})"
+            why = "the link is gone or unreachable"  # nothing of it is left to lead anywhere
+        why = f"once the rest is applied: {why}"
         checked.append(Outcome(outcome.path, outcome.action, "refused", why))
     return checked

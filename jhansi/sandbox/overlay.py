@@ -25,7 +25,9 @@ entries ``lstat``-ed, regular files opened ``O_NOFOLLOW | O_NONBLOCK`` and check
 with ``fstat``; links are read, never followed; FIFOs, sockets and devices are never
 opened. Overlay's own markers are read the way the kernel does: a character device
 0/0 is a *whiteout* (the name was deleted), a directory with ``overlay.opaque=y``
-hides everything below it in the lower layers. Redirects and metacopy are off (the
+hides everything below it in the lower layers — in the attribute namespace the
+layer's mount used (``state.json``'s ``xattr``) and no other: a script may set the
+other one, and the kernel ignores it. Redirects and metacopy are off (the
 backends mount with ``redirect_dir=off``/``nofollow``), so no other marker exists.
 """
 
@@ -311,12 +313,20 @@ def _stand_in(root: int, project: Path, rel: str, xattr: XattrNamespace) -> None
 
 def convert_opaque(upper: Path, old: str, new: XattrNamespace) -> None:
     """Mark the opaque directories of ``upper`` in the ``new`` namespace (a layer written
-    by one backend, mounted by another): raises :class:`OSError` if that cannot be set."""
+    by one backend, mounted by another): raises :class:`OSError` if that cannot be set.
+
+    Opaque is what the ``old`` namespace says (the one the kernel honoured), and only
+    that: a marker already in ``new`` on a directory ``old`` does not mark opaque was
+    set by a script (under Docker's ``trusted.*`` overlay, ``user.overlay.opaque`` is a
+    plain attribute) and is removed, never made real."""
     if old == new:
         return
+    honoured = namespace_of(old)
     for _rel, fd in _upper_dirs(upper):
-        if _opaque(fd):
+        if _opaque(fd, honoured):
             os.setxattr(fd, f"{new}.{_OPAQUE}", b"y")
+        elif _has_xattr(fd, f"{new}.{_OPAQUE}"):
+            os.removexattr(fd, f"{new}.{_OPAQUE}")
 
 
 def _upper_dirs(upper: Path) -> Iterator[tuple[str, int]]:
@@ -374,6 +384,7 @@ def open_directories(
     """
     made: list[str] = []
     hidden = set(masked)
+    namespace = namespace_of(load_state(dirs.state).get("xattr"))
     project_fd = os.open(dirs.project, _DIR_FLAGS)
     upper_fd = os.open(dirs.upper, _DIR_FLAGS)
     # Each frame: (project dir fd, upper dir fd, prefix, names left).
@@ -419,7 +430,7 @@ def open_directories(
                     os.fchmod(child_u, stat.S_IMODE(st.st_mode) & 0o777)
                     if os.geteuid() == 0:
                         os.fchown(child_u, uid, gid)
-                elif _opaque(child_u):
+                elif _opaque(child_u, namespace):
                     os.close(child_u)
                     continue
                 child_p = os.open(name, _DIR_FLAGS, dir_fd=pfd)
@@ -492,16 +503,30 @@ def is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _opaque(dir_fd: int) -> bool:
-    """Whether the directory ``dir_fd`` hides the lower layers below it (in either
-    namespace: a layer may have been written through both kinds of mount)."""
-    for namespace in _NAMESPACES:
-        try:
-            if os.getxattr(dir_fd, f"{namespace}.{_OPAQUE}") == b"y":
-                return True
-        except OSError:
-            continue
-    return False
+def namespace_of(value: object) -> XattrNamespace | None:
+    """The overlay attribute namespace a layer's state records (``None``: unknown)."""
+    return next((n for n in _NAMESPACES if n == value), None)
+
+
+def _opaque(dir_fd: int, namespace: XattrNamespace | None) -> bool:
+    """Whether the directory ``dir_fd`` hides the lower layers below it, as the kernel
+    read it: in the ``namespace`` the layer's mount uses, never another (a script may
+    set ``user.overlay.opaque`` where the overlay uses ``trusted.*``: the kernel ignores
+    it, and so must jhansi). Unknown namespace: nothing is opaque (nothing deleted)."""
+    if namespace is None:
+        return False
+    try:
+        return os.getxattr(dir_fd, f"{namespace}.{_OPAQUE}") == b"y"
+    except OSError:
+        return False
+
+
+def _has_xattr(fd: int, name: str) -> bool:
+    try:
+        os.getxattr(fd, name)
+    except OSError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -597,12 +622,24 @@ def plan(dirs: LayerDirs, *, max_entries: int = MAX_ENTRIES) -> Plan:
     a file or link in the layer adds or modifies (a file with the same bytes as the
     project's is no change); directories jhansi opened for the sandbox
     (:func:`open_directories`) are no change unless something below them is.
+
+    Below a directory the sandbox deleted, only what it saw is deleted: a project entry
+    there without a baseline (:func:`note_baselines` notes the whole tree) is a
+    conflict, never deleted (the user may have made it since).
     """
     state = load_state(dirs.state)
     found = state.get("baselines")
     baselines: dict[str, Any] = found if isinstance(found, dict) else {}
     opened = set(state.get("opened") or ())
+    namespace = namespace_of(state.get("xattr"))
     deleted: list[tuple[str, Entry]] = []
+    below: set[str] = set()  # deleted with a directory above them, not by name
+
+    def subtree(project_fd: int, rel: str) -> list[tuple[str, Entry]]:
+        entries = _subtree(project_fd, rel)
+        below.update(sub for sub, _ in entries)
+        return entries
+
     others: list[tuple[str, str, Entry | None, Entry]] = []  # (rel, action, current, new)
     skipped = 0
     incomplete = ""
@@ -634,7 +671,7 @@ def plan(dirs: LayerDirs, *, max_entries: int = MAX_ENTRIES) -> Plan:
                 if is_whiteout(st):
                     if current is not None:
                         if current.kind == "dir":
-                            deleted += _subtree(project_fd, rel)
+                            deleted += subtree(project_fd, rel)
                         deleted.append((rel, current))
                     continue
                 target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
@@ -643,7 +680,7 @@ def plan(dirs: LayerDirs, *, max_entries: int = MAX_ENTRIES) -> Plan:
                     skipped += 1
                     continue
                 if current is not None and current.kind == "dir" and new.kind != "dir":
-                    deleted += _subtree(project_fd, rel)
+                    deleted += subtree(project_fd, rel)
                 if new.kind == "dir":
                     if len(stack) >= MAX_DEPTH_PLAN:
                         incomplete = f"{rel}: nested deeper than {MAX_DEPTH_PLAN} levels"
@@ -655,11 +692,11 @@ def plan(dirs: LayerDirs, *, max_entries: int = MAX_ENTRIES) -> Plan:
                     if current is None or current.kind != "dir":
                         action = "added" if current is None else "modified"
                         others.append((rel, action, current, new))
-                    elif _opaque(child):
+                    elif _opaque(child, namespace):
                         # Nothing of the project shows below an opaque directory: what
                         # the layer does not have there (at any depth) was deleted.
                         kept = {f"{rel}/{sub}" for sub, _, _ in _walk(child)}
-                        deleted += [e for e in _subtree(project_fd, rel) if e[0] not in kept]
+                        deleted += [e for e in subtree(project_fd, rel) if e[0] not in kept]
                     stack.append((child, rel + "/", _names(child)))
                     continue
                 if current is None:
@@ -698,7 +735,14 @@ def plan(dirs: LayerDirs, *, max_entries: int = MAX_ENTRIES) -> Plan:
     items: list[Planned] = []
     unique: dict[str, Entry] = dict(deleted)
     for rel in sorted(unique, key=lambda r: (r.count("/"), r), reverse=True):
-        items.append(_planned(rel, "deleted", unique[rel], None, baselines))
+        item = _planned(rel, "deleted", unique[rel], None, baselines)
+        if rel in below and rel not in baselines:
+            item = replace(
+                item,
+                conflict="below a directory the sandbox deleted, but not "
+                "known to be what it saw there (made or changed in the project since?)",
+            )
+        items.append(item)
     for rel, action, current, new in sorted(others, key=lambda o: o[0].split("/")):
         items.append(_planned(rel, action, current, new, baselines))
     return Plan(items, incomplete, skipped)
@@ -732,23 +776,58 @@ def _planned(
 
 def note_baselines(dirs: LayerDirs, paths: Iterable[str]) -> None:
     """Note, for each path the run changed that has no note yet, what the project holds
-    there now (``None``: nothing), so that a later host change is told apart."""
+    there now (``None``: nothing), so that a later host change is told apart; and where
+    the layer deleted a directory of the project (a whiteout, a file or link in its
+    place, an opaque directory) at such a path or above it, every entry of the
+    project's tree there: what the sandbox deleted, and all that applying it may delete.
+    """
     state = load_state(dirs.state)
     if state.get("project") != str(dirs.project):
         return
     baselines = state.setdefault("baselines", {})
     if not isinstance(baselines, dict):
         baselines = state["baselines"] = {}
-    fresh = [p for p in paths if p not in baselines]
-    if not fresh:
-        return
+    wanted = list(paths)
+    fresh = [p for p in wanted if p not in baselines]
+    namespace = namespace_of(state.get("xattr"))
+    before = len(baselines)
     project_fd = os.open(dirs.project, _DIR_FLAGS)
+    upper_fd = os.open(dirs.upper, _DIR_FLAGS)
     try:
         for rel in fresh[:MAX_ENTRIES]:
             baselines[rel] = entry_fields(_project_entry(project_fd, rel))
+        tops: set[str] = set()
+        for rel in wanted:
+            parts = rel.split("/")
+            tops.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+        for top in sorted(tops):
+            if len(baselines) >= MAX_ENTRIES:
+                break  # the rest stays unnoted: a conflict, never deleted
+            if _deletes_tree(upper_fd, top, namespace):
+                for sub, entry in _subtree(project_fd, top)[:MAX_ENTRIES]:
+                    baselines.setdefault(sub, entry_fields(entry))
     finally:
+        os.close(upper_fd)
         os.close(project_fd)
-    save_state(dirs, state)
+    if len(baselines) != before:
+        save_state(dirs, state)
+
+
+def _deletes_tree(upper_fd: int, rel: str, namespace: XattrNamespace | None) -> bool:
+    """Whether the upper entry at ``rel`` hides the project's tree there: a whiteout, a
+    file or link, or an opaque directory (``False`` when the layer has nothing there)."""
+    try:
+        with _parent(upper_fd, rel) as (parent, name):
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                return True
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except (OSError, ValueError):
+        return False
+    try:
+        return _opaque(fd, namespace)
+    finally:
+        os.close(fd)
 
 
 def note_opened(dirs: LayerDirs, opened: list[str]) -> None:
@@ -805,6 +884,7 @@ def shadows(dirs: LayerDirs, rel: str) -> bool:
     entry of its own there, or a parent that is not a plain (non-opaque) directory."""
     parts = rel.split("/")
     fds: list[int] = []
+    namespace = namespace_of(load_state(dirs.state).get("xattr"))
     try:
         current = os.open(dirs.upper, _DIR_FLAGS)
         fds.append(current)
@@ -817,7 +897,7 @@ def shadows(dirs: LayerDirs, rel: str) -> bool:
                 return True
             current = os.open(part, _DIR_FLAGS, dir_fd=current)
             fds.append(current)
-            if _opaque(current):
+            if _opaque(current, namespace):
                 return True
         return False  # pragma: no cover - the loop returns
     finally:
@@ -869,11 +949,12 @@ def _take_out(dirs: LayerDirs, applied: list[str]) -> None:
     project has too; forget their baselines."""
     if not applied:
         return
+    namespace = namespace_of(load_state(dirs.state).get("xattr"))
     upper_fd = os.open(dirs.upper, _DIR_FLAGS)
     try:
         for rel in sorted(applied, key=lambda r: r.count("/"), reverse=True):
             try:
-                _take_one(upper_fd, rel)
+                _take_one(upper_fd, rel, namespace)
             except (OSError, ValueError):
                 continue
     finally:
@@ -887,7 +968,7 @@ def _take_out(dirs: LayerDirs, applied: list[str]) -> None:
             save_state(dirs, state)
 
 
-def _take_one(upper_fd: int, rel: str) -> None:
+def _take_one(upper_fd: int, rel: str, namespace: XattrNamespace | None) -> None:
     parts = rel.split("/")
     fds: list[int] = []
     try:
@@ -895,14 +976,14 @@ def _take_one(upper_fd: int, rel: str) -> None:
         for part in parts[:-1]:
             current = os.open(part, _DIR_FLAGS, dir_fd=current)
             fds.append(current)
-            if _opaque(current):
+            if _opaque(current, namespace):
                 return
         name = parts[-1]
         st = os.stat(name, dir_fd=current, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             child = os.open(name, _DIR_FLAGS, dir_fd=current)
             try:
-                if _opaque(child) or _listing(child):
+                if _opaque(child, namespace) or _listing(child):
                     return
             finally:
                 os.close(child)
