@@ -74,6 +74,7 @@ PRELOAD = (
     "jhansi.sandbox.interface",
     "jhansi.sandbox.limits",
     "jhansi.sandbox.overlay",
+    "jhansi.sandbox.overlay_read",
     "jhansi.sandbox.probe",
     "jhansi.sandbox.workspace",
     "jhansi.supply.policy",

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from jhansi.errors import JhansiError, LedgerError, UsageError
 from jhansi.sandbox.changes import shown_name
 from jhansi.sandbox.interface import HOME, WORKDIR
-from jhansi.sandbox.overlay import LayerDirs, Plan, Planned, layer_dirs, layers_in, plan
+from jhansi.sandbox.overlay import LayerDirs, layer_dirs, layers_in
+from jhansi.sandbox.overlay_plan import Plan, Planned, plan
 from jhansi.sandbox.workspace import Workspace, default_name, validate_name
 
 if TYPE_CHECKING:
@@ -309,7 +310,8 @@ def apply(
     writable first (no record, no apply); what was applied is recorded even when
     some of it was refused or conflicted.
     """
-    from jhansi.sandbox import overlay
+    from jhansi.sandbox import overlay_plan
+    from jhansi.sandbox.overlay_read import hash_file
 
     sandbox = sandbox_name(name, project)
     workspace = Workspace.from_paths(paths)
@@ -323,7 +325,7 @@ def apply(
         found = _plan(dirs)
         chosen = select(found, wanted)
         try:
-            report = overlay.apply(
+            report = overlay_plan.apply(
                 dirs, found, [item.change for item in chosen], _masked(settings, dirs, found)
             )
         except OSError as exc:
@@ -335,7 +337,7 @@ def apply(
     hashes: dict[str, str] = {}
     for outcome in report.by("applied"):
         if outcome.action != "deleted":
-            digest = overlay.hash_file(dirs.project, outcome.path)
+            digest = hash_file(dirs.project, outcome.path)
             if digest is not None:
                 hashes[outcome.path] = digest
     record = _record(ledger, sandbox, dirs, report, hashes)
@@ -481,7 +483,7 @@ def copy_out(
 
 def _open_below(root: Path, rel: str, shown: str, area: str) -> int:
     """A descriptor of ``rel`` below ``root`` (a regular file or a directory)."""
-    from jhansi.sandbox.overlay import is_whiteout
+    from jhansi.sandbox.overlay_read import is_whiteout
 
     try:
         current = os.open(root, _DIR_FLAGS)

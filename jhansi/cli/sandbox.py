@@ -13,7 +13,7 @@ from jhansi.cli._state import CliState
 
 if TYPE_CHECKING:
     from jhansi.config import Settings
-    from jhansi.sandbox.overlay import Planned
+    from jhansi.sandbox.overlay_plan import Planned
     from jhansi.sandbox.workspace import Workspace
 
 app = typer.Typer(help="Manage named sandboxes and their persistent homes.", no_args_is_help=True)
@@ -207,7 +207,7 @@ def _text_diff(item: Planned, layer: Path, project: Path) -> str | None:
 
     from jhansi.ledger.read import one_line
     from jhansi.sandbox.changes import shown_name
-    from jhansi.sandbox.overlay import read_small
+    from jhansi.sandbox.overlay_read import read_small
 
     change = item.change
     if change.new is None or change.new.kind != "file":

@@ -19,16 +19,9 @@ Nothing is written to the project until ``jhansi sandbox apply`` copies chosen
 changes into it with :func:`jhansi.sandbox.layer.apply_changes` (configuration,
 locks, ``.git`` and masked paths never; links only inside; conflicts kept).
 
-The upper directory is a tree the sandbox wrote. Host code reads it only by
-descriptor: directories opened ``O_NOFOLLOW | O_DIRECTORY`` component by component,
-entries ``lstat``-ed, regular files opened ``O_NOFOLLOW | O_NONBLOCK`` and checked
-with ``fstat``; links are read, never followed; FIFOs, sockets and devices are never
-opened. Overlay's own markers are read the way the kernel does: a character device
-0/0 is a *whiteout* (the name was deleted), a directory with ``overlay.opaque=y``
-hides everything below it in the lower layers — in the attribute namespace the
-layer's mount used (``state.json``'s ``xattr``) and no other: a script may set the
-other one, and the kernel ignores it. Redirects and metacopy are off (the
-backends mount with ``redirect_dir=off``/``nofollow``), so no other marker exists.
+What the layer changed is listed and brought out by :mod:`jhansi.sandbox.overlay_plan`;
+the layer is read by descriptor, never through a link, with overlay's markers read
+as the kernel reads them (:mod:`jhansi.sandbox.overlay_read`).
 """
 
 from __future__ import annotations
@@ -40,31 +33,22 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import blake3
 
 from jhansi.sandbox.changes import FileChange, Snapshot
-from jhansi.sandbox.interface import WORKDIR, Mount, Overlay, XattrNamespace
-from jhansi.sandbox.layer import (
-    _DIR_FLAGS,
-    _FILE_FLAGS,
-    Action,
-    ApplyError,
-    ApplyReport,
-    Change,
-    Entry,
-    Layer,
-    Outcome,
-    _entry,
-    _lentry,
-    _parent,
-    _same_content,
-    _unchanged_on_host,
-    _walk,
-    apply_changes,
+from jhansi.sandbox.interface import Overlay, XattrNamespace
+from jhansi.sandbox.layer import _DIR_FLAGS, Entry, _parent, _walk
+from jhansi.sandbox.overlay_read import (
+    OPAQUE,
+    is_opaque,
+    listing,
+    namespace_of,
+    project_entry,
+    project_subtree,
 )
 
 #: The directory of a sandbox that holds its layers, one per project.
@@ -73,9 +57,6 @@ _STATE = "state.json"
 _STATE_VERSION = 1
 #: Entries a plan lists at most (a sandbox may leave millions); past it, it says so.
 MAX_ENTRIES = 500_000
-#: The overlay attribute that makes a directory hide the lower layers below it.
-_OPAQUE = "overlay.opaque"
-_NAMESPACES: tuple[XattrNamespace, ...] = ("user", "trusted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +104,7 @@ def layers_in(sandbox_dir: Path) -> list[LayerDirs]:
     """Every layer the sandbox has, with the project each covers (from its state)."""
     found: list[LayerDirs] = []
     try:
-        names = sorted(_listing(sandbox_dir / LAYERS))
+        names = sorted(listing(sandbox_dir / LAYERS))
     except OSError:
         return found
     for name in names:
@@ -291,12 +272,12 @@ def _stand_in(root: int, project: Path, rel: str, xattr: XattrNamespace) -> None
             fd = os.open(name, _DIR_FLAGS, dir_fd=current)
             try:
                 try:
-                    os.setxattr(fd, f"{xattr}.{_OPAQUE}", b"y")
+                    os.setxattr(fd, f"{xattr}.{OPAQUE}", b"y")
                 except OSError:
                     # trusted.* needs root: hide each entry by name instead (new names
                     # made in the project during the run would show; said in the docs).
                     with contextlib.suppress(OSError):
-                        for entry in _listing(source):
+                        for entry in listing(source):
                             os.mknod(entry, stat.S_IFCHR, 0, dir_fd=fd)
                 os.fchmod(fd, 0o555)
             finally:
@@ -323,10 +304,18 @@ def convert_opaque(upper: Path, old: str, new: XattrNamespace) -> None:
         return
     honoured = namespace_of(old)
     for _rel, fd in _upper_dirs(upper):
-        if _opaque(fd, honoured):
-            os.setxattr(fd, f"{new}.{_OPAQUE}", b"y")
-        elif _has_xattr(fd, f"{new}.{_OPAQUE}"):
-            os.removexattr(fd, f"{new}.{_OPAQUE}")
+        if is_opaque(fd, honoured):
+            os.setxattr(fd, f"{new}.{OPAQUE}", b"y")
+        elif _has_xattr(fd, f"{new}.{OPAQUE}"):
+            os.removexattr(fd, f"{new}.{OPAQUE}")
+
+
+def _has_xattr(fd: int, name: str) -> bool:
+    try:
+        os.getxattr(fd, name)
+    except OSError:
+        return False
+    return True
 
 
 def _upper_dirs(upper: Path) -> Iterator[tuple[str, int]]:
@@ -390,7 +379,7 @@ def open_directories(
     # Each frame: (project dir fd, upper dir fd, prefix, names left).
     stack: list[tuple[int, int, str, list[str]]] = []
     try:
-        stack.append((project_fd, upper_fd, "", sorted(_listing(project_fd), reverse=True)))
+        stack.append((project_fd, upper_fd, "", sorted(listing(project_fd), reverse=True)))
         while stack:
             pfd, ufd, prefix, names = stack[-1]
             if not names:
@@ -430,7 +419,7 @@ def open_directories(
                     os.fchmod(child_u, stat.S_IMODE(st.st_mode) & 0o777)
                     if os.geteuid() == 0:
                         os.fchown(child_u, uid, gid)
-                elif _opaque(child_u, namespace):
+                elif is_opaque(child_u, namespace):
                     os.close(child_u)
                     continue
                 child_p = os.open(name, _DIR_FLAGS, dir_fd=pfd)
@@ -438,7 +427,7 @@ def open_directories(
                 os.close(child_u)
                 continue
             try:
-                below = sorted(_listing(child_p), reverse=True)
+                below = sorted(listing(child_p), reverse=True)
             except OSError:
                 os.close(child_p)
                 os.close(child_u)
@@ -495,282 +484,6 @@ def _may_list(st: os.stat_result, uid: int, gid: int) -> bool:
     return bits & 5 == 5
 
 
-# -- reading the upper layer -----------------------------------------------------------------
-
-
-def is_whiteout(st: os.stat_result) -> bool:
-    """Whether an upper entry is overlayfs's mark of a deleted name (char device 0/0)."""
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def namespace_of(value: object) -> XattrNamespace | None:
-    """The overlay attribute namespace a layer's state records (``None``: unknown)."""
-    return next((n for n in _NAMESPACES if n == value), None)
-
-
-def _opaque(dir_fd: int, namespace: XattrNamespace | None) -> bool:
-    """Whether the directory ``dir_fd`` hides the lower layers below it, as the kernel
-    read it: in the ``namespace`` the layer's mount uses, never another (a script may
-    set ``user.overlay.opaque`` where the overlay uses ``trusted.*``: the kernel ignores
-    it, and so must jhansi). Unknown namespace: nothing is opaque (nothing deleted)."""
-    if namespace is None:
-        return False
-    try:
-        return os.getxattr(dir_fd, f"{namespace}.{_OPAQUE}") == b"y"
-    except OSError:
-        return False
-
-
-def _has_xattr(fd: int, name: str) -> bool:
-    try:
-        os.getxattr(fd, name)
-    except OSError:
-        return False
-    return True
-
-
-@dataclass(frozen=True, slots=True)
-class Planned:
-    """One change of the layer against the project, and whether it conflicts."""
-
-    change: Change
-    """``old`` is what the project held when the sandbox first changed the path (when
-    known), else what it holds now; ``new`` is the layer's entry."""
-    current: Entry | None
-    """What the project holds now."""
-    conflict: str = ""
-    """Why applying it would not be safe (the project changed since), if so."""
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """Everything the layer changed against the project, in the order to apply it."""
-
-    items: list[Planned] = field(default_factory=list)
-    incomplete: str = ""
-    """Why the list may be missing changes (too many entries, nested too deep)."""
-    skipped: int = 0
-    """FIFOs, sockets and device nodes in the layer: never applied, not listed."""
-
-    @property
-    def changes(self) -> list[Change]:
-        """The changes alone (what :func:`jhansi.sandbox.layer.apply_changes` takes)."""
-        return [item.change for item in self.items]
-
-
-def _listing(where: int | Path) -> list[str]:
-    """The names in the directory ``where`` (a descriptor, or a path)."""
-    with os.scandir(where) as entries:
-        return [e.name for e in entries]
-
-
-def _names(fd: int) -> list[str]:
-    """The names in the directory ``fd``, sorted, reversed (popped in order)."""
-    return sorted(_listing(fd), reverse=True)
-
-
-def _project_entry(project_fd: int, rel: str) -> Entry | None:
-    """The project's entry at ``rel`` (``None``: absent, or below a link or a file)."""
-    try:
-        with _parent(project_fd, rel) as (parent, name):
-            return _lentry(name, parent)
-    except (OSError, ValueError):
-        return None
-
-
-def _subtree(project_fd: int, rel: str) -> list[tuple[str, Entry]]:
-    """The project's entries below the directory ``rel`` (parents first)."""
-    try:
-        with _parent(project_fd, rel) as (parent, name):
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-    except (OSError, ValueError):
-        return []
-    try:
-        return [(f"{rel}/{sub}", entry) for sub, entry, _ in _walk(fd)]
-    finally:
-        os.close(fd)
-
-
-def _differs(upper_parent: int, project_fd: int, rel: str, name: str) -> bool:
-    """Whether the upper file ``name`` holds other bytes than the project's ``rel``."""
-    try:
-        a = os.open(name, _FILE_FLAGS, dir_fd=upper_parent)
-    except OSError:
-        return True
-    try:
-        if not stat.S_ISREG(os.fstat(a).st_mode):
-            return True
-        try:
-            with _parent(project_fd, rel) as (parent, pname):
-                b = os.open(pname, _FILE_FLAGS, dir_fd=parent)
-        except (OSError, ValueError):
-            return True
-        try:
-            return not stat.S_ISREG(os.fstat(b).st_mode) or not _same_content(a, b)
-        finally:
-            os.close(b)
-    finally:
-        os.close(a)
-
-
-def plan(dirs: LayerDirs, *, max_entries: int = MAX_ENTRIES) -> Plan:
-    """What the layer changed against the project as it is now: deletions deepest
-    first, then additions and changes parents first (the order to apply them in).
-
-    A whiteout deletes the project's entry (a directory with everything in it); an
-    opaque directory deletes what the project has below it and the layer does not;
-    a file or link in the layer adds or modifies (a file with the same bytes as the
-    project's is no change); directories jhansi opened for the sandbox
-    (:func:`open_directories`) are no change unless something below them is.
-
-    Below a directory the sandbox deleted, only what it saw is deleted: a project entry
-    there without a baseline (:func:`note_baselines` notes the whole tree) is a
-    conflict, never deleted (the user may have made it since).
-    """
-    state = load_state(dirs.state)
-    found = state.get("baselines")
-    baselines: dict[str, Any] = found if isinstance(found, dict) else {}
-    opened = set(state.get("opened") or ())
-    namespace = namespace_of(state.get("xattr"))
-    deleted: list[tuple[str, Entry]] = []
-    below: set[str] = set()  # deleted with a directory above them, not by name
-
-    def subtree(project_fd: int, rel: str) -> list[tuple[str, Entry]]:
-        entries = _subtree(project_fd, rel)
-        below.update(sub for sub, _ in entries)
-        return entries
-
-    others: list[tuple[str, str, Entry | None, Entry]] = []  # (rel, action, current, new)
-    skipped = 0
-    incomplete = ""
-    seen = 0
-    upper_fd = os.open(dirs.upper, _DIR_FLAGS)
-    project_fd = os.open(dirs.project, _DIR_FLAGS)
-    try:
-        # Each frame: (upper dir fd, prefix, names left); the project is looked up by path.
-        stack: list[tuple[int, str, list[str]]] = [(upper_fd, "", _names(upper_fd))]
-        try:
-            while stack:
-                fd, prefix, names = stack[-1]
-                if not names:
-                    stack.pop()
-                    if fd != upper_fd:
-                        os.close(fd)
-                    continue
-                name = names.pop()
-                seen += 1
-                if seen > max_entries:
-                    incomplete = f"the layer has more than {max_entries} entries"
-                    break
-                rel = prefix + name
-                try:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except OSError:
-                    continue
-                current = _project_entry(project_fd, rel)
-                if is_whiteout(st):
-                    if current is not None:
-                        if current.kind == "dir":
-                            deleted += subtree(project_fd, rel)
-                        deleted.append((rel, current))
-                    continue
-                target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
-                new = _entry(st, target)
-                if new is None:
-                    skipped += 1
-                    continue
-                if current is not None and current.kind == "dir" and new.kind != "dir":
-                    deleted += subtree(project_fd, rel)
-                if new.kind == "dir":
-                    if len(stack) >= MAX_DEPTH_PLAN:
-                        incomplete = f"{rel}: nested deeper than {MAX_DEPTH_PLAN} levels"
-                        continue
-                    try:
-                        child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                    except OSError:
-                        continue
-                    if current is None or current.kind != "dir":
-                        action = "added" if current is None else "modified"
-                        others.append((rel, action, current, new))
-                    elif _opaque(child, namespace):
-                        # Nothing of the project shows below an opaque directory: what
-                        # the layer does not have there (at any depth) was deleted.
-                        kept = {f"{rel}/{sub}" for sub, _, _ in _walk(child)}
-                        deleted += [e for e in subtree(project_fd, rel) if e[0] not in kept]
-                    stack.append((child, rel + "/", _names(child)))
-                    continue
-                if current is None:
-                    others.append((rel, "added", None, new))
-                elif (
-                    current.kind != new.kind
-                    or current.target != new.target
-                    or (
-                        new.kind == "file"
-                        and (new.size != current.size or _differs(fd, project_fd, rel, name))
-                    )
-                ):
-                    others.append((rel, "modified", current, new))
-                elif new.kind == "file" and new.mode != current.mode:
-                    others.append((rel, "mode", current, new))
-        except ApplyError as exc:
-            incomplete = str(exc.strerror)
-        finally:
-            for frame_fd, _, _ in stack:
-                if frame_fd != upper_fd:
-                    os.close(frame_fd)
-    finally:
-        os.close(upper_fd)
-        os.close(project_fd)
-
-    # Directories opened for the sandbox are no change of their own, unless the project
-    # lost them since and something below them changed.
-    def idle(item: tuple[str, str, Entry | None, Entry]) -> bool:
-        return item[0] in opened and item[1] == "added" and item[3].kind == "dir"
-
-    ancestors: set[str] = set()
-    for rel in [item[0] for item in others if not idle(item)] + [rel for rel, _ in deleted]:
-        parts = rel.split("/")
-        ancestors.update("/".join(parts[:i]) for i in range(1, len(parts)))
-    others = [item for item in others if not idle(item) or item[0] in ancestors]
-    items: list[Planned] = []
-    unique: dict[str, Entry] = dict(deleted)
-    for rel in sorted(unique, key=lambda r: (r.count("/"), r), reverse=True):
-        item = _planned(rel, "deleted", unique[rel], None, baselines)
-        if rel in below and rel not in baselines:
-            item = replace(
-                item,
-                conflict="below a directory the sandbox deleted, but not "
-                "known to be what it saw there (made or changed in the project since?)",
-            )
-        items.append(item)
-    for rel, action, current, new in sorted(others, key=lambda o: o[0].split("/")):
-        items.append(_planned(rel, action, current, new, baselines))
-    return Plan(items, incomplete, skipped)
-
-
-#: Directory levels :func:`plan` descends.
-MAX_DEPTH_PLAN = 256
-
-
-def _planned(
-    rel: str, action: str, current: Entry | None, new: Entry | None, baselines: dict[str, Any]
-) -> Planned:
-    """The change at ``rel``; against its baseline (when one was noted) for conflicts."""
-    old = current
-    conflict = ""
-    if rel in baselines:
-        old = entry_from(baselines[rel])
-        if not _unchanged_on_host(old, current):
-            conflict = (
-                "made in the project since the sandbox wrote it"
-                if old is None
-                else "changed in the project since the sandbox changed it"
-            )
-    if action != "deleted":
-        action = "added" if old is None else ("mode" if action == "mode" else "modified")
-    return Planned(Change(rel, cast(Action, action), old, new), current, conflict)
-
-
 # -- after a run -----------------------------------------------------------------------------
 
 
@@ -795,7 +508,7 @@ def note_baselines(dirs: LayerDirs, paths: Iterable[str]) -> None:
     upper_fd = os.open(dirs.upper, _DIR_FLAGS)
     try:
         for rel in fresh[:MAX_ENTRIES]:
-            baselines[rel] = entry_fields(_project_entry(project_fd, rel))
+            baselines[rel] = entry_fields(project_entry(project_fd, rel))
         tops: set[str] = set()
         for rel in wanted:
             parts = rel.split("/")
@@ -804,7 +517,7 @@ def note_baselines(dirs: LayerDirs, paths: Iterable[str]) -> None:
             if len(baselines) >= MAX_ENTRIES:
                 break  # the rest stays unnoted: a conflict, never deleted
             if _deletes_tree(upper_fd, top, namespace):
-                for sub, entry in _subtree(project_fd, top)[:MAX_ENTRIES]:
+                for sub, entry in project_subtree(project_fd, top)[:MAX_ENTRIES]:
                     baselines.setdefault(sub, entry_fields(entry))
     finally:
         os.close(upper_fd)
@@ -825,7 +538,7 @@ def _deletes_tree(upper_fd: int, rel: str, namespace: XattrNamespace | None) -> 
     except (OSError, ValueError):
         return False
     try:
-        return _opaque(fd, namespace)
+        return is_opaque(fd, namespace)
     finally:
         os.close(fd)
 
@@ -863,7 +576,7 @@ def merged_changes(
             if now is None:
                 out.append(change)
                 continue
-            in_project = _project_entry(project_fd, change.path) is not None
+            in_project = project_entry(project_fd, change.path) is not None
             if white(now):
                 if white(was) or (was is None and not in_project):
                     continue
@@ -897,216 +610,9 @@ def shadows(dirs: LayerDirs, rel: str) -> bool:
                 return True
             current = os.open(part, _DIR_FLAGS, dir_fd=current)
             fds.append(current)
-            if _opaque(current, namespace):
+            if is_opaque(current, namespace):
                 return True
         return False  # pragma: no cover - the loop returns
     finally:
         for fd in fds:
             os.close(fd)
-
-
-# -- bringing changes out --------------------------------------------------------------------
-
-
-def apply(
-    dirs: LayerDirs, plan_: Plan, paths: Iterable[Change], masked: Iterable[str]
-) -> ApplyReport:
-    """Apply ``paths`` (changes of ``plan_``) to the project, then take what was applied
-    out of the layer (the project now holds it, so /work shows the same).
-
-    The same protections as ``--rw`` (:func:`jhansi.sandbox.layer.apply_changes`):
-    masked paths, configuration, locks, ``.git`` never; links only inside the project;
-    a path the project changed since the sandbox changed it is a conflict.
-    """
-    chosen = list(paths)
-    conflicts = {item.change.path: item.conflict for item in plan_.items if item.conflict}
-    layer = Layer(
-        project=dirs.project,
-        root=dirs.upper,
-        base={},
-        copied={},
-        masked=frozenset(masked),
-    )
-    report = apply_changes(
-        layer,
-        [c for c in chosen if c.path not in conflicts],
-        when="since the sandbox changed it",
-    )
-    outcomes = list(report.outcomes)
-    outcomes += [
-        Outcome(c.path, c.action, "conflict", conflicts[c.path])
-        for c in chosen
-        if c.path in conflicts
-    ]
-    report = ApplyReport(outcomes=tuple(outcomes), error=report.error)
-    _take_out(dirs, [o.path for o in report.by("applied")])
-    return report
-
-
-def _take_out(dirs: LayerDirs, applied: list[str]) -> None:
-    """Remove applied files, links and whiteouts from the upper layer (not below an opaque
-    directory, whose entries hide the project's), then directories left empty that the
-    project has too; forget their baselines."""
-    if not applied:
-        return
-    namespace = namespace_of(load_state(dirs.state).get("xattr"))
-    upper_fd = os.open(dirs.upper, _DIR_FLAGS)
-    try:
-        for rel in sorted(applied, key=lambda r: r.count("/"), reverse=True):
-            try:
-                _take_one(upper_fd, rel, namespace)
-            except (OSError, ValueError):
-                continue
-    finally:
-        os.close(upper_fd)
-    state = load_state(dirs.state)
-    baselines = state.get("baselines")
-    if isinstance(baselines, dict):
-        for rel in applied:
-            baselines.pop(rel, None)
-        with contextlib.suppress(OSError):
-            save_state(dirs, state)
-
-
-def _take_one(upper_fd: int, rel: str, namespace: XattrNamespace | None) -> None:
-    parts = rel.split("/")
-    fds: list[int] = []
-    try:
-        current = upper_fd
-        for part in parts[:-1]:
-            current = os.open(part, _DIR_FLAGS, dir_fd=current)
-            fds.append(current)
-            if _opaque(current, namespace):
-                return
-        name = parts[-1]
-        st = os.stat(name, dir_fd=current, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            child = os.open(name, _DIR_FLAGS, dir_fd=current)
-            try:
-                if _opaque(child, namespace) or _listing(child):
-                    return
-            finally:
-                os.close(child)
-            os.rmdir(name, dir_fd=current)
-        else:
-            os.unlink(name, dir_fd=current)
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def read_small(root: Path, rel: str, limit: int) -> bytes | None:
-    """The bytes of the regular file ``rel`` under ``root`` if it has at most ``limit``
-    (no link followed on the way; ``None`` otherwise)."""
-    try:
-        root_fd = os.open(root, _DIR_FLAGS)
-    except OSError:
-        return None
-    try:
-        with _parent(root_fd, rel) as (parent, name):
-            fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-                return None
-            return os.read(fd, limit + 1)[:limit]
-        finally:
-            os.close(fd)
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(root_fd)
-
-
-def hash_file(root: Path, rel: str) -> str | None:
-    """BLAKE3 of the regular file ``rel`` under ``root`` (no link followed), or ``None``."""
-    try:
-        root_fd = os.open(root, _DIR_FLAGS)
-    except OSError:
-        return None
-    try:
-        with _parent(root_fd, rel) as (parent, name):
-            fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            hasher = blake3.blake3()
-            while chunk := os.read(fd, 1 << 20):
-                hasher.update(chunk)
-            return hasher.hexdigest()
-        finally:
-            os.close(fd)
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(root_fd)
-
-
-# -- trying it -------------------------------------------------------------------------------
-
-#: Runs in the sandbox (Python 3.8+, standard library): the lower layer shows, the mask
-#: layer's opaque directory hides, a new file and a deletion land in the upper layer.
-OVERLAY_PROBE = (
-    "import os\n"
-    "assert open('/work/seen.txt').read() == 'lower', 'the lower layer does not show'\n"
-    "assert os.listdir('/work/hidden') == [], 'the mask layer does not hide'\n"
-    "open('/work/new.txt', 'w').write('new')\n"
-    "os.unlink('/work/gone.txt')\n"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeLayers:
-    """A small overlay made to find out whether a backend can mount one."""
-
-    root: Path
-    mount: Mount
-
-    def check(self) -> str:
-        """``""`` when the probe's writes landed in the upper layer and nowhere else."""
-        overlay = self.mount.overlay
-        if overlay is None:  # pragma: no cover - always set by probe_layers
-            return "no overlay"
-        # What the sandbox left is read without following a link (as everywhere else).
-        wrote = read_small(overlay.upper, "new.txt", 16)
-        try:
-            gone = os.lstat(overlay.upper / "gone.txt")
-            lower = self.mount.source
-            intact = (lower / "gone.txt").exists() and not (lower / "new.txt").exists()
-        except OSError as exc:
-            return f"the writes did not land in the upper layer ({exc.strerror or exc})"
-        if wrote != b"new" or not is_whiteout(gone) or not intact:
-            return "the overlay did not behave as overlayfs does"
-        return ""
-
-
-def probe_layers(where: Path, xattr: XattrNamespace) -> ProbeLayers:
-    """A throwaway lower, mask, upper and work directory in ``where`` (one file system
-    with the real layers), as a mount at /work."""
-    import tempfile
-
-    root = Path(tempfile.mkdtemp(prefix=".probe-", dir=where))
-    root.chmod(0o711)
-    lower = root / "lower"
-    (lower / "hidden").mkdir(parents=True, mode=0o755)
-    lower.chmod(0o755)
-    (lower / "seen.txt").write_text("lower", encoding="utf-8")
-    (lower / "gone.txt").write_text("gone", encoding="utf-8")
-    (lower / "hidden" / "secret.txt").write_text("secret", encoding="utf-8")
-    for path in (lower / "seen.txt", lower / "gone.txt", lower / "hidden" / "secret.txt"):
-        path.chmod(0o644)
-    dirs = LayerDirs(root, lower)
-    for directory in (dirs.upper, dirs.work):
-        directory.mkdir(mode=0o700)
-    build_masks(dirs, ["hidden"], xattr)
-    overlay = Overlay((dirs.masks, lower), dirs.upper, dirs.work, xattr)
-    mount = Mount(lower, WORKDIR, read_only=False, kind="overlay", overlay=overlay)
-    return ProbeLayers(root, mount)
-
-
-def remove_probe(probe: ProbeLayers) -> None:
-    """Delete a probe's directories."""
-    from jhansi.sandbox.tree import remove_tree
-
-    with contextlib.suppress(OSError):
-        remove_tree(probe.root)

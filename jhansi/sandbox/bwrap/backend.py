@@ -382,7 +382,7 @@ class BwrapBackend(Backend):
 
     def _try_overlay(self, spec: SandboxSpec, where: Path) -> str:
         """Mount a small overlay the way a run would; ``""`` when it worked, else why not."""
-        from jhansi.sandbox.overlay import OVERLAY_PROBE, probe_layers, remove_probe
+        from jhansi.sandbox.overlay_probe import OVERLAY_PROBE, probe_layers, remove_probe
 
         dirs = probe_layers(where, "user")
         try:

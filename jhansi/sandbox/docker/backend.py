@@ -473,7 +473,7 @@ class DockerBackend(Backend):
 
     def _try_overlay(self, spec: SandboxSpec, where: Path) -> str:
         """Run a container with a small overlay; ``""`` when it worked, else why not."""
-        from jhansi.sandbox.overlay import OVERLAY_PROBE, probe_layers, remove_probe
+        from jhansi.sandbox.overlay_probe import OVERLAY_PROBE, probe_layers, remove_probe
 
         dirs = probe_layers(where, "trusted")
         try:

@@ -24,7 +24,7 @@ import pytest
 
 from jhansi.layers import diff
 from jhansi.ledger.read import one_line
-from jhansi.sandbox import overlay
+from jhansi.sandbox import overlay, overlay_plan
 from jhansi.sandbox.layer import (
     Layer,
     apply_changes,
@@ -144,7 +144,7 @@ def test_without_notes_nothing_below_a_deleted_directory_is_deleted(setup: Setup
     # A layer whose run could not note the tree (an older layer, a failed note): what
     # is below is not known to be what the sandbox deleted.
     _whiteout(setup.upper / "analysis")
-    found = overlay.plan(setup.dirs)
+    found = overlay_plan.plan(setup.dirs)
     conflicts = {i.change.path: i.conflict for i in found.items if i.conflict}
     assert "analysis/report.py" in conflicts
     outcomes = setup.apply()
@@ -160,7 +160,7 @@ def test_a_marker_in_the_other_namespace_deletes_nothing(setup: Setup) -> None:
     (setup.upper / "analysis").mkdir()
     os.setxattr(setup.upper / "analysis", "user.overlay.opaque", b"y")  # a script's own
     (setup.upper / "analysis" / "extra.txt").write_text("x")
-    found = overlay.plan(setup.dirs)
+    found = overlay_plan.plan(setup.dirs)
     assert [(i.change.path, i.change.action) for i in found.items] == [
         ("analysis/extra.txt", "added")
     ]
@@ -172,7 +172,7 @@ def test_a_marker_in_the_other_namespace_deletes_nothing(setup: Setup) -> None:
 def test_an_unknown_namespace_marks_nothing_opaque(setup: Setup) -> None:
     (setup.upper / "analysis").mkdir()
     os.setxattr(setup.upper / "analysis", "user.overlay.opaque", b"y")
-    assert overlay.plan(setup.dirs).items == []  # the state records no namespace
+    assert overlay_plan.plan(setup.dirs).items == []  # the state records no namespace
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* attributes need root (CI runs as root)")

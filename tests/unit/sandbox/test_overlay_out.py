@@ -23,7 +23,7 @@ from jhansi.errors import UsageError
 from jhansi.layers import apply, copy_out, diff, parse_source, select
 from jhansi.ledger.store import Ledger
 from jhansi.paths import Paths
-from jhansi.sandbox import overlay
+from jhansi.sandbox import overlay, overlay_plan
 from jhansi.sandbox.overlay import LayerDirs, layer_dirs, save_state
 
 CANARY = "host-canary-7f2c"
@@ -162,7 +162,7 @@ def test_the_layer_swapped_after_the_plan_is_not_followed(setup: Setup) -> None:
     (setup.upper / "summary.csv").write_text("total,3\n")
     (setup.upper / "out").mkdir()
     (setup.upper / "out" / "model.bin").write_bytes(b"model")
-    found = overlay.plan(setup.dirs)
+    found = overlay_plan.plan(setup.dirs)
     assert [i.change.path for i in found.items] == ["out", "out/model.bin", "summary.csv"]
     # Between the plan and the copy (a run cannot, `apply` holds the sandbox; a stale
     # plan must still be safe): the file and the directory become links to the host.
@@ -172,7 +172,7 @@ def test_the_layer_swapped_after_the_plan_is_not_followed(setup: Setup) -> None:
     (setup.upper / "out").rmdir()
     (setup.upper / "out").symlink_to(setup.outside)
     (setup.outside / "model.bin").write_bytes(b"host's")
-    report = overlay.apply(setup.dirs, found, found.changes, ())
+    report = overlay_plan.apply(setup.dirs, found, found.changes, ())
     results = {o.path: o.result for o in report.outcomes}
     assert results["summary.csv"] != "applied"
     assert results["out/model.bin"] != "applied"
@@ -198,7 +198,7 @@ def test_a_file_replaced_by_a_directory_and_a_directory_by_a_file(setup: Setup) 
     assert {r for r, _ in outcomes.values()} == {"applied"}, outcomes
     assert (setup.project / "table.csv" / "part-0.csv").read_text() == "a,b\n1,2\n"
     assert (setup.project / "data").read_text() == "now a file\n"
-    assert overlay.plan(setup.dirs).items == []  # the project now holds what the layer did
+    assert overlay_plan.plan(setup.dirs).items == []  # the project now holds what the layer did
 
 
 def test_special_files_are_never_opened_applied_or_copied(
@@ -255,7 +255,7 @@ def test_special_files_are_never_opened_applied_or_copied(
 )
 def test_apply_takes_only_paths_below_work(setup: Setup, text: str, why: str) -> None:
     (setup.upper / "summary.csv").write_text("total,3\n")
-    found = overlay.plan(setup.dirs)
+    found = overlay_plan.plan(setup.dirs)
     with pytest.raises(UsageError, match=why):
         select(found, (text,))
 
@@ -264,7 +264,7 @@ def test_apply_paths_name_the_layer_as_the_sandbox_saw_it(setup: Setup) -> None:
     (setup.upper / "summary.csv").write_text("total,3\n")
     (setup.upper / "out").mkdir()
     (setup.upper / "out" / "a.txt").write_text("a")
-    found = overlay.plan(setup.dirs)
+    found = overlay_plan.plan(setup.dirs)
     everything = [i.change.path for i in found.items]
     for text in ("/work", "/work/", ".", "./"):
         assert [i.change.path for i in select(found, (text,))] == everything
