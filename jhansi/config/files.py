@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ def read_bytes(path: Path) -> bytes:
 
 def parse_toml(path: Path, raw: bytes) -> dict[str, Any]:
     """``raw``, the bytes of ``path``, as a TOML table; not UTF-8 or not TOML is a ConfigError."""
+    import tomllib  # only once a file is found: a run outside any project reads none
+
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

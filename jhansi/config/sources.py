@@ -7,7 +7,6 @@ layers are resolved (:func:`jhansi.config.load.resolve`).
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from jhansi.config.files import digest, parse_toml, read_bytes, tool_table
 from jhansi.config.schema import ENV_ALIASES, ENV_NOT_SETTINGS, NAMED_SECTIONS, SCHEMA
 from jhansi.errors import ConfigError
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"  # compiled on first use
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +38,8 @@ class Layer:
 
 
 def _suggest(word: str, choices: list[str]) -> str:
+    import difflib  # only for a name that is wrong: not on every load
+
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -60,7 +61,7 @@ def flatten(table: Mapping[str, Any], where: str) -> dict[tuple[str, str], objec
             )
         if section in NAMED_SECTIONS:
             for key, value in body.items():
-                if not _NAME_RE.match(key):
+                if not re.match(_NAME_RE, key):
                     raise ConfigError(
                         f"{where}: [{section}.{key}]: {key!r} is not a valid name",
                         hint="Use letters, digits and '_', not starting with a digit "

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
+# This module's patterns are text: re compiles (and caches) one when it is first used,
+# so loading settings that set no size, duration, licence or host compiles none.
+_SIZE_RE = r"(?i)^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$"
+_DURATION_RE = r"(?i)^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$"
 _SIZE_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _DURATION_UNITS: Final = {
     "ms": 0.001,
@@ -35,7 +37,7 @@ def parse_size(value: object) -> int:
             raise ValueError("a positive size")
         return value
     if isinstance(value, str):
-        match = _SIZE_RE.match(value)
+        match = re.match(_SIZE_RE, value)
         if match:
             number, unit, _ = match.groups()
             size = int(float(number) * _SIZE_UNITS[unit.lower()])
@@ -53,7 +55,7 @@ def parse_duration(value: object) -> float:
             return float(value)
         raise ValueError("a positive duration")
     if isinstance(value, str):
-        match = _DURATION_RE.match(value)
+        match = re.match(_DURATION_RE, value)
         if match:
             number, unit = match.groups()
             seconds = float(number) * _DURATION_UNITS[(unit or "s").lower()]
@@ -160,14 +162,14 @@ def parse_non_negative_int(value: object) -> int:
     raise ValueError("a whole number, 0 or more")
 
 
-_LICENSE_ID = re.compile(r"^[A-Za-z0-9.+-]+$")
+_LICENSE_ID = r"^[A-Za-z0-9.+-]+$"
 
 
 def _license_ids(value: object, key: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, list | tuple) and all(
-        isinstance(v, str) and _LICENSE_ID.match(v) for v in value
+        isinstance(v, str) and re.match(_LICENSE_ID, v) for v in value
     ):
         return tuple(value)
     raise ValueError(f'{key}: a list of SPDX licence ids such as ["MIT", "Apache-2.0"]')
@@ -251,14 +253,14 @@ def parse_severity(*choices: str) -> Callable[[object], str]:
     return parse_choice(*choices)
 
 
-_HOST_RULE = re.compile(r"^(https?://)?[A-Za-z0-9.-]+(:\d{1,5})?/?$")
+_HOST_RULE = r"^(https?://)?[A-Za-z0-9.-]+(:\d{1,5})?/?$"
 
 
 def parse_host_rules(value: object) -> tuple[str, ...]:
     """A list of hosts, each with an optional ``http(s)://`` and ``:port``."""
     hosts = parse_string_list(value)
     for host in hosts:
-        if not _HOST_RULE.match(host):
+        if not re.match(_HOST_RULE, host):
             raise ValueError('a list of host names such as ["api.example.com", "example.org:8443"]')
     return hosts
 
