@@ -33,11 +33,11 @@ class Trusted:
 
 
 def _config_table(file: Path, raw: bytes) -> dict[str, Any]:
-    from jhansi.config import _parse_toml, _tool_table
+    from jhansi.config.files import parse_toml, tool_table
 
-    data = _parse_toml(file, raw)
+    data = parse_toml(file, raw)
     if file.name == "pyproject.toml":
-        table = _tool_table(file, data)
+        table = tool_table(file, data)
         if table is None:
             raise ConfigError(
                 f"{file} has no [tool.jhansi] table",
@@ -51,9 +51,10 @@ def _config_table(file: Path, raw: bytes) -> dict[str, Any]:
 def classify(file: Path, raw: bytes) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The keys ``raw`` (the bytes of ``file``) sets that need trust, and its
     tighten-only keys; a file that is not valid configuration is a ConfigError."""
-    from jhansi.config import NAMED_SECTIONS, NEEDS_TRUST, SCHEMA, TIGHTEN_ONLY, _flatten
+    from jhansi.config import NAMED_SECTIONS, NEEDS_TRUST, SCHEMA, TIGHTEN_ONLY
+    from jhansi.config.sources import flatten
 
-    flat = _flatten(_config_table(file, raw), str(file))
+    flat = flatten(_config_table(file, raw), str(file))
     needs: list[str] = []
     tighten: list[str] = []
     for section, key in flat:
@@ -70,7 +71,8 @@ def trust(file: Path, *, paths: Paths | None = None) -> Trusted:
     The file is read once: the bytes that are hashed are the bytes that were
     checked to be valid jhansi configuration.
     """
-    from jhansi.config import _read_bytes, digest, file_layer, resolve
+    from jhansi.config import digest, file_layer, resolve
+    from jhansi.config.files import read_bytes
 
     real = real_path(file)
     if not real.is_file():
@@ -78,7 +80,7 @@ def trust(file: Path, *, paths: Paths | None = None) -> Trusted:
             f"{file} is not a file",
             hint="Give the path of a jhansi.toml or of a pyproject.toml with [tool.jhansi].",
         )
-    raw = _read_bytes(real)
+    raw = read_bytes(real)
     needs, tighten = classify(real, raw)
     table = _config_table(real, raw)
     # Values must be valid (a typo is an error now, not at the next run).
