@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jhansi.errors import UsageError
 
@@ -47,6 +47,12 @@ if TYPE_CHECKING:
     from jhansi.result import RunResult
 
 __all__ = ["make_request", "run", "run_settings"]
+
+
+#: :func:`run`'s keywords whose :class:`~jhansi.request.RunRequest` field has another name.
+_FIELD_OF = {"requirements": "with_requirements", "allowed_hosts": "allow_hosts"}
+#: Keywords that take a path as ``str`` or :class:`~pathlib.Path`.
+_PATHS = frozenset({"script", "project", "requirements_file"})
 
 
 def make_request(
@@ -66,16 +72,36 @@ def make_request(
     model: str | None = None,
     allowed_hosts: Sequence[str] = (),
     secrets: Sequence[str] = (),
+    backend: str | None = None,
+    image: str | None = None,
+    python: str | None = None,
+    runtime: str | None = None,
+    engine_url: str | None = None,
+    timeout: float | str | None = None,
+    memory: int | str | None = None,
+    cpus: float | str | None = None,
+    pids: int | None = None,
+    tmp_size: int | str | None = None,
+    output_limit: int | str | None = None,
+    ledger: str | Path | None = None,
 ) -> RunRequest:
     """The :class:`~jhansi.request.RunRequest` for one run, checked.
 
-    Exactly one of ``script`` (a path) and ``code`` (the source text, as
-    ``jhansi run -`` reads it from stdin) must be given. ``requirements`` are
-    added to what the script declares or imports (``--with``);
-    ``requirements_file`` replaces import detection (``--requirements``).
-    Raises :class:`~jhansi.errors.UsageError` for arguments that cannot be run.
+    The keywords are :func:`run`'s (its settings included, as the request's
+    :class:`~jhansi.request.SettingsOverrides`). Exactly one of ``script`` (a
+    path) and ``code`` (the source text, as ``jhansi run -`` reads it from stdin)
+    must be given. ``requirements`` are added to what the script declares or
+    imports (``--with``); ``requirements_file`` replaces import detection
+    (``--requirements``). Raises :class:`~jhansi.errors.UsageError` for
+    arguments that cannot be run.
     """
-    from jhansi.request import RunRequest
+    # The parameters are the declaration: each becomes the field of its name (or of
+    # _FIELD_OF's), so that adding an option touches nothing in this body. First, while
+    # the parameters are the only local names.
+    given: dict[str, Any] = dict(locals())
+    from dataclasses import fields
+
+    from jhansi.request import RunRequest, SettingsOverrides
 
     if (script is None) == (code is None):
         raise UsageError(
@@ -92,23 +118,18 @@ def make_request(
             "allowed_hosts and secrets are sequences of strings, not one string",
             hint="Pass a list, for example secrets=['API_KEY@api.example.com'].",
         )
-    return RunRequest(
-        script=Path(script) if script is not None else None,
-        code=code,
-        args=tuple(args),
-        project=Path(project) if project is not None else None,
-        sandbox=sandbox,
-        ephemeral=ephemeral,
-        rw=rw,
-        env=tuple((env or {}).items()),
-        with_requirements=tuple(requirements),
-        requirements_file=Path(requirements_file) if requirements_file is not None else None,
-        frozen=frozen,
-        prompt=prompt,
-        model=model,
-        secrets=tuple(secrets),
-        allow_hosts=tuple(allowed_hosts),
+    overrides = SettingsOverrides(
+        **{spec.name: given.pop(spec.name, None) for spec in fields(SettingsOverrides)}
     )
+    given["env"] = tuple((env or {}).items())
+    values: dict[str, Any] = {}
+    for name, value in given.items():
+        if name in _PATHS and isinstance(value, str | Path):
+            value = Path(value)
+        elif isinstance(value, Sequence) and not isinstance(value, str):
+            value = tuple(value)
+        values[_FIELD_OF.get(name, name)] = value
+    return RunRequest(overrides=overrides, **values)
 
 
 def run_settings(
@@ -135,22 +156,12 @@ def run_settings(
     validated like the configuration's: an invalid one is a
     :class:`~jhansi.errors.ConfigError`.
     """
+    overrides: dict[str, Any] = dict(locals())  # first: the parameters only
+    del overrides["start"], overrides["paths"]
     from jhansi.config import load_settings
+    from jhansi.request import SettingsOverrides
 
-    flags: dict[tuple[str, str], object] = {
-        ("sandbox", "backend"): backend,
-        ("sandbox", "image"): image,
-        ("sandbox", "python"): python,
-        ("sandbox", "runtime"): runtime,
-        ("sandbox", "engine_url"): engine_url,
-        ("sandbox", "timeout"): timeout,
-        ("sandbox", "memory"): memory,
-        ("sandbox", "cpus"): cpus,
-        ("sandbox", "pids"): pids,
-        ("sandbox", "tmp_size"): tmp_size,
-        ("sandbox", "output_limit"): output_limit,
-        ("ledger", "path"): str(ledger) if ledger is not None else None,
-    }
+    flags = SettingsOverrides(**overrides).flags()
     return load_settings(start=start, flags=flags, paths=paths)
 
 
@@ -208,43 +219,13 @@ def run(
     :class:`~jhansi.errors.JhansiError` subclass when jhansi refuses to run it
     (see the module's documentation for which and when).
     """
+    # Every keyword but the last two is an option of the request, as make_request's
+    # (first: while the parameters are the only local names).
+    options: dict[str, Any] = dict(locals())
+    del options["reporter"], options["start"]
+    from jhansi.overrides import settings_for
     from jhansi.runner import Runner
 
-    request = make_request(
-        script,
-        code=code,
-        args=args,
-        sandbox=sandbox,
-        ephemeral=ephemeral,
-        requirements=requirements,
-        requirements_file=requirements_file,
-        project=project,
-        rw=rw,
-        env=env,
-        frozen=frozen,
-        prompt=prompt,
-        model=model,
-        allowed_hosts=allowed_hosts,
-        secrets=secrets,
-    )
-    if start is None:
-        if request.project is not None:
-            start = request.project
-        elif request.script is not None:
-            start = request.script.absolute().parent
-    settings = run_settings(
-        start=start,
-        backend=backend,
-        image=image,
-        python=python,
-        runtime=runtime,
-        engine_url=engine_url,
-        timeout=timeout,
-        memory=memory,
-        cpus=cpus,
-        pids=pids,
-        tmp_size=tmp_size,
-        output_limit=output_limit,
-        ledger=ledger,
-    )
+    request = make_request(**options)
+    settings = settings_for(request, start=start)
     return Runner.from_settings(settings, reporter=reporter).run(request)

@@ -46,6 +46,7 @@ PRELOAD = (
     "jhansi.cli._reporter",
     "jhansi.errors",
     "jhansi.config",
+    "jhansi.overrides",
     "jhansi.paths",
     "jhansi.runner",
     "jhansi.records",

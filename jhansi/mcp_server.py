@@ -28,7 +28,6 @@ import os
 import stat
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +43,7 @@ if TYPE_CHECKING:
     from jhansi.config import Settings
     from jhansi.ledger.store import Ledger
     from jhansi.paths import Paths
+    from jhansi.request import RunRequest
     from jhansi.result import RunResult
     from jhansi.runner import Runner
     from jhansi.sandbox.interface import Backend, OutputTail
@@ -309,12 +309,11 @@ class AgentTools:
         self._backend: Backend | None = None
         self._ledger: Ledger | None = None
 
-    def _runner(self, timeout: float | None) -> Runner:
+    def _runner(self, request: RunRequest) -> Runner:
+        from jhansi.overrides import with_overrides
         from jhansi.runner import Runner
 
-        settings = self.settings
-        if timeout is not None:
-            settings = replace(settings, sandbox=replace(settings.sandbox, timeout=timeout))
+        settings = with_overrides(self.settings, request.overrides)
         runner = Runner.from_settings(
             settings, paths=self.paths, backend=self._backend, ledger=self._ledger
         )
@@ -345,9 +344,10 @@ class AgentTools:
             sandbox=sandbox or self.default_sandbox,
             allowed_hosts=allowed_hosts,
             secrets=secrets,
+            timeout=timeout_seconds,
         )
         with self._lock:
-            runner = self._runner(timeout_seconds)
+            runner = self._runner(request)
             result = runner.run(request)
             self._backend = runner.backend
         return run_result(result)

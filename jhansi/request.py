@@ -1,23 +1,75 @@
 """What one run is asked to do: :class:`RunRequest`, and the :class:`Script` read for it.
 
-Each interface (the CLI, :func:`jhansi.run`, the MCP server) builds the request;
+The request is everything the user asked for, in one frozen object: each
+interface (the CLI, :func:`jhansi.run`, the MCP server) only builds it, and
 :class:`~jhansi.runner.Runner` carries it out and reads the script
-(:func:`jhansi.runner.read_script`) before any sandbox starts. Defined here, below
-the runner, so that what records a run (:mod:`jhansi.records`) can name them
-without importing the runner.
+(:func:`jhansi.runner.read_script`) before any sandbox starts. The settings it
+asks for (``--memory``, ``backend=``, ``timeout_seconds``) are in it too, as
+:class:`SettingsOverrides`: :mod:`jhansi.overrides` lays them over the
+configuration. Adding an option touches its declaration in each interface that
+offers it, a field here, and the code that uses it.
+
+Defined here, below the runner, so that what records a run (:mod:`jhansi.records`)
+can name them without importing the runner; and light (dataclasses only), because
+the CLI's fast path imports it on every run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, fields
+from pathlib import Path, PurePath
 
-__all__ = ["RunRequest", "Script"]
+__all__ = ["RunRequest", "Script", "SettingsOverrides"]
+
+#: The :class:`SettingsOverrides` fields that are not the ``[sandbox]`` key of their name.
+SETTING_OF: dict[str, tuple[str, str]] = {
+    "ledger": ("ledger", "path"),
+    "advisory_db": ("policy", "advisory_db"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsOverrides:
+    """The settings asked for this run, laid over the configuration (``None``: not given).
+
+    Values are as the user gave them (``"2g"``, ``512 << 20``, ``"5m"``, ``30.0``):
+    they are parsed and checked like the configuration's own, as its top layer
+    (the "command line"), by :func:`jhansi.overrides.settings_for`.
+    """
+
+    backend: str | None = None
+    image: str | None = None
+    python: str | None = None
+    runtime: str | None = None
+    engine_url: str | None = None
+    memory: int | str | None = None
+    cpus: float | str | None = None
+    pids: int | str | None = None
+    tmp_size: int | str | None = None
+    timeout: float | str | None = None
+    output_limit: int | str | None = None
+    ledger: str | Path | None = None
+    advisory_db: str | Path | None = None
+
+    def flags(self) -> dict[tuple[str, str], object]:
+        """The values given, by ``(section, key)``, as the configuration's top layer takes
+        them (a path as its text)."""
+        out: dict[tuple[str, str], object] = {}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value is not None:
+                out[SETTING_OF.get(spec.name, ("sandbox", spec.name))] = (
+                    str(value) if isinstance(value, PurePath) else value
+                )
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class RunRequest:
-    """What to run and how; everything else comes from :class:`~jhansi.config.Settings`."""
+    """What the user asked for one run: what to run, how, and which settings to change.
+
+    Everything it does not say comes from :class:`~jhansi.config.Settings`.
+    """
 
     script: Path | None
     """The script on the host; ``None`` when ``code`` is given (``jhansi run -``)."""
@@ -56,6 +108,9 @@ class RunRequest:
     """``--secret NAME@HOST[,HOST…]`` (or ``NAME``, bound in ``[secrets.NAME]``)."""
     allow_hosts: tuple[str, ...] = ()
     """``--allow-host HOST[:PORT]``: plain egress (no secret) to these hosts."""
+    overrides: SettingsOverrides = SettingsOverrides()
+    """The settings asked for this run (``--memory``, ``backend=``, ``timeout_seconds``):
+    applied to the settings the runner is made with, never read by the runner itself."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from jhansi.errors import ExitCode, JhansiError, UsageError
 
 if TYPE_CHECKING:
     from jhansi.cli._state import CliState
+    from jhansi.request import RunRequest
     from jhansi.result import RunResult
 
 
@@ -37,104 +38,69 @@ def parse_env(pairs: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def execute_run(
-    state: CliState,
-    *,
-    script: str,
-    args: list[str] | None,
-    backend: str | None,
-    image: str | None,
-    python: str | None,
-    runtime: str | None,
-    sandbox: str | None,
-    ephemeral: bool,
-    project: Path | None,
-    rw: bool,
-    env: list[str] | None,
-    memory: str | None,
-    cpus: str | None,
-    pids: str | None,
-    tmp_size: str | None,
-    timeout: str | None,
-    output_limit: str | None,
-    with_: list[str] | None,
-    requirements: Path | None,
-    lock_file: Path | None,
-    frozen: bool,
-    upgrade: bool,
-    exclude_newer: str | None,
-    prompt: str | None,
-    prompt_file: Path | None,
-    model: str | None,
-    ledger: Path | None,
-    quiet: bool,
-    json_output: bool,
-    secret: list[str] | None = None,
-    allow_host: list[str] | None = None,
-    advisory_db: Path | None = None,
-    sbom: Path | None = None,
-) -> NoReturn:
-    """Run SCRIPT in its sandbox and exit with its exit code (``jhansi run``'s body)."""
+#: ``jhansi run``'s options that are the terminal's, not the run's: how the outcome is
+#: shown. Every other option is a field of :class:`~jhansi.request.RunRequest` or of its
+#: :class:`~jhansi.request.SettingsOverrides`, under the same name.
+PRESENTATION = ("quiet", "json_output")
+
+
+def cli_request(values: dict[str, Any]) -> RunRequest:
+    """The :class:`~jhansi.request.RunRequest` for ``jhansi run``'s parsed options.
+
+    ``values`` are the parameters of :func:`jhansi.cli.run.run` (as Typer or
+    :func:`jhansi.cli._fastpath.parse_run` gives them), less :data:`PRESENTATION`.
+    Each is the field of its name; only what the command line spells differently is
+    converted here: SCRIPT (``-`` is stdin, whose code is read later), ``--env``
+    (``KEY=VALUE``), ``--prompt-file`` (read into ``prompt``) and lists (tuples).
+    """
+    from dataclasses import fields
+
+    from jhansi.request import RunRequest, SettingsOverrides
+
+    given = dict(values)
+    script = given.pop("script")
+    given["prompt"] = read_prompt(given["prompt"], given.pop("prompt_file"))
+    given["env"] = parse_env(given["env"])
+    overrides = SettingsOverrides(
+        **{spec.name: given.pop(spec.name, None) for spec in fields(SettingsOverrides)}
+    )
+    rest: dict[str, Any] = {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in given.items()
+        if value is not None
+    }
+    return RunRequest(script=None if script == "-" else Path(script), overrides=overrides, **rest)
+
+
+def execute_run(state: CliState, **values: Any) -> NoReturn:
+    """Run SCRIPT in its sandbox and exit with its exit code (``jhansi run``'s body).
+
+    ``values`` are the parameters of :func:`jhansi.cli.run.run`: see :func:`cli_request`.
+    """
+    from dataclasses import replace
+
     from jhansi.cli._reporter import ConsoleReporter
-    from jhansi.config import UntrustedConfigError, load_settings
-    from jhansi.request import RunRequest
+    from jhansi.config import UntrustedConfigError
+    from jhansi.overrides import settings_for
     from jhansi.runner import Runner
 
+    quiet, json_output = (bool(values.pop(name)) for name in PRESENTATION)
     state.json = json_output
-    script_path = None if script == "-" else Path(script)
-    start = project or (script_path.absolute().parent if script_path else None)
-    flags = (
-        sandbox_flags(
-            backend=backend,
-            image=image,
-            python=python,
-            runtime=runtime,
-            memory=memory,
-            cpus=cpus,
-            pids=pids,
-            tmp_size=tmp_size,
-            timeout=timeout,
-            output_limit=output_limit,
-        )
-        | {("ledger", "path"): str(ledger) if ledger else None}
-        | {("policy", "advisory_db"): str(advisory_db) if advisory_db else None}
-    )
+    request = cli_request(values)
     untrusted: UntrustedConfigError | None = None
     try:
-        settings = load_settings(start=start, flags=flags)
+        settings = settings_for(request)
     except UntrustedConfigError as refusal:
         # Refused, and recorded where the user's own settings keep the ledger: the
         # project's values that need trust are left out of these.
         untrusted = refusal
-        settings = load_settings(start=start, flags=flags, strict=False)
-    code = None
-    if script_path is None:
+        settings = settings_for(request, strict=False)
+    if request.script is None:
         # At most one byte past the limit (the runner refuses it, recorded); bytes that are
         # not UTF-8 survive as surrogates so that the runner's refusal says where.
         raw = sys.stdin.buffer.read(settings.sandbox.max_script_size + 1)
-        code = raw.decode("utf-8", "surrogateescape")
+        request = replace(request, code=raw.decode("utf-8", "surrogateescape"))
     reporter = ConsoleReporter(quiet=quiet or json_output, quiet_output=json_output)
-    request = RunRequest(
-        script=script_path,
-        code=code,
-        args=tuple(args or ()),
-        project=project,
-        sandbox=sandbox,
-        ephemeral=ephemeral,
-        rw=rw,
-        env=parse_env(env),
-        with_requirements=tuple(with_ or ()),
-        requirements_file=requirements,
-        lock_file=lock_file,
-        frozen=frozen,
-        upgrade=upgrade,
-        exclude_newer=exclude_newer,
-        prompt=read_prompt(prompt, prompt_file),
-        model=model,
-        sbom=sbom,
-        secrets=tuple(secret or ()),
-        allow_hosts=tuple(allow_host or ()),
-    )
     runner = Runner.from_settings(settings, reporter=reporter)
     if untrusted is not None:
         runner.refuse(request, untrusted)

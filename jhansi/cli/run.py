@@ -1,7 +1,10 @@
 """``jhansi run``: run a script in its sandbox and exit with the script's exit code.
 
-The options are declared here, once; :mod:`jhansi.cli._execute` carries them out
-(and :mod:`jhansi.cli._fastpath` parses them without Typer when it can).
+The options are declared here, once, each parameter named after the field of
+:class:`~jhansi.request.RunRequest` (or of its
+:class:`~jhansi.request.SettingsOverrides`) it sets;
+:func:`jhansi.cli._execute.cli_request` builds the request from them, and
+:mod:`jhansi.cli._fastpath` parses them without Typer when it can.
 """
 
 from __future__ import annotations
@@ -222,8 +225,8 @@ def run(
     tmp_size: TmpSize = None,
     timeout: Timeout = None,
     output_limit: OutputLimit = None,
-    with_: With = None,
-    requirements: RequirementsFile = None,
+    with_requirements: With = None,
+    requirements_file: RequirementsFile = None,
     lock_file: LockFile = None,
     frozen: Frozen = False,
     upgrade: Upgrade = False,
@@ -232,8 +235,8 @@ def run(
     prompt_file: PromptFile = None,
     model: Model = None,
     ledger: LedgerDir = None,
-    secret: Secret = None,
-    allow_host: AllowHost = None,
+    secrets: Secret = None,
+    allow_hosts: AllowHost = None,
     advisory_db: AdvisoryDb = None,
     sbom: SbomFile = None,
     quiet: Quiet = False,
@@ -246,41 +249,9 @@ def run(
     (writes land in the sandbox's copy-on-write layer, never in the project), a
     persistent home at /home/sandbox, and limits on memory, CPU, processes and time.
     """
+    # The parameters are the declaration: each is handed on under its own name (the
+    # field of RunRequest it sets), so that adding an option touches nothing here.
+    values = dict(locals())
     from jhansi.cli._execute import execute_run
 
-    execute_run(
-        ctx.ensure_object(CliState),
-        script=script,
-        args=args,
-        backend=backend,
-        image=image,
-        python=python,
-        runtime=runtime,
-        sandbox=sandbox,
-        ephemeral=ephemeral,
-        project=project,
-        rw=rw,
-        env=env,
-        memory=memory,
-        cpus=cpus,
-        pids=pids,
-        tmp_size=tmp_size,
-        timeout=timeout,
-        output_limit=output_limit,
-        with_=with_,
-        requirements=requirements,
-        lock_file=lock_file,
-        frozen=frozen,
-        upgrade=upgrade,
-        exclude_newer=exclude_newer,
-        prompt=prompt,
-        prompt_file=prompt_file,
-        model=model,
-        ledger=ledger,
-        secret=secret,
-        allow_host=allow_host,
-        advisory_db=advisory_db,
-        sbom=sbom,
-        quiet=quiet,
-        json_output=json_output,
-    )
+    execute_run(values.pop("ctx").ensure_object(CliState), **values)
