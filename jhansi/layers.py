@@ -78,7 +78,7 @@ def sandbox_name(name: str | None, project: Path | None) -> str:
     the one found from the working directory)."""
     if name:
         return validate_name(name)
-    from jhansi.runner import find_project
+    from jhansi.runner.script import find_project
 
     return default_name((project or find_project(Path.cwd())).absolute())
 
@@ -107,7 +107,7 @@ def find_layer(workspace: Workspace, name: str, project: Path | None) -> LayerDi
             hint="Files a script wrote under $HOME are in its home: `jhansi sandbox cp "
             f"{name}:~/FILE DEST` copies one out.",
         )
-    from jhansi.runner import find_project
+    from jhansi.runner.script import find_project
 
     here = layer_dirs(directory, find_project(Path.cwd()))
     found = [d for d in layers if d.root == here.root]

@@ -3,7 +3,7 @@
 The request is everything the user asked for, in one frozen object: each
 interface (the CLI, :func:`jhansi.run`, the MCP server) only builds it, and
 :class:`~jhansi.runner.Runner` carries it out and reads the script
-(:func:`jhansi.runner.read_script`) before any sandbox starts. The settings it
+(:func:`jhansi.runner.script.read_script`) before any sandbox starts. The settings it
 asks for (``--memory``, ``backend=``, ``timeout_seconds``) are in it too, as
 :class:`SettingsOverrides`: :mod:`jhansi.overrides` lays them over the
 configuration. Adding an option touches its declaration in each interface that

@@ -245,7 +245,7 @@ def _network_hints(result: RunResult) -> None:
 
 def _no_layer(result: RunResult) -> str:
     """`` (no copy-on-write layer: why)`` when the backend could not give /work one."""
-    from jhansi.runner import READ_ONLY_WORK
+    from jhansi.runner.spec import READ_ONLY_WORK
 
     work = result.enforcement.get("work", "")
     if not work.startswith(READ_ONLY_WORK):

@@ -174,7 +174,7 @@ def sbom(
         sys.stdout.buffer.write(document + (b"" if document.endswith(b"\n") else b"\n"))
         sys.stdout.flush()
         return
-    from jhansi.runner import write_file
+    from jhansi.runner.script import write_file
 
     write_file(output, document)
     typer.echo(f"{output}: CycloneDX 1.6 SBOM written", err=True)

@@ -20,7 +20,8 @@ from jhansi.deps.target import Target
 from jhansi.errors import ExitCode, InputError, SandboxError, UsageError
 from jhansi.paths import Paths
 from jhansi.report import NullReporter
-from jhansi.runner import Runner, RunRequest, find_project
+from jhansi.runner import Runner, RunRequest
+from jhansi.runner.script import find_project
 from jhansi.sandbox.docker import DockerBackend
 from jhansi.sandbox.engines import EngineClient, EngineInfo
 from jhansi.sandbox.interface import (
@@ -392,7 +393,7 @@ def _choose(
     bwrap: Callable[[], Backend] = RecordingBackend,
     reporter: Notes | None = None,
 ) -> tuple[Backend, Notes]:
-    from jhansi.runner import select_backend
+    from jhansi.runner.backend import select_backend
 
     paths = Paths.from_environment({"JHANSI_HOME": str(tmp_path / "home")})
     settings = load_settings(

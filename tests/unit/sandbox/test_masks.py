@@ -14,10 +14,9 @@ import pytest
 
 from jhansi.config import DEFAULT_MASK
 from jhansi.errors import SandboxError
-from jhansi.runner import find_masked
 from jhansi.sandbox.docker.container import engine_mounts
 from jhansi.sandbox.interface import Mount
-from jhansi.sandbox.masks import check_mounts, masks_directory
+from jhansi.sandbox.masks import check_mounts, find_masked, masks_directory
 
 
 def masked(project: Path, patterns: tuple[str, ...] = DEFAULT_MASK) -> set[str]:
