@@ -379,7 +379,7 @@ def open_directories(
     # Each frame: (project dir fd, upper dir fd, prefix, names left).
     stack: list[tuple[int, int, str, list[str]]] = []
     try:
-        stack.append((project_fd, upper_fd, "", sorted(listing(project_fd), reverse=True)))
+        stack.append((project_fd, upper_fd, "", sorted(_dir_names(project_fd), reverse=True)))
         while stack:
             pfd, ufd, prefix, names = stack[-1]
             if not names:
@@ -427,7 +427,7 @@ def open_directories(
                 os.close(child_u)
                 continue
             try:
-                below = sorted(listing(child_p), reverse=True)
+                below = sorted(_dir_names(child_p), reverse=True)
             except OSError:
                 os.close(child_p)
                 os.close(child_u)
@@ -441,6 +441,17 @@ def open_directories(
         os.close(project_fd)
         os.close(upper_fd)
     return made
+
+
+def _dir_names(fd: int) -> list[str]:
+    """The names of the directories in the directory ``fd`` (no link followed).
+
+    The file type comes from the directory entry where the file system gives it, so a
+    project's files cost no ``stat`` each: only directories get twins, and each is
+    still checked with ``stat`` before one is made.
+    """
+    with os.scandir(fd) as entries:
+        return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
 
 
 #: Directory levels :func:`open_directories` descends (deeper ones stay as they are).
