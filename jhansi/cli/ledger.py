@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -34,6 +34,7 @@ class ExportFormat(StrEnum):
     """What ``jhansi ledger export`` writes."""
 
     JSONL = "jsonl"
+    RECORDS = "records"
     CSV = "csv"
 
 
@@ -403,14 +404,29 @@ def export(
     ctx: typer.Context,
     ledger: LedgerOption = None,
     format_: Annotated[
-        ExportFormat, typer.Option("--format", help="jsonl: the records as stored; csv: a table.")
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="jsonl: one event per record for a SIEM, with the verification state "
+            "(schemas/jhansi-ledger-event-1.schema.json); records: the records as stored "
+            "(canonical bytes); csv: a table.",
+        ),
     ] = ExportFormat.JSONL,
     output: Annotated[
         Path | None,
         typer.Option("-o", "--output", metavar="FILE", help="Write here (mode 0600), not stdout."),
     ] = None,
+    key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key",
+            metavar="KEY",
+            help="jsonl: the trusted signing key, as for `ledger verify` (default: this "
+            "machine's key, if it has one). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
-    """Write every record as JSON Lines (canonical, as stored) or CSV."""
+    """Write every record: as SIEM events (JSON Lines), as stored, or as CSV."""
     import io
     import os
     import sys
@@ -421,29 +437,36 @@ def export(
     ctx.ensure_object(CliState)
     directory = _directory(ledger)
     _require(directory)
-    records = iter_records(directory)
+
+    def write(out: IO[bytes]) -> int:
+        if format_ is ExportFormat.JSONL:
+            return _export_events(directory, key or [], out)
+        if format_ is ExportFormat.RECORDS:
+            return export_jsonl(iter_records(directory), out)
+        text = io.TextIOWrapper(out, encoding="utf-8", newline="")
+        count = export_csv(iter_records(directory), text)
+        text.flush()
+        text.detach()
+        return count
+
     if output is None and sys.stdout.isatty():
         # For a person's terminal: recorded text must not drive it (the JSON stays the
         # same value; export to a file, or through a pipe, for the exact bytes).
         from jhansi.ledger.read import json_terminal_safe, terminal_safe
 
-        if format_ is ExportFormat.JSONL:
-            raw = io.BytesIO()
-            export_jsonl(records, raw)
-            sys.stdout.write(json_terminal_safe(raw.getvalue().decode("utf-8")))
+        raw = io.BytesIO()
+        write(raw)
+        shown = raw.getvalue().decode("utf-8")
+        if format_ is ExportFormat.CSV:
+            sys.stdout.write(terminal_safe(shown.replace("\r\n", "\n")))
         else:
-            table = io.StringIO()
-            export_csv(records, table)
-            sys.stdout.write(terminal_safe(table.getvalue().replace("\r\n", "\n")))
+            sys.stdout.write(json_terminal_safe(shown))
         sys.stdout.flush()
         return
     if output is None:
-        if format_ is ExportFormat.JSONL:
-            export_jsonl(records, sys.stdout.buffer)
-            sys.stdout.buffer.flush()
-        else:
-            export_csv(records, sys.stdout)
-            sys.stdout.flush()
+        sys.stdout.flush()
+        write(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
         return
     try:
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -452,14 +475,33 @@ def export(
             f"cannot write {output}: {exc.strerror or exc}", hint="Choose another --output."
         ) from None
     with os.fdopen(fd, "wb") as handle:
-        if format_ is ExportFormat.JSONL:
-            count = export_jsonl(records, handle)
-        else:
-            text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
-            count = export_csv(records, text)
-            text.flush()
-            text.detach()
-    typer.echo(f"exported {count} record(s) to {output}", err=True)
+        count = write(handle)
+    noun = "event" if format_ is ExportFormat.JSONL else "record"
+    typer.echo(f"exported {count} {noun}(s) to {output}", err=True)
+
+
+def _export_events(directory: Path, keys: list[str], out: IO[bytes]) -> int:
+    """``--format jsonl``: verify the ledger once, then write one event per record.
+
+    A ledger that does not verify is still exported (each event says so); a warning on
+    stderr says it too.
+    """
+    from jhansi.ledger.blobs import BlobStore
+    from jhansi.ledger.events import Verification, ledger_events, write_events
+    from jhansi.ledger.layout import LedgerLayout
+    from jhansi.ledger.read import one_line
+    from jhansi.ledger.verify import verify_ledger
+
+    report = verify_ledger(directory, trusted_keys=_trusted_keys(keys))
+    verification = Verification.from_report(report)
+    if not report.ok:
+        typer.echo(
+            f"warning: the ledger does NOT verify ({one_line(verification.error or '')}); "
+            "every event says from which record on.",
+            err=True,
+        )
+    blobs = BlobStore(LedgerLayout(directory).blobs_dir)
+    return write_events(ledger_events(directory, verification, blobs), out)
 
 
 @app.command()

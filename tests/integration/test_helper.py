@@ -124,8 +124,8 @@ def children_of(pid: int) -> list[int]:
 
 
 def end_records(env: dict[str, str], cwd: Path) -> list[dict[str, Any]]:
-    """Every ``exec.end`` body in the ledger (``jhansi ledger export``)."""
-    proc = jhansi(["ledger", "export"], env, cwd)
+    """Every ``exec.end`` body in the ledger (``jhansi ledger export --format records``)."""
+    proc = jhansi(["ledger", "export", "--format", "records"], env, cwd)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     return [r["body"] for r in records if r["kind"] == "exec.end"]

@@ -288,6 +288,7 @@ def test_ledger_show_escapes_what_the_script_printed_on_a_terminal(
         ("ledger", "show", run_id, "--ledger", str(ledger)),
         ("ledger", "log", "--ledger", str(ledger)),
         ("ledger", "export", "--ledger", str(ledger)),
+        ("ledger", "export", "--format", "records", "--ledger", str(ledger)),
         ("ledger", "export", "--format", "csv", "--ledger", str(ledger)),
     ):
         shown = _on_a_terminal(*args)
