@@ -5,7 +5,9 @@
 # run takes seconds):
 #   1. Debian packages: docker.io, podman, uidmap, slirp4netns, bubblewrap,
 #      runsc, debootstrap (+ curl, used to ping the engines; fontconfig, whose
-#      fc-list a bwrap sandbox runs from the host, as matplotlib does).
+#      fc-list a bwrap sandbox runs from the host, as matplotlib does;
+#      chromium, the headless browser the `ledger report` tests load the
+#      report in).
 #   2. Rootful Docker Engine with gVisor registered as runtime "runsc";
 #      dockerd is started in the background when nothing answers.
 #   3. Rootless Podman: an unprivileged user "jhansi-ci" whose
@@ -55,7 +57,7 @@ REGISTRY_DATA=/var/lib/jhansi-ci/registry
 REGISTRY_LOG=/var/log/jhansi-ci-registry.log
 REGISTRY_PIDFILE="$RUN_DIR/registry.pid"
 REGISTRY_IMAGE="$REGISTRY/jhansi-test-python:$SUITE"
-PACKAGES=(docker.io podman uidmap slirp4netns bubblewrap runsc debootstrap curl fontconfig docker-registry apache2-utils)
+PACKAGES=(docker.io podman uidmap slirp4netns bubblewrap runsc debootstrap curl fontconfig docker-registry apache2-utils chromium)
 
 # Talk to the rootful daemon explicitly, whatever the caller's DOCKER_HOST is.
 export DOCKER_HOST="unix://$DOCKER_SOCK"

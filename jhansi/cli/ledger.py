@@ -1,4 +1,4 @@
-"""``jhansi ledger``: verify, read, export the execution ledger; print its head and key."""
+"""``jhansi ledger``: verify, read, export, report on the execution ledger; its head and key."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from jhansi.ledger.findings import VerifyReport
 
 app = typer.Typer(
-    help="Verify, read and export the execution ledger.",
+    help="Verify, read, export and report on the execution ledger.",
     no_args_is_help=True,
 )
 
@@ -83,6 +83,22 @@ def _trusted_keys(values: list[str]) -> frozenset[str] | None:
                 "or a file holding them.",
             ) from None
     return frozenset(keys)
+
+
+def _anchors(values: list[str]) -> list[tuple[int, str]]:
+    """``--anchor SEQ:HASH`` values, parsed."""
+    from jhansi.errors import UsageError
+    from jhansi.ledger.verify import parse_anchor
+
+    anchors = []
+    for text in values:
+        try:
+            anchors.append(parse_anchor(text))
+        except ValueError as exc:
+            raise UsageError(
+                f"--anchor: {exc}", hint="Use SEQ:HASH as `jhansi ledger head` prints it."
+            ) from None
+    return anchors
 
 
 def _safe(text: str) -> str:
@@ -171,22 +187,14 @@ def verify(
 ) -> None:
     """Check the whole ledger: chain, hashes, signatures, head, blobs. Exit 5 if tampered."""
     from jhansi.cli._output import print_json
-    from jhansi.errors import ExitCode, UsageError
-    from jhansi.ledger.verify import parse_anchor, verify_ledger
+    from jhansi.errors import ExitCode
+    from jhansi.ledger.verify import verify_ledger
 
     ctx.ensure_object(CliState).json = json_output
     directory = _directory(ledger)
-    anchors = []
-    for text in anchor or []:
-        try:
-            anchors.append(parse_anchor(text))
-        except ValueError as exc:
-            raise UsageError(
-                f"--anchor: {exc}", hint="Use SEQ:HASH as `jhansi ledger head` prints it."
-            ) from None
     report = verify_ledger(
         directory,
-        anchors=anchors,
+        anchors=_anchors(anchor or []),
         trusted_keys=_trusted_keys(key or []),
         check_blobs=not skip_blobs,
         strict=strict,
@@ -551,3 +559,199 @@ def key(
         )
         return
     typer.echo(public_key_pem(raw).rstrip("\n") if pem else raw.hex())
+
+
+def _report_file(output: Path) -> int:
+    """``output`` opened for writing, mode 0600; never through a link or onto a device."""
+    import os
+    import stat
+
+    from jhansi.errors import UsageError
+
+    hint = "Choose another --output (a new file, or a regular file to replace)."
+    try:
+        found = os.lstat(output)
+    except FileNotFoundError:
+        found = None
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}", hint=hint) from None
+    if found is not None and not stat.S_ISREG(found.st_mode):
+        raise UsageError(f"{output} exists and is not a regular file: not replacing it", hint=hint)
+    # O_NONBLOCK: a FIFO put there since cannot hold the open; fstat then refuses it.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(output, flags, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}", hint=hint) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{output} is not a regular file: not replacing it", hint=hint)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+        os.ftruncate(fd, 0)
+    except OSError as exc:
+        os.close(fd)
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}", hint=hint) from None
+    except UsageError:
+        os.close(fd)
+        raise
+    return fd
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    ledger: LedgerOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="FILE",
+            help="Write the HTML here (mode 0600); without it, to stdout if not a terminal.",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", metavar="DATE", help="Only runs from then on: a date, a time or an age (7d)."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until", metavar="DATE", help="Only runs before then: a date, a time or an age."
+        ),
+    ] = None,
+    run: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--run", metavar="RUN_ID", help="Only this run (a unique prefix). Repeatable."
+        ),
+    ] = None,
+    sandbox: Annotated[
+        str | None, typer.Option("--sandbox", metavar="NAME", help="Only runs in this sandbox.")
+    ] = None,
+    include_output: Annotated[
+        bool,
+        typer.Option(
+            "--include-output/--no-output",
+            help="Put the runs' stdout and stderr in the report (default: leave them out; "
+            "outputs can hold sensitive data, the report is meant to be handed over).",
+        ),
+    ] = False,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--anchor",
+            metavar="SEQ:HASH",
+            help="A head kept elsewhere (from `jhansi ledger head`): the ledger must still "
+            "contain that record. Repeatable.",
+        ),
+    ] = None,
+    key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key",
+            metavar="KEY",
+            help="Trusted signing key: hex, PEM, or a file of them (default: this machine's "
+            "key, if it has one). Repeatable.",
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Unsigned records at the end are an error (as `verify`)."),
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Write one self-contained HTML report: verification first, a timeline, each run.
+
+    Exit 5 when the ledger does not verify (the report is written all the same, and
+    says so at the top).
+    """
+    import datetime as _dt
+    import os
+    import sys
+
+    from jhansi.cli._output import print_json
+    from jhansi.errors import ExitCode, UsageError
+    from jhansi.ledger.read import parse_since
+    from jhansi.ledger.report_data import collect
+    from jhansi.ledger.report_html import banner_state, render
+    from jhansi.ledger.verify import verify_ledger
+
+    ctx.ensure_object(CliState).json = json_output
+    if output is None and sys.stdout.isatty():
+        raise UsageError(
+            "not writing an HTML report to a terminal",
+            hint="Give -o report.html, or redirect stdout: jhansi ledger report > report.html",
+        )
+    if output is None and json_output:
+        raise UsageError(
+            "--json prints a summary on stdout: the report needs -o FILE then",
+            hint="Add -o report.html.",
+        )
+    directory = _directory(ledger)
+    _require(directory)
+    anchors = _anchors(anchor or [])
+    lower = parse_since(since) if since else None
+    try:
+        upper = parse_since(until) if until else None
+    except UsageError as exc:
+        raise UsageError(exc.message.replace("--since", "--until", 1), hint=exc.hint) from None
+    trusted = _trusted_keys(key or [])
+    source = "--key" if key else ("this machine's key" if trusted is not None else "")
+    checked = verify_ledger(directory, anchors=anchors, trusted_keys=trusted, strict=strict)
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    data = collect(
+        directory,
+        checked,
+        trusted_keys=trusted,
+        key_source=source,
+        include_output=include_output,
+        run_ids=run or [],
+        sandbox=sandbox,
+        since=lower,
+        until=upper,
+        now=now,
+    )
+    page = render(data).encode("utf-8")
+    if output is None:
+        sys.stdout.buffer.write(page)
+        sys.stdout.buffer.flush()
+    else:
+        with os.fdopen(_report_file(output), "wb") as handle:
+            handle.write(page)
+    state = banner_state(data)
+    if json_output:
+        first = checked.first_error
+        print_json(
+            {
+                "status": "ok" if checked.ok else "invalid",
+                "path": str(output),
+                "ledger": str(directory),
+                "bytes": len(page),
+                "runs": len(data.runs),
+                "run_ids": [r.summary.run_id for r in data.runs],
+                "include_output": include_output,
+                "verification": {
+                    "valid": checked.ok,
+                    "state": state,
+                    "first_error": first.as_dict() if first else None,
+                    "errors": len(checked.errors),
+                    "warnings": [p.as_dict() for p in checked.warnings],
+                    "signed_by": list(checked.keys),
+                    "pinned_keys": list(data.trusted_keys or ()),
+                    "anchors": list(checked.anchors),
+                },
+            }
+        )
+    elif output is not None:
+        from jhansi.ledger.read import one_line
+
+        verdict = {"ok": "verifies", "warn": "verifies, with warnings", "fail": "does NOT verify"}
+        typer.echo(
+            f"wrote {one_line(str(output))}: {len(data.runs)} run(s); the ledger {verdict[state]}",
+            err=True,
+        )
+    if not checked.ok:
+        raise typer.Exit(int(ExitCode.LEDGER))
