@@ -3,7 +3,8 @@
 - Registry credentials: the loopback registry with basic auth that
   scripts/provision.sh runs (Debian's docker-registry), holding the test image;
   jhansi pulls it with the credentials of a config.json in a temporary
-  DOCKER_CONFIG (``auths``, and a credential helper), and refuses cleanly without.
+  DOCKER_CONFIG (``auths``, ``credHelpers``, ``credsStore``), and refuses cleanly
+  without them or when the credential helper fails.
 - Docker contexts made by the docker CLI, chosen with DOCKER_CONTEXT or
   ``docker context use``, while DOCKER_HOST is unset.
 - TLS: the engine behind a TLS proxy (Python's ssl, a test CA) that demands a
@@ -166,6 +167,74 @@ def test_a_credential_helper_gives_the_credentials(
         },
     )
     assert run_document(proc)["status"] == "succeeded"
+
+
+def _creds_store(tmp_path: Path, name: str, script: str) -> dict[str, str]:
+    """A docker config whose only credentials are ``"credsStore": name``, and the helper
+    ``docker-credential-NAME`` (``script``) on the PATH: the environment for jhansi."""
+    helpers = tmp_path / "bin"
+    helpers.mkdir()
+    helper = helpers / f"docker-credential-{name}"
+    helper.write_text(script)
+    helper.chmod(0o700)
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    (config / "config.json").write_text(json.dumps({"credsStore": name}))
+    return {
+        "DOCKER_CONFIG": str(config),
+        "DOCKER_HOST": DOCKER_HOST,
+        "PATH": f"{helpers}:{os.environ['PATH']}",
+    }
+
+
+@pytest.mark.docker
+def test_the_credential_store_alone_gives_the_credentials(
+    registry: tuple[str, str], tmp_path: Path
+) -> None:
+    # `credsStore` is how Docker Desktop and the OS keyrings are used: the docker config
+    # holds no auths and no credHelpers, every registry's credentials come from one
+    # helper. No desktop keyring exists here, so the test writes the helper: a real
+    # program answering the real protocol (`get`, the server on stdin, JSON on stdout),
+    # which also records what it was asked.
+    user, password = registry
+    asked = tmp_path / "asked"
+    answer = json.dumps({"ServerURL": REGISTRY, "Username": user, "Secret": password})
+    env = _creds_store(
+        tmp_path,
+        "jhansi-store",
+        f'#!/bin/sh\n[ "$1" = get ] || exit 1\nread server\n'
+        f"echo \"$server\" >>'{asked}'\necho '{answer}'\n",
+    )
+    proc = jhansi(
+        "run", "--json", "--backend", "docker", "--image", REGISTRY_IMAGE, str(HELLO), env=env
+    )
+    doc = run_document(proc)
+    assert doc["status"] == "succeeded"
+    assert backend_details(doc)["image"] == REGISTRY_IMAGE
+    assert asked.read_text().split() == [REGISTRY]
+
+
+@pytest.mark.docker
+def test_a_failing_credential_store_is_refused_with_a_hint(
+    registry: tuple[str, str], tmp_path: Path
+) -> None:
+    # As a real helper fails (a locked keyring): its message on stdout, exit status 1.
+    env = _creds_store(
+        tmp_path, "jhansi-locked", "#!/bin/sh\necho 'the keyring is locked'\nexit 1\n"
+    )
+    proc = jhansi("run", "--backend", "docker", "--image", REGISTRY_IMAGE, str(HELLO), env=env)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.strip().splitlines()[-2:] == [
+        f"error: cannot pull the image {REGISTRY_IMAGE}: the docker config's credential helper "
+        'failed: docker-credential-jhansi-locked exited with "the keyring is locked"',
+        "hint: Check that `docker-credential-jhansi-locked` works (`echo "
+        f"{REGISTRY} | docker-credential-jhansi-locked get`) or log in again (`docker login "
+        f"{REGISTRY}`); jhansi uses the credentials of the docker config "
+        f"({env['DOCKER_CONFIG']}/config.json). Or choose another image with --image. Or run "
+        "on bubblewrap instead, which needs no image: --backend bwrap ([sandbox] backend = "
+        '"bwrap"; `jhansi doctor` says whether it works here).',
+    ]
+    assert len(proc.stderr.strip().splitlines()) == 2, proc.stderr
 
 
 @pytest.mark.docker
