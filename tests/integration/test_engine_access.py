@@ -8,7 +8,8 @@
 - Docker contexts made by the docker CLI, chosen with DOCKER_CONTEXT or
   ``docker context use``, while DOCKER_HOST is unset.
 - TLS: the engine behind a TLS proxy (Python's ssl, a test CA) that demands a
-  client certificate, reached with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
+  client certificate, reached with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, or
+  with the TLS files a docker context keeps in its own store.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from jhansi.sandbox.engines import TLS_HINT
 from tests.conftest import DOCKER_HOST, TEST_IMAGE, Engine, absent
 from tests.tls_server import TestCA as CA
 
@@ -403,3 +406,56 @@ def test_a_tls_engine_without_a_client_certificate_is_refused(
     assert len(lines) == 2, proc.stderr
     assert lines[0].startswith(f"error: no container engine answers at {url}: "), lines
     assert "DOCKER_CERT_PATH" in lines[1]
+
+
+def _tls_context(tmp_path: Path, port: int, ca_pem: bytes, ca: CA) -> Path:
+    """A docker config with the context ``jhansi-tls`` for the proxy, its TLS files (``ca``
+    trusted, a client certificate of ``ca``) copied by the docker CLI into its own store;
+    the files it was made from are gone, so only the store's copies can be used."""
+    source = tmp_path / "context-files"
+    source.mkdir()
+    cert, key = ca.issue(["jhansi"], client=True)
+    for name, data in (("ca.pem", ca_pem), ("cert.pem", cert), ("key.pem", key)):
+        (source / name).write_bytes(data)
+    config = tmp_path / "docker-config"
+    docker_cli(
+        "context",
+        "create",
+        "jhansi-tls",
+        "--docker",
+        f"host=tcp://127.0.0.1:{port},ca={source}/ca.pem,cert={source}/cert.pem,"
+        f"key={source}/key.pem",
+        config=config,
+    )
+    shutil.rmtree(source)
+    assert list((config / "contexts" / "tls").glob("*/docker/ca.pem"))
+    return config
+
+
+@pytest.mark.docker
+def test_a_tls_engine_is_reached_with_the_contexts_own_files(
+    tmp_path: Path, tls_engine: tuple[TlsProxy, Path, CA]
+) -> None:
+    proxy, _, ca = tls_engine
+    config = _tls_context(tmp_path, proxy.port, ca.pem, ca)
+    env = {"DOCKER_CONFIG": str(config), "DOCKER_CONTEXT": "jhansi-tls"}  # no DOCKER_TLS_*
+    doc = run_document(jhansi("run", "--json", *ON_DOCKER, str(HELLO), env=env))
+    assert doc["status"] == "succeeded"
+    assert backend_details(doc)["url"] == f"tcp://127.0.0.1:{proxy.port}"
+
+
+@pytest.mark.docker
+def test_a_context_whose_ca_does_not_match_the_engine_is_refused(
+    tmp_path: Path, tls_engine: tuple[TlsProxy, Path, CA]
+) -> None:
+    proxy, _, ca = tls_engine
+    config = _tls_context(tmp_path, proxy.port, CA().pem, ca)  # another CA than the engine's
+    env = {"DOCKER_CONFIG": str(config), "DOCKER_CONTEXT": "jhansi-tls"}
+    proc = jhansi("run", *ON_DOCKER, str(HELLO), env=env)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: no container engine answers at tcp://127.0.0.1:{proxy.port}: the engine's TLS "
+        "certificate is not trusted (from docker context 'jhansi-tls', from "
+        "DOCKER_CONTEXT=jhansi-tls)",
+        f"hint: {TLS_HINT}",
+    ]
