@@ -30,6 +30,7 @@ import shutil
 import socket
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -424,7 +425,9 @@ class EngineClient:
         self.api: Any = api
         """The SDK's client; typed loosely because jhansi also uses its request helpers
         (``_get``, ``_post``, ``_url``), which its type stubs leave out."""
-        self._closer = closer
+        # An ssh tunnel ends with its client: on close, when the client is dropped (a
+        # Runner that moved on to bwrap, an MCP run done) or when the process exits.
+        self._closer = weakref.finalize(self, closer)
         self.server = ""
         """The ``Server`` header of the last ping (``Docker/20.10...`` or ``Libpod/4.3.1``)."""
         self.ping_headers: dict[str, str] = {}

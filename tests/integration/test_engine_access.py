@@ -10,6 +10,9 @@
 - TLS: the engine behind a TLS proxy (Python's ssl, a test CA) that demands a
   client certificate, reached with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, or
   with the TLS files a docker context keeps in its own store.
+- ssh: the engine behind the loopback sshd that scripts/provision.sh runs
+  (``DOCKER_HOST=ssh://…`` and a context whose host is ``ssh://…``), with the
+  ssh client configured by a temporary home's ``~/.ssh``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -38,6 +44,9 @@ ON_DOCKER = ("--backend", "docker", "--image", TEST_IMAGE)
 REGISTRY = os.environ.get("JHANSI_TEST_REGISTRY", "")
 REGISTRY_IMAGE = os.environ.get("JHANSI_TEST_REGISTRY_IMAGE", "")
 REGISTRY_AUTH = os.environ.get("JHANSI_TEST_REGISTRY_AUTH", "")
+SSH_HOST = os.environ.get("JHANSI_TEST_SSH_HOST", "")
+SSH_KEY = os.environ.get("JHANSI_TEST_SSH_KEY", "")
+SSH_HOST_KEY = os.environ.get("JHANSI_TEST_SSH_HOST_KEY", "")
 #: What the caller's environment must not add: these tests choose the engine themselves.
 _ENGINE_VARIABLES = (
     "DOCKER_HOST",
@@ -46,14 +55,18 @@ _ENGINE_VARIABLES = (
     "DOCKER_TLS_VERIFY",
     "DOCKER_CERT_PATH",
     "DOCKER_TLS",
+    "SSH_AUTH_SOCK",  # an agent's keys would log in where the test means a key to fail
 )
 
 
-def jhansi(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``jhansi ARGS`` with the engine chosen only by ``env`` (DOCKER_HOST and the like unset)."""
+def jhansi(
+    *args: str, env: dict[str, str], prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``jhansi ARGS`` with the engine chosen only by ``env`` (DOCKER_HOST and the like unset),
+    started through ``prefix`` if given."""
     base = {k: v for k, v in os.environ.items() if k not in _ENGINE_VARIABLES}
     return subprocess.run(
-        [sys.executable, "-m", "jhansi", *args],
+        [*prefix, sys.executable, "-m", "jhansi", *args],
         capture_output=True,
         text=True,
         env={**base, **env},
@@ -459,3 +472,144 @@ def test_a_context_whose_ca_does_not_match_the_engine_is_refused(
         "DOCKER_CONTEXT=jhansi-tls)",
         f"hint: {TLS_HINT}",
     ]
+
+
+# ------------------------------------------------------------------ ssh --
+
+
+@dataclass(frozen=True)
+class SshHome:
+    """A home of its own for the ssh client that jhansi starts, and how to start jhansi in it."""
+
+    home: Path
+    tmp: Path
+    """jhansi's TMPDIR: where its tunnel's socket lives while it runs."""
+    prefix: tuple[str, ...]
+
+    def leftovers(self) -> list[str]:
+        """Tunnel directories, and processes (ssh, its keeper) naming one, still there 5 s
+        after jhansi ended (the keeper stops ssh once jhansi's end closes its pipe)."""
+        deadline = time.monotonic() + 5
+        while True:
+            found = [str(p) for p in self.tmp.glob("jhansi-ssh-*")]
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                with contextlib.suppress(OSError):
+                    if str(self.tmp).encode() in (text := cmdline.read_bytes()):
+                        found.append(text.replace(b"\0", b" ").decode())
+            if not found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def ssh_home(tmp_path: Path, docker_engine: Engine) -> SshHome:
+    """``~/.ssh`` as a user sets it up for the test sshd: the key, the host's key in
+    ``known_hosts``, and an alias ``jhansi-engine`` in ``config``.
+
+    ssh finds ``~`` in the password database, not in ``HOME``, so jhansi runs in a
+    mount namespace of its own where a copy of /etc/passwd gives root this home
+    (``unshare`` as root: the machine's files and root's real ~/.ssh stay untouched).
+    """
+    if not (SSH_HOST and SSH_KEY and SSH_HOST_KEY and Path(SSH_KEY).exists()):
+        absent("no test sshd (run scripts/provision.sh)")
+    if os.getuid() != 0 or shutil.which("unshare") is None:
+        absent("the ssh tests give root a home of its own: they need root and unshare")
+    target = urlsplit(SSH_HOST)
+    home = tmp_path / "home"
+    dot_ssh = home / ".ssh"
+    dot_ssh.mkdir(parents=True, mode=0o700)
+    shutil.copyfile(SSH_KEY, dot_ssh / "engine_ed25519")
+    (dot_ssh / "engine_ed25519").chmod(0o600)
+    host_key = " ".join(Path(SSH_HOST_KEY).read_text().split()[:2])
+    (dot_ssh / "known_hosts").write_text(f"[{target.hostname}]:{target.port} {host_key}\n")
+    (dot_ssh / "config").write_text(
+        f"Host jhansi-engine\n  HostName {target.hostname}\n  Port {target.port}\n"
+        f"  User {target.username}\n"
+        f"Host jhansi-engine {target.hostname}\n  IdentityFile ~/.ssh/engine_ed25519\n"
+        "  IdentitiesOnly yes\n"
+    )
+    (dot_ssh / "config").chmod(0o600)
+    passwd = tmp_path / "passwd"
+    passwd.write_text(
+        "".join(
+            ":".join([*f[:5], str(home), *f[6:]]) if f[2] == "0" else line
+            for line in Path("/etc/passwd").read_text().splitlines(keepends=True)
+            for f in [line.split(":")]
+        )
+    )
+    tmp = tmp_path / "t"
+    tmp.mkdir()
+    mount = 'mount --bind "$0" /etc/passwd && exec "$@"'
+    return SshHome(
+        home,
+        tmp,
+        ("unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(passwd)),
+    )
+
+
+def _in_home(ssh: SshHome, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return jhansi(*args, env={**env, "TMPDIR": str(ssh.tmp)}, prefix=ssh.prefix)
+
+
+@pytest.mark.docker
+def test_an_ssh_engine_is_reached_from_docker_host(ssh_home: SshHome) -> None:
+    env = {"DOCKER_HOST": SSH_HOST}
+    doctor = _in_home(ssh_home, "doctor", "--json", env=env)
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["docker"]["ok"], checks["docker"]
+    assert f"(rootful) at {SSH_HOST} (DOCKER_HOST)" in str(checks["docker"]["detail"])
+    doc = run_document(_in_home(ssh_home, "run", "--json", *ON_DOCKER, str(HELLO), env=env))
+    assert doc["status"] == "succeeded"
+    assert backend_details(doc)["url"] == SSH_HOST
+    assert ssh_home.leftovers() == []  # the tunnel ended with jhansi
+
+
+@pytest.mark.docker
+def test_an_ssh_context_is_reached_through_the_users_ssh_config(
+    tmp_path: Path, ssh_home: SshHome
+) -> None:
+    # "jhansi-engine" exists only in ~/.ssh/config: the user's ssh set-up is what is used.
+    config = tmp_path / "docker-config"
+    docker_cli(
+        "context", "create", "jhansi-ssh", "--docker", "host=ssh://jhansi-engine", config=config
+    )
+    env = {"DOCKER_CONFIG": str(config), "DOCKER_CONTEXT": "jhansi-ssh"}
+    doctor = _in_home(ssh_home, "doctor", "--json", env=env)
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["docker"]["ok"], checks["docker"]
+    assert "at ssh://jhansi-engine (docker context 'jhansi-ssh'" in str(checks["docker"]["detail"])
+    doc = run_document(_in_home(ssh_home, "run", "--json", *ON_DOCKER, str(HELLO), env=env))
+    assert backend_details(doc)["url"] == "ssh://jhansi-engine"
+    assert ssh_home.leftovers() == []
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("problem", ["an unknown key", "an unknown host"])
+def test_an_ssh_engine_that_does_not_let_jhansi_in_is_refused(
+    problem: str, ssh_home: SshHome
+) -> None:
+    target = urlsplit(SSH_HOST)
+    login = f"ssh -p {target.port} {target.username}@{target.hostname}"
+    if problem == "an unknown key":
+        key = ssh_home.home / ".ssh" / "engine_ed25519"
+        key.unlink()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        reason = f"{target.username}@{target.hostname}: Permission denied (publickey)."
+        hint = (
+            f"hint: Check that `{login}` logs in without a prompt (a key or an agent) and that "
+            "the engine's socket there is where the URL says (default /var/run/docker.sock)."
+        )
+    else:
+        (ssh_home.home / ".ssh" / "known_hosts").write_text("")
+        reason = "Host key verification failed."
+        hint = (
+            "hint: ssh does not know this host's key (or it changed): check the key and add it "
+            f"to ~/.ssh/known_hosts, for instance by logging in once (`{login}`)."
+        )
+    proc = _in_home(ssh_home, "run", *ON_DOCKER, str(HELLO), env={"DOCKER_HOST": SSH_HOST})
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: cannot reach the engine at {SSH_HOST} over ssh: {reason} (from DOCKER_HOST)",
+        hint,
+    ]
+    assert ssh_home.leftovers() == []
