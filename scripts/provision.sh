@@ -18,6 +18,9 @@
 #   5. A container registry with basic auth on loopback (Debian's
 #      docker-registry, htpasswd from apache2-utils) holding the test image
 #      as $REGISTRY/jhansi-test-python:bookworm, for authenticated pulls.
+#   5b. An sshd on loopback only (127.0.0.1:2202, its own config and host key under
+#      /etc/jhansi-ci/sshd), key login only, as the user "jhansi-ssh" of group
+#      docker, for ssh:// engine tests (the system's own sshd is left off).
 #   6. /run/jhansi-ci/env: the variables the tests read.
 #
 # Used by .ci/run and by developers by hand. Tunables (environment):
@@ -634,6 +637,97 @@ else
   step_done "pushed"
 fi
 
+# ------------------------------------------------------- 5b. sshd ----------
+
+# An sshd for ssh:// engine URLs (DOCKER_HOST=ssh://…, contexts): loopback only,
+# its own port, config, host key and pid file, key login only, for one
+# unprivileged user whose group (docker) reaches the engine's socket. The
+# system's sshd (port 22) is not started: when this script installs
+# openssh-server it first writes /etc/ssh/sshd_not_to_be_run.
+SSH_ADDR=127.0.0.1:2202
+SSH_USER=jhansi-ssh
+SSH_ETC=/etc/jhansi-ci/sshd                # root-only: config, host key, the client's key
+SSH_CONF="$SSH_ETC/sshd_config"
+SSH_HOST_KEY="$SSH_ETC/ssh_host_ed25519_key"
+SSH_CLIENT_KEY="$SSH_ETC/client_ed25519"   # what the tests log in with (root reads it)
+SSH_PIDFILE="$RUN_DIR/sshd.pid"
+SSH_LOG=/var/log/jhansi-ci-sshd.log
+
+step "sshd: $SSH_USER@$SSH_ADDR (key only) for ssh:// engines"
+if [[ $(dpkg-query -W -f='${Status}' openssh-server 2>/dev/null || true) != "install ok installed" ]]; then
+  [[ -e /etc/ssh/sshd_not_to_be_run ]] || {
+    mkdir -p /etc/ssh
+    echo "Written by jhansi's scripts/provision.sh: only its loopback sshd is wanted here." \
+      >/etc/ssh/sshd_not_to_be_run
+  }
+  info "installing openssh-server (the system's sshd stays off)"
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq openssh-server
+fi
+if ! id -u "$SSH_USER" >/dev/null 2>&1; then
+  useradd --create-home --shell /bin/sh --groups docker --comment "jhansi CI (ssh engine tests)" "$SSH_USER"
+  info "created user $SSH_USER (group docker)"
+fi
+id -nG "$SSH_USER" | grep -qw docker || usermod -aG docker "$SSH_USER"
+# No password at all ("*"): useradd's "!" reads as a locked account, which
+# sshd refuses without PAM (and PAM's session modules fail in a container).
+[[ $(getent shadow "$SSH_USER" | cut -d: -f2) == "*" ]] || usermod -p '*' "$SSH_USER"
+install -d -m 0700 "$SSH_ETC"
+[[ -s $SSH_HOST_KEY ]] || ssh-keygen -q -t ed25519 -N '' -C "jhansi-ci sshd host key" -f "$SSH_HOST_KEY"
+[[ -s $SSH_CLIENT_KEY ]] || ssh-keygen -q -t ed25519 -N '' -C "jhansi-ci ssh:// engine tests" -f "$SSH_CLIENT_KEY"
+SSH_HOME=$(getent passwd "$SSH_USER" | cut -d: -f6)
+install -d -m 0700 -o "$SSH_USER" -g "$SSH_USER" "$SSH_HOME/.ssh"
+sshd_changed=0
+install_file 0600 "$SSH_USER:$SSH_USER" "$SSH_HOME/.ssh/authorized_keys" <"$SSH_CLIENT_KEY.pub" || true
+install_file 0600 root:root "$SSH_CONF" <<EOF && sshd_changed=1
+# Written by jhansi's scripts/provision.sh: a loopback sshd for ssh:// engine tests.
+ListenAddress $SSH_ADDR
+HostKey $SSH_HOST_KEY
+PidFile $SSH_PIDFILE
+AllowUsers $SSH_USER
+PermitRootLogin no
+PubkeyAuthentication yes
+AuthorizedKeysFile .ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+# What an engine tunnel needs (ssh -L LOCAL:/var/run/docker.sock), nothing more.
+# (sshd lets a socket be forwarded only where local TCP forwarding is allowed too.)
+AllowStreamLocalForwarding local
+AllowTcpForwarding local
+AllowAgentForwarding no
+X11Forwarding no
+PermitTTY no
+LogLevel INFO
+EOF
+install -d -m 0755 /run/sshd # sshd's privilege separation directory
+/usr/sbin/sshd -t -f "$SSH_CONF" || die "sshd refuses $SSH_CONF"
+# Up = the client key logs in (the host key checked) and the user can use the engine's socket.
+ssh_known=$(mktemp)
+CLEANUP+=("$ssh_known")
+printf '[%s]:%s %s\n' "${SSH_ADDR%:*}" "${SSH_ADDR##*:}" "$(cut -d' ' -f1-2 "$SSH_HOST_KEY.pub")" >"$ssh_known"
+sshd_up() {
+  ssh -F /dev/null -i "$SSH_CLIENT_KEY" -p "${SSH_ADDR##*:}" -o BatchMode=yes \
+    -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$ssh_known" -o ConnectTimeout=3 \
+    "$SSH_USER@${SSH_ADDR%:*}" test -S "$DOCKER_SOCK" -a -w "$DOCKER_SOCK" </dev/null >/dev/null 2>&1
+}
+pid=$(cat "$SSH_PIDFILE" 2>/dev/null || true)
+if [[ -n $pid ]] && proc_alive "$pid" sshd && ((sshd_changed)); then
+  info "configuration changed: stopping sshd (pid $pid)"
+  kill "$pid"
+  for _ in {1..20}; do proc_alive "$pid" || break; sleep 0.25; done
+fi
+if [[ -n $pid ]] && proc_alive "$pid" sshd && sshd_up; then
+  step_done "already running"
+else
+  rm -f "$SSH_PIDFILE"
+  # -D: in the foreground of its own session (setsid), so $! is sshd itself.
+  setsid /usr/sbin/sshd -D -f "$SSH_CONF" -E "$SSH_LOG" </dev/null >>"$SSH_LOG" 2>&1 &
+  sshd_pid=$!
+  wait_for "sshd ($SSH_ADDR)" "$SSH_LOG" "$sshd_pid" sshd_up
+  step_done "started, pid $sshd_pid"
+fi
+
 # ------------------------------------------------------- smoke check -------
 
 if [[ ${JHANSI_PROVISION_SMOKE:-1} != 0 ]]; then
@@ -664,6 +758,9 @@ JHANSI_TEST_RUNSC=runsc
 JHANSI_TEST_REGISTRY=$REGISTRY
 JHANSI_TEST_REGISTRY_IMAGE=$REGISTRY_IMAGE
 JHANSI_TEST_REGISTRY_AUTH=$REGISTRY_AUTH
+JHANSI_TEST_SSH_HOST=ssh://$SSH_USER@$SSH_ADDR
+JHANSI_TEST_SSH_KEY=$SSH_CLIENT_KEY
+JHANSI_TEST_SSH_HOST_KEY=$SSH_HOST_KEY.pub
 EOF
 sed 's/^/    /' "$ENV_FILE"
 step_done
@@ -675,4 +772,5 @@ info "podman:  $(podman --version | cut -d' ' -f3) rootless as $CI_USER (uid $CI
 info "image:   $IMAGE = ${DOCKER_IMAGE_ID:7:12} (podman names: ${PODMAN_IMAGE_NAMES:-?})"
 info "bwrap:   $(bwrap --version 2>/dev/null || echo missing); runsc: $RUNSC_PATH"
 info "registry: $REGISTRY (docker-registry on $REGISTRY_ADDR, basic auth: $REGISTRY_AUTH), log $REGISTRY_LOG"
+info "sshd:    $SSH_USER@$SSH_ADDR (key $SSH_CLIENT_KEY, config $SSH_CONF), log $SSH_LOG"
 info "env:     $ENV_FILE"

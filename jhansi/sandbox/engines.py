@@ -25,9 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import threading
+import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -422,7 +425,9 @@ class EngineClient:
         self.api: Any = api
         """The SDK's client; typed loosely because jhansi also uses its request helpers
         (``_get``, ``_post``, ``_url``), which its type stubs leave out."""
-        self._closer = closer
+        # An ssh tunnel ends with its client: on close, when the client is dropped (a
+        # Runner that moved on to bwrap, an MCP run done) or when the process exits.
+        self._closer = weakref.finalize(self, closer)
         self.server = ""
         """The ``Server`` header of the last ping (``Docker/20.10...`` or ``Libpod/4.3.1``)."""
         self.ping_headers: dict[str, str] = {}
@@ -443,6 +448,12 @@ class EngineClient:
             import docker
             import docker.errors
             from docker.tls import TLSConfig
+
+            # A credential helper missing from PATH is reported as the pull's error
+            # (see image_pull); the SDK's warning about it would only repeat it.
+            warnings.filterwarnings(
+                "ignore", message=r"docker-credential-\S+ not installed", category=UserWarning
+            )
         except ImportError as exc:  # pragma: no cover - a dependency of jhansi
             closer()
             raise SandboxError(
@@ -586,7 +597,19 @@ class EngineClient:
         hint = pull_hint(image)
         try:
             with self._calling(f"pull the image {image}", hint=hint):
-                for event in self.api.pull(image, stream=True, decode=True):
+                try:
+                    # The credentials are looked up (a helper run) before anything is sent.
+                    events = self.api.pull(image, stream=True, decode=True)
+                except docker.errors.DockerException as exc:
+                    helper = _credential_helper_failure(exc)
+                    if helper is None:
+                        raise
+                    raise SandboxError(
+                        f"cannot pull the image {image}: the docker config's credential "
+                        f"helper failed: {helper}",
+                        hint=credential_helper_hint(image, helper),
+                    ) from None
+                for event in events:
                     if event.get("error") or event.get("errorDetail"):
                         detail = event.get("errorDetail") or {}
                         message = str(event.get("error") or detail.get("message") or event)
@@ -611,10 +634,6 @@ class EngineClient:
             message = exc.message.partition(": ")[2] or exc.message
             raise SandboxError(
                 f"cannot pull the image {image}: {message}", hint=pull_hint(image, message)
-            ) from None
-        except docker.errors.DockerException as exc:  # a credential helper failed
-            raise SandboxError(
-                f"cannot pull the image {image}: {exc}", hint=pull_hint(image, "credentials")
             ) from None
 
     # -- containers -------------------------------------------------------------
@@ -710,11 +729,44 @@ def _keep_engine_ca(api: Any) -> None:
     api.merge_environment_settings = merged
 
 
+def _credential_helper_failure(exc: BaseException) -> str | None:
+    """What went wrong with a credential helper (``docker-credential-NAME exited with
+    "..."``), when the SDK's ``exc`` is that; ``None`` for any other failure."""
+    from docker.credentials.errors import StoreError
+
+    cause = exc.__cause__
+    if not isinstance(cause, StoreError):
+        return None
+    text = str(cause).strip().removeprefix("Credentials store ").removesuffix(".")
+    exited = re.fullmatch(r'(\S+) exited with "(.*)"', text, re.DOTALL)
+    if exited is None:  # "docker-credential-NAME not installed or not available in PATH"
+        return " ".join(text.split())
+    said = " ".join(exited[2].split())
+    return f'{exited[1]} exited with "{said}"' if said else f"{exited[1]} failed and said nothing"
+
+
+def _registry(image: str) -> str:
+    """The registry an image reference names (``docker.io`` when it names none)."""
+    first = image.split("/", 1)[0] if "/" in image else ""
+    return first if any(c in first for c in ".:") or first == "localhost" else "docker.io"
+
+
+def credential_helper_hint(image: str, failure: str) -> str:
+    """What to do when the docker config's credential helper fails for ``image``."""
+    registry = _registry(image)
+    found = re.search(r"docker-credential-\S+", failure)
+    program = found.group(0) if found else "the credential helper"
+    return (
+        f"Check that `{program}` works (`echo {registry} | {program} get`) or log in again "
+        f"(`docker login {registry}`); jhansi uses the credentials of the docker config "
+        f"({docker_config_dir() / 'config.json'}). Or choose another image with --image."
+    )
+
+
 def pull_hint(image: str, message: str = "") -> str:
     """What to do when ``image`` cannot be pulled: log in when the registry wants
     credentials, else check the name (the backend adds bubblewrap, which needs no image)."""
-    from_registry = image.split("/", 1)[0] if "/" in image else ""
-    registry = from_registry if any(c in from_registry for c in ".:") else "docker.io"
+    registry = _registry(image)
     lowered = message.lower()
     if any(
         word in lowered

@@ -6,12 +6,20 @@ the user's keys, agent and ``~/.ssh/config``. ``ssh -L LOCAL:REMOTE`` forwards
 the engine's unix socket (``/var/run/docker.sock`` unless the URL has a path,
 as in ``ssh://me@host/run/user/1000/docker.sock``) to a socket in a private
 temporary directory, for as long as the client lives.
+
+A run may end in ``os._exit`` (the CLI's fast path, the helper's children) or be
+killed, and no Python clean-up runs then. So ssh is watched by a small keeper
+process of its own session (Ctrl-C in the terminal reaches neither, so the run's
+own clean-up can still talk to the engine): it holds a pipe from jhansi, and when
+that pipe closes — jhansi closed the tunnel, or ended however it ended — it stops
+ssh and removes the directory.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,17 +32,38 @@ from jhansi.errors import SandboxError
 REMOTE_SOCKET = "/var/run/docker.sock"
 #: How long ssh may take to log in and set up the forward.
 _SETUP_TIMEOUT = 20.0
+#: The keeper: ``python -c KEEPER DIRECTORY SSH-ARGV...``; its stdin is jhansi's lifeline.
+_KEEPER = """
+import os, shutil, subprocess, sys, threading
+ssh = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+def lifeline():
+    while os.read(0, 512):
+        pass
+    ssh.terminate()
+threading.Thread(target=lifeline, daemon=True).start()
+code = ssh.wait()
+shutil.rmtree(sys.argv[1], ignore_errors=True)
+os._exit(code & 255)
+"""
 
 
-def ssh_command(url: str, local: str) -> list[str]:
-    """The ``ssh`` command that forwards ``url``'s engine socket to ``local``."""
+def _login(url: str) -> list[str]:
+    """Where ``ssh`` logs in for ``url``: ``[-p PORT] [USER@]HOST``."""
     parts = urlsplit(url)
     if not parts.hostname:
         raise SandboxError(
             f"cannot use the engine at {url}: no host", hint="Use ssh://[USER@]HOST[:PORT]."
         )
-    remote = parts.path if parts.path not in ("", "/") else REMOTE_SOCKET
-    argv = [
+    port = ["-p", str(parts.port)] if parts.port else []
+    return [*port, f"{parts.username}@{parts.hostname}" if parts.username else parts.hostname]
+
+
+def ssh_command(url: str, local: str) -> list[str]:
+    """The ``ssh`` command that forwards ``url``'s engine socket to ``local``."""
+    *port, destination = _login(url)
+    path = urlsplit(url).path
+    remote = path if path not in ("", "/") else REMOTE_SOCKET
+    return [
         "ssh",
         "-nNT",
         "-o",
@@ -43,32 +72,38 @@ def ssh_command(url: str, local: str) -> list[str]:
         "BatchMode=yes",
         "-L",
         f"{local}:{remote}",
+        *port,
+        "--",
+        destination,
     ]
-    if parts.port:
-        argv += ["-p", str(parts.port)]
-    argv += ["--", f"{parts.username}@{parts.hostname}" if parts.username else parts.hostname]
-    return argv
 
 
 def open_tunnel(url: str) -> tuple[str, Callable[[], None]]:
     """Start forwarding ``url``'s engine socket; the local socket's path and how to stop."""
     directory = Path(tempfile.mkdtemp(prefix="jhansi-ssh-"))
     local = directory / "engine.sock"
+    argv = ssh_command(url, str(local))
+    kept = bool(sys.executable)  # not in an interpreter embedded in another program
+    if kept:
+        argv = [sys.executable, "-I", "-S", "-c", _KEEPER, str(directory), *argv]
     process = subprocess.Popen(
-        ssh_command(url, str(local)),
-        stdin=subprocess.DEVNULL,
+        argv,
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,
     )
 
     def close() -> None:
-        if process.poll() is None:
+        if process.stdin is not None:
+            process.stdin.close()  # the keeper stops ssh
+        if not kept and process.poll() is None:
             process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         if process.stderr is not None:
             process.stderr.close()
         shutil.rmtree(directory, ignore_errors=True)
@@ -80,13 +115,24 @@ def open_tunnel(url: str) -> tuple[str, Callable[[], None]]:
             if process.poll() is not None and process.stderr is not None:
                 error = process.stderr.read()
             close()
-            lines = error.decode("utf-8", "replace").strip().splitlines()
+            text = error.decode("utf-8", "replace").strip()
+            login = " ".join(["ssh", *_login(url)])
+            if "Host key verification failed" in text:
+                hint = (
+                    "ssh does not know this host's key (or it changed): check the key and add "
+                    f"it to ~/.ssh/known_hosts, for instance by logging in once (`{login}`)."
+                )
+            else:
+                hint = (
+                    f"Check that `{login}` logs in without a prompt (a key or an agent) and "
+                    "that the engine's socket there is where the URL says (default "
+                    f"{REMOTE_SOCKET})."
+                )
+            lines = text.splitlines()
             raise SandboxError(
                 f"cannot reach the engine at {url} over ssh: "
                 f"{lines[-1] if lines else 'ssh did not forward the socket in time'}",
-                hint="Check that `ssh HOST` logs in without a prompt (a key or an agent) and "
-                "that the engine's socket there is where the URL says (default "
-                f"{REMOTE_SOCKET}).",
+                hint=hint,
             )
         time.sleep(0.02)
     return str(local), close

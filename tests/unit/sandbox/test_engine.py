@@ -29,6 +29,7 @@ from jhansi.sandbox.engines import (
     EngineInfo,
     IdMapping,
     TlsFiles,
+    _credential_helper_failure,
     candidate_endpoints,
     connect,
     current_context,
@@ -191,6 +192,40 @@ def test_pull_hints_say_log_in_or_check_the_name() -> None:
     missing = pull_hint("python:9", "manifest unknown")
     assert "docker pull python:9" in missing
     assert "--image" in missing
+    assert "`docker login localhost`" in pull_hint("localhost/img", "unauthorized")
+
+
+def _helper_failed(store_error: str) -> str | None:
+    """What jhansi says of the SDK's error for a credential helper that failed so."""
+    import docker.errors
+    from docker.credentials.errors import StoreError
+
+    try:
+        try:
+            raise StoreError(store_error)
+        except StoreError as cause:  # as docker.auth raises it
+            raise docker.errors.DockerException(f"Credentials store error: {cause!r}") from cause
+    except docker.errors.DockerException as exc:
+        return _credential_helper_failure(exc)
+
+
+def test_a_credential_helpers_failure_is_told_in_its_own_words() -> None:
+    # The texts the SDK makes (docker/credentials): the helper's stdout, or its absence.
+    assert (
+        _helper_failed('Credentials store docker-credential-pass exited with "gpg: locked\n".')
+        == 'docker-credential-pass exited with "gpg: locked"'
+    )
+    assert (
+        _helper_failed('Credentials store docker-credential-pass exited with "".')
+        == "docker-credential-pass failed and said nothing"
+    )
+    assert (
+        _helper_failed("docker-credential-desktop not installed or not available in PATH")
+        == "docker-credential-desktop not installed or not available in PATH"
+    )
+    import docker.errors
+
+    assert _credential_helper_failure(docker.errors.DockerException("other")) is None
 
 
 # ------------------------------------ who the sandbox is, per engine --
