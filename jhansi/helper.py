@@ -216,11 +216,12 @@ def main() -> None:
         os.close(lock_fd)
 
 
-def _note(lock_fd: int, served: int) -> None:
-    """Write the helper's pid and how many runs it has served into its lock file
-    (read by :func:`jhansi.cli._helper_admin.list_helpers`)."""
+def _note(lock_fd: int, served: int, loaded: bool = False) -> None:
+    """Write the helper's pid, how many runs it has served and whether it has loaded
+    :data:`PRELOAD_LATER` into its lock file (read by
+    :func:`jhansi.cli._helper_admin.list_helpers`)."""
     os.ftruncate(lock_fd, 0)
-    os.pwrite(lock_fd, f"{os.getpid()} {served}\n".encode(), 0)
+    os.pwrite(lock_fd, f"{os.getpid()} {served} {int(loaded)}\n".encode(), 0)
 
 
 def _stop(_signum: int, _frame: object) -> None:
@@ -242,6 +243,7 @@ def _serve(listener: socket.socket, lock_fd: int, key: str) -> None:
                 _parse_later_data()
                 if client.helper_key() != key:
                     return  # jhansi changed while it loaded: a fresh helper takes over
+                _note(lock_fd, served, loaded=True)
             gc.freeze()
             continue
         try:
@@ -260,7 +262,7 @@ def _serve(listener: socket.socket, lock_fd: int, key: str) -> None:
             if pid == 0:  # pragma: no cover (the child ends in os._exit; tested end to end)
                 _child(conn, fds, request, listener, lock_fd)
             served += 1
-            _note(lock_fd, served)
+            _note(lock_fd, served, loaded=not later)
         except OSError:
             continue
         finally:
