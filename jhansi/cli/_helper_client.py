@@ -9,7 +9,8 @@ process would have run (:func:`jhansi.cli.main`), recording it the same way.
 This process waits for the child's exit status, forwards the signals it gets
 (Ctrl-C included), and exits with that status.
 
-This module imports only what the client needs (no jhansi code beyond it). A
+This module imports only what the client needs (no jhansi code beyond it, and not
+even ``contextlib``: a few milliseconds of every warm run). A
 helper is used only if it runs with the same interpreter, the same jhansi code
 and the same process context (the :func:`helper_key`); anything else, or any
 trouble reaching it, and the run goes on in this process as before.
@@ -20,7 +21,6 @@ trouble reaching it, and the run goes on in this process as before.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -245,8 +245,10 @@ def run_in_helper(args: Sequence[str]) -> int | None:
     child = int.from_bytes(answer[1:], "big")
 
     def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (contextlib is not imported here: start-up time)
             os.kill(child, signum)
+        except OSError:
+            pass
 
     for signum in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT):
         _signal.signal(signum, forward)
@@ -299,7 +301,7 @@ def spawn() -> None:
         for k, v in os.environ.items()
         if k.startswith(_STARTUP_VARS) or k in _HELPER_VARS or k == "JHANSI_HELPER_IDLE"
     }
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 (contextlib is not imported here: start-up time)
         os.posix_spawn(
             sys.executable,
             [sys.executable, "-c", boot, *sys.path],
@@ -307,3 +309,5 @@ def spawn() -> None:
             file_actions=actions,
             setsid=True,
         )
+    except OSError:
+        pass

@@ -37,7 +37,11 @@ def status(json_output: JsonFlag = False) -> None:
         print("no helper running")
     for helper in helpers:
         mine = " (this jhansi's)" if helper.name == own else ""
-        print(f"{helper.name}: running, pid {helper.pid}, {helper.served} run(s) served{mine}")
+        loading = "" if helper.loaded else ", still loading"
+        print(
+            f"{helper.name}: running, pid {helper.pid}, {helper.served} run(s) served"
+            f"{loading}{mine}"
+        )
 
 
 @app.command()

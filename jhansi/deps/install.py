@@ -343,19 +343,23 @@ def make_read_only(root: Path) -> None:
     """Files 0444 (0555 if executable), directories 0555, symbolic links left alone.
 
     A file with more than one link is shared with uv's cache (``--link-mode
-    hardlink``): its mode is uv's, and left alone.
+    hardlink``): its mode is uv's, and left alone. Directories are walked with
+    ``scandir`` (each entry's type and status come with it), children before their
+    directory, which loses its write bit last.
     """
-    for current, dirs, files in os.walk(root, topdown=False):
-        for name in files:
-            path = Path(current, name)
-            st = path.lstat()
-            if stat.S_ISLNK(st.st_mode) or st.st_nlink > 1:
-                continue
-            path.chmod(0o555 if st.st_mode & 0o111 else 0o444)
-        for name in dirs:
-            path = Path(current, name)
-            if not path.is_symlink():
-                path.chmod(0o555)
+
+    def walk(directory: str) -> None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    walk(entry.path)
+                    os.chmod(entry.path, 0o555)  # noqa: PTH101, S103 (read-only on purpose)
+                elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    mode = 0o555 if st.st_mode & 0o111 else 0o444
+                    os.chmod(entry.path, mode)  # noqa: PTH101 (no Path object per file)
+
+    walk(os.fspath(root))
     root.chmod(0o555)
 
 

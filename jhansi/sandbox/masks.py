@@ -29,6 +29,7 @@ block it forever), so there such a mask refuses the run.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import re
 import stat
@@ -72,9 +73,13 @@ class Matcher:
         )
 
 
+@functools.lru_cache(maxsize=32)
 def compile_patterns(patterns: tuple[str, ...]) -> Matcher:
     """The :class:`Matcher` for ``patterns`` (globs; with a ``/``, matched against the
-    path relative to the project, else against every name)."""
+    path relative to the project, else against every name).
+
+    Kept per process (a pure value of the patterns): the helper compiles the built-in
+    masks once, and each run it forks finds them here."""
     never = "(?!)"
     names: set[str] = set()
     suffixes: list[str] = []

@@ -316,6 +316,27 @@ def test_the_helper_exits_when_idle_and_when_stopped(
     assert not list(Path(helper_env["JHANSI_HELPER_DIR"]).glob("*.sock"))
 
 
+def test_the_helper_serves_first_and_loads_the_rest_while_idle(
+    helper_env: dict[str, str], tmp_path: Path
+) -> None:
+    """It serves once the warm path is loaded, then loads the new-requirements path
+    (about a second) between requests, and says when it has (``loaded``)."""
+    start_helper(helper_env, tmp_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = helpers(helper_env, tmp_path)
+        if found and found[0]["loaded"] is True:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the helper never said it had loaded everything: {found}")
+    status = jhansi(["helper", "status"], helper_env, tmp_path)
+    assert "still loading" not in status.stdout
+    ran = jhansi(["run", "-q", "warmup.py"], helper_env, tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert helpers(helper_env, tmp_path)[0]["loaded"] is True
+
+
 def test_stop_stops_only_this_jhansis_helper_unless_all(
     helper_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -519,10 +519,29 @@ class DockerBackend(Backend):
         if marked is not None:
             spec = replace(spec, argv=tuple(marked))
         marker = EndMarkerFilter(token) if marked is not None else None
+        # Housekeeping (containers of runs whose process is gone) beside this run's work,
+        # on its own connection: it changes nothing this run uses.
+        pruner = threading.Thread(target=self._prune_quietly, name="jhansi-prune", daemon=True)
+        pruner.start()
+        try:
+            return self._run(spec, output, stdin, before_start, marker)
+        finally:
+            pruner.join()
+
+    def _prune_quietly(self) -> None:
         try:
             self.prune()
         except SandboxError as exc:
             _log().debug("prune failed: %s", exc)
+
+    def _run(
+        self,
+        spec: SandboxSpec,
+        output: OutputSink,
+        stdin: BinaryIO | None,
+        before_start: Callable[[], None] | None,
+        marker: EndMarkerFilter | None,
+    ) -> ExecResult:
         self._check_runtime(spec)
         self._check_egress(spec)
         image = self.image(spec.image)
