@@ -237,10 +237,13 @@ def _jhansi_env_names(secrets: list[str]) -> set[str]:
     return set(sandbox_env(())) | set(RESERVED) | set(secrets)
 
 
-def _environment(
+def restore_environment(
     body: dict[str, Any], blobs: BlobStore, given: dict[str, str], secrets: list[str]
 ) -> tuple[tuple[tuple[str, str], ...], list[str]]:
-    """The variables to pass (recorded values, ``given`` over them), and notes."""
+    """The variables a replay passes (the recorded values, ``given`` over them), and
+    notes. A variable the user passed whose value is not recorded (a run recorded
+    before values were, or a name that looks like a credential) must be ``given``:
+    otherwise :class:`ReplayError` names each one."""
     recorded: dict[str, str] = {}
     data = _blob(blobs, body.get("env_values"), "the recorded --env values")
     if data is not None:
@@ -457,7 +460,7 @@ def plan_replay(
         lock_file.write_bytes(lock_bytes)
     secret_names = [str(_dict(s).get("name")) for s in body.get("secrets") or []]
     plan = Plan(request=RunRequest(script=target))
-    variables, env_notes = _environment(body, blobs, env, secret_names)
+    variables, env_notes = restore_environment(body, blobs, env, secret_names)
     plan.notes += env_notes
     secrets, allow_hosts, egress_notes = _egress(body, paths)
     plan.notes += egress_notes
