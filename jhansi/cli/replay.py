@@ -98,8 +98,6 @@ def replay(
 
 def _render(report: ReplayReport, *, quiet: bool) -> None:
     """The comparison, one line per thing compared, for a person."""
-    import json
-
     from rich.markup import escape
 
     from jhansi.cli._output import stdout_console
@@ -117,10 +115,9 @@ def _render(report: ReplayReport, *, quiet: bool) -> None:
     )
     marks = {"same": "[green]same   [/]", "differs": "[bold red]DIFFERS[/]", "allowed": "allowed"}
     for check in report.checks:
-        shown = check.replayed if check.status != "same" else check.recorded
-        value = shown if isinstance(shown, str) else json.dumps(shown, ensure_ascii=False)
+        value = _shown(check.recorded)
         if check.status != "same":
-            value = f"recorded {json.dumps(check.recorded, ensure_ascii=False)}, replay {value}"
+            value = f"recorded {value}; replay {_shown(check.replayed)}"
         console.print(f"  {marks[check.status]} {safe(check.what)}: {safe(value)}", soft_wrap=True)
         if check.detail:
             console.print(f"          {safe(check.detail)}", soft_wrap=True)
@@ -153,3 +150,20 @@ def _render(report: ReplayReport, *, quiet: bool) -> None:
             f"[bold red]the replay differs[/]: {safe(', '.join(report.differing))}",
             soft_wrap=True,
         )
+
+
+def _shown(value: object) -> str:
+    """A compared value, short: hashes cut to 16 digits (``--json`` has them whole)."""
+    import re
+
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return re.sub(r"\b([0-9a-f]{16})[0-9a-f]{48}\b", r"\1…", value)
+    if isinstance(value, dict):
+        if not value:
+            return "none"
+        return ", ".join(f"{_shown(k)} {_shown(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_shown(v) for v in value) if value else "none"
+    return str(value)
