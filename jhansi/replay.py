@@ -271,7 +271,7 @@ def restore_environment(
     return tuple(sorted({**recorded, **given}.items())), notes
 
 
-def _egress(
+def restore_egress(
     body: dict[str, Any], paths: Paths
 ) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
     """The ``--secret`` and ``--allow-host`` flags that give the replay the recorded
@@ -462,7 +462,7 @@ def plan_replay(
     plan = Plan(request=RunRequest(script=target))
     variables, env_notes = restore_environment(body, blobs, env, secret_names)
     plan.notes += env_notes
-    secrets, allow_hosts, egress_notes = _egress(body, paths)
+    secrets, allow_hosts, egress_notes = restore_egress(body, paths)
     plan.notes += egress_notes
     sandbox = _dict(body.get("sandbox"))
     overrides: dict[str, Any] = {}

@@ -7,9 +7,11 @@ import json
 import os
 
 import blake3
+import pytest
 
+from jhansi.errors import ReplayError
 from jhansi.records import env_fields, secret_like
-from jhansi.replay import first_difference
+from jhansi.replay import first_difference, restore_egress
 
 
 def test_env_values_are_a_blob_and_credentials_are_named_only() -> None:
@@ -51,3 +53,30 @@ def test_the_first_differing_line_is_named() -> None:
     assert len(left) == 200
     assert left.endswith("…")
     assert right == "y"
+
+
+def test_the_recorded_egress_is_given_again_and_a_missing_secret_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jhansi.paths import Paths
+
+    monkeypatch.delenv("DEMO_SECRET", raising=False)
+    paths = Paths.from_environment()
+    body = {
+        "egress": {"allow": ["files.example.org:443"], "allow_http": ["plain.example.org:80"]},
+        "secrets": [],
+        "_end": {"egress": [{"host": "files.example.org", "decision": "allowed"}]},
+    }
+    secrets, allow, notes = restore_egress(body, paths)
+    assert secrets == ()
+    assert allow == ("files.example.org:443", "http://plain.example.org:80")
+    assert "what the other end answers is not in the ledger" in notes[0]
+    assert "(it reached files.example.org)" in notes[0]
+    body["secrets"] = [{"name": "DEMO_SECRET", "hosts": ["api.example.com"]}]
+    with pytest.raises(ReplayError) as raised:
+        restore_egress(body, paths)
+    assert raised.value.message.startswith("the run used the secret(s) DEMO_SECRET")
+    assert raised.value.hint == "Store each again (`jhansi secret set NAME`), then replay."
+    monkeypatch.setenv("DEMO_SECRET", "a-long-enough-value")
+    secrets, _, _ = restore_egress(body, paths)
+    assert secrets == ("DEMO_SECRET@api.example.com",)
