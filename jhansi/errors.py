@@ -32,6 +32,11 @@ class ExitCode(IntEnum):
     """The script cannot be run as given: missing, not a file, not UTF-8, syntax error."""
     DEPENDENCIES = 7
     """Dependencies cannot be planned, locked or installed (for example an unresolved import)."""
+    REPLAY_DIFFERS = 8
+    """``jhansi replay``: the replay ran, and its outcome differs from the recorded run's."""
+    NOT_REPRODUCIBLE = 9
+    """``jhansi replay``: the run cannot be reproduced as recorded (its image is gone, a
+    value it was given is not in the ledger, a wheel is no longer served ...)."""
     INTERRUPTED = 130
     """Interrupted by the user (Ctrl-C)."""
     TIMED_OUT = 124
@@ -108,6 +113,12 @@ class DependencyError(JhansiError):
     """The script's dependencies cannot be planned, locked or installed."""
 
     exit_code = ExitCode.DEPENDENCIES
+
+
+class ReplayError(JhansiError):
+    """A recorded run that cannot be replayed as it was recorded."""
+
+    exit_code = ExitCode.NOT_REPRODUCIBLE
 
 
 class ToolError(JhansiError):

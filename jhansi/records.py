@@ -248,8 +248,57 @@ def start_body(
         "secrets": secrets or [],
         "egress": egress,
         "config": config or [],
+        **env_fields(request.env, put),
+        **replay_fields(request),
     }
     return dict(recordable(body))
+
+
+#: Words that make a variable's name look like a credential: its value is not recorded.
+_SECRET_WORDS = frozenset(
+    {"KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASS", "PWD", "CREDENTIAL",
+     "CREDENTIALS", "AUTH", "COOKIE", "SESSION", "PRIVATE", "APIKEY", "DSN"}
+)  # fmt: skip
+
+
+def secret_like(name: str) -> bool:
+    """Whether ``name`` looks like it holds a credential (``API_KEY``, ``GH_TOKEN`` ...)."""
+    words = name.upper().split("_")
+    return any(word in _SECRET_WORDS for word in words) or name.upper().endswith(
+        ("KEY", "TOKEN", "SECRET", "PASSWORD")
+    )
+
+
+def env_fields(env: tuple[tuple[str, str], ...], put: PutBlob) -> dict[str, Any]:
+    """The values of the variables the user passed (``--env``), so that a replay can
+    restore them: a JSON blob (``env_values``) of every variable whose name does not look
+    like a credential (:func:`secret_like`); those are named only (``env_withheld``).
+    Nothing when none was passed. Secrets bound with ``--secret`` are never here: the
+    sandbox holds only a placeholder for them."""
+    if not env:
+        return {}
+    import json
+
+    given = dict(env)
+    kept = {name: value for name, value in given.items() if not secret_like(name)}
+    withheld = sorted(name for name in given if secret_like(name))
+    out: dict[str, Any] = {}
+    if kept:
+        data = json.dumps(kept, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+        out["env_values"] = {**_blob(put, data.encode("ascii")), "format": "json"}
+    if withheld:
+        out["env_withheld"] = withheld
+    return out
+
+
+def replay_fields(request: RunRequest) -> dict[str, Any]:
+    """``replay_of`` (and what the replay ran differently) for a ``jhansi replay`` run."""
+    if request.replay_of is None:
+        return {}
+    out: dict[str, Any] = {"replay_of": request.replay_of}
+    if request.replay_notes:
+        out["replay_notes"] = list(request.replay_notes)
+    return out
 
 
 def _tail(tail: OutputTail, put: PutBlob) -> dict[str, Any]:
@@ -361,6 +410,7 @@ def denied_body(
         "dependencies": dependency_fields(deps, put),
         "policy": policy_fields(deps),
         "config": config or [],
+        **replay_fields(request),
     }
     if deps is not None and deps.plan.unresolved:
         body["unresolved"] = [

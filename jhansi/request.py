@@ -111,6 +111,10 @@ class RunRequest:
     overrides: SettingsOverrides = SettingsOverrides()
     """The settings asked for this run (``--memory``, ``backend=``, ``timeout_seconds``):
     applied to the settings the runner is made with, never read by the runner itself."""
+    replay_of: str | None = None
+    """The run this one replays (``jhansi replay``): recorded as ``replay_of``."""
+    replay_notes: tuple[str, ...] = ()
+    """What the replay knowingly ran differently from the recorded run (recorded with it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from jhansi.cli.doctor import doctor
 from jhansi.cli.helper import app as helper_app
 from jhansi.cli.ledger import app as ledger_app
 from jhansi.cli.mcp import mcp
+from jhansi.cli.replay import replay
 from jhansi.cli.run import run
 from jhansi.cli.sandbox import app as sandbox_app
 from jhansi.cli.secret import app as secret_app
@@ -122,5 +123,6 @@ app.add_typer(config_app, name="config")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(secret_app, name="secret")
 app.command(name="trust")(trust)
+app.command(name="replay")(replay)
 app.command(name="mcp")(mcp)
 app.add_typer(helper_app, name="helper")

@@ -312,11 +312,15 @@ def show(
     blobs = BlobStore(LedgerLayout(directory).blobs_dir)
     texts = run_texts(records, blobs)
     lists = _full_lists(records, blobs)
+    replay_of = next(
+        (r.body["replay_of"] for r in records if isinstance(r.body.get("replay_of"), str)), None
+    )
     if json_output:
         print_json(
             {
                 "status": "ok",
                 "run_id": full_id,
+                "replay_of": replay_of,
                 "records": [
                     {
                         "seq": r.seq,
@@ -335,6 +339,8 @@ def show(
     escape = _safe
     console = stdout_console()
     console.print(f"[bold]run {escape(full_id)}[/]", soft_wrap=True)
+    if replay_of is not None:
+        console.print(f"a replay of run {escape(replay_of)} (`jhansi replay`)", soft_wrap=True)
     for record in records:
         console.print(
             f"\n[bold]{escape(record.kind)}[/]  seq {record.seq}  {record.time}  "

@@ -16,6 +16,9 @@ ones the runner writes (:mod:`jhansi.records`):
 ``exec.denied``
     ``run_id``, ``script``, ``prompt`` as above; ``result`` as above or
     ``reason``: ``{"exit_code": int, "message": str, ...}``.
+
+Either start of a run made by ``jhansi replay`` names the run it replays:
+``replay_of`` (str).
 """
 
 from __future__ import annotations
@@ -122,6 +125,8 @@ class RunSummary:
     status: str
     exit_code: int | None
     duration_ms: int | None
+    replay_of: str | None = None
+    """The run this one replays (``jhansi replay``), if it is a replay."""
 
     def as_dict(self) -> dict[str, Any]:
         """For ``--json``."""
@@ -133,6 +138,7 @@ class RunSummary:
             "status": self.status,
             "exit_code": self.exit_code,
             "duration_ms": self.duration_ms,
+            "replay_of": self.replay_of,
         }
 
 
@@ -199,6 +205,7 @@ def summarize_runs(records: Iterable[Record]) -> list[RunSummary]:
         run = runs.setdefault(run_id, {"time": record.time})
         run["sandbox"] = sandbox_name(body)
         run["script"] = script_path(body)
+        run["replay_of"] = _str(body.get("replay_of"))
         if record.kind == EXEC_DENIED:
             run["status"], run["exit_code"], run["duration_ms"] = outcome(record.kind, body)
         else:
@@ -212,6 +219,7 @@ def summarize_runs(records: Iterable[Record]) -> list[RunSummary]:
             status=run.get("status", "unfinished"),
             exit_code=run.get("exit_code"),
             duration_ms=run.get("duration_ms"),
+            replay_of=run.get("replay_of"),
         )
         for run_id, run in runs.items()
     ]
