@@ -32,7 +32,7 @@ from jhansi.sandbox.interface import (
     SandboxSpec,
     XattrNamespace,
 )
-from jhansi.sandbox.masks import find_masked
+from jhansi.sandbox.masks import find_masked, masked_kept
 from jhansi.sandbox.workspace import OpenSandbox
 
 if TYPE_CHECKING:
@@ -149,7 +149,10 @@ def copy_on_write(
     if isinstance(support, str):
         return support
     try:
-        prepare(dirs, masked_paths(settings, dirs.project), support.xattr)
+        # Kept with the layer, reused while the project's directories are as they were.
+        patterns = DEFAULT_MASK + settings.sandbox.mask
+        masked = masked_kept(dirs.project, patterns, dirs.walks / "masks.json")
+        prepare(dirs, masked, support.xattr)
     except OSError as exc:
         return f"cannot prepare the sandbox's layer in {dirs.root}: {exc.strerror or exc}"
     return Cow(dirs, support.mechanism, support.xattr)

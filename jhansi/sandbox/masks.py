@@ -33,14 +33,23 @@ import functools
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from jhansi.errors import SandboxError
 from jhansi.sandbox.interface import WORKDIR, Mount
+from jhansi.sandbox.stamps import Stamp, stamp_of
 
-__all__ = ["Matcher", "check_mounts", "compile_patterns", "find_masked", "masks_directory"]
+__all__ = [
+    "Matcher",
+    "check_mounts",
+    "compile_patterns",
+    "find_masked",
+    "masked_kept",
+    "masks_directory",
+]
 
 
 _WILDCARDS = frozenset("*?[")
@@ -102,23 +111,40 @@ def compile_patterns(patterns: tuple[str, ...]) -> Matcher:
     )
 
 
-def find_masked(project: Path, patterns: tuple[str, ...]) -> Iterator[Path]:
+def find_masked(
+    project: Path,
+    patterns: tuple[str, ...],
+    *,
+    stamps: list[Stamp] | None = None,
+    through_links: list[str] | None = None,
+) -> Iterator[Path]:
     """Paths under ``project`` whose name (or relative path) matches a mask pattern.
 
     A masked directory is not descended into: it is hidden whole, and no path
     yielded is below another. Never yields a symbolic link, nor a path below one: a
     masked link yields its target instead when that target is strictly inside the
     project (see the module's docstring), else nothing.
+
+    ``stamps``: where to note the stamp of each directory listed, taken before it is
+    (:mod:`jhansi.sandbox.stamps`); ``through_links``: where to note each masked link
+    (what it hides depends on more than the directories listed).
     """
     matcher = compile_patterns(patterns)
     root = os.fspath(project)
     real_root = os.path.realpath(root)
     hidden: list[str] = []
-    pending = [""]
+    pending: list[tuple[str, os.stat_result | None]] = [("", None)]
     while pending:
-        prefix = pending.pop()
+        prefix, st = pending.pop()
+        directory = f"{root}/{prefix}" if prefix else root
+        if stamps is not None:
+            try:
+                st = st or os.stat(directory)  # noqa: PTH116 (str paths in this walk)
+            except OSError:
+                continue
+            stamps.append(stamp_of(prefix.rstrip("/"), st))
         try:
-            with os.scandir(f"{root}/{prefix}" if prefix else root) as it:
+            with os.scandir(directory) as it:
                 entries = list(it)
         except OSError:
             continue  # what jhansi cannot list, the sandbox (same user or less) cannot either
@@ -126,15 +152,52 @@ def find_masked(project: Path, patterns: tuple[str, ...]) -> Iterator[Path]:
             rel = prefix + entry.name
             if matcher.matches(entry.name, rel):
                 if entry.is_symlink():
+                    if through_links is not None:
+                        through_links.append(rel)
                     target = _target_inside(entry.path, real_root)
                     if target is not None:
                         hidden.append(target)
                 else:
                     hidden.append(rel)
             elif entry.is_dir(follow_symlinks=False):
-                pending.append(rel + "/")
+                child = None
+                if stamps is not None:
+                    try:
+                        child = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                pending.append((rel + "/", child))
     for rel in _outermost(hidden):
         yield project / rel
+
+
+def masked_kept(project: Path, patterns: tuple[str, ...], cache: Path) -> list[Path]:
+    """:func:`find_masked`, its answer kept in ``cache`` with the stamps of every
+    directory it listed and reused while none has changed (:mod:`jhansi.sandbox.stamps`).
+
+    A walk that met a masked symbolic link is not kept (where a link leads may change
+    with no directory of the project changing), nor one that stamped a directory
+    changed just before it began (:data:`jhansi.sandbox.stamps.SETTLED_NS`).
+    """
+    from jhansi.sandbox import stamps as kept
+
+    root = os.fspath(project)
+    key = {"walk": "masks", "root": os.path.realpath(root), "patterns": list(patterns)}
+    found = kept.load(cache, key)
+    if found is not None:
+        trees, answer = found
+        if len(trees) == 1 and isinstance(answer, list) and kept.unchanged(root, trees[0]):
+            return [project / str(rel) for rel in answer]
+    stamps: list[Stamp] = []
+    links: list[str] = []
+    began = time.time_ns()
+    masked = list(find_masked(project, patterns, stamps=stamps, through_links=links))
+    if links:
+        kept.forget(cache)
+    else:
+        rels = [path.relative_to(project).as_posix() for path in masked]
+        kept.keep(cache, key, [stamps], rels, began_ns=began)
+    return masked
 
 
 def _target_inside(link: str, real_root: str) -> str | None:

@@ -33,7 +33,7 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from jhansi.sandbox.overlay_read import (
     project_entry,
     project_subtree,
 )
+from jhansi.sandbox.stamps import Stamp, stamp_of
 
 #: The directory of a sandbox that holds its layers, one per project.
 LAYERS = "layers"
@@ -86,6 +87,11 @@ class LayerDirs:
     def state(self) -> Path:
         """jhansi's notes about the layer (:func:`load_state`)."""
         return self.root / _STATE
+
+    @property
+    def walks(self) -> Path:
+        """jhansi's kept walks of the project (:mod:`jhansi.sandbox.stamps`), 0700."""
+        return self.root / "walks"
 
 
 def layer_key(project: Path) -> str:
@@ -347,6 +353,17 @@ def finish_run(dirs: LayerDirs) -> None:
         remove_tree(dirs.masks)
 
 
+@dataclass
+class Walked:
+    """What :func:`open_directories` saw: the stamps of the project's directories it
+    listed (each taken before), of the upper layer's it went through (each taken after
+    its twins were made), and whether it went through everything."""
+
+    project: list[Stamp] = field(default_factory=list)
+    upper: list[Stamp] = field(default_factory=list)
+    complete: bool = False
+
+
 def open_directories(
     dirs: LayerDirs,
     uid: int,
@@ -354,6 +371,7 @@ def open_directories(
     *,
     deadline: float | None = None,
     masked: Iterable[str] = (),
+    walked: Walked | None = None,
 ) -> list[str]:
     """Give the sandbox writable copies of the project's directories it may read but
     does not own; return their paths.
@@ -379,11 +397,15 @@ def open_directories(
     # Each frame: (project dir fd, upper dir fd, prefix, names left).
     stack: list[tuple[int, int, str, list[str]]] = []
     try:
+        if walked is not None:
+            walked.project.append(stamp_of("", os.fstat(project_fd)))
         stack.append((project_fd, upper_fd, "", sorted(_dir_names(project_fd), reverse=True)))
         while stack:
             pfd, ufd, prefix, names = stack[-1]
             if not names:
                 stack.pop()
+                if walked is not None:  # its twins made: as the next run will find it
+                    walked.upper.append(stamp_of(prefix.rstrip("/"), os.fstat(ufd)))
                 if pfd != project_fd:
                     os.close(pfd)
                     os.close(ufd)
@@ -395,6 +417,9 @@ def open_directories(
                 st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             except OSError:
                 continue
+            if walked is not None and stat.S_ISDIR(st.st_mode):
+                # Every directory looked at, entered or not (a chmod may open it later).
+                walked.project.append(stamp_of(prefix + name, st))
             if prefix + name in hidden:
                 continue
             if not stat.S_ISDIR(st.st_mode) or not _may_list(st, uid, gid):
@@ -420,6 +445,8 @@ def open_directories(
                     if os.geteuid() == 0:
                         os.fchown(child_u, uid, gid)
                 elif is_opaque(child_u, namespace):
+                    if walked is not None:
+                        walked.upper.append(stamp_of(prefix + name, os.fstat(child_u)))
                     os.close(child_u)
                     continue
                 child_p = os.open(name, _DIR_FLAGS, dir_fd=pfd)
@@ -433,6 +460,9 @@ def open_directories(
                 os.close(child_u)
                 continue
             stack.append((child_p, child_u, prefix + name + "/", below))
+        else:
+            if walked is not None:
+                walked.complete = True
     finally:
         for pfd, ufd, _, _ in stack:
             if pfd != project_fd:
@@ -474,14 +504,44 @@ def ready_upper(overlay: Overlay, project: Path, uid: int, gid: int) -> None:
     masked = load_state(dirs.state).get("masked")
     if not isinstance(masked, list):
         return  # without the masks, a twin could show names they hide
+    hidden = sorted(m for m in masked if isinstance(m, str))
+    # Kept with the layer: nothing to make while neither the project's directories nor
+    # the upper layer's changed since a walk made every twin (jhansi.sandbox.stamps).
+    from jhansi.sandbox import stamps as kept
+
+    cache = dirs.walks / "twins.json"
+    key = {
+        "walk": "twins",
+        "project": str(project),
+        "upper": str(dirs.upper),
+        "uid": uid,
+        "gid": gid,
+        "masked": hidden,
+        "xattr": str(load_state(dirs.state).get("xattr")),
+    }
+    found = kept.load(cache, key)
+    if found is not None:
+        trees, _ = found
+        if (
+            len(trees) == 2
+            and kept.unchanged(str(project), trees[0])
+            and kept.unchanged(str(dirs.upper), trees[1])
+        ):
+            return
+    walked = Walked()
     made = open_directories(
         dirs,
         uid,
         gid,
         deadline=time.monotonic() + OPEN_SECONDS,
-        masked=[m for m in masked if isinstance(m, str)],
+        masked=hidden,
+        walked=walked,
     )
     note_opened(dirs, made)
+    if walked.complete:
+        kept.keep(cache, key, [walked.project, walked.upper], None)
+    else:
+        kept.forget(cache)
 
 
 def _may_list(st: os.stat_result, uid: int, gid: int) -> bool:

@@ -1,0 +1,215 @@
+"""Kept walks (jhansi.sandbox.stamps): reused only while no directory has changed.
+
+The masks decide what the sandbox may not see, so the cases below are the ways a
+secret could appear in a project without a walk: a new file deep in the tree, the
+same with the directory's mtime put back (as tar and rsync -t do), a file renamed
+into place, a mount over a directory, a directory made listable, a masked link whose
+target moves, and a kept entry that was tampered with. Real files and, for the
+mount, a real tmpfs in a private mount namespace (``unshare``; root, as in CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jhansi.config import DEFAULT_MASK
+from jhansi.sandbox import masks, stamps
+from jhansi.sandbox.interface import Overlay
+from jhansi.sandbox.masks import masked_kept
+from jhansi.sandbox.overlay import LayerDirs, ready_upper
+
+
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Directories made by the test count as settled at once (the real margin is 2 s)."""
+    monkeypatch.setattr(stamps, "SETTLED_NS", 0)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    for sub in ("src/pkg/deep/er", "docs", "data/raw"):
+        (root / sub).mkdir(parents=True)
+        (root / sub / "module.py").write_text("x = 1\n")
+    (root / ".env").write_text("TOKEN=1\n")
+    return root
+
+
+def _rels(project: Path, found: list[Path]) -> list[str]:
+    return sorted(p.relative_to(project).as_posix() for p in found)
+
+
+def _no_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> object:
+        raise AssertionError("walked again")
+
+    monkeypatch.setattr(masks, "find_masked", refuse)
+
+
+def test_an_unchanged_tree_is_not_walked_again(
+    project: Path, tmp_path: Path, settled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "walks" / "masks.json"
+    first = _rels(project, masked_kept(project, DEFAULT_MASK, cache))
+    assert first == [".env"]
+    _no_walk(monkeypatch)
+    assert _rels(project, masked_kept(project, DEFAULT_MASK, cache)) == first
+
+
+@pytest.mark.parametrize("how", ["create", "rename", "mtime-put-back", "mkdir"])
+def test_a_secret_added_anywhere_is_masked_next_run(
+    project: Path, tmp_path: Path, settled: None, how: str
+) -> None:
+    cache = tmp_path / "walks" / "masks.json"
+    masked_kept(project, DEFAULT_MASK, cache)
+    deep = project / "src" / "pkg" / "deep" / "er"
+    before = deep.stat()
+    time.sleep(0.02)  # past a tick of the kernel's coarse clock
+    if how == "create":
+        (deep / "id_rsa").write_text("key\n")
+        expected = "src/pkg/deep/er/id_rsa"
+    elif how == "rename":
+        (deep / "notes.tmp").write_text("TOKEN=2\n")
+        (deep / "notes.tmp").replace(deep / ".env")
+        expected = "src/pkg/deep/er/.env"
+    elif how == "mtime-put-back":
+        (deep / "credentials.json").write_text("{}\n")
+        os.utime(deep, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert deep.stat().st_mtime_ns == before.st_mtime_ns
+        expected = "src/pkg/deep/er/credentials.json"
+    else:
+        (deep / "more").mkdir()
+        (deep / "more" / ".env").write_text("TOKEN=3\n")
+        expected = "src/pkg/deep/er/more/.env"
+    found = _rels(project, masked_kept(project, DEFAULT_MASK, cache))
+    assert expected in found
+
+
+def test_a_changed_mode_changes_the_stamp(project: Path, tmp_path: Path, settled: None) -> None:
+    """A directory made listable (or closed) has a new ctime: the kept walk is stale."""
+    cache = tmp_path / "walks" / "masks.json"
+    masked_kept(project, DEFAULT_MASK, cache)
+    found = stamps.load(cache, json.loads(cache.read_text())["key"])
+    assert found is not None
+    assert stamps.unchanged(str(project), found[0][0])
+    time.sleep(0.02)
+    (project / "data" / "raw").chmod(0o700)
+    assert not stamps.unchanged(str(project), found[0][0])
+
+
+def test_a_recently_changed_directory_keeps_nothing(project: Path, tmp_path: Path) -> None:
+    """Two changes within one tick of the coarse clock leave one ctime: a walk that
+    stamped a directory changed just before it is not kept."""
+    cache = tmp_path / "walks" / "masks.json"
+    masked_kept(project, DEFAULT_MASK, cache)  # the test's files are seconds old at most
+    assert not cache.exists()
+
+
+def test_a_masked_link_is_never_kept(project: Path, tmp_path: Path, settled: None) -> None:
+    (project / "config").mkdir()
+    (project / "config" / "prod.env").write_text("TOKEN=4\n")
+    (project / "docs" / ".env").symlink_to("../config/prod.env")
+    cache = tmp_path / "walks" / "masks.json"
+    assert "config/prod.env" in _rels(project, masked_kept(project, DEFAULT_MASK, cache))
+    assert not cache.exists()
+
+
+def test_a_tampered_or_foreign_entry_is_ignored(
+    project: Path, tmp_path: Path, settled: None
+) -> None:
+    cache = tmp_path / "walks" / "masks.json"
+    masked_kept(project, DEFAULT_MASK, cache)
+    entry = json.loads(cache.read_text())
+    entry["answer"] = []  # as if nothing were masked
+    entry["stamps"] = [[["", 0, 0, 0]]]
+    cache.write_text(json.dumps(entry))
+    assert _rels(project, masked_kept(project, DEFAULT_MASK, cache)) == [".env"]
+    cache.write_bytes(b"\xff not json")
+    assert _rels(project, masked_kept(project, DEFAULT_MASK, cache)) == [".env"]
+    # another project's, or other patterns', entry is not this one's
+    other = tmp_path / "other"
+    shutil.copytree(project, other)
+    (other / ".env").unlink()
+    assert masked_kept(other, DEFAULT_MASK, cache) == []
+    found = _rels(project, masked_kept(project, (*DEFAULT_MASK, "*.py"), cache))
+    assert "src/pkg/deep/er/module.py" in found
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root")
+def test_a_mount_over_a_directory_is_seen(project: Path, tmp_path: Path) -> None:
+    """A tmpfs holding a secret, mounted over a kept directory (in a private mount
+    namespace, so nothing on the host changes)."""
+    cache = tmp_path / "walks" / "masks.json"
+    code = f"""
+import os, subprocess, sys
+from pathlib import Path
+from jhansi.config import DEFAULT_MASK
+from jhansi.sandbox import stamps
+from jhansi.sandbox.masks import masked_kept
+stamps.SETTLED_NS = 0
+project, cache = Path({str(project)!r}), Path({str(cache)!r})
+masked_kept(project, DEFAULT_MASK, cache)
+assert cache.exists()
+target = project / "docs"
+subprocess.run(["mount", "-t", "tmpfs", "none", str(target)], check=True)
+(target / "secrets.yaml").write_text("k: v\\n")
+found = [p.relative_to(project).as_posix() for p in masked_kept(project, DEFAULT_MASK, cache)]
+print(sorted(found))
+"""
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "docs/secrets.yaml" in proc.stdout
+
+
+def test_twins_are_made_once_and_again_when_a_directory_opens(
+    tmp_path: Path, settled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox is not the project's owner: a kept walk makes nothing new until a
+    directory changes (here one becomes readable to others)."""
+    from jhansi.sandbox import overlay
+
+    project = tmp_path / "project"
+    (project / "a" / "b").mkdir(parents=True)
+    (project / "closed").mkdir(mode=0o700)
+    for d in (project, project / "a", project / "a" / "b"):
+        d.chmod(0o755)
+    (project / "closed").chmod(0o700)
+    root = tmp_path / "layer"
+    dirs = LayerDirs(root, project)
+    for d in (root, dirs.upper, dirs.work):
+        d.mkdir(parents=True, exist_ok=True)
+    overlay.save_state(dirs, {"version": 1, "project": str(project), "masked": []})
+    stranger = os.getuid() + 12345
+    view = Overlay((project,), dirs.upper, dirs.work, "user")
+    ready_upper(view, project, stranger, stranger)
+    assert (dirs.upper / "a" / "b").is_dir()
+    assert not (dirs.upper / "closed").exists()
+    calls: list[int] = []
+    real = overlay.open_directories
+
+    def counted(*args: object, **kwargs: object) -> list[str]:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(overlay, "open_directories", counted)
+    ready_upper(view, project, stranger, stranger)
+    assert calls == []
+    time.sleep(0.02)
+    (project / "closed").chmod(0o755)
+    ready_upper(view, project, stranger, stranger)
+    assert calls == [1]
+    assert (dirs.upper / "closed").is_dir()
