@@ -156,13 +156,24 @@ def records_after(fd: int, seq: int, size: int) -> list[Record]:
         data = os.pread(fd, end - start, start)
         if start > 0:
             data = data[data.find(b"\n") + 1 :]
+        # Parsed from the end back, only as far as needed: a window holds dozens of
+        # runs' records, and a checkpoint wants the two or three since the last head.
         found: list[Record] = []
-        for raw in data.split(b"\n"):
-            if raw:
-                with contextlib.suppress(RecordError):
-                    found.append(parse_line(raw))
-        if start == 0 or (found and found[0].seq <= seq):
-            return [r for r in found if r.seq > seq]
+        reached = False
+        for raw in reversed(data.split(b"\n")):
+            if not raw:
+                continue
+            try:
+                record = parse_line(raw)
+            except RecordError:
+                continue
+            if record.seq <= seq:
+                reached = True
+                break
+            found.append(record)
+        if reached or start == 0:
+            found.reverse()
+            return found
         window *= 4
 
 
