@@ -343,9 +343,27 @@ def _child(
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+        _release_streams()  # a reader of the command's pipes sees their end now
         with contextlib.suppress(OSError):
             conn.sendall(client.EXIT + code.to_bytes(4, "big", signed=True))
+        conn.close()
+        # The command has its answer: what is left (jhansi.housekeeping) is done here.
+        with contextlib.suppress(BaseException):
+            from jhansi import housekeeping
+
+            housekeeping.finish()
         os._exit(code & 0xFF)
+
+
+def _release_streams() -> None:
+    """Point descriptors 0-2 at ``/dev/null``: the client's terminal or pipes are
+    let go of before the child's own housekeeping."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        if null > 2:
+            os.close(null)
 
 
 def _watch(conn: socket.socket, done: threading.Event) -> None:

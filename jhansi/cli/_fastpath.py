@@ -154,6 +154,9 @@ def _exit_now(code: object) -> NoReturn:
         sys.stderr.flush()
     except BrokenPipeError:
         status = status or 1
+    from jhansi import housekeeping
+
+    housekeeping.finish()  # what the run left to do after its answer (a container's removal)
     os._exit(status)
 
 

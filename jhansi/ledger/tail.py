@@ -22,7 +22,6 @@ record's line does not fit in it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from typing import Final

@@ -27,7 +27,7 @@ import pytest
 
 from jhansi.cli import _helper_client as client
 from jhansi.errors import ExitCode
-from tests.conftest import require_backend
+from tests.conftest import backend_env, require_backend
 
 
 @pytest.fixture
@@ -181,6 +181,29 @@ def test_a_run_through_the_helper_is_the_run_without_it(
         assert through.stdout == alone.stdout
         assert through.stderr == alone.stderr
     assert jhansi(["ledger", "verify"], helper_env, tmp_path).returncode == 0
+
+
+def test_a_docker_run_through_the_helper_answers_then_removes_its_container(
+    request: pytest.FixtureRequest, helper_env: dict[str, str], tmp_path: Path
+) -> None:
+    # The container's removal is housekeeping (jhansi.housekeeping): the helper's child
+    # hands the client its status and streams first, then removes it.
+    engine = request.getfixturevalue("docker_engine")
+    (tmp_path / "ok.py").write_text(SCRIPTS["ok.py"])
+    start_helper(helper_env, tmp_path)
+    env = {**helper_env, **backend_env("docker")}
+    before = served(helper_env, tmp_path)
+    proc = jhansi(["run", "--json", "-q", "ok.py"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert served(helper_env, tmp_path) == before + 1, "the helper did not serve the run"
+    result = json.loads(proc.stdout)
+    assert result["stdout"]["text"] == "hello 2\n"
+    assert end_records(helper_env, tmp_path)[-1]["run_id"] == result["run_id"]
+    label = f"jhansi.run-id={result['run_id']}"
+    deadline = time.monotonic() + 60
+    while engine.client.containers.list(all=True, filters={"label": label}):
+        assert time.monotonic() < deadline, "the run's container was never removed"
+        time.sleep(0.1)
 
 
 def test_the_run_happens_in_a_child_of_the_helper_with_the_clients_settings(

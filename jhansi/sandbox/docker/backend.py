@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
+from jhansi import housekeeping
 from jhansi.errors import SandboxError
 from jhansi.sandbox.docker.container import (
     container_config,
@@ -576,8 +577,17 @@ class DockerBackend(Backend):
                     before_start()
                 result = self._run_container(container, spec, output, stdin, marker)
             finally:
-                if container is not None:
+                if container is None:
+                    pass
+                elif any(m.kind == "overlay" for m in spec.mounts):
+                    # Its overlay volume is the layer the run's changes are read from:
+                    # gone with the container before anything reads the layer.
                     self._remove(container)
+                else:
+                    # Nothing reported depends on it: the command removes it while it
+                    # records and answers (jhansi.housekeeping), a library call at once.
+                    doomed = container
+                    housekeeping.later(lambda: self._remove(doomed), "jhansi-remove")
         return ExecResult(
             status=result.status,
             exit_code=result.exit_code,
