@@ -19,7 +19,7 @@ from jhansi.errors import JhansiError
 from jhansi.paths import Paths
 
 if TYPE_CHECKING:
-    from jhansi.sandbox.engines import Endpoint
+    from jhansi.sandbox.endpoints import Endpoint
 
 MIN_PYTHON = (3, 11)
 
@@ -144,7 +144,7 @@ def check_engines(settings: Settings) -> list[Check]:
     the only one ``run`` uses, so it decides whether the docker backend is usable;
     other sockets that exist are listed for information.
     """
-    from jhansi.sandbox.engines import START_HINT, candidate_endpoints
+    from jhansi.sandbox.endpoints import START_HINT, candidate_endpoints
 
     runtime = settings.sandbox.runtime
     try:

@@ -37,7 +37,8 @@ from jhansi.sandbox.docker.labels import (
     LABEL_OWNER_START,
     owner_labels,
 )
-from jhansi.sandbox.engines import EngineClient, EngineInfo, connect, describe
+from jhansi.sandbox.engine_client import EngineClient
+from jhansi.sandbox.engines import EngineInfo, connect, describe
 from jhansi.sandbox.interface import (
     ENTRY_DIR,
     HOME,

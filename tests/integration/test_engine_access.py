@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from jhansi.sandbox.engines import TLS_HINT
+from jhansi.sandbox.endpoints import TLS_HINT
 from tests.conftest import DOCKER_HOST, TEST_IMAGE, Engine, absent
 from tests.tls_server import TestCA as CA
 

@@ -23,7 +23,8 @@ from jhansi.report import NullReporter
 from jhansi.runner import Runner, RunRequest
 from jhansi.runner.script import find_project
 from jhansi.sandbox.docker import DockerBackend
-from jhansi.sandbox.engines import EngineClient, EngineInfo
+from jhansi.sandbox.engine_client import EngineClient
+from jhansi.sandbox.engines import EngineInfo
 from jhansi.sandbox.interface import (
     HOME,
     PYTHON,

@@ -4,8 +4,10 @@ One module per idea: who the sandbox is on the host (:mod:`.identity`), the
 hardened container and how each limit is enforced (:mod:`.container`), the labels
 that let crashed runs be pruned (:mod:`.labels`), how a container ended
 (:mod:`.outcome`), pulls that failed (:mod:`.pulls`), and the backend that runs
-and streams it (:mod:`.backend`). The engine itself is reached through
-:mod:`jhansi.sandbox.engines`.
+and streams it (:mod:`.backend`). The engine itself is looked for at the
+endpoints of :mod:`jhansi.sandbox.endpoints`, found and described by
+:mod:`jhansi.sandbox.engines`, and talked to through
+:mod:`jhansi.sandbox.engine_client`.
 """
 
 from jhansi.sandbox.docker.backend import DockerBackend

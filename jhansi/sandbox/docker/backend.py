@@ -52,12 +52,8 @@ from jhansi.sandbox.docker.outcome import (
     with_end_marker,
 )
 from jhansi.sandbox.docker.pulls import BWRAP_ALTERNATIVE, failed_pull, remember_pull
-from jhansi.sandbox.engines import (
-    EngineClient,
-    EngineInfo,
-    PullProgress,
-    find_engine,
-)
+from jhansi.sandbox.engine_client import EngineClient, PullProgress
+from jhansi.sandbox.engines import EngineInfo, find_engine
 from jhansi.sandbox.interface import (
     PYTHON,
     Backend,

@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from typing import Final
 
-from jhansi.sandbox.engines import EngineClient
+from jhansi.sandbox.engine_client import EngineClient
 
 LABEL_RUN_ID: Final = "jhansi.run-id"
 LABEL_OWNER_PID: Final = "jhansi.owner-pid"

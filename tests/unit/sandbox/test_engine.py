@@ -24,20 +24,16 @@ from jhansi.sandbox.docker.container import (
     engine_mounts,
 )
 from jhansi.sandbox.docker.identity import sandbox_identity
-from jhansi.sandbox.engines import (
+from jhansi.sandbox.endpoints import (
     START_HINT,
-    EngineInfo,
-    IdMapping,
     TlsFiles,
-    _credential_helper_failure,
     candidate_endpoints,
-    connect,
     current_context,
     env_tls,
-    map_id,
     normalize_url,
-    pull_hint,
 )
+from jhansi.sandbox.engine_client import _credential_helper_failure, pull_hint
+from jhansi.sandbox.engines import EngineInfo, IdMapping, connect, map_id
 from jhansi.sandbox.interface import (
     HOME,
     PYTHON,
