@@ -523,7 +523,8 @@ class DockerBackend(Backend):
         try:
             return self._run(spec, output, stdin, before_start, marker)
         finally:
-            pruner.join()
+            # Waited for before a library call returns; the command waits after its answer.
+            housekeeping.later(pruner.join, "jhansi-prune")
 
     def _prune_quietly(self) -> None:
         try:
