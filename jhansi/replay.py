@@ -19,8 +19,8 @@ policy again, and the refusals are compared.
 What a replay does not restore (:data:`NOT_RESTORED`): the project's other files at
 /work (the ledger keeps the code, not the project), the named sandbox's home (the
 replay's is empty), the configuration files (only their hashes are recorded), the
-values of variables whose names look like credentials, and whatever the network
-answered.
+values of variables that look like credentials (by name or by value), and whatever the
+network answered.
 """
 
 from __future__ import annotations
@@ -289,7 +289,8 @@ def restore_environment(
         why = (
             "the ledger keeps only their names for this run (recorded before values were)"
             if old
-            else "their names look like credentials, so their values were not recorded"
+            else "they look like credentials (their names or values), so their values were "
+            "not recorded"
         )
         raise ReplayError(
             f"cannot restore the value of {', '.join(missing)}: {why}",

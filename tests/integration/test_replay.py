@@ -293,8 +293,8 @@ def test_values_that_cannot_be_restored_are_named_and_asked_for(
     assert proc.returncode == ExitCode.NOT_REPRODUCIBLE == 9
     lines = proc.stderr.strip().splitlines()
     assert lines[-2] == (
-        "error: cannot restore the value of API_TOKEN: their names look like credentials, "
-        "so their values were not recorded"
+        "error: cannot restore the value of API_TOKEN: they look like credentials (their "
+        "names or values), so their values were not recorded"
     )
     assert lines[-1].startswith("hint: Pass each one: --env API_TOKEN=VALUE")
     given = _replay(original, "--env", "API_TOKEN=s3cret")

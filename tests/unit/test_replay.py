@@ -65,6 +65,47 @@ def test_names_that_look_like_credentials() -> None:
         assert not secret_like(name), name
 
 
+def test_names_split_on_any_separator_and_more_credential_words() -> None:
+    for name in ("api.key", "gpg-passphrase", "GITHUB_PAT", "my.jwt", "SLACK_WEBHOOK_URL",
+                 "DB_CREDS", "apiKey", "Bearer"):  # fmt: skip
+        assert secret_like(name), name
+    for name in ("PATH_PREFIX", "KEYBOARD", "PATTERN", "COMPASS"):
+        assert not secret_like(name), name
+
+
+def test_values_that_are_credentials_are_not_recorded_whatever_their_name() -> None:
+    stored: dict[str, bytes] = {}
+
+    def put(data: bytes) -> str:
+        digest = blake3.blake3(data).hexdigest()
+        stored[digest] = data
+        return digest
+
+    credentials = {
+        "DATABASE_URL": "postgres://app:hunter2-pw@db.internal:5432/prod",
+        "UPSTREAM": "https://user:p%40ss@mirror.example/simple",
+        "GH": "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8",
+        "OPENAI": "sk-proj-" + "Ab12Cd34Ef56Gh78Ij90Kl12",
+        "AWS_ID": "AKIA" + "IOSFODNN7EXAMPLE",
+        "HEADER": "Authorization: Bearer abcdefgh12345678",
+        "ID_JWT_LIKE": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.sig",
+        "PEM": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn...\n",
+    }
+    plain = {
+        "SITE": "https://docs.example/path?q=1",
+        "EMAIL": "someone@example.org",
+        "MODE": "sk-learn",
+        "TIME": "12:30",
+        "PROXYLESS": "ssh://git@host/repo.git",
+    }
+    fields = env_fields(tuple({**credentials, **plain}.items()), put)
+    assert fields["env_withheld"] == sorted(credentials)
+    assert json.loads(stored[fields["env_values"]["blob"]]) == plain
+    recorded = b"".join(stored.values())
+    for value in credentials.values():
+        assert value.encode() not in recorded
+
+
 def test_the_first_differing_line_is_named() -> None:
     assert first_difference(b"a\nb\n", b"a\nb\n") is None
     assert first_difference(b"a\nb\n", b"a\nc\n") == (2, "b", "c")
