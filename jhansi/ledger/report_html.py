@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from jhansi.ledger.report_data import OUTPUT_LIMIT, ReportData
 from jhansi.ledger.report_parts import as_dict as _dict
-from jhansi.ledger.report_parts import duration, h, h1, kv, table, value_text
+from jhansi.ledger.report_parts import class_token, duration, h, h1, kv, table, value_text
 from jhansi.ledger.report_run import UNSIGNED_CHIP, run_section
 
 STYLE: Final = """
@@ -289,7 +289,7 @@ def timeline(data: ReportData) -> str:
         cells = (
             f'<td class="mono"><a href="#run-{run.index}">{h1(s.time[:19].replace("T", " "))}</a>'
             f"</td><td>{h1(run.actor)}</td><td>{h1(s.script)}</td>"
-            f'<td><span class="chip st-{h1(s.status)}">{h1(s.status)}</span>'
+            f'<td><span class="chip st-{class_token(s.status)}">{h1(s.status)}</span>'
             f"{UNSIGNED_CHIP if run.unsigned else ''}</td>"
             f"<td>{h1('' if s.exit_code is None else s.exit_code)}</td>"
             f"<td>{h1(duration(s.duration_ms))}</td><td>{h1(s.sandbox)}</td>"

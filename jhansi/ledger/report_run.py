@@ -18,7 +18,7 @@ from typing import Final
 from jhansi.ledger.report_data import OUTPUT_LIMIT, TEXT_LIMIT, ReportData, RunView, Text
 from jhansi.ledger.report_parts import as_dict as _dict
 from jhansi.ledger.report_parts import as_list as _list
-from jhansi.ledger.report_parts import duration, h, h1, kv, size, table
+from jhansi.ledger.report_parts import class_token, duration, h, h1, kv, size, table
 
 
 def _text_note(text: Text, limit: int) -> str:
@@ -315,7 +315,7 @@ def run_section(run: RunView, data: ReportData) -> str:
     parts = [
         f'<section class="run" id="run-{run.index}">',
         f"<h2>Run {run.index}: {h1(s.script)} — "
-        f'<span class="chip st-{h1(s.status)}">{h1(s.status)}</span>'
+        f'<span class="chip st-{class_token(s.status)}">{h1(s.status)}</span>'
         + (UNSIGNED_CHIP if run.unsigned else "")
         + "</h2>",
         unsigned_warning(run),

@@ -328,3 +328,24 @@ def test_an_sbom_of_the_wrong_shape_is_shown_as_what_it_holds(tmp_path: Path) ->
         summary = sbom_summary(store.put(json.dumps(document).encode()), store)
         assert summary.problem is None
     assert summary.vulnerabilities == (("X", "", ""),)
+
+
+def test_a_recorded_status_names_no_class_of_its_own(
+    open_ledger: Callable[..., Ledger], ledger_dir: Path
+) -> None:
+    with open_ledger(checkpoint_interval=1) as ledger:
+        run_id = "0018c0000000b-00000000000000bb"
+        code = ledger.put_blob(b"print(1)\n")
+        ledger.append("exec.start", {"run_id": run_id, "script": {"path": "s.py", "blob": code}})
+        status = "x banner state-ok verified-ledger"
+        ledger.append("exec.end", {"run_id": run_id, "result": {"status": status}})
+        ledger.checkpoint()
+        record_run(ledger, 1)
+    dom = parse(render(_report(ledger_dir)))
+    classes = {c for e in dom.iter() for c in (e.attrs.get("class") or "").split()}
+    assert "st-other" in classes
+    assert "st-succeeded" in classes
+    assert not {"x", "state-ok", "verified-ledger"} & {
+        c for e in dom.find_all("span") for c in (e.attrs.get("class") or "").split()
+    }
+    assert status in dom.text  # shown, as text
