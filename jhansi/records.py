@@ -10,9 +10,10 @@ records secret *names* and hosts only.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from jhansi._version import __version__
 
@@ -257,22 +258,45 @@ def start_body(
 #: Words that make a variable's name look like a credential: its value is not recorded.
 _SECRET_WORDS = frozenset(
     {"KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASS", "PWD", "CREDENTIAL",
-     "CREDENTIALS", "AUTH", "COOKIE", "SESSION", "PRIVATE", "APIKEY", "DSN"}
+     "CREDENTIALS", "CREDS", "AUTH", "COOKIE", "SESSION", "PRIVATE", "APIKEY", "DSN",
+     "PASSPHRASE", "PAT", "JWT", "BEARER", "WEBHOOK", "SIGNING"}
 )  # fmt: skip
+#: A name's words: whatever is not a letter or a digit separates them (``api.key``, ``a-b``).
+_WORD_BREAK: Final = re.compile(r"[^A-Z0-9]+")
+#: Values that are credentials whatever their variable is called: a URL with a password
+#: in it (``postgres://user:pw@db``), a private key, a bearer token, and the prefixes of
+#: the tokens common services issue (GitHub, GitLab, Slack, OpenAI, Stripe, AWS, Google,
+#: Hugging Face, npm, PyPI) and of JSON Web Tokens.
+_SECRET_VALUE: Final = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s@:]*:[^/?#\s@]+@"
+    r"|-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----"
+    r"|\bBearer\s+\S{8,}"
+    r"|(?<![A-Za-z0-9])(?:gh[pousr]_|github_pat_|glpat-|xox[abposr]-|sk-|sk_live_|rk_live_"
+    r"|AKIA|ASIA|AIza|hf_|npm_|pypi-)[A-Za-z0-9_-]{12,}"
+    r"|(?<![A-Za-z0-9])eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\."
+)
 
 
 def secret_like(name: str) -> bool:
     """Whether ``name`` looks like it holds a credential (``API_KEY``, ``GH_TOKEN`` ...)."""
-    words = name.upper().split("_")
-    return any(word in _SECRET_WORDS for word in words) or name.upper().endswith(
+    upper = name.upper()
+    words = _WORD_BREAK.split(upper)
+    return any(word in _SECRET_WORDS for word in words) or upper.endswith(
         ("KEY", "TOKEN", "SECRET", "PASSWORD")
     )
+
+
+def secret_value(value: str) -> bool:
+    """Whether ``value`` looks like a credential whatever its name (a URL with a password,
+    a private key, a known service's token)."""
+    return _SECRET_VALUE.search(value) is not None
 
 
 def env_fields(env: tuple[tuple[str, str], ...], put: PutBlob) -> dict[str, Any]:
     """The values of the variables the user passed (``--env``), so that a replay can
     restore them: a JSON blob (``env_values``) of every variable whose name does not look
-    like a credential (:func:`secret_like`); those are named only (``env_withheld``).
+    like a credential (:func:`secret_like`) and whose value does not either
+    (:func:`secret_value`); those are named only (``env_withheld``).
     Nothing when none was passed. Secrets bound with ``--secret`` are never here: the
     sandbox holds only a placeholder for them."""
     if not env:
@@ -280,8 +304,10 @@ def env_fields(env: tuple[tuple[str, str], ...], put: PutBlob) -> dict[str, Any]
     import json
 
     given = dict(env)
-    kept = {name: value for name, value in given.items() if not secret_like(name)}
-    withheld = sorted(name for name in given if secret_like(name))
+    withheld = sorted(
+        name for name, value in given.items() if secret_like(name) or secret_value(value)
+    )
+    kept = {name: value for name, value in given.items() if name not in withheld}
     out: dict[str, Any] = {}
     if kept:
         data = json.dumps(kept, ensure_ascii=True, sort_keys=True, separators=(",", ":"))

@@ -19,14 +19,16 @@ policy again, and the refusals are compared.
 What a replay does not restore (:data:`NOT_RESTORED`): the project's other files at
 /work (the ledger keeps the code, not the project), the named sandbox's home (the
 replay's is empty), the configuration files (only their hashes are recorded), the
-values of variables whose names look like credentials, and whatever the network
-answered.
+values of variables that look like credentials (by name or by value), and whatever the
+network answered.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -44,6 +46,7 @@ from jhansi.errors import (
 from jhansi.request import RunRequest, SettingsOverrides
 
 if TYPE_CHECKING:
+    from jhansi.config import Settings
     from jhansi.ledger.blobs import BlobStore
     from jhansi.ledger.record import Record
     from jhansi.paths import Paths
@@ -140,6 +143,9 @@ class Original:
     start: Record | None
     end: Record | None
     denied: Record | None
+    foreign: bool = False
+    """Signed by a key other than this machine's (``--key``): recorded by someone else."""
+    signers: tuple[str, ...] = ()
 
     @property
     def first(self) -> Record:
@@ -149,10 +155,17 @@ class Original:
         return found
 
 
-def load(directory: Path, run_id: str) -> Original:
+def load(
+    directory: Path, run_id: str, *, trusted_keys: Collection[str] | None, own_key: str | None
+) -> Original:
     """The records of ``run_id`` (a unique prefix will do) in the ledger at ``directory``,
-    once the ledger verifies: a replay starts from records that are intact."""
-    from jhansi.ledger.read import exists, run_records
+    once the ledger verifies against ``trusted_keys`` (hex) and a signature of one of them
+    covers every record of the run: a replay runs only what jhansi recorded, never
+    records someone appended without the key (they verify, with a warning, until the
+    next run's checkpoint leaves them out) nor a ledger re-signed with another key.
+    ``own_key``: this machine's key; a run signed by any other key is :attr:`Original.foreign`.
+    """
+    from jhansi.ledger.read import exists, run_records, verified_records
     from jhansi.ledger.record import EXEC_DENIED, EXEC_END, EXEC_START
     from jhansi.ledger.verify import verify_ledger
 
@@ -161,7 +174,14 @@ def load(directory: Path, run_id: str) -> Original:
             f"no ledger at {directory}",
             hint="Name the ledger the run is in with --ledger DIR (or JHANSI_LEDGER).",
         )
-    report = verify_ledger(directory, check_blobs=False)
+    if trusted_keys is None:
+        raise LedgerError(
+            f"cannot tell who wrote the ledger at {directory}: this machine has no signing "
+            "key and no --key was given, and a replay runs only what a trusted key signed",
+            hint="Pass --key with the public key of the machine that recorded the run "
+            "(`jhansi ledger key` prints it there).",
+        )
+    report = verify_ledger(directory, trusted_keys=trusted_keys, check_blobs=False)
     if not report.ok:
         first = report.first_error
         raise LedgerError(
@@ -170,7 +190,15 @@ def load(directory: Path, run_id: str) -> Original:
             hint="`jhansi ledger verify` lists every problem; a replay needs intact records "
             "(restore the ledger from a backup).",
         )
-    full, records = run_records(directory, run_id)
+    full, records = run_records(directory, run_id, verified_records(directory, report))
+    unsigned = [record.seq for record in records if not report.signed(record.seq)]
+    if unsigned:
+        raise LedgerError(
+            f"run {full}: no signature of a trusted key covers its record(s) at seq "
+            f"{', '.join(map(str, unsigned))}: they were appended by someone without the "
+            "signing key, or the run crashed before its checkpoint; not replaying them",
+            hint="`jhansi ledger verify` names the records no signature covers.",
+        )
     by_kind = {record.kind: record for record in records}
     start, end, denied = by_kind.get(EXEC_START), by_kind.get(EXEC_END), by_kind.get(EXEC_DENIED)
     if start is None and denied is None:
@@ -184,7 +212,9 @@ def load(directory: Path, run_id: str) -> Original:
             "nothing to compare a replay with",
             hint="Replay a run that ended; `jhansi ledger log` lists them with their status.",
         )
-    return Original(full, start, end, denied)
+    signers = set(report.keys)
+    foreign = own_key is None or not signers <= {own_key.lower()}
+    return Original(full, start, end, denied, foreign=foreign, signers=tuple(sorted(signers)))
 
 
 # -- what to run --------------------------------------------------------------------------
@@ -259,7 +289,8 @@ def restore_environment(
         why = (
             "the ledger keeps only their names for this run (recorded before values were)"
             if old
-            else "their names look like credentials, so their values were not recorded"
+            else "they look like credentials (their names or values), so their values were "
+            "not recorded"
         )
         raise ReplayError(
             f"cannot restore the value of {', '.join(missing)}: {why}",
@@ -360,33 +391,74 @@ def _limits(sandbox: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _todays_python(today: Settings, paths: Paths) -> str:
+    """The real path of the interpreter today's settings run a bwrap sandbox with."""
+    from jhansi.sandbox.bwrap.interpreter import default_python, resolve_python
+
+    return resolve_python(today.sandbox.python or default_python(), paths.cache)
+
+
 def _backend_overrides(
-    sandbox: dict[str, Any], allow_different_image: bool, plan: Plan
+    sandbox: dict[str, Any],
+    allow_different_image: bool,
+    plan: Plan,
+    today: Settings,
+    paths: Paths,
 ) -> dict[str, Any]:
-    """The recorded backend, its engine, image or interpreter, as settings overrides."""
+    """The recorded backend, its image or interpreter, as settings overrides.
+
+    What runs on the host or reaches out of it is never taken from the record: the
+    interpreter (jhansi runs it on the host to probe it before the sandbox starts) is
+    the recorded one only when today's settings name it, and the engine is today's (the
+    recorded image is run by its id, so a different engine cannot run another image
+    unnoticed). A record naming another interpreter is refused, as a project file
+    setting ``[sandbox] python`` without trust is: the user names it, or allows today's.
+    """
     backend = sandbox.get("backend")
     details = {str(k): str(v) for k, v in _dict(sandbox.get("details")).items()}
     out: dict[str, Any] = {}
     if backend == "bwrap":
         out["backend"] = "bwrap"
         python = details.get("python")
-        if python and Path(python).is_file():
-            out["python"] = python
-        elif python and allow_different_image:
-            plan.allowed.append(
-                f"interpreter: the recorded {python} is gone; ran on today's interpreter"
-            )
-        elif python:
+        if not python:
+            return out
+        if not Path(python).is_file():
+            if allow_different_image:
+                plan.allowed.append(
+                    f"interpreter: the recorded {python} is gone; ran on today's interpreter"
+                )
+                return out
             raise ReplayError(
                 f"the interpreter the run used, {python} (Python "
                 f"{details.get('python_version', '?')}), is no longer on this machine",
                 hint="Install that interpreter again, or pass --allow-different-image to "
                 "replay on today's interpreter (the replay records that it did).",
             )
-    elif backend == "docker":
+        current = _todays_python(today, paths)
+        if os.path.realpath(python) == current:
+            return out  # today's settings run it: nothing taken from the record
+        if allow_different_image:
+            plan.allowed.append(
+                f"interpreter: the recorded {python} is not the one your settings name "
+                f"({current}); ran on {current}"
+            )
+            return out
+        raise ReplayError(
+            f"the run used the interpreter {python}, and your settings name {current}: "
+            "a replay does not run an interpreter the ledger names on its own word (jhansi "
+            "runs it on this machine, outside the sandbox, to probe it)",
+            hint=f"To replay on it, name it yourself (JHANSI_SANDBOX_PYTHON={python}, or "
+            "[sandbox] python in your configuration); or pass --allow-different-image to "
+            "replay on today's interpreter.",
+        )
+    if backend == "docker":
         out["backend"] = "docker"
-        if details.get("url"):
-            out["engine_url"] = details["url"]
+        recorded_url = details.get("url")
+        if recorded_url and today.sandbox.engine_url and recorded_url != today.sandbox.engine_url:
+            plan.notes.append(
+                f"the run used the engine at {recorded_url}; the replay uses the one your "
+                f"settings name ({today.sandbox.engine_url}), with the recorded image by its id"
+            )
         runtime = details.get("runtime")
         if runtime and runtime not in ("runc", "crun"):
             out["runtime"] = runtime
@@ -415,6 +487,45 @@ def _advisory_db(body: dict[str, Any], given: Path | None, plan: Plan) -> Path |
     return None
 
 
+def _refuse_foreign_secrets(original: Original, body: dict[str, Any]) -> None:
+    """A run signed by another key names secrets: binding this machine's secrets of
+    those names to the hosts that ledger chose would send them there. Refused."""
+    bound = [
+        f"{_dict(s).get('name')}@{','.join(str(h) for h in _dict(s).get('hosts') or [])}"
+        for s in body.get("secrets") or []
+    ]
+    if bound:
+        raise ReplayError(
+            f"run {original.run_id} was recorded with another key "
+            f"({', '.join(original.signers) or 'none'}) and used the secret(s) "
+            f"{', '.join(bound)}: a replay here would send this machine's secrets of those "
+            "names to the hosts that ledger names",
+            hint="Replay it on the machine that recorded it (`jhansi ledger key` there is "
+            "the key), or run its code yourself with the --secret bindings you choose.",
+        )
+
+
+#: The ``[sandbox]`` limits a replay restores.
+_LIMIT_KEYS: Final = ("memory", "cpus", "pids", "tmp_size", "timeout", "output_limit")
+
+
+def _no_looser(limits: dict[str, Any], today: Settings, plan: Plan) -> dict[str, Any]:
+    """The recorded limits of a run signed by another key, none looser than today's
+    settings (a tighter one is kept): such a ledger is someone else's word, and may
+    not widen this machine's limits, as an untrusted project file may not."""
+    out = dict(limits)
+    for key in _LIMIT_KEYS:
+        recorded, current = out.get(key), getattr(today.sandbox, key)
+        if recorded is not None and recorded > current:
+            out[key] = None
+            plan.notes.append(
+                f"{key}: the record says {recorded:g}, looser than your settings' "
+                f"{current:g}: ran with {current:g} (a ledger signed by another key does not "
+                "widen this machine's limits)"
+            )
+    return out
+
+
 def plan_replay(
     original: Original,
     blobs: BlobStore,
@@ -426,6 +537,8 @@ def plan_replay(
     advisory_db: Path | None,
 ) -> Plan:
     """The request that runs ``original`` again, its code and lock written under ``workdir``."""
+    from jhansi.config import load_settings
+
     body = dict(original.first.body)
     if original.end is not None:
         body["_end"] = original.end.body
@@ -462,13 +575,19 @@ def plan_replay(
     plan = Plan(request=RunRequest(script=target))
     variables, env_notes = restore_environment(body, blobs, env, secret_names)
     plan.notes += env_notes
+    if original.foreign:
+        _refuse_foreign_secrets(original, body)
     secrets, allow_hosts, egress_notes = restore_egress(body, paths)
     plan.notes += egress_notes
     sandbox = _dict(body.get("sandbox"))
     overrides: dict[str, Any] = {}
+    today = load_settings(start=work, paths=paths)
     if sandbox:
-        overrides.update(_limits(sandbox))
-        overrides.update(_backend_overrides(sandbox, allow_different_image, plan))
+        limits = _limits(sandbox)
+        if original.foreign:
+            limits = _no_looser(limits, today, plan)
+        overrides.update(limits)
+        overrides.update(_backend_overrides(sandbox, allow_different_image, plan, today, paths))
         if not sandbox.get("ephemeral", False) and sandbox.get("name"):
             plan.not_restored.append(
                 f"the home of sandbox {sandbox['name']!r}, which the run used as it was then"
@@ -478,7 +597,8 @@ def plan_replay(
             "the run was refused before a sandbox was chosen: the replay uses today's "
             "backend and limits"
         )
-    overrides["advisory_db"] = _advisory_db(body, advisory_db, plan)
+    if advisory_db is not None or not original.foreign:
+        overrides["advisory_db"] = _advisory_db(body, advisory_db, plan)
     plan.request = RunRequest(
         script=target,
         args=tuple(str(a) for a in body.get("argv") or []),
@@ -573,18 +693,26 @@ def replay(
     env: dict[str, str] | None = None,
     allow_different_image: bool = False,
     advisory_db: Path | None = None,
+    keys: Collection[str] | None = None,
 ) -> ReplayReport:
     """Replay run ``run_id`` of the ledger at ``source`` and compare it with the record.
 
     The replay is recorded in the ledger the settings name (``source`` itself unless
     another ledger is read). Raises :class:`ReplayError` (exit 9) when the run cannot
-    be reproduced as recorded, :class:`LedgerError` when the ledger is not intact.
+    be reproduced as recorded, :class:`LedgerError` when the ledger is not intact or no
+    signature of a trusted key covers the run: ``keys`` (hex), else this machine's key.
     """
     from jhansi.ledger.blobs import BlobStore
     from jhansi.ledger.layout import LedgerLayout
     from jhansi.paths import ensure_private_dir
 
-    original = load(source, run_id)
+    own = own_key(paths)
+    trusted: frozenset[str] | None = None
+    if keys:
+        trusted = frozenset(k.lower() for k in keys)
+    elif own is not None:
+        trusted = frozenset({own})
+    original = load(source, run_id, trusted_keys=trusted, own_key=own)
     blobs = BlobStore(LedgerLayout(source).blobs_dir)
     base = ensure_private_dir(paths.runtime)
     workdir = Path(tempfile.mkdtemp(prefix=f"replay-{original.run_id[:13]}-", dir=base))
@@ -628,6 +756,14 @@ def replay(
         from jhansi.deps.install import remove_tree
 
         remove_tree(workdir)
+
+
+def own_key(paths: Paths) -> str | None:
+    """This machine's ledger signing key (hex), if it has one."""
+    from jhansi.ledger.checkpoint import key_path, read_public_key
+
+    raw = read_public_key(key_path(paths))
+    return raw.hex() if raw is not None else None
 
 
 def _irreproducible(run_id: str, exc: JhansiError) -> ReplayError:

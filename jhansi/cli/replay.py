@@ -52,6 +52,17 @@ def replay(
             "it is still there, else the policy.advisory_db setting).",
         ),
     ] = None,
+    key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key",
+            metavar="KEY",
+            help="Trusted signing key of the ledger: hex, PEM, or a file of them (default: "
+            "this machine's key). A replay runs only records a trusted key signed; a run "
+            "signed by another key is replayed without this machine's secrets and with no "
+            "looser limits than your settings. Repeatable.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the comparison.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -61,7 +72,8 @@ def replay(
     limits, arguments and variables, in a fresh ephemeral sandbox; the replay is
     recorded like any run, linked to the original (replay_of). Exit 0 when exit
     status, output and files changed all match, 8 when something differs, 9 when the
-    run cannot be reproduced as recorded.
+    run cannot be reproduced as recorded, 5 when the ledger does not verify or no
+    signature of a trusted key covers the run.
     """
     from jhansi.cli._reporter import ConsoleReporter
     from jhansi.errors import ExitCode
@@ -77,6 +89,11 @@ def replay(
         source = resolve_directory(None, paths, ledger)
     else:
         source = default_source(paths)
+    keys = None
+    if key:
+        from jhansi.cli.ledger import _trusted_keys
+
+        keys = _trusted_keys(key)
     report = replay_run(
         run_id,
         source=source,
@@ -85,6 +102,7 @@ def replay(
         env=parse_env_flags(env or []),
         allow_different_image=allow_different_image,
         advisory_db=advisory_db,
+        keys=keys,
     )
     if json_output:
         from jhansi.cli._output import print_json

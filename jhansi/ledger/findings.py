@@ -74,6 +74,13 @@ class VerifyReport:
         """The ledger verifies (warnings allowed)."""
         return not self.errors
 
+    def signed(self, seq: int) -> bool:
+        """Whether the record at ``seq`` is one verification found, covered by a valid
+        signature (of a trusted key, when keys were pinned)."""
+        if self.last_seq is None or not 0 <= seq <= self.last_seq:
+            return False
+        return not any(start <= seq <= end for start, end in self.unsigned_ranges)
+
     @property
     def first_error(self) -> Problem | None:
         """The first failure, in file order as far as possible."""

@@ -34,6 +34,7 @@ from typing import IO, Any, Final
 
 from jhansi.errors import UsageError
 from jhansi.ledger.blobs import BlobStore
+from jhansi.ledger.findings import VerifyReport
 from jhansi.ledger.layout import LedgerLayout
 from jhansi.ledger.record import (
     EXEC_DENIED,
@@ -112,6 +113,36 @@ def iter_records(directory: Path) -> Iterator[Record]:
                 yield parse_line(line[:-1])
             except RecordError:
                 continue
+
+
+def verified_records(directory: Path, report: VerifyReport) -> Iterator[Record]:
+    """The records of the ledger exactly as ``report`` (its verification) found them.
+
+    The file is read again after it was verified: each record must chain to the one
+    before it (every record's hash is checked as it is parsed) and the last one must be
+    the record verification ended on, so what is read is what was verified, not a file
+    changed or replaced since. Records appended since are left out. Raises
+    :class:`LedgerError` when the ledger changed under the reader.
+    """
+    from jhansi.errors import LedgerError
+    from jhansi.ledger.record import ZERO_HASH
+
+    changed = LedgerError(
+        f"the ledger at {directory} changed after it was verified",
+        hint="Run the command again (when nothing else writes to the ledger).",
+    )
+    if report.last_seq is None or report.last_hash is None:
+        return
+    prev = ZERO_HASH
+    for record in iter_records(directory):
+        if record.seq > report.last_seq:
+            break
+        if record.prev != prev:
+            raise changed
+        prev = record.hash
+        yield record
+    if prev != report.last_hash:
+        raise changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,13 +294,17 @@ def filter_runs(
     ]
 
 
-def run_records(directory: Path, run_id: str) -> tuple[str, list[Record]]:
-    """Every record of one run (``run_id`` may be a unique prefix); the full id first."""
+def run_records(
+    directory: Path, run_id: str, records: Iterable[Record] | None = None
+) -> tuple[str, list[Record]]:
+    """Every record of one run (``run_id`` may be a unique prefix); the full id first.
+
+    ``records``: the ledger's records as already read (default: read the file)."""
     wanted = run_id.strip()
     if not wanted:
         raise UsageError("no run id given", hint="`jhansi ledger log` lists the runs.")
     by_run: dict[str, list[Record]] = {}
-    for record in iter_records(directory):
+    for record in iter_records(directory) if records is None else records:
         rid = record.body.get("run_id")
         if isinstance(rid, str) and rid.startswith(wanted):
             by_run.setdefault(rid, []).append(record)

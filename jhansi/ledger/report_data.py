@@ -29,6 +29,7 @@ from jhansi.ledger.read import (
     iter_records,
     run_texts,
     summarize_runs,
+    verified_records,
 )
 from jhansi.ledger.record import EXEC_DENIED, EXEC_END, EXEC_START, HEX64, Record
 
@@ -82,6 +83,9 @@ class RunView:
     files_changed: list[Any] = field(default_factory=list)
     egress: list[Any] = field(default_factory=list)
     list_problems: list[str] = field(default_factory=list)
+    unsigned: tuple[int, ...] = ()
+    """The seqs of its records no valid signature covers (appended by someone without the
+    key, or a run that crashed before its checkpoint): not to be relied on."""
 
     @property
     def main(self) -> dict[str, Any]:
@@ -191,9 +195,14 @@ def read_texts(records: Iterable[Record], blobs: BlobStore, *, include_output: b
     return found
 
 
+def _list(value: Any) -> list[Any]:
+    """A recorded list, or none: an SBOM is read as untrusted data."""
+    return value if isinstance(value, list) else []
+
+
 def _licences(component: dict[str, Any]) -> str:
     names: list[str] = []
-    for entry in component.get("licenses") or []:
+    for entry in _list(component.get("licenses")):
         if not isinstance(entry, dict):
             continue
         if isinstance(entry.get("expression"), str):
@@ -218,7 +227,7 @@ def sbom_summary(digest: str, blobs: BlobStore) -> SbomSummary:
         return SbomSummary(digest, problem="not a CycloneDX document")
     packages: list[tuple[str, str, str]] = []
     platform: list[str] = []
-    for component in document.get("components") or []:
+    for component in _list(document.get("components")):
         if not isinstance(component, dict):
             continue
         name, version = str(component.get("name", "")), str(component.get("version", ""))
@@ -227,11 +236,11 @@ def sbom_summary(digest: str, blobs: BlobStore) -> SbomSummary:
         else:
             platform.append(f"{component.get('type', '')}: {name} {version}".strip())
     vulnerabilities: list[tuple[str, str, str]] = []
-    for vuln in document.get("vulnerabilities") or []:
+    for vuln in _list(document.get("vulnerabilities")):
         if not isinstance(vuln, dict):
             continue
         affects = ", ".join(
-            str(a.get("ref", "")) for a in vuln.get("affects") or [] if isinstance(a, dict)
+            str(a.get("ref", "")) for a in _list(vuln.get("affects")) if isinstance(a, dict)
         )
         said = vuln.get("recommendation") or vuln.get("description") or ""
         vulnerabilities.append((str(vuln.get("id", "")), affects, str(said)))
@@ -336,7 +345,12 @@ def collect(
     from jhansi._version import __version__
 
     by_run: dict[str, list[Record]] = {}
-    for record in iter_records(directory):
+    # A ledger that verifies is read as it was verified (a ledger changed since is an
+    # error); one that does not is read as it is, under a red banner.
+    records = (
+        verified_records(directory, verification) if verification.ok else iter_records(directory)
+    )
+    for record in records:
         run_id = record.body.get("run_id")
         if isinstance(run_id, str) and record.kind in (EXEC_START, EXEC_END, EXEC_DENIED):
             by_run.setdefault(run_id, []).append(record)
@@ -348,6 +362,8 @@ def collect(
         build_run(n, summary, by_run[summary.run_id], blobs, include_output=include_output)
         for n, summary in enumerate(chosen, 1)
     ]
+    for run in runs:
+        run.unsigned = tuple(r.seq for r in run.records if not verification.signed(r.seq))
     return ReportData(
         directory=directory,
         verification=verification,

@@ -33,8 +33,8 @@ from typing import Any, Final
 
 from jhansi.ledger.report_data import OUTPUT_LIMIT, ReportData
 from jhansi.ledger.report_parts import as_dict as _dict
-from jhansi.ledger.report_parts import duration, h, h1, kv, table, value_text
-from jhansi.ledger.report_run import run_section
+from jhansi.ledger.report_parts import class_token, duration, h, h1, kv, table, value_text
+from jhansi.ledger.report_run import UNSIGNED_CHIP, run_section
 
 STYLE: Final = """
 :root{color-scheme:light;--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--bg2:#f6f8fa}
@@ -69,6 +69,8 @@ ol.code li::marker{color:var(--muted)}
 .chip{display:inline-block;padding:0 6px;border-radius:8px;border:1px solid var(--line)}
 .st-failed,.st-timeout,.st-killed,.st-error,.st-crashed{color:#a40e26;border-color:#cf222e}
 .st-denied,.st-refused{color:#7d4e00;border-color:#9a6700}
+.unsigned{color:#a40e26;border-color:#cf222e;font-weight:600}
+p.unsigned{border:2px solid #cf222e;background:#ffebe9;padding:6px 8px;border-radius:4px}
 .run{border-top:3px solid var(--line);margin-top:28px}
 .untrusted-ledger .run{border-top-color:#cf222e}
 #filters{display:flex;flex-wrap:wrap;gap:6px 14px;align-items:end;margin:6px 0}
@@ -287,7 +289,8 @@ def timeline(data: ReportData) -> str:
         cells = (
             f'<td class="mono"><a href="#run-{run.index}">{h1(s.time[:19].replace("T", " "))}</a>'
             f"</td><td>{h1(run.actor)}</td><td>{h1(s.script)}</td>"
-            f'<td><span class="chip st-{h1(s.status)}">{h1(s.status)}</span></td>'
+            f'<td><span class="chip st-{class_token(s.status)}">{h1(s.status)}</span>'
+            f"{UNSIGNED_CHIP if run.unsigned else ''}</td>"
             f"<td>{h1('' if s.exit_code is None else s.exit_code)}</td>"
             f"<td>{h1(duration(s.duration_ms))}</td><td>{h1(s.sandbox)}</td>"
             f"<td>{h1(run.backend)}</td><td>{run.refusals or ''}</td>"
@@ -295,7 +298,8 @@ def timeline(data: ReportData) -> str:
         rows.append(
             f'<tr data-section="run-{run.index}" data-status="{h1(s.status)}" '
             f'data-actor="{h1(run.actor)}" data-sandbox="{h1(s.sandbox or "")}" '
-            f'data-date="{h1(s.time[:10])}" data-search="{h1(search)}">{cells}</tr>'
+            f'data-date="{h1(s.time[:10])}" data-search="{h1(search)}" '
+            f'data-signed="{"no" if run.unsigned else "yes"}">{cells}</tr>'
         )
     head = "".join(f"<th>{h(name)}</th>" for name in headers)
     body = "".join(rows) or f'<tr><td colspan="{len(headers)}">no runs selected</td></tr>'

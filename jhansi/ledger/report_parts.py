@@ -11,15 +11,26 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from jhansi.ledger.read import one_line, terminal_safe
+
+_TOKEN: Final = re.compile(r"[a-z][a-z0-9]{0,31}")
 
 
 def h(value: object) -> str:
     """Recorded text for any HTML context: terminal escapes made visible, then escaped."""
     return html.escape(terminal_safe("" if value is None else str(value)), quote=True)
+
+
+def class_token(value: object) -> str:
+    """A recorded value as part of a class name: itself when it is one plain lower-case
+    word (``failed``), else ``other``. Recorded text never names a class of its own
+    choice: a status of ``x banner state-ok`` must not dress a cell as the green banner."""
+    text = "" if value is None else str(value)
+    return text if _TOKEN.fullmatch(text) else "other"
 
 
 def h1(value: object) -> str:
@@ -95,4 +106,15 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-__all__ = ["as_dict", "as_list", "duration", "h", "h1", "kv", "size", "table", "value_text"]
+__all__ = [
+    "as_dict",
+    "as_list",
+    "class_token",
+    "duration",
+    "h",
+    "h1",
+    "kv",
+    "size",
+    "table",
+    "value_text",
+]

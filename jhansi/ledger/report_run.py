@@ -18,7 +18,7 @@ from typing import Final
 from jhansi.ledger.report_data import OUTPUT_LIMIT, TEXT_LIMIT, ReportData, RunView, Text
 from jhansi.ledger.report_parts import as_dict as _dict
 from jhansi.ledger.report_parts import as_list as _list
-from jhansi.ledger.report_parts import duration, h, h1, kv, size, table
+from jhansi.ledger.report_parts import class_token, duration, h, h1, kv, size, table
 
 
 def _text_note(text: Text, limit: int) -> str:
@@ -288,6 +288,26 @@ def records(run: RunView) -> str:
     )
 
 
+#: Beside the status of a run some of whose records no signature covers.
+UNSIGNED_CHIP: Final = ' <span class="chip unsigned">unsigned</span>'
+
+
+def unsigned_warning(run: RunView) -> str:
+    """What to make of a run some of whose records no signature covers ("" if none)."""
+    if not run.unsigned:
+        return ""
+    seqs = ", ".join(map(str, run.unsigned))
+    return (
+        '<p class="unsigned">'
+        + h1(
+            f"No signature covers this run's record(s) at seq {seqs}: they were appended "
+            "by someone without the signing key, or the run crashed before its checkpoint. "
+            "Nothing below is vouched for; do not rely on it."
+        )
+        + "</p>"
+    )
+
+
 def run_section(run: RunView, data: ReportData) -> str:
     """Everything about one run, as one ``<section>``."""
     s = run.summary
@@ -295,7 +315,10 @@ def run_section(run: RunView, data: ReportData) -> str:
     parts = [
         f'<section class="run" id="run-{run.index}">',
         f"<h2>Run {run.index}: {h1(s.script)} — "
-        f'<span class="chip st-{h1(s.status)}">{h1(s.status)}</span></h2>',
+        f'<span class="chip st-{class_token(s.status)}">{h1(s.status)}</span>'
+        + (UNSIGNED_CHIP if run.unsigned else "")
+        + "</h2>",
+        unsigned_warning(run),
         run_head(run),
         "<h3>Prompt and model</h3>",
         kv((("model", prompt.get("model")),)),
@@ -321,4 +344,4 @@ def run_section(run: RunView, data: ReportData) -> str:
     return "".join(parts)
 
 
-__all__ = ["LIMIT_ENFORCEMENT", "run_section"]
+__all__ = ["LIMIT_ENFORCEMENT", "UNSIGNED_CHIP", "run_section", "unsigned_warning"]

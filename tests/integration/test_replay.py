@@ -31,6 +31,8 @@ REFUSED = "001a245735add-478859715b803345"
 DET_DOCKER = "001a245736e1e-592108b8cacfa33c"
 
 BWRAP = {"JHANSI_SANDBOX_BACKEND": "bwrap"}
+#: The fixture ledger's signing key: a replay runs only what a trusted key signed.
+KEY = ("--key", str(FIXTURE / "signing-key.pub.pem"))
 
 
 def _document(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -219,7 +221,7 @@ def old_ledger(tmp_path: Path) -> Path:
 def test_the_0_1_0_ledger_replays_its_deterministic_clock_and_refused_runs(
     bwrap_path: Path, old_ledger: Path, tmp_path: Path
 ) -> None:
-    source = ("--ledger", str(old_ledger))
+    source = ("--ledger", str(old_ledger), *KEY)
     det = _replay(DET_BWRAP, *source)
     assert det.returncode == 0, det.stdout + det.stderr
     document = _document(det)
@@ -256,7 +258,7 @@ def test_the_0_1_0_docker_run_replays_on_its_image_by_id(
 ) -> None:
     recorded = "sha256:830895dddc05fbf320275ccb5aa3520e0a738b0f41f37a82f53a524e4b64b65e"
     current = docker_engine.client.images.get(docker_engine.image).id
-    proc = _replay(DET_DOCKER, "--ledger", str(old_ledger))
+    proc = _replay(DET_DOCKER, "--ledger", str(old_ledger), *KEY)
     if current == recorded:  # the engine still has the image the run used
         assert proc.returncode == 0, proc.stdout + proc.stderr
         checks = _checks(_document(proc))
@@ -272,7 +274,7 @@ def test_the_0_1_0_docker_run_replays_on_its_image_by_id(
     # The test image was built again since the fixture was recorded: that image is gone.
     assert proc.returncode == 9, proc.stdout + proc.stderr
     assert f"the image the run used, {docker_engine.image} ({recorded})" in proc.stderr
-    allowed = _replay(DET_DOCKER, "--ledger", str(old_ledger), "--allow-different-image")
+    allowed = _replay(DET_DOCKER, "--ledger", str(old_ledger), *KEY, "--allow-different-image")
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     document = _document(allowed)
     assert _checks(document)["image"]["status"] == "allowed"
@@ -291,8 +293,8 @@ def test_values_that_cannot_be_restored_are_named_and_asked_for(
     assert proc.returncode == ExitCode.NOT_REPRODUCIBLE == 9
     lines = proc.stderr.strip().splitlines()
     assert lines[-2] == (
-        "error: cannot restore the value of API_TOKEN: their names look like credentials, "
-        "so their values were not recorded"
+        "error: cannot restore the value of API_TOKEN: they look like credentials (their "
+        "names or values), so their values were not recorded"
     )
     assert lines[-1].startswith("hint: Pass each one: --env API_TOKEN=VALUE")
     given = _replay(original, "--env", "API_TOKEN=s3cret")
@@ -327,7 +329,7 @@ def test_a_0_1_0_record_names_the_variables_it_cannot_restore(old_ledger: Path) 
 
 
 def test_an_unknown_run_id_is_two_lines_and_exit_2(old_ledger: Path) -> None:
-    proc = run_jhansi("replay", "ffffffff", "--ledger", str(old_ledger))
+    proc = run_jhansi("replay", "ffffffff", "--ledger", str(old_ledger), *KEY)
     assert proc.returncode == ExitCode.USAGE == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 2
@@ -337,11 +339,15 @@ def test_an_unknown_run_id_is_two_lines_and_exit_2(old_ledger: Path) -> None:
 
 
 def test_a_corrupted_ledger_is_refused_with_exit_5(old_ledger: Path) -> None:
+    # Intact, but nothing says whose it is: this machine has no key, none was given.
+    unkeyed = run_jhansi("replay", CLOCK, "--ledger", str(old_ledger))
+    assert unkeyed.returncode == ExitCode.LEDGER == 5
+    assert unkeyed.stderr.splitlines()[0].startswith("error: cannot tell who wrote the ledger")
     path = old_ledger / "ledger.jsonl"
     text = path.read_text()
     assert '"argv":[]' in text
     path.write_text(text.replace('"argv":[]', '"argv":["x"]', 1))  # one record altered
-    proc = run_jhansi("replay", CLOCK, "--ledger", str(old_ledger))
+    proc = run_jhansi("replay", CLOCK, "--ledger", str(old_ledger), *KEY)
     assert proc.returncode == ExitCode.LEDGER == 5
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 2
@@ -355,7 +361,7 @@ def test_a_corrupted_ledger_is_refused_with_exit_5(old_ledger: Path) -> None:
 def test_a_missing_code_blob_is_named(old_ledger: Path) -> None:
     blob = "18e0467f37b70646441c4d17899f7766c7a9de017d7f23a6fd2fa62e92ab4a38"
     (old_ledger / "blobs" / blob[:2] / blob[2:]).unlink()
-    proc = run_jhansi("replay", DET_BWRAP, "--ledger", str(old_ledger))
+    proc = run_jhansi("replay", DET_BWRAP, "--ledger", str(old_ledger), *KEY)
     assert proc.returncode == 5
     lines = proc.stderr.strip().splitlines()
     assert lines[0] == f"error: the recorded code: blob {blob} is missing from " + str(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import stat
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from jhansi.errors import UsageError
+from jhansi.errors import LedgerError, UsageError
 from jhansi.ledger.checkpoint import KeyFileSigner
 from jhansi.ledger.read import RunSummary
 from jhansi.ledger.report_data import OUTPUT_LIMIT, ReportData, collect, select_runs
@@ -257,3 +258,94 @@ def test_cli_writes_0600_and_refuses_what_it_should(
     anchor = cli("ledger", "report", "--ledger", str(with_payload), "--anchor", "1:zz", "-o", "x")
     assert anchor.code == 2
     assert "--anchor" in anchor.stderr
+
+
+def _append_unsigned_run(directory: Path, run_id: str) -> None:
+    """A run appended by someone without the key: the chain recomputed, no MAC."""
+    from jhansi.ledger.blobs import BlobStore
+    from jhansi.ledger.record import make_record, parse_line
+
+    last = parse_line(lines(directory)[-1][:-1])
+    code = BlobStore(directory / "blobs").put(b"print('appended')\n")
+    body = {"run_id": run_id, "script": {"path": "appended.py", "blob": code}}
+    start = make_record(
+        ledger_id=last.ledger_id, seq=last.seq + 1, prev=last.hash, kind="exec.start", body=body
+    )
+    end = make_record(
+        ledger_id=last.ledger_id,
+        seq=start.seq + 1,
+        prev=start.hash,
+        kind="exec.end",
+        body={"run_id": run_id, "result": {"status": "succeeded", "exit_code": 0}},
+    )
+    write_lines(directory, [*lines(directory), start.line + b"\n", end.line + b"\n"])
+
+
+def test_a_run_no_signature_covers_is_marked_as_such(with_payload: Path) -> None:
+    forged = "0018c0000000f-00000000000000ff"
+    _append_unsigned_run(with_payload, forged)
+    data = _report(with_payload)
+    assert banner_state(data) == "warn"  # an unsigned tail verifies, with a warning
+    dom = parse(render(data))
+    rows = {
+        row.attrs["data-section"]: row.attrs["data-signed"]
+        for row in dom.find_all("tr")
+        if "data-section" in row.attrs
+    }
+    assert list(rows.values()) == ["yes", "yes", "yes", "no"]
+    sections = [s for s in dom.find_all("section") if "run" in (s.attrs.get("class") or "")]
+    warned = [s for s in sections if s.find_all("p", **{"class": "unsigned"})]
+    assert len(warned) == 1
+    assert forged in warned[0].text
+    assert "No signature covers this run's record(s) at seq " in warned[0].text
+
+
+def test_a_ledger_changed_after_it_was_verified_is_not_reported(with_payload: Path) -> None:
+    keys = frozenset({KeyFileSigner.for_paths(Paths.from_environment()).public_key().hex()})
+    checked = verify_ledger(with_payload, trusted_keys=keys)
+    assert checked.ok
+    _append_unsigned_run(with_payload, "0018c0000000f-00000000000000ff")  # appended since
+    data = collect(with_payload, checked, trusted_keys=keys, include_output=False, now="now")
+    assert len(data.runs) == 3  # what was verified, not what came after
+    edited = lines(with_payload)
+    at = next(n for n, line in enumerate(edited) if b'"exec.start"' in line)
+    edited[at] = edited[at].replace(b'"exec.start"', b'"exec.stark"')  # no longer a record
+    write_lines(with_payload, edited)
+    with pytest.raises(LedgerError, match="changed after it was verified"):
+        collect(with_payload, checked, trusted_keys=keys, include_output=False, now="now")
+
+
+def test_an_sbom_of_the_wrong_shape_is_shown_as_what_it_holds(tmp_path: Path) -> None:
+    from jhansi.ledger.blobs import BlobStore
+    from jhansi.ledger.report_data import sbom_summary
+
+    store = BlobStore(tmp_path)
+    for document in (
+        {"components": 5},
+        {"components": [{"type": "library", "name": "x", "licenses": 7}]},
+        {"vulnerabilities": [{"id": "X", "affects": 3}]},
+    ):
+        summary = sbom_summary(store.put(json.dumps(document).encode()), store)
+        assert summary.problem is None
+    assert summary.vulnerabilities == (("X", "", ""),)
+
+
+def test_a_recorded_status_names_no_class_of_its_own(
+    open_ledger: Callable[..., Ledger], ledger_dir: Path
+) -> None:
+    with open_ledger(checkpoint_interval=1) as ledger:
+        run_id = "0018c0000000b-00000000000000bb"
+        code = ledger.put_blob(b"print(1)\n")
+        ledger.append("exec.start", {"run_id": run_id, "script": {"path": "s.py", "blob": code}})
+        status = "x banner state-ok verified-ledger"
+        ledger.append("exec.end", {"run_id": run_id, "result": {"status": status}})
+        ledger.checkpoint()
+        record_run(ledger, 1)
+    dom = parse(render(_report(ledger_dir)))
+    classes = {c for e in dom.iter() for c in (e.attrs.get("class") or "").split()}
+    assert "st-other" in classes
+    assert "st-succeeded" in classes
+    assert not {"x", "state-ok", "verified-ledger"} & {
+        c for e in dom.find_all("span") for c in (e.attrs.get("class") or "").split()
+    }
+    assert status in dom.text  # shown, as text
