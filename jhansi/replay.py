@@ -303,10 +303,18 @@ def restore_environment(
 
 
 def restore_egress(
-    body: dict[str, Any], paths: Paths
+    body: dict[str, Any],
+    paths: Paths,
+    *,
+    foreign: bool = False,
+    granted: Collection[str] = (),
 ) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
     """The ``--secret`` and ``--allow-host`` flags that give the replay the recorded
-    egress, and notes; secrets no longer stored make the run irreproducible."""
+    egress, and notes; secrets no longer stored make the run irreproducible.
+
+    A ``foreign`` run (signed by another key) gets only the recorded hosts the user
+    ``granted`` (``jhansi replay --allow-host``): a ledger from elsewhere must not open
+    this machine's network (an internal service, a metadata address) to its code."""
     secrets = [_dict(s) for s in body.get("secrets") or []]
     egress = _dict(body.get("egress"))
     secret_hosts = {h for s in secrets for h in s.get("hosts") or []}
@@ -330,6 +338,27 @@ def restore_egress(
     allow = [str(h) for h in egress.get("allow") or [] if str(h) not in secret_hosts]
     allow += [f"http://{h}" for h in egress.get("allow_http") or []]
     notes: list[str] = []
+    if foreign:
+
+        def bare(host: str) -> str:
+            return host.strip().lower().removeprefix("http://")
+
+        wanted = {bare(g) for g in granted}
+        withheld = [h for h in allow if bare(h) not in wanted]
+        allow = [h for h in allow if bare(h) in wanted]
+        if withheld:
+            notes.append(
+                "the run, signed by another key, was allowed to reach "
+                + ", ".join(withheld)
+                + "; the replay is not (grant a host with --allow-host HOST, as recorded)"
+            )
+        unknown = sorted(wanted - {bare(h) for h in allow})
+        if unknown:
+            notes.append(
+                "--allow-host grants only hosts the run was allowed: "
+                + ", ".join(unknown)
+                + " ignored"
+            )
     if secrets or allow:
         reached = sorted(
             {
@@ -535,8 +564,10 @@ def plan_replay(
     env: dict[str, str],
     allow_different_image: bool,
     advisory_db: Path | None,
+    granted_hosts: Collection[str] = (),
 ) -> Plan:
-    """The request that runs ``original`` again, its code and lock written under ``workdir``."""
+    """The request that runs ``original`` again, its code and lock written under ``workdir``
+    (``granted_hosts``: what ``--allow-host`` grants a run signed by another key)."""
     from jhansi.config import load_settings
 
     body = dict(original.first.body)
@@ -577,7 +608,9 @@ def plan_replay(
     plan.notes += env_notes
     if original.foreign:
         _refuse_foreign_secrets(original, body)
-    secrets, allow_hosts, egress_notes = restore_egress(body, paths)
+    secrets, allow_hosts, egress_notes = restore_egress(
+        body, paths, foreign=original.foreign, granted=granted_hosts
+    )
     plan.notes += egress_notes
     sandbox = _dict(body.get("sandbox"))
     overrides: dict[str, Any] = {}
@@ -694,6 +727,7 @@ def replay(
     allow_different_image: bool = False,
     advisory_db: Path | None = None,
     keys: Collection[str] | None = None,
+    allow_hosts: Collection[str] = (),
 ) -> ReplayReport:
     """Replay run ``run_id`` of the ledger at ``source`` and compare it with the record.
 
@@ -726,6 +760,7 @@ def replay(
             env=env or {},
             allow_different_image=allow_different_image,
             advisory_db=advisory_db,
+            granted_hosts=allow_hosts,
         )
         runner = _runner(plan.request, paths, reporter)
         if original.start is not None:

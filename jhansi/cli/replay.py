@@ -63,6 +63,15 @@ def replay(
             "looser limits than your settings. Repeatable.",
         ),
     ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            metavar="HOST",
+            help="For a run signed by another key: let the replay reach HOST, one of the "
+            "hosts the run was allowed (without it, such a replay reaches none). Repeatable.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the comparison.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -103,6 +112,7 @@ def replay(
         allow_different_image=allow_different_image,
         advisory_db=advisory_db,
         keys=keys,
+        allow_hosts=tuple(allow_host or ()),
     )
     if json_output:
         from jhansi.cli._output import print_json

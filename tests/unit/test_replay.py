@@ -146,6 +146,39 @@ def test_the_recorded_egress_is_given_again_and_a_missing_secret_is_named(
     assert secrets == ("DEMO_SECRET@api.example.com",)
 
 
+def test_someone_elses_run_reaches_only_the_hosts_the_user_grants(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A ledger from elsewhere names hosts: an internal service, a metadata address.
+    paths = Paths.from_environment()
+    body = {
+        "egress": {
+            "allow": ["169.254.169.254:80", "files.example.org:443"],
+            "allow_http": ["intranet.example:80"],
+        },
+        "secrets": [],
+    }
+    _, allow, notes = restore_egress(body, paths, foreign=True)
+    assert allow == ()
+    assert "169.254.169.254:80, files.example.org:443, http://intranet.example:80" in notes[0]
+    assert "--allow-host HOST" in notes[0]
+    _, allow, notes = restore_egress(
+        body,
+        paths,
+        foreign=True,
+        granted=["FILES.example.org:443", "intranet.example:80", "other.example:443"],
+    )
+    assert allow == ("files.example.org:443", "http://intranet.example:80")
+    assert notes[0].endswith("(grant a host with --allow-host HOST, as recorded)")
+    assert "169.254.169.254:80" in notes[0]
+    assert notes[1] == (
+        "--allow-host grants only hosts the run was allowed: other.example:443 ignored"
+    )
+    # This machine's own runs get what they were allowed, as recorded.
+    _, allow, _ = restore_egress(body, paths)
+    assert len(allow) == 3
+
+
 # -- what a replay trusts: records a trusted key signed, never their word on the host ------
 
 
