@@ -349,7 +349,7 @@ def _child(
         conn.close()
         # The command has its answer: what is left (jhansi.housekeeping) is done here.
         with contextlib.suppress(BaseException):
-            from jhansi import housekeeping
+            import jhansi.housekeeping as housekeeping
 
             housekeeping.finish()
         os._exit(code & 0xFF)

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     debug = os.environ.get("JHANSI_DEBUG", "") not in ("", "0")
     if args[:1] == ["run"] and not debug and argv is None and not IN_HELPER:
         _try_helper(args)  # first: the helper has everything below loaded already
-    from jhansi import housekeeping
+    import jhansi.housekeeping as housekeeping
     from jhansi.cli._state import CliState
     from jhansi.errors import ExitCode, JhansiError
 

@@ -154,7 +154,7 @@ def _exit_now(code: object) -> NoReturn:
         sys.stderr.flush()
     except BrokenPipeError:
         status = status or 1
-    from jhansi import housekeeping
+    import jhansi.housekeeping as housekeeping
 
     housekeeping.finish()  # what the run left to do after its answer (a container's removal)
     os._exit(status)

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
-from jhansi import housekeeping
+import jhansi.housekeeping as housekeeping
 from jhansi.errors import SandboxError
 from jhansi.sandbox.docker.container import (
     container_config,
