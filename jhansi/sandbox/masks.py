@@ -176,13 +176,18 @@ def masked_kept(project: Path, patterns: tuple[str, ...], cache: Path) -> list[P
     directory it listed and reused while none has changed (:mod:`jhansi.sandbox.stamps`).
 
     A walk that met a masked symbolic link is not kept (where a link leads may change
-    with no directory of the project changing), nor one that stamped a directory
-    changed just before it began (:data:`jhansi.sandbox.stamps.SETTLED_NS`).
+    with no directory of the project changing), nor one that stamped a directory changed just before
+    it began (:data:`jhansi.sandbox.stamps.SETTLED_NS`) or on a file system whose
+    ctimes prove nothing (:func:`jhansi.sandbox.stamps.trusted`).
     """
     from jhansi.sandbox import stamps as kept
 
     root = os.fspath(project)
-    key = {"walk": "masks", "root": os.path.realpath(root), "patterns": list(patterns)}
+    key = {
+        "walk": "masks",
+        "root": os.path.realpath(root),
+        "patterns": list(patterns),
+    }
     found = kept.load(cache, key)
     if found is not None:
         trees, answer = found

@@ -213,3 +213,57 @@ def test_twins_are_made_once_and_again_when_a_directory_opens(
     ready_upper(view, project, stranger, stranger)
     assert calls == [1]
     assert (dirs.upper / "closed").is_dir()
+
+
+# -- what a stamp cannot see: such walks are never kept --------------------------------------
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root (mounts)"
+)
+
+
+def _in_private_mounts(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` as root in a private mount namespace: its mounts end with it."""
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+@needs_root
+@pytest.mark.skipif(not Path("/dev/fuse").exists(), reason="needs /dev/fuse")
+def test_a_file_system_whose_ctime_is_not_a_change_time_is_walked_each_run(
+    tmp_path: Path,
+) -> None:
+    """On a FUSE view that reports the mtime as ctime (as sshfs does), a secret added with
+    the directory's mtime put back (tar, rsync -t) leaves every stamp as it was: such a
+    walk must not be kept, however settled its directories look."""
+    backing, view = tmp_path / "backing", tmp_path / "view"
+    (backing / "src").mkdir(parents=True)
+    view.mkdir()
+    for d in (backing / "src", backing):
+        os.utime(d, (time.time() - 3600, time.time() - 3600))
+    cache = tmp_path / "walks" / "masks.json"
+    code = f"""
+import os
+from pathlib import Path
+from jhansi.config import DEFAULT_MASK
+from jhansi.sandbox.masks import masked_kept
+from tests.fuse_server import mount_view
+backing, view, cache = Path({str(backing)!r}), Path({str(view)!r}), Path({str(cache)!r})
+mount_view(str(backing), str(view))
+assert masked_kept(view, DEFAULT_MASK, cache) == []
+print("kept" if cache.exists() else "not kept")
+before = os.stat(backing / "src")
+(backing / "src" / ".env").write_text("TOKEN=5\\n")
+os.utime(backing / "src", ns=(before.st_atime_ns, before.st_mtime_ns))
+assert os.stat(view / "src").st_ctime_ns == before.st_mtime_ns
+print(sorted(p.relative_to(view).as_posix() for p in masked_kept(view, DEFAULT_MASK, cache)))
+"""
+    proc = _in_private_mounts(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["not kept", "['src/.env']"]
