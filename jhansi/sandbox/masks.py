@@ -117,6 +117,7 @@ def find_masked(
     *,
     stamps: list[Stamp] | None = None,
     through_links: list[str] | None = None,
+    missed: list[str] | None = None,
 ) -> Iterator[Path]:
     """Paths under ``project`` whose name (or relative path) matches a mask pattern.
 
@@ -127,7 +128,8 @@ def find_masked(
 
     ``stamps``: where to note the stamp of each directory listed, taken before it is
     (:mod:`jhansi.sandbox.stamps`); ``through_links``: where to note each masked link
-    (what it hides depends on more than the directories listed).
+    (what it hides depends on more than the directories listed); ``missed``: where to
+    note each path the walk could not look at (not listed, or its status not read).
     """
     matcher = compile_patterns(patterns)
     root = os.fspath(project)
@@ -141,13 +143,18 @@ def find_masked(
             try:
                 st = st or os.stat(directory)  # noqa: PTH116 (str paths in this walk)
             except OSError:
+                if missed is not None:
+                    missed.append(prefix)
                 continue
             stamps.append(stamp_of(prefix.rstrip("/"), st))
         try:
             with os.scandir(directory) as it:
                 entries = list(it)
         except OSError:
-            continue  # what jhansi cannot list, the sandbox (same user or less) cannot either
+            # What jhansi cannot list, the sandbox (same user or less) cannot either.
+            if missed is not None:
+                missed.append(prefix)
+            continue
         for entry in entries:
             rel = prefix + entry.name
             if matcher.matches(entry.name, rel):
@@ -165,6 +172,8 @@ def find_masked(
                     try:
                         child = entry.stat(follow_symlinks=False)
                     except OSError:
+                        if missed is not None:
+                            missed.append(rel)
                         continue
                 pending.append((rel + "/", child))
     for rel in _outermost(hidden):
@@ -176,7 +185,8 @@ def masked_kept(project: Path, patterns: tuple[str, ...], cache: Path) -> list[P
     directory it listed and reused while none has changed (:mod:`jhansi.sandbox.stamps`).
 
     A walk that met a masked symbolic link is not kept (where a link leads may change
-    with no directory of the project changing), nor one that stamped a directory changed just before
+    with no directory of the project changing), nor one that could not look at a
+    directory (it has no stamp), nor one that stamped a directory changed just before
     it began (:data:`jhansi.sandbox.stamps.SETTLED_NS`) or on a file system whose
     ctimes prove nothing (:func:`jhansi.sandbox.stamps.trusted`).
     """
@@ -195,9 +205,10 @@ def masked_kept(project: Path, patterns: tuple[str, ...], cache: Path) -> list[P
             return [project / str(rel) for rel in answer]
     stamps: list[Stamp] = []
     links: list[str] = []
+    missed: list[str] = []
     began = time.time_ns()
-    masked = list(find_masked(project, patterns, stamps=stamps, through_links=links))
-    if links:
+    masked = list(find_masked(project, patterns, stamps=stamps, through_links=links, missed=missed))
+    if links or missed:
         kept.forget(cache)
     else:
         rels = [path.relative_to(project).as_posix() for path in masked]

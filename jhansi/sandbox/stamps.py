@@ -39,7 +39,10 @@ kept, nor reused if its device is now another type (:func:`trusted`).
 
 What a stamp cannot see is left to the callers, who never keep such a walk: an
 answer that depends on where a symbolic link leads (a masked link's target may be
-reached through directories outside the tree), or a walk cut short by its deadline.
+reached through directories outside the tree), a walk that could not look at a
+directory (not listed, it has no stamp: what it holds may be seen once it can be,
+and that may change with no ctime changing, by a group the user joins), or a walk
+cut short by its deadline.
 The kept answers live in the sandbox's layer directory, which is jhansi's (0711,
 outside anything mounted into a sandbox); an entry that does not read, or whose key
 differs, is ignored.
@@ -80,7 +83,10 @@ def stamp_of(rel: str, st: os.stat_result) -> Stamp:
 def unchanged(root: str, stamps: list[Stamp]) -> bool:
     """Whether every directory stamped under ``root`` is still a directory with the
     same stamp (the root's own status follows a link, as the walk's open did), on a
-    file system whose ctimes can be trusted."""
+    file system whose ctimes can be trusted. Stamps without the root's are never
+    unchanged (a walk that could not look at its root proves nothing)."""
+    if not any(stamp[0] == "" for stamp in stamps):
+        return False
     for rel, dev, ino, ctime in stamps:
         try:
             # str paths: thousands of look-ups, no Path object each
@@ -144,7 +150,7 @@ def keep(
     began_ns: int | None = None,
 ) -> None:
     """Keep ``answer`` for ``key`` with the stamps of the trees it came from (each a
-    list, checked in order); too many stamps, one on a
+    list, checked in order, each with its root's); too many stamps, one on a
     file system not :func:`trusted`, or a cache that cannot be written, and nothing is
     kept (the next run walks again). ``began_ns``: when the walk began
     (:func:`time.time_ns`); a directory that changed less than :data:`SETTLED_NS`
@@ -153,6 +159,7 @@ def keep(
     if (
         sum(len(tree) for tree in stamps) > MAX_STAMPS
         or (settled is not None and any(s[3] > settled for tree in stamps for s in tree))
+        or not all(any(stamp[0] == "" for stamp in tree) for tree in stamps)
         or not trusted(s[1] for tree in stamps for s in tree)
     ):
         forget(cache)

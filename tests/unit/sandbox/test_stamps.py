@@ -267,3 +267,35 @@ print(sorted(p.relative_to(view).as_posix() for p in masked_kept(view, DEFAULT_M
     proc = _in_private_mounts(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["not kept", "['src/.env']"]
+
+
+def test_a_walk_of_a_missing_project_is_not_kept(tmp_path: Path, settled: None) -> None:
+    """A project that could not be looked at gives a walk with no stamp at all: kept, it
+    would be reused (nothing to find changed) once the project is there, secrets and all."""
+    project = tmp_path / "project"
+    cache = tmp_path / "walks" / "masks.json"
+    assert masked_kept(project, DEFAULT_MASK, cache) == []
+    assert not cache.exists()
+    project.mkdir()
+    (project / ".env").write_text("TOKEN=6\n")
+    assert _rels(project, masked_kept(project, DEFAULT_MASK, cache)) == [".env"]
+
+
+def test_a_walk_that_could_not_list_a_directory_is_not_kept(
+    project: Path, tmp_path: Path, settled: None
+) -> None:
+    """What the walk could not look at (here a directory whose path is longer than the
+    kernel takes; else one jhansi may not read, until a group it joins may) is not in its
+    stamps, and may hold secrets the next run could see: such a walk is not kept."""
+    fd = os.open(project / "data", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(20):  # 20 levels of 250 bytes: past PATH_MAX (4096)
+            os.mkdir("d" * 250, dir_fd=fd)
+            child = os.open("d" * 250, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    cache = tmp_path / "walks" / "masks.json"
+    assert _rels(project, masked_kept(project, DEFAULT_MASK, cache)) == [".env"]
+    assert not cache.exists()
