@@ -188,7 +188,8 @@ def masked_kept(project: Path, patterns: tuple[str, ...], cache: Path) -> list[P
     with no directory of the project changing), nor one that could not look at a
     directory (it has no stamp), nor one that stamped a directory changed just before
     it began (:data:`jhansi.sandbox.stamps.SETTLED_NS`) or on a file system whose
-    ctimes prove nothing (:func:`jhansi.sandbox.stamps.trusted`).
+    ctimes prove nothing (:func:`jhansi.sandbox.stamps.trusted`). The key names the
+    matching code too: another jhansi walks again.
     """
     from jhansi.sandbox import stamps as kept
 
@@ -197,6 +198,7 @@ def masked_kept(project: Path, patterns: tuple[str, ...], cache: Path) -> list[P
         "walk": "masks",
         "root": os.path.realpath(root),
         "patterns": list(patterns),
+        "code": kept.code_identity(__file__),
     }
     found = kept.load(cache, key)
     if found is not None:

@@ -518,6 +518,7 @@ def ready_upper(overlay: Overlay, project: Path, uid: int, gid: int) -> None:
         "gid": gid,
         "masked": hidden,
         "xattr": str(load_state(dirs.state).get("xattr")),
+        "code": kept.code_identity(__file__),
     }
     found = kept.load(cache, key)
     if found is not None:

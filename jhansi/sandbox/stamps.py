@@ -42,7 +42,8 @@ answer that depends on where a symbolic link leads (a masked link's target may b
 reached through directories outside the tree), a walk that could not look at a
 directory (not listed, it has no stamp: what it holds may be seen once it can be,
 and that may change with no ctime changing, by a group the user joins), or a walk
-cut short by its deadline.
+cut short by its deadline. The code that made an answer is part of its key
+(:func:`code_identity`): a newer jhansi matches anew.
 The kept answers live in the sandbox's layer directory, which is jhansi's (0711,
 outside anything mounted into a sandbox); an entry that does not read, or whose key
 differs, is ignored.
@@ -51,6 +52,7 @@ differs, is ignored.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import stat
@@ -120,6 +122,23 @@ def trusted(devices: Iterable[int]) -> bool:
     except (OSError, ValueError, IndexError):
         return False
     return all(found.get(device) in TRUSTED_TYPES for device in wanted)
+
+
+@functools.lru_cache(maxsize=8)
+def code_identity(source: str) -> str:
+    """What names the code in the file ``source`` (a module's ``__file__``) for a key:
+    jhansi's version and the file's BLAKE3, so that an answer is reused only by the code
+    that made it (read once per process: the code loaded is the code that runs)."""
+    import blake3
+
+    from jhansi._version import __version__
+
+    try:
+        with open(source, "rb") as handle:  # noqa: PTH123
+            digest = blake3.blake3(handle.read()).hexdigest()
+    except OSError:
+        digest = "unread"
+    return f"{__version__}:{digest}"
 
 
 def load(cache: Path, key: Mapping[str, Any]) -> tuple[list[list[Stamp]], Any] | None:

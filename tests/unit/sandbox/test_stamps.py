@@ -299,3 +299,23 @@ def test_a_walk_that_could_not_list_a_directory_is_not_kept(
     cache = tmp_path / "walks" / "masks.json"
     assert _rels(project, masked_kept(project, DEFAULT_MASK, cache)) == [".env"]
     assert not cache.exists()
+
+
+def test_an_older_walk_is_not_reused_by_another_matcher(
+    project: Path, tmp_path: Path, settled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same patterns matched by another jhansi (a fixed matcher, after an upgrade)
+    may mask more: a walk kept by the older one is not its answer."""
+    cache = tmp_path / "walks" / "masks.json"
+    assert _rels(project, masked_kept(project, DEFAULT_MASK, cache)) == [".env"]
+    assert cache.exists()
+    real = masks.compile_patterns
+
+    def newer(patterns: tuple[str, ...]) -> masks.Matcher:
+        return real((*patterns, "module.py"))  # as if the new matcher also hid these
+
+    monkeypatch.setattr(masks, "compile_patterns", newer)
+    # what the new masks.py's BLAKE3 would be (the one read is this process's)
+    monkeypatch.setattr(stamps, "code_identity", lambda source: f"newer {source}")
+    found = _rels(project, masked_kept(project, DEFAULT_MASK, cache))
+    assert "src/pkg/deep/er/module.py" in found
