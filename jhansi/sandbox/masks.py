@@ -49,10 +49,13 @@ __all__ = [
     "find_masked",
     "masked_kept",
     "masks_directory",
+    "mounts_below",
 ]
 
 
 _WILDCARDS = frozenset("*?[")
+_MOUNTINFO = "/proc/self/mountinfo"
+_OCTAL = re.compile(rb"\\([0-7]{3})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +184,9 @@ def find_masked(
 
 
 def masked_kept(project: Path, patterns: tuple[str, ...], cache: Path) -> list[Path]:
-    """:func:`find_masked`, its answer kept in ``cache`` with the stamps of every
-    directory it listed and reused while none has changed (:mod:`jhansi.sandbox.stamps`).
+    """What to hide in a copy-on-write /work: :func:`find_masked` and the project's mount
+    points (:func:`mounts_below`), kept in ``cache`` with the stamps of every directory
+    the walk listed and reused while none has changed (:mod:`jhansi.sandbox.stamps`).
 
     A walk that met a masked symbolic link is not kept (where a link leads may change
     with no directory of the project changing), nor one that could not look at a
@@ -209,13 +213,39 @@ def masked_kept(project: Path, patterns: tuple[str, ...], cache: Path) -> list[P
     links: list[str] = []
     missed: list[str] = []
     began = time.time_ns()
-    masked = list(find_masked(project, patterns, stamps=stamps, through_links=links, missed=missed))
+    walked = find_masked(project, patterns, stamps=stamps, through_links=links, missed=missed)
+    rels = [path.relative_to(project).as_posix() for path in walked]
+    # An overlay's lower layer shows no mount below it: /work shows what is under a mount
+    # point, which the walk (through the mount) never listed, so it is hidden whole. Read
+    # after the walk: a mount over a directory stamped before it changes that stamp; one
+    # over a file hides nothing a name could tell.
+    rels = _outermost([*rels, *mounts_below(root)])
     if links or missed:
         kept.forget(cache)
     else:
-        rels = [path.relative_to(project).as_posix() for path in masked]
         kept.keep(cache, key, [stamps], rels, began_ns=began)
-    return masked
+    return [project / rel for rel in rels]
+
+
+def mounts_below(project: str) -> list[str]:
+    """The mount points strictly inside ``project`` (by its real path), relative to it,
+    as this process's ``/proc/self/mountinfo`` lists them."""
+    real = os.path.realpath(project).rstrip("/") + "/"
+    found: list[str] = []
+    try:
+        with open(_MOUNTINFO, "rb") as handle:  # noqa: PTH123
+            lines = handle.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split(b" ", 5)
+        if len(fields) < 5:
+            continue
+        # "\040" and the like stand for a space, tab, newline or backslash in a path
+        point = os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m[1], 8)]), fields[4]))
+        if point.startswith(real):
+            found.append(point[len(real) :])
+    return found
 
 
 def _target_inside(link: str, real_root: str) -> str | None:

@@ -172,7 +172,8 @@ print(sorted(found))
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert proc.returncode == 0, proc.stderr
-    assert "docs/secrets.yaml" in proc.stdout
+    # walked again: the mount point is hidden whole (secrets.yaml with it)
+    assert proc.stdout.splitlines() == ["['.env', 'docs']"]
 
 
 def test_twins_are_made_once_and_again_when_a_directory_opens(
@@ -319,3 +320,30 @@ def test_an_older_walk_is_not_reused_by_another_matcher(
     monkeypatch.setattr(stamps, "code_identity", lambda source: f"newer {source}")
     found = _rels(project, masked_kept(project, DEFAULT_MASK, cache))
     assert "src/pkg/deep/er/module.py" in found
+
+
+@needs_root
+def test_what_a_mount_in_the_project_covers_is_hidden(project: Path, tmp_path: Path) -> None:
+    """An overlay's lower layer shows no mount below it: /work shows what is *under* a
+    mount in the project, which no walk (that sees the mount) can list. So a mount point
+    is hidden whole, here over a directory that holds a secret beneath it."""
+    (project / "docs" / ".env").write_text("TOKEN=7\n")
+    cache = tmp_path / "walks" / "masks.json"
+    code = f"""
+import subprocess
+from pathlib import Path
+from jhansi.config import DEFAULT_MASK
+from jhansi.sandbox import stamps
+from jhansi.sandbox.masks import masked_kept
+stamps.SETTLED_NS = 0
+project, cache = Path({str(project)!r}), Path({str(cache)!r})
+subprocess.run(["mount", "-t", "tmpfs", "none", str(project / "docs")], check=True)
+(project / "docs" / "readme.txt").write_text("hello\\n")
+for _ in range(2):  # walked, then as kept
+    found = masked_kept(project, DEFAULT_MASK, cache)
+    print(sorted(p.relative_to(project).as_posix() for p in found))
+"""
+    proc = _in_private_mounts(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["['.env', 'docs']"] * 2
+    assert cache.exists()
