@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from jhansi.config import DEFAULT_MASK
-from jhansi.sandbox import masks, stamps
+from jhansi.sandbox import masks, overlay, stamps
 from jhansi.sandbox.interface import Overlay
 from jhansi.sandbox.masks import masked_kept
 from jhansi.sandbox.overlay import LayerDirs, ready_upper
@@ -181,7 +182,6 @@ def test_twins_are_made_once_and_again_when_a_directory_opens(
 ) -> None:
     """The sandbox is not the project's owner: a kept walk makes nothing new until a
     directory changes (here one becomes readable to others)."""
-    from jhansi.sandbox import overlay
 
     project = tmp_path / "project"
     (project / "a" / "b").mkdir(parents=True)
@@ -347,3 +347,39 @@ for _ in range(2):  # walked, then as kept
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["['.env', 'docs']"] * 2
     assert cache.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="twins are given to another uid by root")
+def test_a_twin_closes_with_its_directory(tmp_path: Path, settled: None) -> None:
+    """A twin made while a directory was open to the sandbox is its merged directory's
+    owner and mode: once the project closes the directory (chmod 700), the twin must
+    close with it, or the sandbox goes on listing and reading what is in it (as it did
+    on rootful docker, whose overlay looks up the lower layer as root)."""
+    project = tmp_path / "project"
+    (project / "priv").mkdir(parents=True)
+    (project / "priv" / "notes.txt").write_text("private\n")
+    for d in (project, project / "priv"):
+        d.chmod(0o755)
+    root = tmp_path / "layer"
+    dirs = LayerDirs(root, project)
+    for d in (root, dirs.upper, dirs.work):
+        d.mkdir(parents=True, exist_ok=True)
+    overlay.save_state(dirs, {"version": 1, "project": str(project), "masked": []})
+    stranger = os.getuid() + 12345
+    view = Overlay((project,), dirs.upper, dirs.work, "user")
+    twin = dirs.upper / "priv"
+
+    def owner_and_mode() -> tuple[int, int]:
+        st = twin.lstat()
+        return st.st_uid, stat.S_IMODE(st.st_mode)
+
+    ready_upper(view, project, stranger, stranger)
+    assert owner_and_mode() == (stranger, 0o755)
+    time.sleep(0.02)
+    (project / "priv").chmod(0o700)
+    ready_upper(view, project, stranger, stranger)
+    assert owner_and_mode() == (os.getuid(), 0o700)  # as the project's: closed to it
+    time.sleep(0.02)
+    (project / "priv").chmod(0o755)
+    ready_upper(view, project, stranger, stranger)
+    assert owner_and_mode() == (stranger, 0o755)  # open again, and writable
