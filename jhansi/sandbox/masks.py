@@ -124,15 +124,17 @@ def find_masked(
 ) -> Iterator[Path]:
     """Paths under ``project`` whose name (or relative path) matches a mask pattern.
 
-    A masked directory is not descended into: it is hidden whole, and no path
-    yielded is below another. Never yields a symbolic link, nor a path below one: a
-    masked link yields its target instead when that target is strictly inside the
-    project (see the module's docstring), else nothing.
+    A masked directory is not descended into: it is hidden whole, and so is one that
+    cannot be listed (its names are unknown); no path yielded is below another. Never
+    yields a symbolic link, nor a path below one: a masked link yields its target
+    instead when that target is strictly inside the project (see the module's
+    docstring), else nothing.
 
-    ``stamps``: where to note the stamp of each directory listed, taken before it is
+    ``stamps``: where to note the stamp of each directory looked at, taken before it is
     (:mod:`jhansi.sandbox.stamps`); ``through_links``: where to note each masked link
     (what it hides depends on more than the directories listed); ``missed``: where to
-    note each path the walk could not look at (not listed, or its status not read).
+    note each path the walk could not look at and did not hide (its status not read,
+    gone while the walk went, or the project itself not listed).
     """
     matcher = compile_patterns(patterns)
     root = os.fspath(project)
@@ -153,9 +155,16 @@ def find_masked(
         try:
             with os.scandir(directory) as it:
                 entries = list(it)
+        except (FileNotFoundError, NotADirectoryError):
+            if missed is not None:  # gone, or replaced, since its parent was listed
+                missed.append(prefix)
+            continue
         except OSError:
-            # What jhansi cannot list, the sandbox (same user or less) cannot either.
-            if missed is not None:
+            # Not listed, its names are unknown; the sandbox (same user or less) cannot
+            # list it either, but may open a name it guesses (a directory ``chmod 311``).
+            if prefix:
+                hidden.append(prefix.rstrip("/"))
+            elif missed is not None:
                 missed.append(prefix)
             continue
         for entry in entries:

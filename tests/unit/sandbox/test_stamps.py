@@ -286,8 +286,8 @@ def test_a_walk_that_could_not_list_a_directory_is_not_kept(
     project: Path, tmp_path: Path, settled: None
 ) -> None:
     """What the walk could not look at (here a directory whose path is longer than the
-    kernel takes; else one jhansi may not read, until a group it joins may) is not in its
-    stamps, and may hold secrets the next run could see: such a walk is not kept."""
+    kernel takes) is not in its stamps, and may hold secrets the next run could see:
+    such a walk is not kept. (A directory it may not list is hidden whole instead.)"""
     fd = os.open(project / "data", os.O_RDONLY | os.O_DIRECTORY)
     try:
         for _ in range(20):  # 20 levels of 250 bytes: past PATH_MAX (4096)
