@@ -49,10 +49,13 @@ __all__ = [
     "find_masked",
     "masked_kept",
     "masks_directory",
+    "mounts_below",
 ]
 
 
 _WILDCARDS = frozenset("*?[")
+_MOUNTINFO = "/proc/self/mountinfo"
+_OCTAL = re.compile(rb"\\([0-7]{3})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +120,21 @@ def find_masked(
     *,
     stamps: list[Stamp] | None = None,
     through_links: list[str] | None = None,
+    missed: list[str] | None = None,
 ) -> Iterator[Path]:
     """Paths under ``project`` whose name (or relative path) matches a mask pattern.
 
-    A masked directory is not descended into: it is hidden whole, and no path
-    yielded is below another. Never yields a symbolic link, nor a path below one: a
-    masked link yields its target instead when that target is strictly inside the
-    project (see the module's docstring), else nothing.
+    A masked directory is not descended into: it is hidden whole, and so is one that
+    cannot be listed (its names are unknown); no path yielded is below another. Never
+    yields a symbolic link, nor a path below one: a masked link yields its target
+    instead when that target is strictly inside the project (see the module's
+    docstring), else nothing.
 
-    ``stamps``: where to note the stamp of each directory listed, taken before it is
+    ``stamps``: where to note the stamp of each directory looked at, taken before it is
     (:mod:`jhansi.sandbox.stamps`); ``through_links``: where to note each masked link
-    (what it hides depends on more than the directories listed).
+    (what it hides depends on more than the directories listed); ``missed``: where to
+    note each path the walk could not look at and did not hide (its status not read,
+    gone while the walk went, or the project itself not listed).
     """
     matcher = compile_patterns(patterns)
     root = os.fspath(project)
@@ -141,13 +148,25 @@ def find_masked(
             try:
                 st = st or os.stat(directory)  # noqa: PTH116 (str paths in this walk)
             except OSError:
+                if missed is not None:
+                    missed.append(prefix)
                 continue
             stamps.append(stamp_of(prefix.rstrip("/"), st))
         try:
             with os.scandir(directory) as it:
                 entries = list(it)
+        except (FileNotFoundError, NotADirectoryError):
+            if missed is not None:  # gone, or replaced, since its parent was listed
+                missed.append(prefix)
+            continue
         except OSError:
-            continue  # what jhansi cannot list, the sandbox (same user or less) cannot either
+            # Not listed, its names are unknown; the sandbox (same user or less) cannot
+            # list it either, but may open a name it guesses (a directory ``chmod 311``).
+            if prefix:
+                hidden.append(prefix.rstrip("/"))
+            elif missed is not None:
+                missed.append(prefix)
+            continue
         for entry in entries:
             rel = prefix + entry.name
             if matcher.matches(entry.name, rel):
@@ -165,6 +184,8 @@ def find_masked(
                     try:
                         child = entry.stat(follow_symlinks=False)
                     except OSError:
+                        if missed is not None:
+                            missed.append(rel)
                         continue
                 pending.append((rel + "/", child))
     for rel in _outermost(hidden):
@@ -172,17 +193,26 @@ def find_masked(
 
 
 def masked_kept(project: Path, patterns: tuple[str, ...], cache: Path) -> list[Path]:
-    """:func:`find_masked`, its answer kept in ``cache`` with the stamps of every
-    directory it listed and reused while none has changed (:mod:`jhansi.sandbox.stamps`).
+    """What to hide in a copy-on-write /work: :func:`find_masked` and the project's mount
+    points (:func:`mounts_below`), kept in ``cache`` with the stamps of every directory
+    the walk listed and reused while none has changed (:mod:`jhansi.sandbox.stamps`).
 
     A walk that met a masked symbolic link is not kept (where a link leads may change
-    with no directory of the project changing), nor one that stamped a directory
-    changed just before it began (:data:`jhansi.sandbox.stamps.SETTLED_NS`).
+    with no directory of the project changing), nor one that could not look at a
+    directory (it has no stamp), nor one that stamped a directory changed just before
+    it began (:data:`jhansi.sandbox.stamps.SETTLED_NS`) or on a file system whose
+    ctimes prove nothing (:func:`jhansi.sandbox.stamps.trusted`). The key names the
+    matching code too: another jhansi walks again.
     """
     from jhansi.sandbox import stamps as kept
 
     root = os.fspath(project)
-    key = {"walk": "masks", "root": os.path.realpath(root), "patterns": list(patterns)}
+    key = {
+        "walk": "masks",
+        "root": os.path.realpath(root),
+        "patterns": list(patterns),
+        "code": kept.code_identity(__file__),
+    }
     found = kept.load(cache, key)
     if found is not None:
         trees, answer = found
@@ -190,14 +220,41 @@ def masked_kept(project: Path, patterns: tuple[str, ...], cache: Path) -> list[P
             return [project / str(rel) for rel in answer]
     stamps: list[Stamp] = []
     links: list[str] = []
+    missed: list[str] = []
     began = time.time_ns()
-    masked = list(find_masked(project, patterns, stamps=stamps, through_links=links))
-    if links:
+    walked = find_masked(project, patterns, stamps=stamps, through_links=links, missed=missed)
+    rels = [path.relative_to(project).as_posix() for path in walked]
+    # An overlay's lower layer shows no mount below it: /work shows what is under a mount
+    # point, which the walk (through the mount) never listed, so it is hidden whole. Read
+    # after the walk: a mount over a directory stamped before it changes that stamp; one
+    # over a file hides nothing a name could tell.
+    rels = _outermost([*rels, *mounts_below(root)])
+    if links or missed:
         kept.forget(cache)
     else:
-        rels = [path.relative_to(project).as_posix() for path in masked]
         kept.keep(cache, key, [stamps], rels, began_ns=began)
-    return masked
+    return [project / rel for rel in rels]
+
+
+def mounts_below(project: str) -> list[str]:
+    """The mount points strictly inside ``project`` (by its real path), relative to it,
+    as this process's ``/proc/self/mountinfo`` lists them."""
+    real = os.path.realpath(project).rstrip("/") + "/"
+    found: list[str] = []
+    try:
+        with open(_MOUNTINFO, "rb") as handle:  # noqa: PTH123
+            lines = handle.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split(b" ", 5)
+        if len(fields) < 5:
+            continue
+        # "\040" and the like stand for a space, tab, newline or backslash in a path
+        point = os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m[1], 8)]), fields[4]))
+        if point.startswith(real):
+            found.append(point[len(real) :])
+    return found
 
 
 def _target_inside(link: str, real_root: str) -> str | None:

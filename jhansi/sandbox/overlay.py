@@ -39,6 +39,7 @@ from typing import Any
 
 import blake3
 
+from jhansi.errors import SandboxError
 from jhansi.sandbox.changes import FileChange, Snapshot
 from jhansi.sandbox.interface import Overlay, XattrNamespace
 from jhansi.sandbox.layer import _DIR_FLAGS, Entry, _parent, _walk
@@ -420,9 +421,10 @@ def open_directories(
             if walked is not None and stat.S_ISDIR(st.st_mode):
                 # Every directory looked at, entered or not (a chmod may open it later).
                 walked.project.append(stamp_of(prefix + name, st))
-            if prefix + name in hidden:
+            if prefix + name in hidden or not stat.S_ISDIR(st.st_mode):
                 continue
-            if not stat.S_ISDIR(st.st_mode) or not _may_list(st, uid, gid):
+            if not _may_list(st, uid, gid):
+                _close_twin(ufd, name, st, namespace)  # one made while it was open
                 continue
             if len(stack) >= MAX_DEPTH_OPEN:
                 continue
@@ -449,6 +451,10 @@ def open_directories(
                         walked.upper.append(stamp_of(prefix + name, os.fstat(child_u)))
                     os.close(child_u)
                     continue
+                elif ust.st_uid != uid and os.geteuid() == 0:
+                    # a twin closed while its directory was (_close_twin): open again
+                    os.fchown(child_u, uid, gid)
+                    os.fchmod(child_u, stat.S_IMODE(st.st_mode) & 0o777)
                 child_p = os.open(name, _DIR_FLAGS, dir_fd=pfd)
             except OSError:
                 os.close(child_u)
@@ -471,6 +477,44 @@ def open_directories(
         os.close(project_fd)
         os.close(upper_fd)
     return made
+
+
+def _close_twin(
+    upper_fd: int, name: str, st: os.stat_result, namespace: XattrNamespace | None
+) -> None:
+    """Give the upper layer's directory ``name`` (a twin, if any) the owner and mode of
+    the project's directory ``st``, which the sandbox may not list.
+
+    The twin is its merged directory's owner and mode. Made while the directory was
+    open to the sandbox, it would keep it open once the project closes it (``chmod
+    700``): the sandbox would go on listing it, and reading what is in it where the
+    overlay looks up the lower layer as root (rootful docker). Its own files there stay,
+    out of its reach; listable again, the twin is the sandbox's again
+    (:func:`open_directories`). An opaque directory shows none of the project's entries
+    and is left alone.
+    """
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=upper_fd)
+    except OSError:
+        return  # no twin (or a whiteout, a file, a link: none of the project's shows)
+    try:
+        if is_opaque(fd, namespace):
+            return
+        ust = os.fstat(fd)
+        if os.geteuid() == 0 and (ust.st_uid, ust.st_gid) != (st.st_uid, st.st_gid):
+            os.fchown(fd, st.st_uid, st.st_gid)  # only root gave a twin to another uid
+        mode = stat.S_IMODE(st.st_mode) & 0o777
+        if stat.S_IMODE(ust.st_mode) != mode:
+            os.fchmod(fd, mode)
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot close the sandbox's copy of {name} (the project closed that "
+            f"directory to it): {exc.strerror or exc}",
+            hint="Remove the sandbox's layer over this project (`jhansi sandbox rm NAME`), "
+            "or open the directory to the sandbox again.",
+        ) from None
+    finally:
+        os.close(fd)
 
 
 def _dir_names(fd: int) -> list[str]:
@@ -518,6 +562,7 @@ def ready_upper(overlay: Overlay, project: Path, uid: int, gid: int) -> None:
         "gid": gid,
         "masked": hidden,
         "xattr": str(load_state(dirs.state).get("xattr")),
+        "code": kept.code_identity(__file__),
     }
     found = kept.load(cache, key)
     if found is not None:

@@ -30,9 +30,20 @@ matters to what the sandbox may see (the masks), it is kept only if every direct
 it stamped had last changed well before the walk began (:data:`SETTLED_NS`); a
 directory changed just before is walked again next time.
 
+A ctime means all this only where the kernel keeps it for a local file system. On
+FUSE (sshfs reports the mtime as ctime, and ``tar`` or ``rsync -t`` put a
+directory's mtime back), network file systems (attributes cached, changed by other
+machines), FAT (no change time) and the like, a stamp proves nothing: a walk that
+stamped a directory on any file system but those of :data:`TRUSTED_TYPES` is not
+kept, nor reused if its device is now another type (:func:`trusted`).
+
 What a stamp cannot see is left to the callers, who never keep such a walk: an
 answer that depends on where a symbolic link leads (a masked link's target may be
-reached through directories outside the tree), or a walk cut short by its deadline.
+reached through directories outside the tree), a walk that could not look at a
+directory (not listed, it has no stamp: what it holds may be seen once it can be,
+and that may change with no ctime changing, by a group the user joins), or a walk
+cut short by its deadline. The code that made an answer is part of its key
+(:func:`code_identity`): a newer jhansi matches anew.
 The kept answers live in the sandbox's layer directory, which is jhansi's (0711,
 outside anything mounted into a sandbox); an entry that does not read, or whose key
 differs, is ignored.
@@ -41,10 +52,11 @@ differs, is ignored.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +70,11 @@ _FORMAT = 1
 SETTLED_NS = 2_000_000_000
 #: Directories a kept walk may name (a larger tree is walked each run).
 MAX_STAMPS = 200_000
+#: File systems (as ``/proc/self/mountinfo`` names them) on which a directory's ctime
+#: is set by the local kernel whenever its entries or attributes change. Not overlayfs
+#: (a directory only in a lower layer shows that layer's ctime, whatever it is).
+TRUSTED_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs"})
+_MOUNTINFO = "/proc/self/mountinfo"
 
 
 def stamp_of(rel: str, st: os.stat_result) -> Stamp:
@@ -67,7 +84,11 @@ def stamp_of(rel: str, st: os.stat_result) -> Stamp:
 
 def unchanged(root: str, stamps: list[Stamp]) -> bool:
     """Whether every directory stamped under ``root`` is still a directory with the
-    same stamp (the root's own status follows a link, as the walk's open did)."""
+    same stamp (the root's own status follows a link, as the walk's open did), on a
+    file system whose ctimes can be trusted. Stamps without the root's are never
+    unchanged (a walk that could not look at its root proves nothing)."""
+    if not any(stamp[0] == "" for stamp in stamps):
+        return False
     for rel, dev, ino, ctime in stamps:
         try:
             # str paths: thousands of look-ups, no Path object each
@@ -80,7 +101,44 @@ def unchanged(root: str, stamps: list[Stamp]) -> bool:
             ctime,
         ):
             return False
-    return True
+    return trusted(s[1] for s in stamps)
+
+
+def trusted(devices: Iterable[int]) -> bool:
+    """Whether every device is a mounted file system of :data:`TRUSTED_TYPES` (by
+    ``/proc/self/mountinfo``; a device it does not name, such as a btrfs subvolume's
+    own, is not trusted)."""
+    wanted = set(devices)
+    found: dict[int, str] = {}
+    try:
+        with open(_MOUNTINFO, encoding="utf-8", errors="replace") as handle:  # noqa: PTH123
+            for line in handle:
+                # "ID PARENT MAJOR:MINOR ROOT POINT OPTIONS [TAGS...] - TYPE SOURCE ..."
+                fields, _, rest = line.partition(" - ")
+                major, _, minor = fields.split(" ", 3)[2].partition(":")
+                device = os.makedev(int(major), int(minor))
+                if device in wanted:
+                    found[device] = rest.split(" ", 1)[0]
+    except (OSError, ValueError, IndexError):
+        return False
+    return all(found.get(device) in TRUSTED_TYPES for device in wanted)
+
+
+@functools.lru_cache(maxsize=8)
+def code_identity(source: str) -> str:
+    """What names the code in the file ``source`` (a module's ``__file__``) for a key:
+    jhansi's version and the file's BLAKE3, so that an answer is reused only by the code
+    that made it (read once per process: the code loaded is the code that runs)."""
+    import blake3
+
+    from jhansi._version import __version__
+
+    try:
+        with open(source, "rb") as handle:  # noqa: PTH123
+            digest = blake3.blake3(handle.read()).hexdigest()
+    except OSError:
+        digest = "unread"
+    return f"{__version__}:{digest}"
 
 
 def load(cache: Path, key: Mapping[str, Any]) -> tuple[list[list[Stamp]], Any] | None:
@@ -111,13 +169,17 @@ def keep(
     began_ns: int | None = None,
 ) -> None:
     """Keep ``answer`` for ``key`` with the stamps of the trees it came from (each a
-    list, checked in order); too many stamps, or a cache that cannot be written, and
-    nothing is kept (the next run walks again). ``began_ns``: when the walk began
+    list, checked in order, each with its root's); too many stamps, one on a
+    file system not :func:`trusted`, or a cache that cannot be written, and nothing is
+    kept (the next run walks again). ``began_ns``: when the walk began
     (:func:`time.time_ns`); a directory that changed less than :data:`SETTLED_NS`
     before it (or after) keeps nothing."""
     settled = None if began_ns is None else began_ns - SETTLED_NS
-    if sum(len(tree) for tree in stamps) > MAX_STAMPS or (
-        settled is not None and any(s[3] > settled for tree in stamps for s in tree)
+    if (
+        sum(len(tree) for tree in stamps) > MAX_STAMPS
+        or (settled is not None and any(s[3] > settled for tree in stamps for s in tree))
+        or not all(any(stamp[0] == "" for stamp in tree) for tree in stamps)
+        or not trusted(s[1] for tree in stamps for s in tree)
     ):
         forget(cache)
         return

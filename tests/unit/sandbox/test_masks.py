@@ -7,7 +7,10 @@ masked, and create nothing on the host, is ``tests/security/test_mask_links.py``
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -256,3 +259,36 @@ def test_plain_mounts_pass(project: Path, tmp_path: Path) -> None:
     )
     assert masks_directory(project / ".git")
     assert not masks_directory(project / ".env")
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_a_directory_that_cannot_be_listed_is_hidden_whole(project: Path) -> None:
+    """A directory its user may enter but not list (``chmod 311``) hides its names from
+    the walk, not from a sandbox of the same user that opens them by name: it is hidden
+    whole. Walked as uid 1000 in a user namespace of its own, without capabilities (the
+    kernel's own permission checks, as for a user running jhansi)."""
+    box = project / "box"
+    box.mkdir()
+    (box / ".env").write_text("TOKEN=guessable\n")
+    (project / "open").mkdir()
+    box.chmod(0o311)
+    project.parent.chmod(0o755)
+    code = f"""
+import os
+from pathlib import Path
+from jhansi.config import DEFAULT_MASK
+from jhansi.sandbox.masks import find_masked
+project = Path({str(project)!r})
+assert os.getuid() == 1000 and not os.access(project / "box", os.R_OK)
+print(sorted(p.relative_to(project).as_posix() for p in find_masked(project, DEFAULT_MASK)))
+"""
+    proc = subprocess.run(
+        ["unshare", "-U", "--map-user=1000", "--map-group=1000", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["['box']"]
