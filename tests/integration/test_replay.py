@@ -306,7 +306,7 @@ def test_a_0_1_0_record_names_the_variables_it_cannot_restore(old_ledger: Path) 
     det.py replays: above); here one of its real start records with a variable of the
     user's added to its names, as a run given ``--env MODE=...`` was recorded then."""
     from jhansi.ledger.read import iter_records
-    from jhansi.replay import restore_environment
+    from jhansi.replay.plan import restore_environment
 
     (run,) = [
         dict(r.body)

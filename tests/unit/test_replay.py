@@ -22,17 +22,17 @@ from jhansi.ledger.store import Ledger
 from jhansi.ledger.verify import verify_ledger
 from jhansi.paths import Paths
 from jhansi.records import env_fields, secret_like
-from jhansi.replay import (
+from jhansi.replay.compare import first_difference
+from jhansi.replay.plan import (
     Original,
     Plan,
     _backend_overrides,
     _no_looser,
     _refuse_foreign_secrets,
-    first_difference,
     load,
-    own_key,
     restore_egress,
 )
+from jhansi.replay.run import own_key
 from jhansi.request import RunRequest
 from tests.unit.ledger.conftest import lines, record_run, write_lines
 
