@@ -134,7 +134,8 @@ def find_masked(
     (:mod:`jhansi.sandbox.stamps`); ``through_links``: where to note each masked link
     (what it hides depends on more than the directories listed); ``missed``: where to
     note each path the walk could not look at and did not hide (its status not read,
-    gone while the walk went, or the project itself not listed).
+    or gone while the walk went). A project that cannot be listed is refused
+    (:class:`SandboxError`): nothing in it could be hidden.
     """
     matcher = compile_patterns(patterns)
     root = os.fspath(project)
@@ -159,13 +160,18 @@ def find_masked(
             if missed is not None:  # gone, or replaced, since its parent was listed
                 missed.append(prefix)
             continue
-        except OSError:
+        except OSError as exc:
             # Not listed, its names are unknown; the sandbox (same user or less) cannot
             # list it either, but may open a name it guesses (a directory ``chmod 311``).
-            if prefix:
-                hidden.append(prefix.rstrip("/"))
-            elif missed is not None:
-                missed.append(prefix)
+            if not prefix:
+                # The project itself: what it holds cannot be hidden, so it is not shown.
+                raise SandboxError(
+                    f"cannot list the project directory {root} to hide its secrets "
+                    f"({exc.strerror or exc}): nothing in it would be masked",
+                    hint="Make it listable by you (chmod u+r), or run the script from "
+                    "another directory.",
+                ) from None
+            hidden.append(prefix.rstrip("/"))
             continue
         for entry in entries:
             rel = prefix + entry.name

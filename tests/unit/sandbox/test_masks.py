@@ -292,3 +292,24 @@ print(sorted(p.relative_to(project).as_posix() for p in find_masked(project, DEF
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["['box']"]
+    # The project itself: nothing in it could be hidden, so the walk refuses.
+    project.chmod(0o311)
+    refused = code.replace('project / "box"', "project").replace(
+        "print(sorted(",
+        "from jhansi.errors import SandboxError\n"
+        "try:\n    list(find_masked(project, DEFAULT_MASK))\n"
+        "except SandboxError as exc:\n    print(exc.message)\n    print(exc.hint)\n"
+        "raise SystemExit(0)\nprint(sorted(",
+    )
+    proc = subprocess.run(
+        ["unshare", "-U", "--map-user=1000", "--map-group=1000", sys.executable, "-c", refused],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    message, hint = proc.stdout.splitlines()
+    assert message.startswith(f"cannot list the project directory {project} to hide its secrets")
+    assert hint.startswith("Make it listable by you (chmod u+r)")
