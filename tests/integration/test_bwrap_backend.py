@@ -780,6 +780,24 @@ def test_nothing_of_the_script_runs_before_before_start_returns(sandbox: Sandbox
     assert not _leftover_cgroups()
 
 
+def test_the_record_is_written_once_the_sandbox_joined_its_cgroup(sandbox: Sandbox) -> None:
+    """``before_start`` (the ledger's record) waits for the child to join the cgroup: a
+    join waits for the kernel's RCU grace period, which a busy second CPU doubles."""
+    spec = _gated(sandbox.spec("print('ran')\n"))
+    members: list[int] = []
+
+    def before_start() -> None:
+        for group in _leftover_cgroups():  # this run's, still in use
+            members.extend(int(p) for p in (group / "cgroup.procs").read_text().split())
+
+    result = sandbox.backend.run(spec, Recorder(), before_start=before_start)
+    assert out(result) == "ran\n"
+    if "cgroup" not in result.enforcement.get("cpu", ""):
+        pytest.skip("the run had no cgroup")  # pragma: no cover (CI runs as root)
+    assert members, "before_start ran before the sandbox was in its cgroup"
+    assert not _leftover_cgroups()
+
+
 def test_a_failing_before_start_runs_nothing_and_leaves_nothing(sandbox: Sandbox) -> None:
     spec = _gated(sandbox.spec(f"open('/home/sandbox/ran', 'w').write('{CANARY}')\n"))
 

@@ -128,13 +128,18 @@ def _forward_stdin(source: BinaryIO, sink: BinaryIO) -> None:
             sink.close()
 
 
-def _preexec(limits: RunLimits, staging: Staging | None, user: HostUser) -> Callable[[], None]:
+def _preexec(
+    limits: RunLimits, staging: Staging | None, user: HostUser, joined: int | None = None
+) -> Callable[[], None]:
     """What the child does between fork and exec: cgroup and rlimits, then (as root) the
     pinned sources and the drop to ``user``, in that order (joining the cgroup and
-    mounting need root)."""
+    mounting need root). ``joined``: a pipe to say on, once the cgroup is joined."""
 
     def preexec() -> None:
         limits.preexec()
+        if joined is not None:
+            with contextlib.suppress(OSError):
+                os.write(joined, b"j")
         if staging is not None:
             staging.preexec()
         if user.drop:
@@ -475,6 +480,7 @@ class BwrapBackend(Backend):
                 enforcement["work"] = work_enforcement
             fds = _ChildFds()
             gate = Gate(None, None)
+            joined: int | None = None  # where the child says it joined the cgroup
             status_read, status_write = os.pipe2(os.O_CLOEXEC)
             try:
                 fds.add(status_write)
@@ -500,7 +506,12 @@ class BwrapBackend(Backend):
                         before_start()
                 argv = [str(binary.path), "--args", str(args_fd), "--"]
                 argv += [*limits.command_prefix, *command]
-                preexec = _preexec(limits, staging, user)
+                if gate.fd is not None and limits.cgroup is not None:
+                    # Joining a cgroup waits for the kernel's RCU grace period, which
+                    # takes twice as long while the other CPU runs Python: the record is
+                    # written once the child has joined, while bwrap starts.
+                    joined = gate.after_join()
+                preexec = _preexec(limits, staging, user, joined)
                 result = self._execute(
                     argv, fds, status_read, spec, output, stdin, limits, gate, preexec, binary
                 ).result(enforcement)

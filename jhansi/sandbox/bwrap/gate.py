@@ -25,6 +25,20 @@ class Gate:
     def __init__(self, fd: int | None, before_start: Callable[[], None] | None) -> None:
         self.fd = fd
         self.before_start = before_start
+        self._joined: tuple[int, int] | None = None
+
+    def after_join(self) -> int:
+        """A descriptor for the child to write a byte to once it has joined the cgroup:
+        ``before_start`` waits for it (or for the child's start to end without it).
+
+        Joining a cgroup (v1) waits for an RCU grace period, which lasts until every
+        CPU has passed a quiescent state: about 5 ms here with the other CPU idle,
+        11-15 ms while it runs ``before_start``'s Python. The sandbox's own start
+        (bwrap, then the interpreter up to the gate) takes longer than the record, so
+        the record waits for the join and overlaps the rest.
+        """
+        self._joined = os.pipe()
+        return self._joined[1]
 
     def spawn(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
         """``start()``; with a gate, while ``before_start`` runs in a thread.
@@ -38,8 +52,16 @@ class Gate:
             return start()
         before_start = self.before_start
         failed: list[BaseException] = []
+        go = threading.Event()
+        joined = self._joined
 
         def work() -> None:
+            go.wait()
+            if joined is not None:
+                # A byte once the child joined; end of file if it never does (the write
+                # end is closed here once the child has exec'd or failed).
+                with contextlib.suppress(OSError):
+                    os.read(joined[0], 1)
             try:
                 before_start()
             except BaseException as exc:  # handed to this thread below
@@ -48,12 +70,21 @@ class Gate:
         worker = threading.Thread(target=work, name="jhansi-record-start", daemon=True)
         worker.start()
         try:
-            proc = start()
+            # The worker waits to be let go: started, it would hold the interpreter lock
+            # for its first slice (up to 5 ms) and the fork would wait. Let go now, it
+            # runs once this thread blocks, which is right after the fork, while the
+            # child joins the cgroup and execs bwrap.
+            go.set()
+            try:
+                proc = start()
+            finally:
+                self._close_joined(write_only=True)
         except BaseException:
             _join(worker)
             self.close()
             raise
         _join(worker)
+        self._close_joined()
         if failed:
             self.close()
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -81,6 +112,16 @@ class Gate:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = None
+        self._close_joined()
+
+    def _close_joined(self, *, write_only: bool = False) -> None:
+        if self._joined is None:
+            return
+        read, write = self._joined
+        for fd in (write,) if write_only else (read, write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._joined = None if not write_only else (read, -1)
 
 
 def _join(thread: threading.Thread) -> None:
