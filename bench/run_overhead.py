@@ -101,9 +101,15 @@ class Cgroup:
                 (path / file).write_text(str(value))
 
     def preexec(self) -> None:
-        """In the child: join the cgroup."""
+        """In the child: join the cgroup, the way jhansi does.
+
+        On v1 the single-threaded child writes ``0`` to ``tasks`` (this skips the
+        kernel's thread-group lock and its RCU grace period, 10-20 ms); on v2 it
+        writes to ``cgroup.procs``.
+        """
         for path in self.dirs:
-            (path / "cgroup.procs").write_text(str(os.getpid()))
+            name = "tasks" if (path / "tasks").exists() else "cgroup.procs"
+            (path / name).write_text("0")
 
     def remove(self) -> None:
         """Remove the cgroup (empty by then)."""

@@ -507,9 +507,10 @@ class BwrapBackend(Backend):
                 argv = [str(binary.path), "--args", str(args_fd), "--"]
                 argv += [*limits.command_prefix, *command]
                 if gate.fd is not None and limits.cgroup is not None:
-                    # Joining a cgroup waits for the kernel's RCU grace period, which
-                    # takes twice as long while the other CPU runs Python: the record is
-                    # written once the child has joined, while bwrap starts.
+                    # A join through cgroup.procs (v2, or v1 without ``tasks``) waits
+                    # for the kernel's RCU grace period, which takes twice as long while
+                    # the other CPU runs Python: the record is written once the child
+                    # has joined, while bwrap starts.
                     joined = gate.after_join()
                 preexec = _preexec(limits, staging, user, joined)
                 result = self._execute(

@@ -31,11 +31,12 @@ class Gate:
         """A descriptor for the child to write a byte to once it has joined the cgroup:
         ``before_start`` waits for it (or for the child's start to end without it).
 
-        Joining a cgroup (v1) waits for an RCU grace period, which lasts until every
-        CPU has passed a quiescent state: about 5 ms here with the other CPU idle,
-        11-15 ms while it runs ``before_start``'s Python. The sandbox's own start
-        (bwrap, then the interpreter up to the gate) takes longer than the record, so
-        the record waits for the join and overlaps the rest.
+        Joining through ``cgroup.procs`` takes the kernel's thread-group lock, which
+        waits for an RCU grace period: until every CPU has passed a quiescent state,
+        about 5 ms with the other CPU idle, 11-15 ms while it runs ``before_start``'s
+        Python. (On v1 the child joins through ``tasks`` instead, which skips it.) The
+        sandbox's own start (bwrap, then the interpreter up to the gate) takes longer
+        than the record, so the record waits for the join and overlaps the rest.
         """
         self._joined = os.pipe()
         return self._joined[1]
