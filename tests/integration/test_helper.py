@@ -360,6 +360,65 @@ def test_the_helper_serves_first_and_loads_the_rest_while_idle(
     assert helpers(helper_env, tmp_path)[0]["loaded"] is True
 
 
+def wait_loaded(env: dict[str, str], cwd: Path) -> None:
+    """Until the helper says it has loaded everything (and so forked its spare)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = helpers(env, cwd)
+        if found and found[0]["loaded"] is True:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the helper never said it had loaded everything: {helpers(env, cwd)}")
+
+
+def test_a_spare_child_waits_for_the_next_run_and_takes_the_clients_settings(
+    helper_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Once loaded, and while no run is in progress, the helper forks the next run's
+    child ahead of time (the fork is off the run's path); it runs the request with the
+    client's settings, a new spare waits for the next once it has ended, and stopping
+    the helper ends the spare too."""
+    (tmp_path / "slow.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(30)\n")
+    pid = start_helper(helper_env, tmp_path)
+    wait_loaded(helper_env, tmp_path)
+    deadline = time.monotonic() + 10
+    while not children_of(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [spare] = children_of(pid)
+    env = {**helper_env, "JHANSI_SANDBOX_TIMEOUT": "3"}  # the client's, not the helper's
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jhansi", "run", "-q", "slow.py"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    # The spare took the run; the next one is forked only once no run competes for the CPU.
+    assert children_of(pid) == [spare]
+    assert proc.wait(timeout=60) == ExitCode.TIMED_OUT
+    assert end_records(helper_env, tmp_path)[-1]["result"]["status"] == "timed_out"
+    deadline = time.monotonic() + 10
+    while (children_of(pid) in ([], [spare])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [following] = children_of(pid)
+    assert following != spare
+    ok = jhansi(["run", "-q", "slow.py"], {**env, "JHANSI_SANDBOX_TIMEOUT": "1"}, tmp_path)
+    assert ok.returncode == ExitCode.TIMED_OUT
+    assert jhansi(["ledger", "verify"], helper_env, tmp_path).returncode == 0
+    deadline = time.monotonic() + 10
+    while children_of(pid) in ([], [following]) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the second run's child (the spare before) may still tidy up
+    [last] = children_of(pid)
+    assert last != following
+    assert jhansi(["helper", "stop"], helper_env, tmp_path).returncode == 0
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{last}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{last}").exists(), "the spare outlived its helper"
+
+
 def test_stop_stops_only_this_jhansis_helper_unless_all(
     helper_env: dict[str, str], tmp_path: Path
 ) -> None:
