@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+import jhansi.housekeeping as housekeeping
 import jhansi.sandbox.entry
 from jhansi.sandbox.bwrap import BwrapBackend
 from jhansi.sandbox.bwrap.binary import find_bwrap
@@ -589,6 +590,23 @@ def test_as_root_limits_are_cgroups(sandbox: Sandbox) -> None:
     assert result.enforcement["pids"].startswith("cgroup v")
     assert result.enforcement["cpu"].startswith("cgroup v")
     assert "cgroup" not in result.enforcement
+    assert _leftover_cgroups() == []
+
+
+def test_in_the_command_the_cgroup_goes_after_the_answer_its_processes_before(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``jhansi`` command defers housekeeping (:mod:`jhansi.housekeeping`): the
+    emptied cgroup is removed after the answer, but nothing of the sandbox is left
+    running when the run returns."""
+    if os.geteuid() != 0:
+        pytest.skip("cgroups are made when jhansi runs as root")  # pragma: no cover
+    marker = f"jhansi-deferred-{os.getpid()}-{time.monotonic_ns()}"
+    monkeypatch.setattr(housekeeping, "_deferring", True)
+    result = sandbox.script(STRAGGLERS, marker, limits=replace(LIMITS, timeout=1.5))
+    assert result.status is ExecStatus.TIMED_OUT
+    assert _host_processes_with(marker) == []
+    assert housekeeping.finish(timeout=30)
     assert _leftover_cgroups() == []
 
 

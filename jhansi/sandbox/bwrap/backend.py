@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+import jhansi.housekeeping as housekeeping
 from jhansi.errors import SandboxError
 from jhansi.sandbox.bwrap.binary import (
     BwrapInfo,
@@ -521,7 +522,10 @@ class BwrapBackend(Backend):
                 fds.close()
                 os.close(status_read)
         finally:
-            limits.close()
+            # Nothing of the sandbox outlives its run; removing the emptied cgroup
+            # (waiting for the killed to be gone) is housekeeping, after the answer.
+            limits.kill()
+            housekeeping.later(limits.close, "jhansi-cgroup-removal")
             if staging is not None:
                 staging.close()
         if result.status is ExecStatus.ENGINE_ERROR and user.drop and _userns_refused(result.error):
