@@ -5,6 +5,7 @@ Real: a real fork, the real kernel's ``MADV_POPULATE_WRITE`` and ``/proc`` accou
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,8 @@ SCRIPT = textwrap.dedent(
     touched = bytearray(os.urandom(1024)) * (16 << 10)  # 16 MiB, present, shared after fork
     pid = os.fork()
     if pid == 0:
+        if os.environ.get("HANDED"):
+            helper._handed.set()  # the request came first: nothing is copied
         before = rollup()
         thread = threading.Thread(target=helper._prefault)
         thread.start()
@@ -39,12 +42,23 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_the_spare_copies_its_present_pages_and_allocates_nothing_new() -> None:
+def _prefault(handed: bool) -> tuple[int, int, int, int]:
+    env = {**os.environ, "HANDED": "1" if handed else ""}
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
-    rss_before, rss_after, private_before, private_after = map(int, proc.stdout.split())
+    a, b, c, d = map(int, proc.stdout.split())
+    return a, b, c, d
+
+
+def test_the_spare_copies_its_present_pages_and_allocates_nothing_new() -> None:
+    rss_before, rss_after, private_before, private_after = _prefault(handed=False)
     if private_after == private_before:
         pytest.skip("this kernel has no MADV_POPULATE_WRITE (Linux < 5.14)")  # pragma: no cover
     # The 16 MiB shared with the parent are now the child's own...
@@ -52,3 +66,9 @@ def test_the_spare_copies_its_present_pages_and_allocates_nothing_new() -> None:
     # ...and the 256 MiB never touched are still not there (KiB; a little slack for the
     # thread's stack and Python's own allocations).
     assert rss_after - rss_before < 8 << 10, (rss_before, rss_after)
+
+
+def test_the_prefault_stops_once_the_request_has_come() -> None:
+    """The run's own fork waits for the address space's lock the prefault holds."""
+    _, _, private_before, private_after = _prefault(handed=True)
+    assert private_after - private_before < 4 << 10  # KiB: not the 16 MiB
