@@ -131,8 +131,9 @@ PRELOAD_LATER = (
 _REQUEST_TIMEOUT = 5.0
 _RECV_FDS = 3
 _MADV_POPULATE_WRITE = 23
-#: The top byte of a pagemap entry to 1 where the page is present (bit 63), else 0.
-_PRESENT = bytes(int(b >= 0x80) for b in range(256))
+#: The top byte of a pagemap entry to 1 where the page is present (bit 63) and
+#: anonymous and private (bit 61 clear: not a file's page, not shared), else 0.
+_PRESENT = bytes(int(b & 0xA0 == 0x80) for b in range(256))
 #: Pages made the spare's own at a time (1 MiB of 4 KiB pages).
 _PREFAULT_CHUNK = 256
 #: Set in the spare when its request comes: the prefault stops.
@@ -278,11 +279,14 @@ def _serve(listener: socket.socket, lock_fd: int, key: str) -> None:
                 continue
             deadline = time.monotonic() + idle
             fds: list[int] = []
+            body: bytearray | None = None
             try:
-                request, fds, body = _receive(conn)
-                if request is None:
+                # The request (the client's arguments and environment) is decoded only
+                # in the run's child: what the helper holds of it is zeroed below.
+                body, fds = _receive(conn)
+                if body is None:
                     continue
-                if request[0] != key:
+                if not body.startswith(os.fsencode(key) + b"\0"):
                     conn.sendall(client.STALE)
                     continue
                 handed = spare is not None and spare.hand(conn, fds, body)
@@ -291,7 +295,7 @@ def _serve(listener: socket.socket, lock_fd: int, key: str) -> None:
                 else:
                     pid = os.fork()
                     if pid == 0:  # pragma: no cover (the child ends in os._exit)
-                        _child(conn, fds, request, listener, lock_fd)
+                        _decode_and_run(conn, fds, body, listener, lock_fd, running)
                 spare = None
                 running += _pidfd(pid)
                 served += 1
@@ -303,6 +307,11 @@ def _serve(listener: socket.socket, lock_fd: int, key: str) -> None:
                     with contextlib.suppress(OSError):
                         os.close(fd)
                 conn.close()
+                # Nothing of this client's environment and arguments is left in the
+                # helper (nor in the next spare, forked from it).
+                if body is not None:
+                    body[:] = bytes(len(body))
+                del body
     finally:
         if spare is not None:
             spare.close()
@@ -364,7 +373,7 @@ class _Spare:
         theirs.close()
         return cls(pid, ours)
 
-    def hand(self, conn: socket.socket, fds: list[int], body: bytes) -> bool:
+    def hand(self, conn: socket.socket, fds: list[int], body: bytes | bytearray) -> bool:
         """Give the spare this request (as the client sent it); ``False`` if the spare
         is gone (the caller forks)."""
         try:
@@ -392,9 +401,10 @@ def _prefault() -> None:
     writable pages its own while it waits (``MADV_POPULATE_WRITE``, Linux 5.14), at
     the lowest priority, so that the run does not pay them (about 50 MB copied once,
     30 ms of an otherwise idle CPU; a warm run ends some 8 ms sooner). It stops when
-    the request comes (the run's fork would wait for the lock it holds). Pages never
-    touched are left alone (``/proc/self/pagemap``): nothing is allocated that was
-    not there.
+    the request comes (the run's fork would wait for the lock it holds). Only anonymous
+    pages already there are copied (``/proc/self/pagemap``): pages never touched,
+    and a file's pages (which a write would turn into new anonymous memory), are
+    left alone.
     """
     try:
         # This thread only, and SCHED_IDLE (not nice 19, which the scheduler lets finish
@@ -459,7 +469,9 @@ def _wait_as_spare(
         os.close(lock_fd)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the helper's handler is not ours
         threading.Thread(target=_prefault, name="jhansi-prefault", daemon=True).start()
-        head, ancillary, _flags, _addr = sock.recvmsg(4, socket.CMSG_SPACE((_RECV_FDS + 1) * 4))
+        head, ancillary, _flags, _addr = sock.recvmsg(
+            4, socket.CMSG_SPACE((_RECV_FDS + 1) * 4), socket.MSG_CMSG_CLOEXEC
+        )
         _handed.set()
         fds: list[int] = []
         for level, kind, data in ancillary:
@@ -477,27 +489,44 @@ def _wait_as_spare(
         length = int.from_bytes(head, "big")
         body = client._recv_exact(sock, length)
         sock.close()
-        request = client.decode_request(body) if len(body) == length else None
-        if request is None:
+        if len(body) != length:
             os._exit(0)
         conn = socket.socket(fileno=fds[0])
     except BaseException:
         os._exit(0)
-    _child(conn, fds[1:], request, None, None)
+    _decode_and_run(conn, fds[1:], body, None, None, [])
 
 
 Request = tuple[str, str, int, list[str], dict[str, str]]
 
 
-def _receive(conn: socket.socket) -> tuple[Request | None, list[int], bytes]:
-    """A client's request, its three file descriptors and the request's bytes (``None``
-    if it is not one)."""
+def _decode_and_run(
+    conn: socket.socket,
+    fds: list[int],
+    body: bytes | bytearray,
+    listener: socket.socket | None,
+    lock_fd: int | None,
+    siblings: list[int],
+) -> NoReturn:  # pragma: no cover (runs in the forked child; tested end to end)
+    """In the run's child: the request decoded, then :func:`_child`; a request that is
+    not one ends the child with nothing said (the client runs the command itself)."""
+    request = client.decode_request(bytes(body))
+    if request is None:
+        os._exit(0)
+    _child(conn, fds, request, listener, lock_fd, siblings)
+
+
+def _receive(conn: socket.socket) -> tuple[bytearray | None, list[int]]:
+    """A client's request (its bytes, undecoded) and its three file descriptors
+    (``None`` if it is not one)."""
     conn.settimeout(_REQUEST_TIMEOUT)
     peer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     if int.from_bytes(peer[4:8], sys.byteorder) != os.getuid():
-        return None, [], b""
+        return None, []
     size = 4
-    head, ancillary, _flags, _addr = conn.recvmsg(size, socket.CMSG_SPACE(_RECV_FDS * 4))
+    head, ancillary, _flags, _addr = conn.recvmsg(
+        size, socket.CMSG_SPACE(_RECV_FDS * 4), socket.MSG_CMSG_CLOEXEC
+    )
     fds: list[int] = []
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -505,17 +534,28 @@ def _receive(conn: socket.socket) -> tuple[Request | None, list[int], bytes]:
     while len(head) < size:
         more = conn.recv(size - len(head))
         if not more:
-            return None, fds, b""
+            return None, fds
         head += more
     length = int.from_bytes(head, "big")
     if len(fds) != _RECV_FDS or length > client.MAX_REQUEST:
-        return None, fds, b""
-    body = client._recv_exact(conn, length)
-    if len(body) != length:
-        return None, fds, b""
-    request = client.decode_request(body)
+        return None, fds
+    # Received in place (no intermediate copies), so that zeroing it leaves nothing.
+    body = bytearray(length)
+    got = 0
+    try:
+        with memoryview(body) as view:
+            while got < length:
+                count = conn.recv_into(view[got:])
+                if not count:
+                    break
+                got += count
+    except OSError:  # too slow: zeroed like the rest
+        got = -1
+    if got != length:
+        body[:] = bytes(length)
+        return None, fds
     conn.settimeout(None)
-    return request, fds, body
+    return body, fds
 
 
 def _child(
@@ -524,14 +564,21 @@ def _child(
     request: Request,
     listener: socket.socket | None,
     lock_fd: int | None,
+    siblings: list[int],
 ) -> NoReturn:  # pragma: no cover (runs in the forked child; tested end to end)
-    """Become the client's ``jhansi`` process, run its command, report its status."""
+    """Become the client's ``jhansi`` process, run its command, report its status.
+
+    What is the helper's, not this run's, is closed first: its listening socket, its
+    lock and the ``siblings`` (pidfds of the other runs in progress).
+    """
     code = 1
     try:
         if listener is not None:
             listener.close()
         if lock_fd is not None:
             os.close(lock_fd)
+        for fd in siblings:
+            os.close(fd)
         for signum in (signal.SIGCHLD, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)

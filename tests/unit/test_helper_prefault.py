@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,12 @@ SCRIPT = textwrap.dedent(
         return fields
 
     untouched = mmap.mmap(-1, 256 << 20)  # reserved, never written: must stay so
+    # A file's pages in a private writable mapping, read (present) but not written:
+    # copying them would allocate 16 MiB of new anonymous memory.
+    with open(os.environ["DATA"], "rb") as data:
+        mapped = mmap.mmap(data.fileno(), 0, access=mmap.ACCESS_COPY)
+    assert sum(mapped[i] for i in range(0, len(mapped), 4096)) == 0
+    mapped[0] = 1  # one page written: the fork copies the mapping's page tables too
     touched = bytearray(os.urandom(1024)) * (16 << 10)  # 16 MiB, present, shared after fork
     pid = os.fork()
     if pid == 0:
@@ -42,8 +49,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _prefault(handed: bool) -> tuple[int, int, int, int]:
-    env = {**os.environ, "HANDED": "1" if handed else ""}
+def _prefault(handed: bool, tmp_path: Path) -> tuple[int, int, int, int]:
+    data = tmp_path / "data"
+    data.write_bytes(bytes(16 << 20))
+    env = {**os.environ, "HANDED": "1" if handed else "", "DATA": str(data)}
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT],
         capture_output=True,
@@ -57,18 +66,20 @@ def _prefault(handed: bool) -> tuple[int, int, int, int]:
     return a, b, c, d
 
 
-def test_the_spare_copies_its_present_pages_and_allocates_nothing_new() -> None:
-    rss_before, rss_after, private_before, private_after = _prefault(handed=False)
+def test_the_spare_copies_its_present_pages_and_allocates_nothing_new(tmp_path: Path) -> None:
+    rss_before, rss_after, private_before, private_after = _prefault(False, tmp_path)
     if private_after == private_before:
         pytest.skip("this kernel has no MADV_POPULATE_WRITE (Linux < 5.14)")  # pragma: no cover
     # The 16 MiB shared with the parent are now the child's own...
     assert private_after - private_before >= 16 << 10
-    # ...and the 256 MiB never touched are still not there (KiB; a little slack for the
-    # thread's stack and Python's own allocations).
+    # ...but not the 16 MiB of a file's pages (KiB; a little slack for the thread's
+    # stack and Python's own allocations)...
+    assert private_after - private_before < (16 << 10) + (8 << 10), (private_before, private_after)
+    # ...and the 256 MiB never touched are still not there.
     assert rss_after - rss_before < 8 << 10, (rss_before, rss_after)
 
 
-def test_the_prefault_stops_once_the_request_has_come() -> None:
+def test_the_prefault_stops_once_the_request_has_come(tmp_path: Path) -> None:
     """The run's own fork waits for the address space's lock the prefault holds."""
-    _, _, private_before, private_after = _prefault(handed=True)
+    _, _, private_before, private_after = _prefault(True, tmp_path)
     assert private_after - private_before < 4 << 10  # KiB: not the 16 MiB
