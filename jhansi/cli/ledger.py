@@ -528,7 +528,9 @@ def head(ctx: typer.Context, ledger: LedgerOption = None, json_output: JsonFlag 
     ctx.ensure_object(CliState).json = json_output
     directory = _directory(ledger)
     _require(directory)
-    signed = load_head(LedgerLayout(directory).head_file)
+    layout = LedgerLayout(directory)
+    layout.wait_for_writer()  # a checkpoint being signed is read whole
+    signed = load_head(layout.head_file)
     if json_output:
         print_json({"status": "ok", "anchor": signed.anchor, **signed.as_dict()})
         return

@@ -572,3 +572,87 @@ def test_preflight_with_a_healthy_directory_creates_the_ledger(
     assert (ledger_dir / "ledger.jsonl").is_file()
     assert not list(ledger_dir.glob(".preflight*"))
     assert not list((ledger_dir / "blobs").glob(".preflight*"))
+
+
+# -- the checkpoint the command signs just after its answer --------------------------------
+
+
+def test_a_checkpoint_after_the_answer_holds_the_lock_until_the_head_is_on_disk(
+    open_ledger: OpenLedger, ledger_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the ``jhansi`` command (housekeeping deferred) the head is signed in the
+    background, holding the lock from before the answer; a reader started after the
+    answer (another process here) waits for it and finds the end signed."""
+    import jhansi.housekeeping as housekeeping
+
+    monkeypatch.setattr(housekeeping, "_deferring", True)
+    reader = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from jhansi.ledger.layout import LedgerLayout
+        from jhansi.ledger.verify import verify_ledger
+        sys.stdin.readline()  # told to go once the answer would have been given
+        report = verify_ledger(Path({str(ledger_dir)!r}))
+        print(report.ok, sorted(p.kind for p in report.warnings))
+        """
+    )
+    with open_ledger() as ledger:
+        ledger.preflight()
+        ledger.append("exec.start", {"run_id": "a"})
+        ledger.append("exec.end", {"run_id": "a", "result": {"duration_ms": 5}})
+        slow = ledger._write_head
+
+        def write_head_slowly(signed: object) -> None:
+            import time
+
+            time.sleep(0.5)  # the checkpoint still under way when the reader starts
+            slow(signed)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(ledger, "_write_head", write_head_slowly)
+        ledger.checkpoint_after_answer()
+        proc = subprocess.run(
+            [sys.executable, "-c", reader],
+            input="go\n",
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+            check=False,
+        )
+        assert housekeeping.finish(timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    ok, _, problems = proc.stdout.strip().partition(" ")
+    assert ok == "True"
+    assert "unsigned-tail" not in problems, problems
+
+
+def test_a_checkpoint_that_failed_after_the_answer_is_signed_or_said_at_the_next_preflight(
+    open_ledger: OpenLedger, ledger_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jhansi.housekeeping as housekeeping
+
+    monkeypatch.setattr(housekeeping, "_deferring", True)
+    with open_ledger() as ledger:
+        ledger.preflight()
+        ledger.append("exec.start", {"run_id": "a"})
+        last = ledger.append("exec.end", {"run_id": "a", "result": {"duration_ms": 5}})
+        real = ledger._write_head
+
+        def disk_full(_signed: object) -> None:  # no disk fills on demand here: said so
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(ledger, "_write_head", disk_full)
+        ledger.checkpoint_after_answer()  # fails in the background, quietly
+        assert housekeeping.finish(timeout=30)
+        head = ledger.head()
+        assert head is not None and head.seq < last.seq
+        with pytest.raises(LedgerError, match="No space left"):
+            ledger.preflight()  # still failing: said, before anything runs
+        monkeypatch.setattr(ledger, "_write_head", real)
+        ledger.preflight()
+        head = ledger.head()
+    assert head is not None and head.seq == last.seq
+    report = verify_ledger(ledger_dir)
+    assert report.ok
+    assert "unsigned-tail" not in kinds(report.warnings)
