@@ -646,13 +646,15 @@ def test_a_checkpoint_that_failed_after_the_answer_is_signed_or_said_at_the_next
         ledger.checkpoint_after_answer()  # fails in the background, quietly
         assert housekeeping.finish(timeout=30)
         head = ledger.head()
-        assert head is not None and head.seq < last.seq
+        assert head is not None
+        assert head.seq < last.seq
         with pytest.raises(LedgerError, match="No space left"):
             ledger.preflight()  # still failing: said, before anything runs
         monkeypatch.setattr(ledger, "_write_head", real)
         ledger.preflight()
         head = ledger.head()
-    assert head is not None and head.seq == last.seq
+    assert head is not None
+    assert head.seq == last.seq
     report = verify_ledger(ledger_dir)
     assert report.ok
     assert "unsigned-tail" not in kinds(report.warnings)
