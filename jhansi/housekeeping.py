@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["defer", "deferring", "finish", "later", "pending"]
+__all__ = ["defer", "finish", "later", "pending"]
 
 _pending: list[threading.Thread] = []
 _lock = threading.Lock()
@@ -35,11 +35,6 @@ def defer() -> None:
     process, which calls :func:`finish` before it exits)."""
     global _deferring
     _deferring = True
-
-
-def deferring() -> bool:
-    """Whether :func:`later` runs its work in the background (after :func:`defer`)."""
-    return _deferring
 
 
 def later(work: Callable[[], None], name: str) -> None:

@@ -528,9 +528,7 @@ def head(ctx: typer.Context, ledger: LedgerOption = None, json_output: JsonFlag 
     ctx.ensure_object(CliState).json = json_output
     directory = _directory(ledger)
     _require(directory)
-    layout = LedgerLayout(directory)
-    layout.wait_for_writer()  # a checkpoint being signed is read whole
-    signed = load_head(layout.head_file)
+    signed = load_head(LedgerLayout(directory).head_file)
     if json_output:
         print_json({"status": "ok", "anchor": signed.anchor, **signed.as_dict()})
         return

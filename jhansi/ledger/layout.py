@@ -58,37 +58,6 @@ class LedgerLayout:
         """The content-addressed store."""
         return self.directory / BLOBS_DIR
 
-    def wait_for_writer(self, timeout: float = 5.0) -> None:
-        """Wait (at most ``timeout`` seconds) until no appender holds the lock.
-
-        A reader that judges the signed head (``verify``, ``head``, the report)
-        calls this first: the ``jhansi`` command signs a run's checkpoint just after
-        it answers, holding the lock from before the answer until the head is on
-        disk, so a command started after the answer sees it. A ledger whose lock
-        cannot be opened (a read-only copy, none yet) is read as it is.
-        """
-        import fcntl
-        import time
-
-        try:
-            fd = os.open(self.lock_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    return
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        return  # a long append, or a stuck writer: read what is there
-                    time.sleep(0.002)
-                except OSError:
-                    return
-        finally:
-            os.close(fd)  # releases the shared lock
-
 
 def default_directory(paths: Paths) -> Path:
     """The ledger when nothing says otherwise: ``<data dir>/ledger``."""

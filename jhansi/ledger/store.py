@@ -272,12 +272,7 @@ class Ledger:
         self._keys.require()
         self._signer.prepare()
         with self._locked():
-            tail = self._prepare()
-            head = self._read_head()
-            if head is not None and head.seq < tail.last.seq:
-                # A run in progress elsewhere, or a checkpoint signed after an answer
-                # that failed: sign now, so that a failure is said, not skipped.
-                self._checkpoint(tail)
+            self._prepare()
 
     def put_blob(self, data: bytes) -> Digest:
         """Store content the next record will reference; return its BLAKE3 (hex).
@@ -337,60 +332,32 @@ class Ledger:
         it after every run: records after the signed head can be cut off unnoticed.
         """
         with self._locked():
-            return self._checkpoint(self._prepare())
-
-    def checkpoint_after_answer(self) -> None:
-        """:meth:`checkpoint`, as the ``jhansi`` command's housekeeping
-        (:mod:`jhansi.housekeeping`): signed just after the command answers.
-
-        The lock is taken now and held until the head is on disk, so an appender,
-        ``verify`` or the report started after the answer waits for it
-        (:meth:`LedgerLayout.wait_for_writer`). A checkpoint that fails there is not
-        lost from sight: the next :meth:`preflight` finds the head behind and signs
-        it then, raising what went wrong. Elsewhere (a library caller) this is
-        :meth:`checkpoint`.
-        """
-        import jhansi.housekeeping as housekeeping
-
-        if not housekeeping.deferring():
-            self.checkpoint()
-            return
-        try:
-            with self._thread_lock:
-                self._lock_fd = self._acquire()  # released by the checkpoint's own lock
-        except OSError:
-            self.checkpoint()  # raises what is wrong with the lock, as a LedgerError
-            return
-        housekeeping.later(self._checkpoint_now, "jhansi-checkpoint")
-
-    def _checkpoint_now(self) -> None:
-        self.checkpoint()
-
-    def _checkpoint(self, tail: Tail) -> SignedHead:
-        """Under the lock: :meth:`checkpoint`'s work."""
-        last = tail.last
-        head = self._read_head()  # _prepare checked it is there, ours and not ahead
-        if head is None:  # pragma: no cover - _prepare raises first
-            raise LedgerError("the signed head vanished", hint="Run `jhansi ledger verify`.")
-        self._keys.check_head(head)
-        needs_record = (
-            last.kind != CHECKPOINT and last.seq // self._interval > head.seq // self._interval
-        )
-        if not needs_record and head.seq == last.seq and head.hash == last.hash:
-            return head
-        ranges = merge_ranges(
-            head.covered,
-            (r.seq for r in self._after(head.seq, tail) if self._keys.vouches(r)),
-        )
-        if needs_record:
-            body = checkpoint_body(self._signer, last.ledger_id, last.seq + 1, last.hash, ranges)
-            last = self._next(tail, CHECKPOINT, body)
-            self._write_record(last, tail)
-            ranges = merge_ranges(ranges, (last.seq,))
-        self._fault("before-head")
-        signed = sign_head(self._signer, last.ledger_id, last.seq, last.hash, ranges)
-        self._write_head(signed)
-        return signed
+            tail = self._prepare()
+            last = tail.last
+            head = self._read_head()  # _prepare checked it is there, ours and not ahead
+            if head is None:  # pragma: no cover - _prepare raises first
+                raise LedgerError("the signed head vanished", hint="Run `jhansi ledger verify`.")
+            self._keys.check_head(head)
+            needs_record = (
+                last.kind != CHECKPOINT and last.seq // self._interval > head.seq // self._interval
+            )
+            if not needs_record and head.seq == last.seq and head.hash == last.hash:
+                return head
+            ranges = merge_ranges(
+                head.covered,
+                (r.seq for r in self._after(head.seq, tail) if self._keys.vouches(r)),
+            )
+            if needs_record:
+                body = checkpoint_body(
+                    self._signer, last.ledger_id, last.seq + 1, last.hash, ranges
+                )
+                last = self._next(tail, CHECKPOINT, body)
+                self._write_record(last, tail)
+                ranges = merge_ranges(ranges, (last.seq,))
+            self._fault("before-head")
+            signed = sign_head(self._signer, last.ledger_id, last.seq, last.hash, ranges)
+            self._write_head(signed)
+            return signed
 
     def head(self) -> SignedHead | None:
         """The signed head (``head.json``), or ``None`` before the ledger exists."""

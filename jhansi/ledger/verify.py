@@ -210,7 +210,6 @@ def _verify(
 ) -> VerifyReport:
     started = time.perf_counter()
     layout = LedgerLayout(directory)
-    layout.wait_for_writer()  # a checkpoint being signed is read whole
     path = layout.ledger_file
     if not path.is_file():
         raise LedgerError(

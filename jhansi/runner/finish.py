@@ -92,9 +92,7 @@ def record_end(
     missing: MissingDependency | None = None,
     layer: str | None = None,
 ) -> RunResult:
-    """The result, once its ``exec.end`` record is on disk and its checkpoint signed
-    (in the ``jhansi`` command, just after the answer:
-    :meth:`~jhansi.ledger.store.Ledger.checkpoint_after_answer`).
+    """The result, once its ``exec.end`` record and a signed checkpoint are on disk.
 
     Whatever the script did, the record is written or this raises a
     :class:`LedgerError` (two lines, exit 5): a body that still cannot be recorded
@@ -136,7 +134,7 @@ def record_end(
             record = ledger.append(
                 "exec.end", fallback_end_body(outcome, ledger.put_blob, str(problem))
             )
-        ledger.checkpoint_after_answer()
+        ledger.checkpoint()
     except JhansiError as exc:
         raise LedgerError(
             f"the run finished ({outcome.status}, exit {outcome.exit_code}) but its end "
