@@ -2,9 +2,12 @@
 
 A warm ``jhansi run`` spends most of its own time starting Python and importing
 its code. The helper does that once, then waits on a unix socket in a private
-directory (:func:`jhansi.cli._helper_client.helper_dir`). For each request it
-forks a child that takes the client's standard streams (received as file
-descriptors), arguments, environment, working directory and umask, and runs
+directory (:func:`jhansi.cli._helper_client.helper_dir`). Each connection goes
+to a child of its own (forked ahead of it, or for it), which reads the request
+itself (the helper never holds a client's environment, and a client slow to send
+its request holds up only its own run), takes the client's standard streams
+(received as file descriptors), arguments, environment, working directory and
+umask, and runs
 :func:`jhansi.cli.main` exactly as the client would have: the same checks, the
 same sandbox, the same ledger records. The child tells the client its pid (so
 that Ctrl-C reaches it) and, at the end, its exit status.
@@ -265,7 +268,7 @@ def _serve(listener: socket.socket, lock_fd: int, key: str) -> None:
             if spare is None and not later and not running:
                 # Everything is loaded and no run competes for the CPU: fork the next
                 # run's child now, while nobody waits.
-                spare = _Spare.fork(listener, lock_fd)
+                spare = _Spare.fork(listener, lock_fd, key)
             ready = select.select(
                 [listener.fileno(), *running], [], [], max(0.0, deadline - time.monotonic())
             )[0]
@@ -278,24 +281,17 @@ def _serve(listener: socket.socket, lock_fd: int, key: str) -> None:
             except (TimeoutError, BlockingIOError):
                 continue
             deadline = time.monotonic() + idle
-            fds: list[int] = []
-            body: bytearray | None = None
+            # The connection goes to the run's child as it is: the child reads the
+            # request (the client's arguments and environment), so the helper never
+            # holds it, and a client slow to send it holds up its own run only.
             try:
-                # The request (the client's arguments and environment) is decoded only
-                # in the run's child: what the helper holds of it is zeroed below.
-                body, fds = _receive(conn)
-                if body is None:
-                    continue
-                if not body.startswith(os.fsencode(key) + b"\0"):
-                    conn.sendall(client.STALE)
-                    continue
-                handed = spare is not None and spare.hand(conn, fds, body)
+                handed = spare is not None and spare.hand(conn)
                 if handed and spare is not None:
                     pid = spare.pid
                 else:
                     pid = os.fork()
                     if pid == 0:  # pragma: no cover (the child ends in os._exit)
-                        _decode_and_run(conn, fds, body, listener, lock_fd, running)
+                        _serve_one(conn, key, listener, lock_fd, running)
                 spare = None
                 running += _pidfd(pid)
                 served += 1
@@ -303,15 +299,7 @@ def _serve(listener: socket.socket, lock_fd: int, key: str) -> None:
             except OSError:
                 continue
             finally:
-                for fd in fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
                 conn.close()
-                # Nothing of this client's environment and arguments is left in the
-                # helper (nor in the next spare, forked from it).
-                if body is not None:
-                    body[:] = bytes(len(body))
-                del body
     finally:
         if spare is not None:
             spare.close()
@@ -345,9 +333,8 @@ class _Spare:
     each page it shares copies that page: a spare forked (and its pages made its own,
     :func:`_prefault`) while nobody waits takes both off the run's path. It is forked
     when no run is in progress (it would compete with it for the CPU), handed the
-    client's connection, its three descriptors and its request, and becomes
-    :func:`_child`. It exits, unused, when the helper closes its end (the helper
-    exited or stopped).
+    client's connection, and serves it (:func:`_serve_one`). It exits, unused, when the
+    helper closes its end (the helper exited or stopped).
     """
 
     def __init__(self, pid: int, sock: socket.socket) -> None:
@@ -355,7 +342,7 @@ class _Spare:
         self.sock = sock
 
     @classmethod
-    def fork(cls, listener: socket.socket, lock_fd: int) -> _Spare | None:
+    def fork(cls, listener: socket.socket, lock_fd: int, key: str) -> _Spare | None:
         """Fork a spare (``None`` if the machine refuses: requests fork as before)."""
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -369,19 +356,17 @@ class _Spare:
             return None
         if pid == 0:  # pragma: no cover (the child ends in os._exit; tested end to end)
             ours.close()
-            _wait_as_spare(theirs, listener, lock_fd)
+            _wait_as_spare(theirs, listener, lock_fd, key)
         theirs.close()
         return cls(pid, ours)
 
-    def hand(self, conn: socket.socket, fds: list[int], body: bytes | bytearray) -> bool:
-        """Give the spare this request (as the client sent it); ``False`` if the spare
-        is gone (the caller forks)."""
+    def hand(self, conn: socket.socket) -> bool:
+        """Give the spare this client's connection; ``False`` if the spare is gone (the
+        caller forks)."""
         try:
             self.sock.sendmsg(
-                [len(body).to_bytes(4, "big")],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array_of([conn.fileno(), *fds]))],
+                [b"\1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array_of([conn.fileno()]))]
             )
-            self.sock.sendall(body)
         except OSError:
             return False
         finally:
@@ -461,117 +446,47 @@ def array_of(fds: list[int]) -> bytes:
 
 
 def _wait_as_spare(
-    sock: socket.socket, listener: socket.socket, lock_fd: int
+    sock: socket.socket, listener: socket.socket, lock_fd: int, key: str
 ) -> None:  # pragma: no cover (runs in the forked spare; tested end to end)
-    """In the spare: wait for a request, then become its child; exit at end of file."""
+    """In the spare: wait for a client's connection, then serve it; exit at end of file."""
     try:
         listener.close()
         os.close(lock_fd)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the helper's handler is not ours
         threading.Thread(target=_prefault, name="jhansi-prefault", daemon=True).start()
-        head, ancillary, _flags, _addr = sock.recvmsg(
-            4, socket.CMSG_SPACE((_RECV_FDS + 1) * 4), socket.MSG_CMSG_CLOEXEC
+        _data, ancillary, _flags, _addr = sock.recvmsg(
+            1, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC
         )
         _handed.set()
-        fds: list[int] = []
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds += [
-                    int.from_bytes(data[i : i + 4], sys.byteorder) for i in range(0, len(data), 4)
-                ]
-        while head and len(head) < 4:
-            more = sock.recv(4 - len(head))
-            if not more:
-                break
-            head += more
-        if len(head) != 4 or len(fds) != _RECV_FDS + 1:
-            os._exit(0)  # the helper let this spare go
-        length = int.from_bytes(head, "big")
-        body = client._recv_exact(sock, length)
         sock.close()
-        if len(body) != length:
-            os._exit(0)
+        fds = _descriptors(ancillary)
+        if len(fds) != 1:
+            os._exit(0)  # the helper let this spare go
         conn = socket.socket(fileno=fds[0])
     except BaseException:
         os._exit(0)
-    _decode_and_run(conn, fds[1:], body, None, None, [])
+    _serve_one(conn, key, None, None, [])
 
 
 Request = tuple[str, str, int, list[str], dict[str, str]]
 
 
-def _decode_and_run(
+def _serve_one(
     conn: socket.socket,
-    fds: list[int],
-    body: bytes | bytearray,
+    key: str,
     listener: socket.socket | None,
     lock_fd: int | None,
     siblings: list[int],
 ) -> NoReturn:  # pragma: no cover (runs in the forked child; tested end to end)
-    """In the run's child: the request decoded, then :func:`_child`; a request that is
-    not one ends the child with nothing said (the client runs the command itself)."""
-    request = client.decode_request(bytes(body))
-    if request is None:
-        os._exit(0)
-    _child(conn, fds, request, listener, lock_fd, siblings)
+    """In the run's child: let go of what is the helper's, not this run's (its
+    listening socket, its lock, the ``siblings``: pidfds of the other runs in
+    progress), read the client's request and become its ``jhansi`` (:func:`_child`).
 
-
-def _receive(conn: socket.socket) -> tuple[bytearray | None, list[int]]:
-    """A client's request (its bytes, undecoded) and its three file descriptors
-    (``None`` if it is not one)."""
-    conn.settimeout(_REQUEST_TIMEOUT)
-    peer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    if int.from_bytes(peer[4:8], sys.byteorder) != os.getuid():
-        return None, []
-    size = 4
-    head, ancillary, _flags, _addr = conn.recvmsg(
-        size, socket.CMSG_SPACE(_RECV_FDS * 4), socket.MSG_CMSG_CLOEXEC
-    )
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += [int.from_bytes(data[i : i + 4], sys.byteorder) for i in range(0, len(data), 4)]
-    while len(head) < size:
-        more = conn.recv(size - len(head))
-        if not more:
-            return None, fds
-        head += more
-    length = int.from_bytes(head, "big")
-    if len(fds) != _RECV_FDS or length > client.MAX_REQUEST:
-        return None, fds
-    # Received in place (no intermediate copies), so that zeroing it leaves nothing.
-    body = bytearray(length)
-    got = 0
-    try:
-        with memoryview(body) as view:
-            while got < length:
-                count = conn.recv_into(view[got:])
-                if not count:
-                    break
-                got += count
-    except OSError:  # too slow: zeroed like the rest
-        got = -1
-    if got != length:
-        body[:] = bytes(length)
-        return None, fds
-    conn.settimeout(None)
-    return body, fds
-
-
-def _child(
-    conn: socket.socket,
-    fds: list[int],
-    request: Request,
-    listener: socket.socket | None,
-    lock_fd: int | None,
-    siblings: list[int],
-) -> NoReturn:  # pragma: no cover (runs in the forked child; tested end to end)
-    """Become the client's ``jhansi`` process, run its command, report its status.
-
-    What is the helper's, not this run's, is closed first: its listening socket, its
-    lock and the ``siblings`` (pidfds of the other runs in progress).
+    A request that is not one, or is not complete within :data:`_REQUEST_TIMEOUT`,
+    ends the child with nothing said (the client runs the command itself); one from
+    another jhansi is answered :data:`~jhansi.cli._helper_client.STALE`.
     """
-    code = 1
+    fds: list[int] = []
     try:
         if listener is not None:
             listener.close()
@@ -581,6 +496,75 @@ def _child(
             os.close(fd)
         for signum in (signal.SIGCHLD, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
+        request, fds = _receive(conn, key)
+    except BaseException:
+        request = None
+    if request is None:
+        os._exit(0)
+    _child(conn, fds, request)
+
+
+def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors ``SCM_RIGHTS`` carried in ``ancillary``."""
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += [int.from_bytes(data[i : i + 4], sys.byteorder) for i in range(0, len(data), 4)]
+    return fds
+
+
+def _receive(conn: socket.socket, key: str) -> tuple[Request | None, list[int]]:
+    """The client's request and its three file descriptors (``None`` if it is not
+    one, it is another jhansi's, or it took longer than :data:`_REQUEST_TIMEOUT`)."""
+    deadline = time.monotonic() + _REQUEST_TIMEOUT
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long")
+        return left
+
+    peer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    if int.from_bytes(peer[4:8], sys.byteorder) != os.getuid():
+        return None, []
+    conn.settimeout(remaining())
+    head, ancillary, _flags, _addr = conn.recvmsg(
+        4, socket.CMSG_SPACE(_RECV_FDS * 4), socket.MSG_CMSG_CLOEXEC
+    )
+    fds = _descriptors(ancillary)
+    while len(head) < 4:
+        conn.settimeout(remaining())
+        more = conn.recv(4 - len(head))
+        if not more:
+            return None, fds
+        head += more
+    length = int.from_bytes(head, "big")
+    if len(fds) != _RECV_FDS or length > client.MAX_REQUEST:
+        return None, fds
+    body = bytearray(length)
+    got = 0
+    with memoryview(body) as view:
+        while got < length:
+            conn.settimeout(remaining())
+            count = conn.recv_into(view[got:])
+            if not count:
+                return None, fds
+            got += count
+    conn.settimeout(None)
+    if not body.startswith(os.fsencode(key) + b"\0"):
+        conn.sendall(client.STALE)
+        return None, fds
+    return client.decode_request(bytes(body)), fds
+
+
+def _child(
+    conn: socket.socket,
+    fds: list[int],
+    request: Request,
+) -> NoReturn:  # pragma: no cover (runs in the forked child; tested end to end)
+    """Become the client's ``jhansi`` process, run its command, report its status."""
+    code = 1
+    try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
