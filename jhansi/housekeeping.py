@@ -4,11 +4,11 @@ Removing a container that has exited takes a container engine tens of millisecon
 and nothing a run reports depends on it: its result is recorded (``exec.end`` and the
 signed checkpoint) before. A backend hands such work to :func:`later`.
 
-- In a library caller (:func:`jhansi.run`, the MCP server, tests), :func:`later`
-  does the work at once: when a run returns, its container is gone.
-- In the ``jhansi`` command, which calls :func:`defer` first, the work starts in a
-  thread at once and the command goes on (recording the run's end, printing its
-  result); the process calls :func:`finish` before it exits. In the helper's child
+- In a library caller (:func:`jhansi.run`, tests), :func:`later` does the work at
+  once: when a run returns, its container is gone.
+- In the ``jhansi`` command (``jhansi mcp`` too), which calls :func:`defer` first,
+  the work starts in a thread at once and the command goes on (recording the run's
+  end, printing its result); the process calls :func:`finish` before it exits. In the helper's child
   (:mod:`jhansi.helper`) the command's status and its standard streams are handed
   back first, so a terminal, a pipe or a CI step has its answer while the child
   finishes.
